@@ -1,0 +1,170 @@
+"""Bring one lab cluster up (keys, configs, munged, slurmctld, one slurmd per node, slurmrestd) and down."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from dev.lab import accounting, procs, slurmconf
+from dev.lab.commands import READY_TIMEOUT_S, client_env, passwd_ids, run_in
+from dev.lab.layout import ClusterLayout
+from dev.lab.topology import REST_USER
+from slurm_adapters.convert import parse_key_values
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def prepare(site: ClusterLayout, release: str, *, fresh: bool) -> None:
+    """Directories, keys, fake GPU devices and config files; ``fresh`` wipes Slurm's state and logs."""
+    host_dir = site.host_dir
+    if fresh:
+        for sub in ("state", "spool", "log"):
+            shutil.rmtree(host_dir / sub, ignore_errors=True)
+    for sub in ("state", "spool", "log", "dev"):
+        (host_dir / sub).mkdir(parents=True, exist_ok=True)
+    scratch = site.host(site.scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
+    scratch.chmod(0o1777)
+
+    munge_dir = site.host(site.munge_socket.parent)
+    munge_dir.mkdir(parents=True, exist_ok=True)
+    munge_uid, munge_gid = passwd_ids(site.fs_root, "munge")
+    os.chown(munge_dir, munge_uid, munge_gid)
+    munge_dir.chmod(0o755)
+    key = munge_dir / "munge.key"
+    if not key.exists():
+        key.write_bytes(secrets.token_bytes(1024))
+    os.chown(key, munge_uid, munge_gid)
+    key.chmod(0o600)
+
+    jwt_key = site.host(site.jwt_key)
+    if not jwt_key.exists():
+        jwt_key.write_bytes(secrets.token_bytes(32))
+    jwt_key.chmod(0o600)
+
+    for device in slurmconf.gpu_device_names(site):
+        path = host_dir / "dev" / device
+        if not path.exists():
+            os.mknod(path, 0o666 | 0o020000, os.makedev(1, 3))  # a character device that acts as /dev/null
+
+    _write(host_dir / "slurm.conf", slurmconf.slurm_conf(site, release))
+    _write(host_dir / "gres.conf", slurmconf.gres_conf(site))
+    cgroup = slurmconf.cgroup_conf(release)
+    if cgroup:
+        _write(host_dir / "cgroup.conf", cgroup)
+
+
+def _munged(site: ClusterLayout) -> None:
+    sock = site.munge_socket
+    argv = [
+        *site.exec_prefix,
+        "setpriv", "--reuid=munge", "--regid=munge", "--init-groups",
+        "munged", "-F", f"--socket={sock}", f"--key-file={sock.parent}/munge.key",
+        f"--pid-file={sock.parent}/munged.pid", f"--log-file={sock.parent}/munged.log",
+        f"--seed-file={sock.parent}/munged.seed", "--num-threads=4",
+    ]  # fmt: skip
+    site.host(sock).unlink(missing_ok=True)
+    procs.spawn(site.pid_file("munged"), argv, site.host_dir / "log/munged.out")
+    if not procs.wait_ready(site.pid_file("munged"), lambda: site.host(sock).exists(), READY_TIMEOUT_S):
+        raise SystemExit(f"{site.cluster.name}: munged did not create {sock}")
+
+
+def start_ctld(site: ClusterLayout, *, fresh: bool) -> None:
+    argv = [*site.exec_prefix, "slurmctld", "-D", "-f", str(site.slurm_conf)]
+    if fresh:
+        argv.insert(len(site.exec_prefix) + 2, "-i")
+    procs.spawn(site.pid_file("slurmctld"), argv, site.host_dir / "log/slurmctld.out", client_env(site))
+
+    def pinged() -> bool:
+        return "is UP" in run_in(site, ["scontrol", "ping"]).stdout
+
+    if not procs.wait_ready(site.pid_file("slurmctld"), pinged, READY_TIMEOUT_S):
+        raise SystemExit(f"{site.cluster.name}: slurmctld did not answer ping; see {site.host_dir}/log")
+
+
+def _slurmds(site: ClusterLayout) -> float:
+    started = time.time()
+    for node in site.cluster.nodes:
+        argv = [*site.exec_prefix, "slurmd", "-D", "-N", node.name, "-f", str(site.slurm_conf)]
+        out = site.host_dir / f"log/slurmd-{node.name}.out"
+        procs.spawn(site.pid_file(f"slurmd-{node.name}"), argv, out, client_env(site))
+    return started
+
+
+def nodes_registered_since(site: ClusterLayout, since: float) -> bool:
+    """Every node's slurmd registered after ``since``: sinfo's "idle" can come from saved state."""
+    result = run_in(site, ["scontrol", "show", "node", "-o"])
+    if result.returncode != 0:
+        return False
+    seen = 0
+    for line in result.stdout.splitlines():
+        fields = parse_key_values(line)
+        stamp = fields.get("SlurmdStartTime", "None")
+        if stamp in {"None", "Unknown", ""}:
+            return False
+        started = datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp()
+        if started < since - 1:  # SlurmdStartTime has whole seconds
+            return False
+        if "NOT_RESPONDING" in fields.get("State", "") or "*" in fields.get("State", ""):
+            return False
+        seen += 1
+    return seen == len(site.cluster.nodes)
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _slurmrestd(site: ClusterLayout, release: str) -> None:
+    port = site.cluster.rest_port
+    argv = [
+        *site.exec_prefix,
+        "setpriv", f"--reuid={REST_USER}", f"--regid={REST_USER}", "--init-groups",
+        "slurmrestd", "-a", "rest_auth/jwt", "-s", slurmconf.rest_plugins(release), f"127.0.0.1:{port}",
+    ]  # fmt: skip
+    env = {**client_env(site), "SLURM_JWT": "daemon"}
+    procs.spawn(site.pid_file("slurmrestd"), argv, site.host_dir / "log/slurmrestd.out", env)
+    if not procs.wait_ready(site.pid_file("slurmrestd"), lambda: _port_open(port), READY_TIMEOUT_S):
+        raise SystemExit(f"{site.cluster.name}: slurmrestd is not listening on 127.0.0.1:{port}")
+
+
+def daemon_names(site: ClusterLayout) -> list[str]:
+    return ["slurmrestd", *(f"slurmd-{n.name}" for n in site.cluster.nodes), "slurmctld", "munged"]
+
+
+def is_up(site: ClusterLayout) -> bool:
+    return all(procs.recorded_pid(site.pid_file(d)) is not None for d in daemon_names(site))
+
+
+def start(site: ClusterLayout, release: str) -> None:
+    """A fresh cluster: wiped state, then every daemon, ready when every slurmd has registered."""
+    stop(site)
+    prepare(site, release, fresh=True)
+    _munged(site)
+    if site.cluster.accounting:
+        accounting.start_slurmdbd(site)
+    start_ctld(site, fresh=True)
+    since = _slurmds(site)
+    if not procs.wait_for(lambda: nodes_registered_since(site, since), READY_TIMEOUT_S):
+        raise SystemExit(f"{site.cluster.name}: not every slurmd registered; see {site.host_dir}/log")
+    _slurmrestd(site, release)
+
+
+def stop(site: ClusterLayout) -> None:
+    for daemon in daemon_names(site):
+        procs.stop(site.pid_file(daemon))
+    if site.cluster.accounting:
+        accounting.stop_slurmdbd(site)

@@ -1,0 +1,348 @@
+"""The adapter contract: one async interface over every way of reaching a Slurm cluster.
+
+Everything Slurm-release-specific lives behind this module's types. The broker only ever sees a
+normalized :class:`JobSpec` going in, a normalized :class:`JobRecord` coming out, and the typed errors
+below, which separate what the *job* did wrong (the user must change it) from what the *site* did wrong
+(retry later, mark the Factory unhealthy).
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+# ---------------------------------------------------------------------------------------------------
+# The normalized job spec
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """What to run and on what, in Slurm's vocabulary but independent of any Slurm release.
+
+    Paths are as seen by the cluster's compute nodes. ``memory_mb`` is per node; ``time_limit_min``
+    is Slurm's minutes. ``tag`` is the broker's own job id: it travels in Slurm's comment field so that
+    a job can be found again after a crash without Slurm knowing about idempotency.
+    """
+
+    name: str
+    script: str
+    working_directory: str
+    tag: str
+    stdout: str | None = None
+    stderr: str | None = None
+    environment: Mapping[str, str] = field(default_factory=dict)
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    nodes: int = 1
+    tasks: int = 1
+    cpus_per_task: int = 1
+    memory_mb: int | None = None
+    gpus_per_node: int = 0
+    gpu_type: str | None = None
+    time_limit_min: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rendering:
+    """What :meth:`SlurmAdapter.submit` would send, for dry runs and for tests of the renderers.
+
+    ``payload`` is the adapter's own wire form: the JSON body for slurmrestd, the argv list for the CLI,
+    the description dict for pyslurm. ``script`` is the batch script exactly as Slurm receives it.
+    """
+
+    adapter: str
+    user: str
+    script: str
+    payload: Any
+
+
+# ---------------------------------------------------------------------------------------------------
+# The normalized job record
+# ---------------------------------------------------------------------------------------------------
+
+
+class JobState(enum.StrEnum):
+    """Slurm's base job states (``JOB_STATE_BASE`` plus the flags that matter to a broker)."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUSPENDED = "SUSPENDED"
+    COMPLETING = "COMPLETING"
+    COMPLETED = "COMPLETED"
+    CANCELLED = "CANCELLED"
+    FAILED = "FAILED"
+    TIMEOUT = "TIMEOUT"
+    NODE_FAIL = "NODE_FAIL"
+    PREEMPTED = "PREEMPTED"
+    BOOT_FAIL = "BOOT_FAIL"
+    DEADLINE = "DEADLINE"
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    REQUEUED = "REQUEUED"
+    UNKNOWN = "UNKNOWN"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL_STATES
+
+    @classmethod
+    def parse(cls, raw: str | Collection[str] | None) -> JobState:
+        """Map Slurm's state, a string on 22.05 and a list of flags on 24.11+, to one base state."""
+        if raw is None:
+            return cls.UNKNOWN
+        words = [raw] if isinstance(raw, str) else list(raw)
+        for word in words:
+            # "CANCELLED by 1001" (squeue text) and "COMPLETING" flags both reduce to their first token.
+            head = word.split()[0].upper() if word.strip() else ""
+            if head == "COMPLETING" and len(words) > 1:
+                continue  # a flag beside a base state: the base state wins
+            if head in cls.__members__:
+                return cls[head]
+        return cls.UNKNOWN
+
+
+_TERMINAL_STATES = frozenset(
+    {
+        JobState.COMPLETED,
+        JobState.CANCELLED,
+        JobState.FAILED,
+        JobState.TIMEOUT,
+        JobState.NODE_FAIL,
+        JobState.PREEMPTED,
+        JobState.BOOT_FAIL,
+        JobState.DEADLINE,
+        JobState.OUT_OF_MEMORY,
+    }
+)
+
+# Pending reasons that no amount of waiting will clear: the job can never start as submitted.
+# (Slurm's own names, as squeue and slurmrestd print them.)
+NEVER_CLEARING_REASONS = frozenset(
+    {
+        "PartitionTimeLimit",
+        "PartitionNodeLimit",
+        "PartitionConfig",
+        "PartitionDown",  # an operator may bring it up, but the broker must not wait silently on it
+        "InvalidAccount",
+        "InvalidQOS",
+        "QOSMaxWallDurationPerJobLimit",
+        "QOSMaxGRESPerJob",
+        "AccountNotAllowed",
+        "QOSNotAllowed",
+        "BadConstraints",
+        "DependencyNeverSatisfied",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """One Slurm job as the broker needs to see it, whatever adapter or release produced it."""
+
+    job_id: int
+    tag: str | None
+    state: JobState
+    raw_state: str
+    reason: str | None
+    exit_code: int | None
+    signal: int | None
+    submit_time: datetime | None
+    start_time: datetime | None
+    end_time: datetime | None
+    nodes: str | None
+    user: str | None
+    name: str | None = None
+    partition: str | None = None
+    time_limit_min: int | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    allocated_tres: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def never_starts(self) -> bool:
+        """A pending job whose reason can never clear (e.g. over the partition's MaxTime)."""
+        return self.state is JobState.PENDING and self.reason in NEVER_CLEARING_REASONS
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cluster description
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionInfo:
+    name: str
+    default: bool
+    state: str
+    max_time_min: int | None  # None = INFINITE
+    default_time_min: int | None
+    nodes: tuple[str, ...]
+    total_cpus: int
+    total_gpus: Mapping[str, int]  # GPU type -> count over the partition's nodes
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    name: str
+    state: str
+    cpus: int
+    alloc_cpus: int
+    memory_mb: int
+    partitions: tuple[str, ...]
+    gpus: Mapping[str, int]  # GPU type -> configured count
+    gpus_used: Mapping[str, int]  # GPU type -> allocated count
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterInfo:
+    cluster: str
+    release: str | None
+    partitions: tuple[PartitionInfo, ...]
+    nodes: tuple[NodeInfo, ...]
+
+    def gpu_totals(self) -> dict[str, tuple[int, int]]:
+        """GPU type -> (total, free) over all nodes."""
+        totals: dict[str, tuple[int, int]] = {}
+        for node in self.nodes:
+            for gpu_type, count in node.gpus.items():
+                total, free = totals.get(gpu_type, (0, 0))
+                used = node.gpus_used.get(gpu_type, 0)
+                totals[gpu_type] = (total + count, free + max(count - used, 0))
+        return totals
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    ok: bool
+    detail: str
+    release: str | None = None
+
+
+OutputStream = Literal["stdout", "stderr"]
+
+# ---------------------------------------------------------------------------------------------------
+# Typed errors
+# ---------------------------------------------------------------------------------------------------
+
+
+class SlurmError(Exception):
+    """Base of everything an adapter raises on purpose. ``errors`` holds Slurm's own messages."""
+
+    def __init__(self, message: str, *, cluster: str | None = None, errors: Collection[str] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.cluster = cluster
+        self.errors = tuple(errors)
+
+    def __str__(self) -> str:
+        where = f"[{self.cluster}] " if self.cluster else ""
+        return f"{where}{self.message}"
+
+
+class JobError(SlurmError):
+    """The job itself is at fault: resubmitting it unchanged will fail the same way."""
+
+
+class InvalidRequest(JobError):
+    """Slurm (or the adapter's own checks) refused the job as specified."""
+
+
+class UnsafeRequest(InvalidRequest):
+    """The adapter refused to forward the request: a forbidden user or environment variable."""
+
+
+class SiteError(SlurmError):
+    """The site is at fault: the job may succeed later or elsewhere."""
+
+
+class AuthenticationError(SiteError):
+    """Slurm rejected our credential (bad key, expired token, unknown user)."""
+
+
+class ClusterUnavailable(SiteError):
+    """slurmctld (or slurmrestd) could not be reached or did not answer in time.
+
+    ``maybe_applied`` is True when the request may have reached Slurm before the failure (a timeout or
+    a connection lost after sending): for a submit, the job may exist, so look the tag up before retrying.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        cluster: str | None = None,
+        errors: Collection[str] = (),
+        maybe_applied: bool = False,
+    ) -> None:
+        super().__init__(message, cluster=cluster, errors=errors)
+        self.maybe_applied = maybe_applied
+
+
+class JobNotFound(SiteError):
+    """Slurm does not know the job id (never existed, or purged after MinJobAge)."""
+
+
+class OutputUnavailable(SlurmError):
+    """The adapter cannot read the job's output files (not reachable from here, or not written yet)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# The interface
+# ---------------------------------------------------------------------------------------------------
+
+
+class SlurmAdapter(abc.ABC):
+    """One Slurm cluster, reached one way. Every method may raise the typed errors above.
+
+    ``user`` arguments are the *mapped site account* the job runs as; the adapter checks it against the
+    site policy (no root, no SlurmUser, no system accounts) before anything reaches Slurm.
+    """
+
+    kind: str  # "rest", "cli", "pyslurm"
+
+    def __init__(self, cluster: str) -> None:
+        self.cluster = cluster
+
+    @abc.abstractmethod
+    def render(self, spec: JobSpec, user: str) -> Rendering:
+        """What :meth:`submit` would send, without sending it. Applies the same safety checks."""
+
+    @abc.abstractmethod
+    async def submit(self, spec: JobSpec, user: str) -> int:
+        """Submit the job as ``user``; return Slurm's job id."""
+
+    @abc.abstractmethod
+    async def get_job(self, job_id: int) -> JobRecord:
+        """One job by id, with the operator's view. Raises :class:`JobNotFound`."""
+
+    @abc.abstractmethod
+    async def list_jobs(self, *, tags: Collection[str] | None = None, tag_prefix: str | None = None) -> list[JobRecord]:
+        """Every job the controller knows, finished ones included, in ONE call to Slurm.
+
+        ``tags`` keeps only jobs whose tag is in the collection; ``tag_prefix`` only those whose tag starts
+        with it (e.g. every job this broker submitted).
+        """
+
+    @abc.abstractmethod
+    async def cancel(self, job_id: int, user: str) -> None:
+        """Cancel as ``user``. Cancelling a job that already ended is not an error; an unknown id is."""
+
+    @abc.abstractmethod
+    async def read_output(self, job_id: int, stream: OutputStream = "stdout", max_bytes: int = 65536) -> str:
+        """The tail of the job's stdout or stderr. Raises :class:`OutputUnavailable` where it cannot."""
+
+    @abc.abstractmethod
+    async def cluster_info(self) -> ClusterInfo:
+        """Partitions with their limits, nodes, GPU types with total and free counts."""
+
+    @abc.abstractmethod
+    async def health(self) -> Health:
+        """An authenticated round trip to slurmctld; raises the typed error when it fails."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, most adapters hold nothing
+        """Release connections and worker processes."""

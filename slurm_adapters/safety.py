@@ -1,0 +1,118 @@
+"""Checks every adapter applies before anything reaches Slurm.
+
+A broker that submits on behalf of others is a privilege boundary: it must never submit as root, as
+Slurm's own user or as a system account, never let a user set Slurm's own variables, and never let a user
+string turn into a batch directive.
+"""
+
+from __future__ import annotations
+
+import pwd
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from slurm_adapters.base import JobSpec, UnsafeRequest
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RESERVED_ENV_PREFIXES = ("SLURM_", "SBATCH_", "SALLOC_", "SRUN_")
+_USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# The environment every job starts from; the spec's variables are laid over it.
+BASE_ENVIRONMENT: Mapping[str, str] = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+
+DEFAULT_SHEBANG = "#!/bin/bash"
+# Placed right after the shebang: sbatch stops reading #SBATCH lines at the first command, so nothing the
+# user wrote below can act as a directive. The spec, not the script, says what the job gets.
+DIRECTIVE_FENCE = ": conveyor - the job spec sets all options; #SBATCH lines below are not read"
+
+
+def local_uid(user: str) -> int | None:
+    """The uid of ``user`` on this host, or None where the host does not know it."""
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
+
+
+@dataclass(frozen=True)
+class SitePolicy:
+    """Who an adapter may submit as on one cluster.
+
+    ``resolve_uid`` looks a user up where the cluster's accounts are visible (the lab, a login node);
+    None where they are not (a remote slurmrestd), in which case only the names are checked and Slurm
+    itself refuses users it does not know.
+    """
+
+    slurm_user: str = "slurm"
+    forbidden_users: frozenset[str] = frozenset()
+    min_uid: int = 1000
+    resolve_uid: Callable[[str], int | None] | None = field(default=local_uid)
+
+    def check_user(self, user: str, *, cluster: str | None = None) -> None:
+        if not _USER_NAME.match(user):
+            raise UnsafeRequest(f"{user!r} is not a valid site user name", cluster=cluster)
+        if user in {"root", self.slurm_user} | self.forbidden_users:
+            raise UnsafeRequest(f"refusing to submit as privileged user {user!r}", cluster=cluster)
+        if self.resolve_uid is not None:
+            uid = self.resolve_uid(user)
+            if uid is None:
+                raise UnsafeRequest(f"site user {user!r} does not exist", cluster=cluster)
+            if uid == 0 or uid < self.min_uid:
+                raise UnsafeRequest(
+                    f"refusing to submit as system account {user!r} (uid {uid} < {self.min_uid})",
+                    cluster=cluster,
+                )
+
+
+def check_environment(environment: Mapping[str, str], *, cluster: str | None = None) -> None:
+    for name, value in environment.items():
+        if not _ENV_NAME.match(name):
+            raise UnsafeRequest(f"invalid environment variable name {name!r}", cluster=cluster)
+        if name.upper().startswith(_RESERVED_ENV_PREFIXES):
+            raise UnsafeRequest(
+                f"environment variable {name!r} is reserved for Slurm (SLURM_*, SBATCH_*, SALLOC_*, SRUN_*)",
+                cluster=cluster,
+            )
+        if "\x00" in value:
+            raise UnsafeRequest(f"environment variable {name!r} contains a NUL byte", cluster=cluster)
+
+
+def check_spec(spec: JobSpec, *, cluster: str | None = None) -> None:
+    """Refuse user strings that could smuggle options: control characters in names and paths."""
+    for label, value in (
+        ("name", spec.name),
+        ("tag", spec.tag),
+        ("working_directory", spec.working_directory),
+        ("stdout", spec.stdout),
+        ("stderr", spec.stderr),
+        ("partition", spec.partition),
+        ("account", spec.account),
+        ("qos", spec.qos),
+        ("gpu_type", spec.gpu_type),
+    ):
+        if value is not None and _CONTROL.search(value):
+            raise UnsafeRequest(f"{label} contains a control character (newline, tab, ...)", cluster=cluster)
+    if not spec.working_directory.startswith("/"):
+        raise UnsafeRequest("working_directory must be an absolute path", cluster=cluster)
+    if spec.gpus_per_node < 0 or spec.nodes < 1 or spec.tasks < 1 or spec.cpus_per_task < 1:
+        raise UnsafeRequest("nodes, tasks and cpus_per_task must be >= 1, GPUs >= 0", cluster=cluster)
+    if spec.gpu_type is not None and spec.gpus_per_node == 0:
+        raise UnsafeRequest("gpu_type given without gpus_per_node", cluster=cluster)
+    check_environment(spec.environment, cluster=cluster)
+
+
+def job_environment(spec: JobSpec) -> dict[str, str]:
+    """The full environment the job starts with: the base one with the spec's variables over it."""
+    return {**BASE_ENVIRONMENT, **spec.environment}
+
+
+def fenced_script(script: str) -> str:
+    """The script as Slurm receives it: a shebang, then the fence that ends directive parsing."""
+    lines = script.splitlines()
+    if lines and lines[0].startswith("#!"):
+        shebang, body = lines[0], lines[1:]
+    else:
+        shebang, body = DEFAULT_SHEBANG, lines
+    return "\n".join([shebang, DIRECTIVE_FENCE, *body]) + "\n"
