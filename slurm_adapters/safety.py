@@ -11,6 +11,7 @@ import pwd
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from slurm_adapters.base import JobSpec, UnsafeRequest
 
@@ -34,6 +35,20 @@ def local_uid(user: str) -> int | None:
         return pwd.getpwnam(user).pw_uid
     except KeyError:
         return None
+
+
+def passwd_resolver(fs_root: str | Path) -> Callable[[str], int | None]:
+    """Look users up in the passwd file of another filesystem root (a chroot, a mounted login node image)."""
+    passwd = Path(fs_root) / "etc/passwd"
+
+    def resolve(user: str) -> int | None:
+        for line in passwd.read_text().splitlines():
+            fields = line.split(":")
+            if len(fields) > 2 and fields[0] == user:
+                return int(fields[2])
+        return None
+
+    return resolve
 
 
 @dataclass(frozen=True)

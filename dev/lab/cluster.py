@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dev.lab import accounting, procs, slurmconf
-from dev.lab.commands import READY_TIMEOUT_S, client_env, passwd_ids, run_in
+from dev.lab.commands import READY_TIMEOUT_S, client_env, launch_ctld, passwd_ids, run_in
 from dev.lab.layout import ClusterLayout
 from dev.lab.topology import REST_USER
 from slurm_adapters.convert import parse_key_values
@@ -79,16 +79,8 @@ def _munged(site: ClusterLayout) -> None:
 
 
 def start_ctld(site: ClusterLayout, *, fresh: bool) -> None:
-    argv = [*site.exec_prefix, "slurmctld", "-D", "-f", str(site.slurm_conf)]
-    if fresh:
-        argv.insert(len(site.exec_prefix) + 2, "-i")
-    procs.spawn(site.pid_file("slurmctld"), argv, site.host_dir / "log/slurmctld.out", client_env(site))
-
-    def pinged() -> bool:
-        return "is UP" in run_in(site, ["scontrol", "ping"]).stdout
-
-    if not procs.wait_ready(site.pid_file("slurmctld"), pinged, READY_TIMEOUT_S):
-        raise SystemExit(f"{site.cluster.name}: slurmctld did not answer ping; see {site.host_dir}/log")
+    log = site.host_dir / "log/slurmctld.out"
+    launch_ctld(site.exec_prefix, site.slurm_conf, site.pid_file("slurmctld"), log, fresh=fresh)
 
 
 def _slurmds(site: ClusterLayout) -> float:

@@ -34,17 +34,19 @@ def cluster_entry(site: ClusterLayout, release: str, *, inside_view: bool) -> di
         "slurmctld": {
             "host": "127.0.0.1",
             "port": c.ctld_port,
-            "pid_file": None if inside_view else str(site.pid_file("slurmctld")),
+            "pid_file": host_or_inside(site.inside_pid_file("slurmctld")),
         },
         "rest": {
             "url": f"http://127.0.0.1:{c.rest_port}",
-            "pid_file": None if inside_view else str(site.pid_file("slurmrestd")),
+            "pid_file": host_or_inside(site.inside_pid_file("slurmrestd")),
         },
         "jwt_key_file": host_or_inside(site.jwt_key),
         "enforce_part_limits": "ALL" if c.enforce_part_limits else "NO",
         "accounting": c.accounting,
         "private_data": list(c.private_data),
         "min_job_age_s": c.min_job_age_s,
+        # A chroot's own view marks its clusters expendable: the run inside it is their only user meanwhile.
+        "expendable": c.expendable or inside_view,
         "country": c.country,
         "partitions": [
             {

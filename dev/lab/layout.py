@@ -84,9 +84,15 @@ class ClusterLayout:
     def scratch(self) -> Path:
         return self.inside("scratch")
 
+    def inside_pid_file(self, daemon: str) -> Path:
+        """Where the lab records the PID of one of this cluster's daemons, as seen inside its filesystem.
+
+        Inside, so that a test running in the chroot can restart a daemon and the host lab still finds it.
+        """
+        return self.inside_dir.parent / "run" / f"{self.cluster.name}-{daemon}.pid"
+
     def pid_file(self, daemon: str) -> Path:
-        """Where the lab records the PID of one of this cluster's daemons (a host path)."""
-        return lab_root() / "run" / f"{self.cluster.name}-{daemon}.pid"
+        return self.host(self.inside_pid_file(daemon))
 
 
 def layout(cluster: Cluster, suite_of_host: str) -> ClusterLayout:

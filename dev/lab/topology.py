@@ -51,6 +51,7 @@ class Cluster:
     accounting: bool = False
     private_data: tuple[str, ...] = ()
     min_job_age_s: int = 300
+    expendable: bool = False  # tests may SIGKILL its slurmctld
     purpose: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -140,6 +141,7 @@ CLUSTERS: tuple[Cluster, ...] = (
         nodes=(_cpu_node("cn1", 6878, cpus=8),),
         partitions=(Partition("cpu", ("cn1",), max_time_min=30, default_time_min=5, default=True),),
         enforce_part_limits=False,
+        expendable=True,
         purpose="a small cluster of its own that fault tests may SIGKILL",
     ),
 )

@@ -1,0 +1,421 @@
+"""Adapter conformance: ONE module, run for every (adapter x Slurm release) pair the lab has.
+
+On the host it covers the slurmrestd and CLI adapters on every lab cluster; inside the sid chroot (see
+tests/adapters/test_pyslurm_in_chroot.py) the very same module runs for the pyslurm adapter. Every claim is
+checked against real daemons, and every field is read back through the test's own ``scontrol``, never only
+through the adapter under test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dev.lab import procs
+from slurm_adapters.base import (
+    AuthenticationError,
+    ClusterUnavailable,
+    InvalidRequest,
+    JobNotFound,
+    JobSpec,
+    JobState,
+    SlurmAdapter,
+    UnsafeRequest,
+)
+from slurm_adapters.convert import parse_duration_min, parse_gres
+from tests.lab import SUBMIT_USER, Cluster, clusters, job_dir, make_adapter, new_tag, wait_for_job, wait_until
+
+pytestmark = pytest.mark.lab
+
+KINDS = os.environ.get("CONVEYOR_ADAPTERS", "rest,cli").split(",")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "case" in metafunc.fixturenames:
+        cases = [(kind, c) for c in clusters() for kind in KINDS]
+        ids = [f"{kind}-{c.name}-{c.short_release}" for kind, c in cases]
+        metafunc.parametrize("case", cases, ids=ids)
+
+
+@pytest.fixture
+async def adapter(case: tuple[str, Cluster]) -> AsyncIterator[SlurmAdapter]:
+    kind, cluster = case
+    instance = make_adapter(kind, cluster)
+    yield instance
+    await instance.aclose()
+
+
+@pytest.fixture
+def cluster(case: tuple[str, Cluster]) -> Cluster:
+    return case[1]
+
+
+def simple_spec(cluster: Cluster, script: str, label: str = "t", **overrides: Any) -> JobSpec:
+    tag = new_tag(label)
+    workdir = job_dir(cluster, tag)
+    spec = JobSpec(
+        name=f"conformance-{label}",
+        script=script,
+        working_directory=workdir,
+        stdout=f"{workdir}/out.txt",
+        stderr=f"{workdir}/err.txt",
+        tag=tag,
+        partition=cluster.cpu_partition["name"],
+        time_limit_min=5,
+    )
+    return replace(spec, **overrides)
+
+
+async def test_job_completes_and_output_is_readable(adapter: SlurmAdapter, cluster: Cluster) -> None:
+    spec = simple_spec(cluster, "echo conformance-says-hello\necho to-stderr >&2\n", "ok")
+    job_id = await adapter.submit(spec, SUBMIT_USER)
+    record = await wait_for_job(adapter, job_id, {JobState.COMPLETED})
+    assert record.state is JobState.COMPLETED, record
+    assert record.exit_code == 0
+    assert record.tag == spec.tag
+    assert record.user == SUBMIT_USER
+    assert record.submit_time is not None
+    assert record.start_time is not None
+    assert record.end_time is not None
+    assert record.nodes
+    assert "conformance-says-hello" in await adapter.read_output(job_id, "stdout")
+    assert "to-stderr" in await adapter.read_output(job_id, "stderr")
+
+
+async def test_failing_job_ends_failed_with_its_exit_code(adapter: SlurmAdapter, cluster: Cluster) -> None:
+    job_id = await adapter.submit(simple_spec(cluster, "echo about-to-fail\nexit 3\n", "fail"), SUBMIT_USER)
+    record = await wait_for_job(adapter, job_id, {JobState.FAILED})
+    assert record.state is JobState.FAILED, record
+    assert record.exit_code == 3
+    independent = cluster.show_job(job_id)
+    assert independent["JobState"] == "FAILED"
+    assert independent["ExitCode"] == "3:0"
+
+
+async def test_every_spec_field_reaches_slurm(adapter: SlurmAdapter, cluster: Cluster) -> None:
+    script = 'echo "FOO=$FOO"\necho "BAR=$BAR"\necho "PWD=$(pwd)"\necho "TASKS=$SLURM_NTASKS"\n'
+    spec = simple_spec(
+        cluster,
+        script,
+        "fields",
+        environment={"FOO": "foo value with spaces", "BAR": "b=a=r"},
+        nodes=1,
+        tasks=2,
+        cpus_per_task=1,
+        memory_mb=600,
+        time_limit_min=7,
+        account="ehpc-aif-test",
+    )
+    job_id = await adapter.submit(spec, SUBMIT_USER)
+    shown = cluster.show_job(job_id)
+    assert shown["JobName"] == spec.name
+    assert shown["WorkDir"] == spec.working_directory
+    assert shown["StdOut"] == spec.stdout
+    assert shown["StdErr"] == spec.stderr
+    assert shown["Partition"] == spec.partition
+    assert shown["Account"] == spec.account
+    assert shown["NumNodes"].split("-")[0] == "1"
+    assert shown["NumTasks"] == "2"
+    assert shown["CPUs/Task"] == "1"
+    assert shown["MinMemoryNode"] == "600M"
+    assert parse_duration_min(shown["TimeLimit"]) == 7
+    assert shown["Comment"] == spec.tag
+    assert shown["UserId"].startswith(f"{SUBMIT_USER}(")
+
+    record = await wait_for_job(adapter, job_id, {JobState.COMPLETED})
+    assert record.state is JobState.COMPLETED, record
+    output = await adapter.read_output(job_id)
+    assert "FOO=foo value with spaces" in output
+    assert "BAR=b=a=r" in output
+    assert f"PWD={spec.working_directory}" in output
+    assert "TASKS=2" in output
+
+
+async def test_gpu_request_lands_on_a_gpu_node(adapter: SlurmAdapter, cluster: Cluster) -> None:
+    partition = cluster.gpu_partition
+    if partition is None:
+        pytest.skip(f"{cluster.name} has no GPU partition")
+    gpu_type = next(iter(partition["gpus"]))
+    spec = simple_spec(
+        cluster,
+        'echo "CVD=$CUDA_VISIBLE_DEVICES"\necho "NODE=$SLURMD_NODENAME"\n',
+        "gpu",
+        partition=partition["name"],
+        gpus_per_node=2,
+        gpu_type=gpu_type,
+    )
+    job_id = await adapter.submit(spec, SUBMIT_USER)
+    shown = cluster.show_job(job_id)
+    assert parse_gres(shown.get("TresPerNode")) == {gpu_type: 2}, shown.get("TresPerNode")
+    record = await wait_for_job(adapter, job_id, {JobState.COMPLETED})
+    assert record.state is JobState.COMPLETED, record
+    assert record.nodes in partition["nodes"]
+    output = await adapter.read_output(job_id)
+    assert "CVD=0,1" in output, output
+    assert f"NODE={record.nodes}" in output
+
+
+async def test_gpu_type_the_cluster_lacks_is_rejected(adapter: SlurmAdapter, cluster: Cluster) -> None:
+    partition = cluster.gpu_partition or cluster.cpu_partition
+    spec = simple_spec(cluster, "true\n", "nogpu", partition=partition["name"], gpus_per_node=1, gpu_type="mi250x")
+    with pytest.raises(InvalidRequest) as caught:
+        await adapter.submit(spec, SUBMIT_USER)
+    assert caught.value.message
+
+
+async def test_time_over_max_time(adapter: SlurmAdapter, cluster: Cluster) -> None:
+    """Rejected at once under EnforcePartLimits=ALL; otherwise accepted and reported as never starting."""
+    partition = cluster.cpu_partition
+    spec = simple_spec(cluster, "true\n", "maxtime", time_limit_min=partition["max_time_min"] + 30)
+    if cluster.enforces_part_limits:
+        with pytest.raises(InvalidRequest):
+            await adapter.submit(spec, SUBMIT_USER)
+        return
+    job_id = await adapter.submit(spec, SUBMIT_USER)
+    try:
+        wait_until(lambda: cluster.show_job(job_id).get("Reason") == "PartitionTimeLimit", 30, "PartitionTimeLimit")
+        record = await adapter.get_job(job_id)
+        assert record.state is JobState.PENDING
+        assert record.reason == "PartitionTimeLimit"
+        assert record.never_starts
+    finally:
+        await adapter.cancel(job_id, SUBMIT_USER)
+
+
+async def test_running_job_is_cancelled(adapter: SlurmAdapter, cluster: Cluster) -> None:
+    spec = simple_spec(cluster, "echo started\nsleep 300\n", "cancel")
+    job_id = await adapter.submit(spec, SUBMIT_USER)
+    running = await wait_for_job(adapter, job_id, {JobState.RUNNING})
+    assert running.state is JobState.RUNNING, running
+    await adapter.cancel(job_id, SUBMIT_USER)
+    record = await wait_for_job(adapter, job_id, {JobState.CANCELLED}, timeout_s=30)
+    assert record.state is JobState.CANCELLED
+    assert cluster.show_job(job_id)["JobState"] == "CANCELLED"
+    await adapter.cancel(job_id, SUBMIT_USER)  # cancelling a finished job is not an error
+
+
+async def test_list_finds_jobs_by_tag_finished_ones_included(adapter: SlurmAdapter, cluster: Cluster) -> None:
+    finished = simple_spec(cluster, "true\n", "list-done")
+    pending = simple_spec(cluster, "sleep 300\n", "list-live")
+    finished_id = await adapter.submit(finished, SUBMIT_USER)
+    live_id = await adapter.submit(pending, SUBMIT_USER)
+    try:
+        await wait_for_job(adapter, finished_id, {JobState.COMPLETED})
+        listed = await adapter.list_jobs(tags={finished.tag, pending.tag})
+        by_tag = {r.tag: r for r in listed}
+        assert set(by_tag) == {finished.tag, pending.tag}
+        assert by_tag[finished.tag].job_id == finished_id
+        assert by_tag[finished.tag].state is JobState.COMPLETED
+        assert by_tag[pending.tag].job_id == live_id
+        prefixed = await adapter.list_jobs(tag_prefix="cvy-test-list-")
+        assert {finished_id, live_id} <= {r.job_id for r in prefixed}
+        assert all((r.tag or "").startswith("cvy-test-list-") for r in prefixed)
+    finally:
+        await adapter.cancel(live_id, SUBMIT_USER)
+
+
+async def test_unknown_job_id_is_not_found(adapter: SlurmAdapter) -> None:
+    with pytest.raises(JobNotFound):
+        await adapter.get_job(987_654_321)
+    with pytest.raises(JobNotFound):
+        await adapter.cancel(987_654_321, SUBMIT_USER)
+
+
+async def test_privileged_and_system_users_are_refused(adapter: SlurmAdapter, cluster: Cluster) -> None:
+    spec = simple_spec(cluster, "true\n", "root")
+    for user in ("root", "daemon", "munge"):
+        with pytest.raises(UnsafeRequest):
+            await adapter.submit(spec, user)
+        with pytest.raises(UnsafeRequest):
+            adapter.render(spec, user)
+
+
+async def test_reserved_environment_and_injection_are_refused(adapter: SlurmAdapter, cluster: Cluster) -> None:
+    with pytest.raises(UnsafeRequest):
+        await adapter.submit(simple_spec(cluster, "true\n", "env", environment={"SLURM_JOB_ID": "1"}), SUBMIT_USER)
+    with pytest.raises(UnsafeRequest):
+        await adapter.submit(simple_spec(cluster, "true\n", "env", environment={"SBATCH_ACCOUNT": "x"}), SUBMIT_USER)
+    with pytest.raises(UnsafeRequest):
+        await adapter.submit(simple_spec(cluster, "true\n", "inj", name="x\n#SBATCH --hold"), SUBMIT_USER)
+
+
+async def test_directives_in_the_user_script_are_inert(adapter: SlurmAdapter, cluster: Cluster) -> None:
+    """A user's ``#SBATCH --hold`` must not hold the job: the spec alone sets Slurm's options."""
+    spec = simple_spec(cluster, "#!/bin/bash\n#SBATCH --hold\n#SBATCH --job-name=evil\necho ran\n", "fence")
+    job_id = await adapter.submit(spec, SUBMIT_USER)
+    record = await wait_for_job(adapter, job_id, {JobState.COMPLETED})
+    assert record.state is JobState.COMPLETED, record
+    assert record.name == spec.name
+    assert "ran" in await adapter.read_output(job_id)
+
+
+async def test_render_shows_what_submit_sends(adapter: SlurmAdapter, cluster: Cluster) -> None:
+    spec = simple_spec(cluster, "echo rendered\n", "render")
+    rendering = adapter.render(spec, SUBMIT_USER)
+    assert rendering.adapter == adapter.kind
+    assert rendering.user == SUBMIT_USER
+    assert "echo rendered" in rendering.script
+    assert spec.tag in repr(rendering.payload)
+
+
+async def test_cluster_info_matches_the_lab(adapter: SlurmAdapter, cluster: Cluster) -> None:
+    info = await adapter.cluster_info()
+    assert info.cluster == cluster.name
+    partitions = {p.name: p for p in info.partitions}
+    for expected in cluster.raw["partitions"]:
+        got = partitions[expected["name"]]
+        assert got.max_time_min == expected["max_time_min"]
+        assert got.default_time_min == expected["default_time_min"]
+        assert got.default == expected["default"]
+        assert sorted(got.nodes) == sorted(expected["nodes"])
+        assert dict(got.total_gpus) == expected["gpus"]
+    assert {n.name for n in info.nodes} == {n["name"] for n in cluster.raw["nodes"]}
+    totals = info.gpu_totals()
+    assert set(totals) == set(cluster.raw["gpu_types"])
+    health = await adapter.health()
+    assert health.ok
+
+
+async def test_wrong_credential_is_an_authentication_error(
+    case: tuple[str, Cluster], cluster: Cluster, tmp_path: Path
+) -> None:
+    kind, _ = case
+    if kind == "rest":
+        from slurm_adapters.rest import RestAdapter
+
+        bad_key = tmp_path / "wrong.key"
+        bad_key.write_bytes(secrets.token_bytes(32))
+        bad_key.chmod(0o600)
+        adapter = RestAdapter(
+            cluster=cluster.name,
+            base_url=cluster.raw["rest"]["url"],
+            jwt_key_file=bad_key,
+            operator_user=cluster.raw["operator_user"],
+            policy=cluster.policy(),
+        )
+        try:
+            with pytest.raises(AuthenticationError):
+                await adapter.health()
+            with pytest.raises(AuthenticationError):
+                await adapter.submit(simple_spec(cluster, "true\n", "auth"), SUBMIT_USER)
+        finally:
+            await adapter.aclose()
+        return
+    # CLI and pyslurm authenticate with munge: give them a config whose munge daemon holds another key.
+    with rogue_munge_conf(cluster) as conf:
+        errors = probe_in_subprocess(kind, cluster, conf)
+    assert errors == ["AuthenticationError", "AuthenticationError"], errors
+
+
+async def test_cluster_down_is_unavailable_then_recovers(adapter: SlurmAdapter, cluster: Cluster) -> None:
+    if not cluster.raw["expendable"]:
+        pytest.skip(f"{cluster.name} is shared; slurmctld is killed only on the lab's expendable cluster")
+    assert cluster.kill_ctld() is not None
+    try:
+        for call in (adapter.health(), adapter.submit(simple_spec(cluster, "true\n", "down"), SUBMIT_USER)):
+            started = time.monotonic()
+            with pytest.raises(ClusterUnavailable):
+                await call
+            assert time.monotonic() - started < 10.0
+    finally:
+        cluster.start_ctld()
+    health = await adapter.health()
+    assert health.ok
+    job_id = await adapter.submit(simple_spec(cluster, "true\n", "back"), SUBMIT_USER)
+    assert (await wait_for_job(adapter, job_id, {JobState.COMPLETED})).state is JobState.COMPLETED
+
+
+# --- helpers for the wrong-credential test ----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def rogue_munge_conf(cluster: Cluster) -> Iterator[str]:
+    """A munged with a freshly generated key, and a copy of the cluster's slurm.conf that points at it."""
+    inside = Path(cluster.raw["scratch_dir"]) / f"rogue-munge-{secrets.token_hex(4)}"
+    host = cluster.host_path(inside)
+    host.mkdir(mode=0o755)
+    uid, gid = _munge_ids(cluster)
+    key = host / "munge.key"
+    key.write_bytes(secrets.token_bytes(1024))
+    for path in (host, key):
+        os.chown(path, uid, gid)
+    key.chmod(0o600)
+    sock = inside / "munge.socket"
+    argv = [
+        *cluster.exec_prefix,
+        "setpriv", "--reuid=munge", "--regid=munge", "--init-groups",
+        "munged", "-F", f"--socket={sock}", f"--key-file={inside}/munge.key",
+        f"--pid-file={inside}/munged.pid", f"--log-file={inside}/munged.log", f"--seed-file={inside}/munged.seed",
+    ]  # fmt: skip
+    pid_file = host / "munged.pid.record"
+    procs.spawn(pid_file, argv, host / "munged.out")
+    try:
+        wait_until(lambda: cluster.host_path(sock).exists(), 20, "the rogue munged socket")
+        conf_dir = cluster.host_path(Path(cluster.slurm_conf).parent)
+        for name in ("gres.conf", "cgroup.conf"):
+            if (conf_dir / name).exists():
+                (host / name).write_text((conf_dir / name).read_text())
+        lines = (conf_dir / "slurm.conf").read_text().splitlines()
+        rewired = [f"AuthInfo=socket={sock}" if line.startswith("AuthInfo=") else line for line in lines]
+        (host / "slurm.conf").write_text("\n".join(rewired) + "\n")
+        yield str(inside / "slurm.conf")
+    finally:
+        procs.stop(pid_file)
+
+
+def _munge_ids(cluster: Cluster) -> tuple[int, int]:
+    for line in cluster.host_path("/etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == "munge":
+            return int(fields[2]), int(fields[3])
+    raise AssertionError("no munge user")
+
+
+_PROBE = """
+import asyncio, sys
+from tests.lab import Cluster, make_adapter, SUBMIT_USER
+from tests.adapters.test_conformance import simple_spec
+import json
+raw = json.loads(sys.argv[2]); raw["slurm_conf"] = sys.argv[3]
+cluster = Cluster(raw)
+async def main():
+    adapter = make_adapter(sys.argv[1], cluster)
+    names = []
+    for call in (adapter.health, lambda: adapter.submit(simple_spec(cluster, "true\\n", "auth"), SUBMIT_USER)):
+        try:
+            await call()
+            names.append("no error")
+        except Exception as exc:
+            names.append(type(exc).__name__ + ": " + str(exc) if type(exc).__name__ != "AuthenticationError"
+                         else "AuthenticationError")
+    await adapter.aclose()
+    print(json.dumps(names))
+asyncio.run(main())
+"""
+
+
+def probe_in_subprocess(kind: str, cluster: Cluster, conf: str) -> list[str]:
+    """Run health and submit with another slurm.conf in a fresh process (libslurm binds one per process)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE, kind, json.dumps(cluster.raw), conf],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    names: list[str] = json.loads(result.stdout.strip().splitlines()[-1])
+    return names
