@@ -92,18 +92,18 @@ class JobState(enum.StrEnum):
 
     @classmethod
     def parse(cls, raw: str | Collection[str] | None) -> JobState:
-        """Map Slurm's state, a string on 22.05 and a list of flags on 24.11+, to one base state."""
+        """Map Slurm's state, a string on 22.05 and a list of flags on 24.11+, to one base state.
+
+        A COMPLETING flag wins over the base state beside it (["CANCELLED", "COMPLETING"]), as scontrol and
+        22.05 report it: the exit code is not final until the job's processes are gone.
+        """
         if raw is None:
             return cls.UNKNOWN
-        words = [raw] if isinstance(raw, str) else list(raw)
-        for word in words:
-            # "CANCELLED by 1001" (squeue text) and "COMPLETING" flags both reduce to their first token.
-            head = word.split()[0].upper() if word.strip() else ""
-            if head == "COMPLETING" and len(words) > 1:
-                continue  # a flag beside a base state: the base state wins
-            if head in cls.__members__:
-                return cls[head]
-        return cls.UNKNOWN
+        # "CANCELLED by 1001" (squeue text) reduces to its first token.
+        heads = [word.split()[0].upper() for word in ([raw] if isinstance(raw, str) else raw) if word.strip()]
+        if "COMPLETING" in heads:
+            return cls.COMPLETING
+        return next((cls[head] for head in heads if head in cls.__members__), cls.UNKNOWN)
 
 
 _TERMINAL_STATES = frozenset(
@@ -177,7 +177,7 @@ class JobRecord:
 @dataclass(frozen=True, slots=True)
 class PartitionInfo:
     name: str
-    default: bool
+    default: bool | None  # None: this API cannot tell (slurmrestd's v0.0.40-42 partitions carry no such flag)
     state: str
     max_time_min: int | None  # None = INFINITE
     default_time_min: int | None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,9 +114,21 @@ def parse_key_values(line: str) -> dict[str, str]:
     return result
 
 
-def read_tail(path: Path, max_bytes: int) -> str:
-    """The last ``max_bytes`` of a file, decoded leniently (jobs print whatever they like)."""
-    with path.open("rb") as handle:
+def read_tail(path: Path, max_bytes: int, *, owner_uid: int | None = None) -> str:
+    """The last ``max_bytes`` of a file, decoded leniently (jobs print whatever they like).
+
+    Output paths are chosen by users, so only a regular file is read (a FIFO would block the reader), and
+    with ``owner_uid`` only one that uid owns: a root adapter must not hand out /etc/shadow because a job
+    named it as its output. The checks run on the opened descriptor, so a swapped symlink cannot race them.
+    Failures raise :class:`OSError` (``PermissionError`` for a refused file).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise PermissionError(f"{path} is not a regular file")
+        if owner_uid is not None and info.st_uid != owner_uid:
+            raise PermissionError(f"{path} is owned by uid {info.st_uid}, not the job's uid {owner_uid}")
         size = handle.seek(0, 2)
         handle.seek(max(size - max_bytes, 0))
         return handle.read().decode("utf-8", errors="replace")
@@ -131,3 +145,32 @@ def expand_output_path(pattern: str, job_id: int, user: str | None, name: str | 
         "%%": "%",
     }
     return re.sub(r"%[jAuxN%]", lambda m: replacements[m.group(0)], pattern)
+
+
+def gpu_counts(gres: Mapping[str, object], default_type: str = "gpu") -> dict[str, int]:
+    """GPU counts per type from a GRES/TRES mapping such as ``{"gpu:a100": 2}`` or ``{"gres/gpu": "1"}``.
+
+    Allocation TRES list a total beside the typed counts (``gres/gpu=2,gres/gpu:a100=2``): the total
+    only adds untyped GPUs (under ``default_type``) where it exceeds the typed ones. Values may be ints,
+    digit strings or ``{"count": n, ...}`` (pyslurm's form when GPU indexes are known).
+    """
+    typed: dict[str, int] = {}
+    untyped = 0
+    for key, value in gres.items():
+        name = key.removeprefix("gres/").removeprefix("gres:")
+        raw = value.get("count") if isinstance(value, Mapping) else value
+        if isinstance(raw, int):
+            count = raw
+        elif isinstance(raw, str) and raw.isdigit():
+            count = int(raw)
+        else:
+            continue
+        if name == "gpu":
+            untyped += count
+        elif name.startswith("gpu:"):
+            gpu_type = name.split(":", 2)[1]
+            typed[gpu_type] = typed.get(gpu_type, 0) + count
+    extra = untyped - sum(typed.values())
+    if extra > 0:
+        typed[default_type] = typed.get(default_type, 0) + extra
+    return typed

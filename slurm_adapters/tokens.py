@@ -78,7 +78,8 @@ def verify_token(token: str, key: bytes, *, now: float | None = None) -> dict[st
 
 
 class TokenMinter:
-    """Mints tokens from a key file; the key is read once, on first use, so construction never fails."""
+    """Mints tokens from a key file, read on first use (so construction never fails) and again whenever
+    the file changes (a rotated key is picked up without a restart)."""
 
     def __init__(
         self,
@@ -93,13 +94,16 @@ class TokenMinter:
         self.lifetime_s = lifetime_s
         self._clock = clock
         self._key: bytes | None = None
+        self._key_stamp: tuple[int, int, int] | None = None
 
     def _load_key(self) -> bytes:
-        if self._key is None:
+        info = self.key_file.stat()
+        stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+        if self._key is None or stamp != self._key_stamp:
             key = self.key_file.read_bytes()  # raw bytes, as slurmctld reads jwt_key
             if not key:
                 raise TokenError(f"JWT key file {self.key_file} is empty")
-            self._key = key
+            self._key, self._key_stamp = key, stamp
         return self._key
 
     def mint(self, user: str) -> str:

@@ -94,6 +94,20 @@ def partitions_with_nodes(nodes: Sequence[NodeInfo], name: str) -> tuple[NodeInf
     return tuple(node for node in nodes if name in node.partitions)
 
 
+def used_gpus(configured: Mapping[str, int], used: Mapping[str, int]) -> dict[str, int]:
+    """Drop the ``gpu:0`` that Slurm prints as "used" on nodes without any GPU."""
+    return {kind: count for kind, count in used.items() if kind in configured or count}
+
+
+def default_partition_names(body: Json) -> set[str]:
+    """Partitions whose ``flags`` say DEFAULT (v0.0.38 writes "default", v0.0.43+ "DEFAULT")."""
+    names: set[str] = set()
+    for raw in body.get("partitions") or ():
+        if isinstance(raw, Mapping) and "DEFAULT" in {flag.upper() for flag in string_list(raw.get("flags"))}:
+            names.add(str(raw.get("name")))
+    return names
+
+
 def gpu_sum(nodes: Sequence[NodeInfo]) -> dict[str, int]:
     totals: dict[str, int] = {}
     for node in nodes:
@@ -114,6 +128,8 @@ class Codec(abc.ABC):
     partitions_path: ClassVar[str]
     # Query parameters for the one-call job listing (finished jobs must be included).
     jobs_params: ClassVar[Mapping[str, str]] = {}
+    # Where the same daemon may tell the default partition when this version cannot (or None).
+    partition_flags_path: ClassVar[str | None] = None
 
     @abc.abstractmethod
     def job_path(self, job_id: int) -> str:

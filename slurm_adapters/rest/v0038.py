@@ -6,7 +6,8 @@ Wire facts this codec absorbs (measured on 22.05.8 and read from its plugin sour
   (HTTP 400 "environment must be set" without it); job options go through sbatch's own option parser;
 * ``job_state`` is one string; ``exit_code`` is the raw ``wait()`` status; unset numbers are ``null``;
 * ``standard_output`` comes back unexpanded (``%j``) and empty when the job took Slurm's default;
-* partitions report ``max_time_limit`` -1 for INFINITE and a ``flags`` list with "default".
+* partitions report ``max_time_limit`` -1 for INFINITE and a ``flags`` list with "default"; some 22.05
+  sources write DefMemPerCPU into ``default_time_limit``, but 22.05.8 reports DefaultTime there (measured).
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from slurm_adapters.convert import (
 from slurm_adapters.rest.codec import (
     Codec,
     Json,
+    default_partition_names,
     gpu_sum,
     gres_request,
     partitions_with_nodes,
     string_list,
     text_or_none,
+    used_gpus,
 )
 
 _PREFIX = "/slurm/v0.0.38"
@@ -74,9 +77,8 @@ class V0038(Codec):
     jobs_path = f"{_PREFIX}/jobs"
     nodes_path = f"{_PREFIX}/nodes"
     partitions_path = f"{_PREFIX}/partitions"
-    # 22.05 lists every job in slurmctld's memory (SHOW_ALL|SHOW_DETAIL, finished ones included);
-    # it has no filter to set.
-    jobs_params: Mapping[str, str] = {}
+    # jobs_params stays empty: 22.05 lists every job in slurmctld's memory (SHOW_ALL|SHOW_DETAIL,
+    # finished ones included) and has no filter to set.
 
     def job_path(self, job_id: int) -> str:
         return f"{_PREFIX}/job/{int(job_id)}"
@@ -146,6 +148,7 @@ class V0038(Codec):
             if not isinstance(raw, Mapping):
                 continue
             flags = [str(flag).upper() for flag in string_list(raw.get("state_flags"))]
+            gpus = parse_gres(text_or_none(raw.get("gres")))
             state = "+".join([str(raw.get("state") or "unknown").upper(), *flags])
             nodes.append(
                 NodeInfo(
@@ -155,29 +158,27 @@ class V0038(Codec):
                     alloc_cpus=_int(raw.get("alloc_cpus")) or 0,
                     memory_mb=_int(raw.get("real_memory")) or 0,
                     partitions=string_list(raw.get("partitions")),
-                    gpus=parse_gres(text_or_none(raw.get("gres"))),
-                    gpus_used=parse_gres(text_or_none(raw.get("gres_used"))),
+                    gpus=gpus,
+                    gpus_used=used_gpus(gpus, parse_gres(text_or_none(raw.get("gres_used")))),
                 )
             )
         return nodes
 
     def parse_partitions(self, body: Json, nodes: Sequence[NodeInfo]) -> list[PartitionInfo]:
         partitions: list[PartitionInfo] = []
+        flagged_default = default_partition_names(body)
         for raw in body.get("partitions") or ():
             if not isinstance(raw, Mapping):
                 continue
             name = str(raw.get("name"))
             members = partitions_with_nodes(nodes, name)
-            flags = {flag.lower() for flag in string_list(raw.get("flags"))}
             partitions.append(
                 PartitionInfo(
                     name=name,
-                    default="default" in flags,
+                    default=name in flagged_default,
                     state=str(raw.get("state") or "UNKNOWN").upper(),
                     max_time_min=_minutes(raw.get("max_time_limit")),
-                    # 22.05's plugin writes DefMemPerCPU into default_time_limit (a bug in its
-                    # partitions.c), so the REST API cannot tell DefaultTime on this release.
-                    default_time_min=None,
+                    default_time_min=_minutes(raw.get("default_time_limit")),
                     nodes=tuple(node.name for node in members),
                     total_cpus=_int(raw.get("total_cpus")) or 0,
                     total_gpus=gpu_sum(members),

@@ -1,0 +1,329 @@
+"""The slurmrestd adapter: one cluster reached over its REST API with locally minted JWTs.
+
+Every request carries a fresh short-lived token: the mapped user's for submit and cancel (so Slurm itself
+enforces who may do what), the operator's for reads and health. The API version is negotiated once, newest
+first, with an authenticated ping; everything version-specific lives in the codecs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import stat
+import time
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from slurm_adapters.base import (
+    AuthenticationError,
+    ClusterInfo,
+    ClusterUnavailable,
+    Health,
+    JobNotFound,
+    JobRecord,
+    JobSpec,
+    OutputStream,
+    OutputUnavailable,
+    Rendering,
+    SlurmAdapter,
+)
+from slurm_adapters.convert import read_tail
+from slurm_adapters.rest.codec import Codec, Json, default_partition_names, errors_of
+from slurm_adapters.rest.errors import Operation, classify
+from slurm_adapters.rest.v0038 import V0038
+from slurm_adapters.rest.v0042 import V0042
+from slurm_adapters.safety import SitePolicy, check_spec, fenced_script, job_environment
+from slurm_adapters.tokens import DEFAULT_LIFETIME_S, TokenError, TokenMinter
+
+# Newest first: the order version negotiation tries them in.
+CODECS: tuple[Codec, ...] = (V0042(), V0038())
+CODECS_BY_VERSION: Mapping[str, Codec] = {codec.version: codec for codec in CODECS}
+
+
+class RestAdapter(SlurmAdapter):
+    """A Slurm cluster behind slurmrestd (22.05 via v0.0.38, 24.11 and 26.05 via v0.0.42)."""
+
+    kind = "rest"
+
+    def __init__(
+        self,
+        cluster: str,
+        base_url: str,
+        jwt_key_file: str | Path,
+        operator_user: str,
+        policy: SitePolicy,
+        *,
+        output_root: str | Path | None = None,
+        timeout_s: float = 8.0,
+        list_timeout_s: float = 60.0,
+        connect_timeout_s: float = 3.0,
+        token_lifetime_s: int = DEFAULT_LIFETIME_S,
+        api_version: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        """``output_root`` is the host path of the cluster's "/" (None: outputs are not readable here).
+
+        ``timeout_s`` bounds every call but the job listing (``list_timeout_s``): it stays below Slurm's
+        default MessageTimeout (10 s), for which slurmrestd keeps retrying a dead slurmctld before it
+        answers, so an unreachable cluster shows as such in seconds. ``api_version`` pins a version and
+        skips negotiation; ``transport`` is for tests.
+        """
+        super().__init__(cluster)
+        if api_version is not None and api_version not in CODECS_BY_VERSION:
+            raise ValueError(f"unsupported slurmrestd API version {api_version!r}")
+        self.base_url = base_url.rstrip("/")
+        self.operator_user = operator_user
+        self.policy = policy
+        self.output_root = None if output_root is None else Path(output_root)
+        self._tokens = TokenMinter(jwt_key_file, lifetime_s=token_lifetime_s)
+        self._codec: Codec | None = CODECS_BY_VERSION[api_version] if api_version else None
+        self._negotiation = asyncio.Lock()
+        self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        self._list_timeout = httpx.Timeout(list_timeout_s, connect=connect_timeout_s)
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=self._timeout,
+            headers={"Accept": "application/json"},
+            transport=transport,
+        )
+
+    @property
+    def api_version(self) -> str | None:
+        """The negotiated (or pinned) API version; None before the first call."""
+        return None if self._codec is None else self._codec.version
+
+    # -- transport ---------------------------------------------------------------------------------
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        user: str,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        time_budget: httpx.Timeout | None = None,
+    ) -> tuple[int, Json, float]:
+        """One request with a fresh token; (HTTP status, JSON body or {}, seconds taken)."""
+        try:
+            token = self._tokens.mint(user)
+        except (OSError, TokenError) as exc:
+            raise AuthenticationError(f"cannot mint a Slurm token: {exc}", cluster=self.cluster) from exc
+        headers = {"X-SLURM-USER-NAME": user, "X-SLURM-USER-TOKEN": token}
+        started = time.monotonic()
+        try:
+            response = await self._client.request(
+                method, path, params=params, json=body, headers=headers, timeout=time_budget or self._timeout
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise ClusterUnavailable(
+                f"cannot connect to slurmrestd at {self.base_url}: {type(exc).__name__} {exc}",
+                cluster=self.cluster,
+            ) from exc
+        except httpx.TransportError as exc:  # timeouts and drops once the request may have been sent
+            raise ClusterUnavailable(
+                f"slurmrestd at {self.base_url} failed mid-request: {type(exc).__name__} {exc}",
+                cluster=self.cluster,
+                maybe_applied=True,
+            ) from exc
+        elapsed = time.monotonic() - started
+        try:
+            payload = response.json()
+        except ValueError:  # 404 pages and proxies answer text
+            payload = {}
+        return response.status_code, payload if isinstance(payload, dict) else {}, elapsed
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        operation: Operation,
+        user: str | None = None,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        time_budget: httpx.Timeout | None = None,
+    ) -> Json:
+        """Send, then raise the typed error Slurm's answer amounts to (whatever the HTTP status)."""
+        status, payload, elapsed = await self._send(
+            method, path, user=user or self.operator_user, params=params, body=body, time_budget=time_budget
+        )
+        codec = self._codec
+        messages = errors_of(payload)
+        if operation == "cancel" and codec is not None:
+            messages += codec.signal_errors(payload)
+        error = classify(cluster=self.cluster, operation=operation, status=status, messages=messages, elapsed_s=elapsed)
+        if error is not None:
+            raise error
+        return payload
+
+    async def _negotiated(self) -> Codec:
+        if self._codec is not None:
+            return self._codec
+        async with self._negotiation:
+            if self._codec is None:
+                self._codec = await self._negotiate()
+        return self._codec
+
+    async def _negotiate(self) -> Codec:
+        """The newest supported version the daemon serves: an authenticated ping, 404 = not served.
+
+        A version that answers is remembered even when the answer is an error (a rejected token, a dead
+        slurmctld): it is served, and the error is raised for the caller as it is.
+        """
+        for codec in CODECS:
+            try:
+                status, payload, elapsed = await self._send("GET", codec.ping_path, user=self.operator_user)
+            except ClusterUnavailable as exc:  # the caller's own request was never sent
+                raise ClusterUnavailable(exc.message, cluster=self.cluster) from exc
+            if status == 404:  # ping never 404s where it is served, whatever the body says
+                continue
+            self._codec = codec
+            error = classify(
+                cluster=self.cluster,
+                operation="probe",
+                status=status,
+                messages=errors_of(payload),
+                elapsed_s=elapsed,
+            )
+            if error is not None:
+                raise error
+            return codec
+        served = ", ".join(codec.version for codec in CODECS)
+        raise ClusterUnavailable(f"slurmrestd serves none of {served}", cluster=self.cluster)
+
+    # -- the adapter contract ----------------------------------------------------------------------
+
+    def _render(self, codec: Codec, spec: JobSpec, user: str) -> Rendering:
+        self.policy.check_user(user, cluster=self.cluster)
+        check_spec(spec, cluster=self.cluster)
+        script = fenced_script(spec.script)
+        payload = codec.render_submit(spec, script, job_environment(spec))
+        return Rendering(adapter=self.kind, user=user, script=script, payload=payload)
+
+    def render(self, spec: JobSpec, user: str) -> Rendering:
+        """The JSON body for the negotiated version (the newest supported one before any call)."""
+        return self._render(self._codec or CODECS[0], spec, user)
+
+    async def submit(self, spec: JobSpec, user: str) -> int:
+        self.policy.check_user(user, cluster=self.cluster)  # refuse before anything reaches slurmrestd
+        check_spec(spec, cluster=self.cluster)
+        codec = await self._negotiated()
+        rendering = self._render(codec, spec, user)
+        status, payload, elapsed = await self._send("POST", codec.submit_path, user=user, body=rendering.payload)
+        job_id = codec.parse_submit(payload)
+        if job_id is not None and status < 400:
+            return job_id  # a job exists: never turn it into an error (the caller would resubmit)
+        error = classify(
+            cluster=self.cluster,
+            operation="submit",
+            status=status,
+            messages=errors_of(payload),
+            elapsed_s=elapsed,
+        )
+        raise error or ClusterUnavailable(
+            f"slurmrestd answered the submit (HTTP {status}) without a job id",
+            cluster=self.cluster,
+            maybe_applied=True,
+        )
+
+    async def get_job(self, job_id: int) -> JobRecord:
+        codec = await self._negotiated()
+        payload = await self._call("GET", codec.job_path(job_id), operation="get")
+        for record in codec.parse_jobs(payload):
+            if record.job_id == job_id:
+                return record
+        raise JobNotFound(f"job {job_id} is not in slurmctld's answer", cluster=self.cluster)
+
+    async def list_jobs(self, *, tags: Collection[str] | None = None, tag_prefix: str | None = None) -> list[JobRecord]:
+        codec = await self._negotiated()
+        payload = await self._call(
+            "GET", codec.jobs_path, operation="list", params=codec.jobs_params, time_budget=self._list_timeout
+        )
+        records = codec.parse_jobs(payload)
+        if tags is not None:
+            wanted = set(tags)
+            records = [r for r in records if r.tag in wanted]
+        if tag_prefix is not None:
+            records = [r for r in records if r.tag is not None and r.tag.startswith(tag_prefix)]
+        return records
+
+    async def cancel(self, job_id: int, user: str) -> None:
+        self.policy.check_user(user, cluster=self.cluster)
+        codec = await self._negotiated()
+        await self._call("DELETE", codec.job_path(job_id), operation="cancel", user=user)
+
+    async def read_output(self, job_id: int, stream: OutputStream = "stdout", max_bytes: int = 65536) -> str:
+        if self.output_root is None:
+            raise OutputUnavailable(
+                "this adapter has no view of the cluster's filesystem (no output_root)", cluster=self.cluster
+            )
+        if max_bytes <= 0:
+            raise ValueError("max_bytes must be positive")
+        record = await self.get_job(job_id)
+        path = record.stdout if stream == "stdout" else record.stderr
+        if not path:
+            raise OutputUnavailable(f"job {job_id} has no {stream} file", cluster=self.cluster)
+        host_path = self._host_path(path)
+        return await asyncio.to_thread(self._read_owned, host_path, record.user, max_bytes)
+
+    def _host_path(self, cluster_path: str) -> Path:
+        assert self.output_root is not None
+        relative = os.path.normpath("/" + cluster_path).lstrip("/")  # no way out of output_root
+        return self.output_root / relative
+
+    def _read_owned(self, path: Path, user: str | None, max_bytes: int) -> str:
+        """Read only a regular file the job's user owns: the path is the user's choice, we run privileged."""
+        try:
+            info = path.lstat()
+        except FileNotFoundError as exc:
+            raise OutputUnavailable(f"{path} does not exist (yet)", cluster=self.cluster) from exc
+        except OSError as exc:
+            raise OutputUnavailable(f"cannot stat {path}: {exc}", cluster=self.cluster) from exc
+        if not stat.S_ISREG(info.st_mode):
+            raise OutputUnavailable(f"{path} is not a regular file", cluster=self.cluster)
+        expected = self.policy.resolve_uid(user) if (user and self.policy.resolve_uid) else None
+        if info.st_uid == 0 or info.st_uid < self.policy.min_uid or (expected is not None and info.st_uid != expected):
+            raise OutputUnavailable(f"{path} is not owned by the job's user", cluster=self.cluster)
+        try:
+            return read_tail(path, max_bytes)
+        except OSError as exc:
+            raise OutputUnavailable(f"cannot read {path}: {exc}", cluster=self.cluster) from exc
+
+    async def cluster_info(self) -> ClusterInfo:
+        codec = await self._negotiated()
+        nodes_body = await self._call("GET", codec.nodes_path, operation="info")
+        partitions_body = await self._call("GET", codec.partitions_path, operation="info")
+        nodes = codec.parse_nodes(nodes_body)
+        partitions = codec.parse_partitions(partitions_body, nodes)
+        if codec.partition_flags_path and all(p.default is None for p in partitions):
+            defaults = await self._default_partitions(codec.partition_flags_path)
+            if defaults is not None:
+                partitions = [dataclasses.replace(p, default=p.name in defaults) for p in partitions]
+        return ClusterInfo(
+            cluster=self.cluster,
+            release=codec.release(partitions_body) or codec.release(nodes_body),
+            partitions=tuple(partitions),
+            nodes=tuple(nodes),
+        )
+
+    async def _default_partitions(self, path: str) -> set[str] | None:
+        """Best effort: a newer data_parser on the same daemon may name the default partition (None: it cannot)."""
+        status, payload, _ = await self._send("GET", path, user=self.operator_user)
+        if status != 200 or errors_of(payload):
+            return None
+        return default_partition_names(payload)
+
+    async def health(self) -> Health:
+        """diag, not ping: 24.11's ping answers 200 even for a rejected token."""
+        codec = await self._negotiated()
+        payload = await self._call("GET", codec.diag_path, operation="health")
+        release = codec.release(payload)
+        return Health(ok=True, detail=f"slurmctld answered diag via slurmrestd {codec.version}", release=release)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
