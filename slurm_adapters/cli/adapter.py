@@ -1,0 +1,276 @@
+"""CliAdapter: the SlurmAdapter contract over Slurm's command-line clients (see the package docstring)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+from slurm_adapters.base import (
+    ClusterInfo,
+    ClusterUnavailable,
+    Health,
+    JobNotFound,
+    JobRecord,
+    JobSpec,
+    OutputStream,
+    OutputUnavailable,
+    Rendering,
+    SiteError,
+    SlurmAdapter,
+)
+from slurm_adapters.cli.cluster import nodes_from_json, partitions_from_key_values
+from slurm_adapters.cli.errors import classify, error_lines, slurm_messages
+from slurm_adapters.cli.jobs import CliJob, from_key_values, jobs_from_json, json_errors
+from slurm_adapters.cli.render import SBATCH_ENV, export_file, parse_submit, sbatch_argv
+from slurm_adapters.cli.runner import TOOL_PATH, Outcome, Runner
+from slurm_adapters.convert import parse_key_values, read_tail
+from slurm_adapters.safety import SitePolicy, check_spec, fenced_script, job_environment
+
+log = logging.getLogger(__name__)
+_VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
+# From 23.02 scontrol speaks JSON and squeue honours its filters (measured: 24.11, 26.05).
+JSON_RELEASE = (23, 2)
+# scancel's answers for a job that ended (or was purged) between our look-up and the cancel.
+_ALREADY_DONE = ("already completing or completed", "Invalid job id specified")
+
+
+def parse_release(output: str) -> tuple[int, int, int] | None:
+    """``slurm-wlm 22.05.8`` (Debian) or ``slurm 24.11.5`` -> (22, 5, 8)."""
+    match = _VERSION.search(output)
+    if not match:
+        return None
+    major, minor, micro = (int(part) for part in match.groups())
+    return major, minor, micro
+
+
+def release_text(release: tuple[int, int, int]) -> str:
+    """(22, 5, 8) -> ``22.05.8``, as Slurm writes it."""
+    major, minor, micro = release
+    return f"{major}.{minor:02d}.{micro}"
+
+
+class CliAdapter(SlurmAdapter):
+    """One cluster through sbatch/squeue/scontrol/scancel/sinfo.
+
+    ``slurm_conf`` is the path inside the cluster's filesystem; ``exec_prefix`` runs a command there
+    (``[]`` on a login node, ``["chroot", DIR]`` in the lab). ``operator_user`` is who reads jobs and
+    cluster state (None: the adapter's own identity; with PrivateData it must be root or SlurmUser).
+    ``fs_root`` is the host path of the cluster's "/" for reading output files (None: unreadable).
+    ``as_root`` (default: whether this process is root) runs user commands through ``runuser``; without
+    it every command runs as the adapter's identity.
+    """
+
+    kind = "cli"
+
+    def __init__(
+        self,
+        cluster: str,
+        *,
+        slurm_conf: str,
+        exec_prefix: Sequence[str] = (),
+        policy: SitePolicy | None = None,
+        operator_user: str | None = None,
+        fs_root: str | Path | None = None,
+        as_root: bool | None = None,
+        timeout_s: float = 8.0,
+        tool_path: str = TOOL_PATH,
+    ) -> None:
+        super().__init__(cluster)
+        self.policy = policy or SitePolicy()
+        self.operator_user = operator_user
+        self.fs_root = Path(fs_root) if fs_root is not None else None
+        self.runner = Runner(
+            cluster=cluster,
+            slurm_conf=slurm_conf,
+            exec_prefix=tuple(exec_prefix),
+            as_root=os.geteuid() == 0 if as_root is None else as_root,
+            timeout_s=timeout_s,
+            tool_path=tool_path,
+        )
+        self._release: tuple[int, int, int] | None = None
+        self._release_lock = asyncio.Lock()
+
+    # -- release ------------------------------------------------------------------------------------
+
+    async def release(self) -> tuple[int, int, int]:
+        """The cluster's Slurm release, read once (sbatch reads slurm.conf, no controller involved)."""
+        async with self._release_lock:
+            if self._release is None:
+                outcome = await self.runner.run(["sbatch", "--version"])
+                release = parse_release(outcome.stdout) if outcome.returncode == 0 else None
+                if release is None:
+                    raise classify(outcome.stderr or outcome.stdout, cluster=self.cluster, tool="sbatch")
+                self._release = release
+            return self._release
+
+    async def _json_era(self) -> bool:
+        return (await self.release())[:2] >= JSON_RELEASE
+
+    # -- submit -------------------------------------------------------------------------------------
+
+    def render(self, spec: JobSpec, user: str) -> Rendering:
+        self.policy.check_user(user, cluster=self.cluster)
+        check_spec(spec, cluster=self.cluster)
+        return Rendering(
+            adapter=self.kind,
+            user=user,
+            script=fenced_script(spec.script),
+            payload={
+                "argv": self.runner.argv(sbatch_argv(spec), user),
+                "env": self.runner.environment(SBATCH_ENV),
+                "export": job_environment(spec),
+            },
+        )
+
+    async def submit(self, spec: JobSpec, user: str) -> int:
+        rendering = self.render(spec, user)
+        outcome = await self.runner.run(
+            sbatch_argv(spec),
+            user=user,
+            stdin=rendering.script.encode(),
+            export_file=export_file(rendering.payload["export"]),
+            extra_env=SBATCH_ENV,
+            maybe_applied=True,
+        )
+        if outcome.returncode != 0:
+            raise classify(
+                outcome.stderr,
+                cluster=self.cluster,
+                tool="sbatch",
+                maybe_applied=True,
+                job_error_default=True,
+            )
+        if warnings := [line.strip() for line in outcome.stderr.splitlines() if line.strip()]:
+            # e.g. "can't run 1 processes on 4 nodes, setting nnodes to 1": Slurm changed the request
+            log.warning("sbatch on %s accepted the job with remarks: %s", self.cluster, " | ".join(warnings))
+        job_id = parse_submit(outcome.stdout)
+        if job_id is None:  # sbatch said yes but no id we can read: the job may well exist
+            raise ClusterUnavailable(
+                f"sbatch succeeded without a job id: {outcome.stdout.strip()!r}",
+                cluster=self.cluster,
+                errors=slurm_messages(outcome.stderr),
+                maybe_applied=True,
+            )
+        return job_id
+
+    # -- reading jobs -------------------------------------------------------------------------------
+
+    async def _operator(self, command: Sequence[str]) -> Outcome:
+        """Run a read command as the operator. Any error line fails it, whatever the exit code: with a
+        broken munge, 24.11's ``scontrol show job ID --json`` exits 0 with an empty, error-free answer
+        that would otherwise read as "no such job"."""
+        outcome = await self.runner.run(command, user=self.operator_user)
+        if outcome.returncode != 0 or error_lines(outcome.stderr):
+            raise classify(outcome.stderr or outcome.stdout, cluster=self.cluster, tool=command[0])
+        return outcome
+
+    async def _operator_json(self, command: Sequence[str]) -> dict[str, Any]:
+        outcome = await self._operator(command)
+        try:
+            body = json.loads(outcome.stdout)
+        except json.JSONDecodeError as exc:
+            raise SiteError(f"{command[0]} printed no valid JSON: {exc}", cluster=self.cluster) from exc
+        if not isinstance(body, dict):
+            raise SiteError(f"{command[0]} printed JSON that is not an object", cluster=self.cluster)
+        if errors := json_errors(body):  # 22.05's squeue --json reports failures here, exit code 0
+            raise classify("\n".join(f"error: {error}" for error in errors), cluster=self.cluster, tool=command[0])
+        return body
+
+    async def _job(self, job_id: int) -> CliJob:
+        job_id = int(job_id)
+        if await self._json_era():
+            body = await self._operator_json(["scontrol", "show", "job", str(job_id), "--json"])
+            jobs = [job for job in jobs_from_json(body) if job.record.job_id == job_id]
+        else:
+            outcome = await self._operator(["scontrol", "show", "job", "-o", str(job_id)])
+            lines = (parse_key_values(line.strip()) for line in outcome.stdout.splitlines())
+            jobs = [from_key_values(kv) for kv in lines if kv.get("JobId") == str(job_id)]
+        if not jobs:  # 24.11+ answers an unknown id with an empty list and exit code 0
+            raise JobNotFound(f"job {job_id} is not known to slurmctld", cluster=self.cluster)
+        return jobs[0]
+
+    async def get_job(self, job_id: int) -> JobRecord:
+        return (await self._job(job_id)).record
+
+    async def list_jobs(self, *, tags: Collection[str] | None = None, tag_prefix: str | None = None) -> list[JobRecord]:
+        # 22.05 ignores squeue's filters in JSON mode and lists everything in memory anyway.
+        command = ["squeue", "--json", "--all", "--states=all"] if await self._json_era() else ["squeue", "--json"]
+        records = [job.record for job in jobs_from_json(await self._operator_json(command))]
+        wanted = set(tags) if tags is not None else None
+        return [
+            record
+            for record in records
+            if (wanted is None or record.tag in wanted)
+            and (tag_prefix is None or (record.tag or "").startswith(tag_prefix))
+        ]
+
+    # -- cancel -------------------------------------------------------------------------------------
+
+    async def cancel(self, job_id: int, user: str) -> None:
+        """scancel exits 0 for unknown and finished jobs, so the job is looked up first."""
+        self.policy.check_user(user, cluster=self.cluster)
+        record = await self.get_job(job_id)  # JobNotFound for an unknown id
+        if record.state.is_terminal:
+            return
+        outcome = await self.runner.run(["scancel", str(int(job_id))], user=user, maybe_applied=True)
+        if outcome.returncode == 0:
+            return
+        messages = slurm_messages(outcome.stderr)
+        if any(done.lower() in message.lower() for message in messages for done in _ALREADY_DONE):
+            return  # it ended (and maybe was purged) since the look-up
+        raise classify(outcome.stderr, cluster=self.cluster, tool="scancel", maybe_applied=True)
+
+    # -- output -------------------------------------------------------------------------------------
+
+    async def read_output(self, job_id: int, stream: OutputStream = "stdout", max_bytes: int = 65536) -> str:
+        if self.fs_root is None:
+            raise OutputUnavailable("output files are not reachable from this adapter", cluster=self.cluster)
+        job = await self._job(job_id)
+        path = job.record.stdout if stream == "stdout" else job.record.stderr
+        if path is None or not path.startswith("/"):
+            raise OutputUnavailable(f"job {job_id} has no {stream} file", cluster=self.cluster)
+        if job.uid is None:
+            raise OutputUnavailable(f"job {job_id}'s owner is unknown", cluster=self.cluster)
+        host_path = self.fs_root / path.lstrip("/")
+        try:
+            return await asyncio.to_thread(read_tail, host_path, max_bytes, owner_uid=job.uid)
+        except FileNotFoundError as exc:
+            raise OutputUnavailable(
+                f"job {job_id}'s {stream} {path} does not exist (yet)", cluster=self.cluster
+            ) from exc
+        except OSError as exc:
+            raise OutputUnavailable(f"cannot read job {job_id}'s {stream}: {exc}", cluster=self.cluster) from exc
+
+    # -- cluster ------------------------------------------------------------------------------------
+
+    async def cluster_info(self) -> ClusterInfo:
+        release = await self.release()
+        node_command = ["scontrol", "show", "node", "--json"] if release[:2] >= JSON_RELEASE else ["sinfo", "--json"]
+        nodes_body, partitions = await asyncio.gather(
+            self._operator_json(node_command), self._operator(["scontrol", "show", "partition", "-o"])
+        )
+        nodes = nodes_from_json(nodes_body)
+        return ClusterInfo(
+            cluster=self.cluster,
+            release=release_text(release),
+            partitions=tuple(partitions_from_key_values(partitions.stdout, nodes)),
+            nodes=tuple(nodes),
+        )
+
+    async def health(self) -> Health:
+        """A cheap RPC that slurmctld must authenticate (munge) and answer; ping alone proves neither."""
+        release = await self.release()
+        outcome = await self._operator(["scontrol", "show", "partition", "-o"])
+        count = sum(1 for line in outcome.stdout.splitlines() if line.startswith("PartitionName="))
+        who = self.operator_user or "the adapter's identity"
+        return Health(
+            ok=True,
+            detail=f"slurmctld answered scontrol as {who} ({count} partitions)",
+            release=release_text(release),
+        )
