@@ -43,7 +43,8 @@ KINDS = os.environ.get("CONVEYOR_ADAPTERS", "rest,cli").split(",")
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "case" in metafunc.fixturenames:
-        cases = [(kind, c) for c in clusters() for kind in KINDS]
+        expendable_only = metafunc.definition.get_closest_marker("expendable_only") is not None
+        cases = [(kind, c) for c in clusters() for kind in KINDS if c.raw["expendable"] or not expendable_only]
         ids = [f"{kind}-{c.name}-{c.short_release}" for kind, c in cases]
         metafunc.parametrize("case", cases, ids=ids)
 
@@ -277,7 +278,10 @@ async def test_cluster_info_matches_the_lab(adapter: SlurmAdapter, cluster: Clus
         got = partitions[expected["name"]]
         assert got.max_time_min == expected["max_time_min"]
         assert got.default_time_min == expected["default_time_min"]
-        assert got.default == expected["default"]
+        if got.default is None:  # only slurmrestd's v0.0.40-42 cannot tell (Slurm 24.11 serves no newer one)
+            assert (adapter.kind, cluster.short_release) == ("rest", "24.11")
+        else:
+            assert got.default == expected["default"]
         assert sorted(got.nodes) == sorted(expected["nodes"])
         assert dict(got.total_gpus) == expected["gpus"]
     assert {n.name for n in info.nodes} == {n["name"] for n in cluster.raw["nodes"]}
@@ -318,9 +322,8 @@ async def test_wrong_credential_is_an_authentication_error(
     assert errors == ["AuthenticationError", "AuthenticationError"], errors
 
 
+@pytest.mark.expendable_only  # slurmctld is SIGKILLed only on a cluster of its own
 async def test_cluster_down_is_unavailable_then_recovers(adapter: SlurmAdapter, cluster: Cluster) -> None:
-    if not cluster.raw["expendable"]:
-        pytest.skip(f"{cluster.name} is shared; slurmctld is killed only on the lab's expendable cluster")
     assert cluster.kill_ctld() is not None
     try:
         for call in (adapter.health(), adapter.submit(simple_spec(cluster, "true\n", "down"), SUBMIT_USER)):
