@@ -1,0 +1,290 @@
+"""The pyslurm worker: the one process that loads libslurm for one cluster and serves its adapter.
+
+Started by :class:`~slurm_adapters.pyslurm_adapter.PyslurmAdapter` as
+``python -m slurm_adapters.pyslurm_worker --cluster NAME --fs-root DIR`` with a clean environment whose
+``SLURM_CONF`` names the cluster's slurm.conf (libslurm reads it once, at ``import pyslurm``). It answers
+one newline-delimited JSON request at a time on stdin/stdout (:mod:`slurm_adapters.pyslurm_protocol`) and
+exits at end of input. libslurm blocks and keeps the GIL, so all of that is done here, where the parent can
+kill it on a deadline, and never in the broker's own process.
+
+Privilege: the worker runs as root (or SlurmUser) so that slurmctld honours ``user_id``/``group_id`` on a
+submit. libslurm cannot impersonate anyone for a cancel, so the worker checks the job's owner itself; and it
+reads output files only when the job's own uid owns them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import os
+import sys
+import time
+from collections.abc import Callable, MutableMapping
+from pathlib import Path
+from typing import IO, Any
+
+from slurm_adapters.base import (
+    ClusterInfo,
+    ClusterUnavailable,
+    Health,
+    InvalidRequest,
+    OutputUnavailable,
+    SiteError,
+    SlurmError,
+    UnsafeRequest,
+)
+from slurm_adapters.convert import read_tail
+from slurm_adapters.pyslurm_mapping import job_record, map_error, node_info, partition_infos, with_gpus_in_use
+from slurm_adapters.pyslurm_protocol import (
+    PROTOCOL,
+    Hello,
+    ProtocolError,
+    Request,
+    cluster_info_to_json,
+    decode_request,
+    encode_error,
+    encode_result,
+    health_to_json,
+    hello_to_json,
+    record_to_json,
+)
+
+# ---------------------------------------------------------------------------------------------------
+# Loading libslurm
+# ---------------------------------------------------------------------------------------------------
+
+
+def load_pyslurm(environ: MutableMapping[str, str], module_name: str = "pyslurm") -> Any:
+    """``import pyslurm`` (its slurm_init reads ``$SLURM_CONF``), then drop every SLURM_* variable.
+
+    A missing config is refused first: libslurm would call fatal() and exit without a word on the wire.
+    The variables go afterwards because pyslurm copies each SLURM_* variable of this process into every job
+    it submits, even with an explicit environment; slurm_init has already read what it needs.
+    """
+    conf = environ.get("SLURM_CONF")
+    if not conf or not Path(conf).is_file():
+        raise ClusterUnavailable(f"SLURM_CONF {conf!r} is not a readable file; not loading libslurm")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise SiteError(f"pyslurm cannot be imported here: {error}") from error
+    for name in [name for name in environ if name.startswith("SLURM_")]:
+        del environ[name]
+    return module
+
+
+# ---------------------------------------------------------------------------------------------------
+# The operations
+# ---------------------------------------------------------------------------------------------------
+
+
+def _int_arg(args: dict[str, Any], name: str) -> int:
+    value = args.get(name)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ProtocolError(f"argument {name!r} must be an integer, not {value!r:.80}")
+    return value
+
+
+def _str_arg(args: dict[str, Any], name: str, *, optional: bool = False) -> str | None:
+    value = args.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError(f"argument {name!r} must be a string, not {value!r:.80}")
+    return value
+
+
+class Operations:
+    """Every protocol operation over one loaded pyslurm module (a fake one in the unit tests)."""
+
+    def __init__(self, pyslurm: Any, *, cluster: str, fs_root: str | os.PathLike[str] = "/") -> None:
+        self.pyslurm = pyslurm
+        self.cluster = cluster
+        self.fs_root = Path(fs_root)
+        self._ops: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "submit": self.submit,
+            "get_job": self.get_job,
+            "list_jobs": self.list_jobs,
+            "cancel": self.cancel,
+            "read_output": self.read_output,
+            "cluster_info": self.cluster_info,
+            "health": self.health,
+        }
+
+    def handle(self, line: bytes) -> bytes:
+        """One request line in, one response line out; never raises for anything a request causes."""
+        try:
+            request = decode_request(line)
+        except ProtocolError as error:
+            return encode_error(SiteError(f"pyslurm worker: bad request: {error}", cluster=self.cluster))
+        return self.run(request)
+
+    def run(self, request: Request) -> bytes:
+        submitting = request.op == "submit"
+        try:
+            result = self._ops[request.op](request.args)
+        except SlurmError as error:
+            error.cluster = error.cluster or self.cluster
+            return encode_error(error)
+        except ProtocolError as error:
+            return encode_error(SiteError(f"pyslurm worker: bad {request.op} request: {error}", cluster=self.cluster))
+        except (self.pyslurm.PyslurmError, ValueError) as error:
+            return encode_error(map_error(error, cluster=self.cluster, submitting=submitting))
+        except Exception as error:  # a pyslurm or worker bug: report it, keep serving
+            message = f"pyslurm worker: {request.op} failed: {type(error).__name__}: {error}"
+            return encode_error(SiteError(message, cluster=self.cluster))
+        return encode_result(result)
+
+    # -- the contract, one request each -------------------------------------------------------------
+
+    def submit(self, args: dict[str, Any]) -> int:
+        """``args["description"]`` is :func:`~slurm_adapters.pyslurm_mapping.submit_kwargs`'s output.
+
+        The parent applied the site policy; the worker still refuses the two omissions that would turn a
+        root process's submit into something else: no ``user_id`` (the job would run as root) and no
+        ``environment`` dict (pyslurm would export this process's environment).
+        """
+        description = args.get("description")
+        if not isinstance(description, dict):
+            raise ProtocolError("argument 'description' must be an object")
+        if description.get("user_id") in (None, "", "root", 0, "0"):
+            raise UnsafeRequest("refusing a submit without a non-root user_id", cluster=self.cluster)
+        if not isinstance(description.get("environment"), dict):
+            raise UnsafeRequest("refusing a submit without an explicit environment", cluster=self.cluster)
+        return int(self.pyslurm.JobSubmitDescription(**description).submit())
+
+    def get_job(self, args: dict[str, Any]) -> dict[str, Any]:
+        return record_to_json(job_record(self.pyslurm.Job.load(_int_arg(args, "job_id"))))
+
+    def list_jobs(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        tags = args.get("tags")
+        if tags is not None and not (isinstance(tags, list) and all(isinstance(tag, str) for tag in tags)):
+            raise ProtocolError("argument 'tags' must be a list of strings or null")
+        wanted = set(tags) if tags is not None else None
+        prefix = _str_arg(args, "tag_prefix", optional=True)
+
+        def keep(tag: str | None) -> bool:
+            if wanted is not None and tag not in wanted:
+                return False
+            return prefix is None or (tag is not None and tag.startswith(prefix))
+
+        jobs = self.pyslurm.Jobs.load(preload_passwd_info=True)  # the one RPC: every job in slurmctld
+        # Filter on the raw comment before converting: cheap even with thousands of jobs.
+        records = [job_record(job) for job in jobs.values() if keep(job.comment or None)]
+        return [record_to_json(record) for record in sorted(records, key=lambda record: record.job_id)]
+
+    def cancel(self, args: dict[str, Any]) -> None:
+        job_id = _int_arg(args, "job_id")
+        user = _str_arg(args, "user")
+        # pyslurm's cancel() ignores "Invalid job id" for SIGKILL: load first so an unknown id is an error.
+        job = self.pyslurm.Job.load(job_id)
+        owner = job.user_name
+        if owner != user:
+            raise InvalidRequest(
+                f"Access/permission denied: job {job_id} belongs to {owner!r}, not {user!r}", cluster=self.cluster
+            )
+        if not job_record(job).state.is_terminal:
+            self.pyslurm.Job(job_id).cancel()  # ESLURM_ALREADY_DONE is not an error there
+
+    def read_output(self, args: dict[str, Any]) -> str:
+        """The tail of the job's file, read as root but only if the job's own uid owns it.
+
+        Output paths are the user's choice: without the owner check a job naming /etc/shadow as its stdout
+        would have this root process hand the file out. Without ``--error`` Slurm writes stderr into the
+        stdout file, so that file answers for both streams.
+        """
+        job_id = _int_arg(args, "job_id")
+        stream = _str_arg(args, "stream")
+        max_bytes = _int_arg(args, "max_bytes")
+        if stream not in {"stdout", "stderr"} or max_bytes < 0:
+            raise ProtocolError(f"bad stream {stream!r} or max_bytes {max_bytes}")
+        job = self.pyslurm.Job.load(job_id)
+        record = job_record(job)
+        path = record.stdout if stream == "stdout" else (record.stderr or record.stdout)
+        if path is None:
+            raise OutputUnavailable(f"job {job_id} has no {stream} file", cluster=self.cluster)
+        host_path = self.fs_root / path.lstrip("/")
+        try:
+            return read_tail(host_path, max_bytes, owner_uid=int(job.user_id))
+        except FileNotFoundError as error:
+            message = f"job {job_id}'s {stream} {path} does not exist (yet)"
+            raise OutputUnavailable(message, cluster=self.cluster) from error
+        except OSError as error:  # PermissionError for a file the job's user does not own
+            raise OutputUnavailable(f"cannot read {path}: {error}", cluster=self.cluster) from error
+
+    def cluster_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        pyslurm = self.pyslurm
+        config = pyslurm.slurmctld.Config.load()
+        nodes = tuple(node_info(node) for node in pyslurm.Nodes.load().values())
+        if any(node.gpus for node in nodes) and not any(node.gpus_used for node in nodes):
+            jobs = pyslurm.Jobs.load().values()
+            nodes = with_gpus_in_use(nodes, jobs, pyslurm.utils.nodelist_from_range_str)
+        partitions = partition_infos(pyslurm.Partitions.load().values(), nodes)
+        info = ClusterInfo(
+            cluster=str(config.cluster_name or self.cluster),
+            release=str(config.version) if config.version else None,
+            partitions=partitions,
+            nodes=nodes,
+        )
+        return cluster_info_to_json(info)
+
+    def health(self, args: dict[str, Any]) -> dict[str, Any]:
+        started = time.monotonic()
+        config = self.pyslurm.slurmctld.Config.load()  # an authenticated RPC, unlike ping
+        millis = (time.monotonic() - started) * 1000
+        release = str(config.version) if config.version else None
+        detail = f"slurmctld of {config.cluster_name} answered in {millis:.0f} ms via libslurm"
+        return health_to_json(Health(ok=True, detail=detail, release=release))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The process
+# ---------------------------------------------------------------------------------------------------
+
+
+def claim_stdout() -> IO[bytes]:
+    """The protocol's own copy of fd 1; fd 1 itself then points at stderr.
+
+    libslurm (or a stray print) writing to stdout would otherwise corrupt the protocol stream.
+    """
+    sys.stdout.flush()
+    wire = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return wire
+
+
+def serve(wire: IO[bytes], requests: IO[bytes], operations: Operations) -> None:
+    for line in requests:
+        wire.write(operations.handle(line))
+        wire.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m slurm_adapters.pyslurm_worker", description=__doc__)
+    parser.add_argument("--cluster", required=True)
+    parser.add_argument("--fs-root", default="/")
+    options = parser.parse_args(argv)
+    wire = claim_stdout()
+    try:
+        try:
+            pyslurm = load_pyslurm(os.environ)
+        except SlurmError as error:
+            error.cluster = options.cluster
+            wire.write(encode_error(error))
+            return 1
+        hello = Hello(protocol=PROTOCOL, pyslurm=str(getattr(pyslurm, "__version__", "unknown")), pid=os.getpid())
+        wire.write(encode_result(hello_to_json(hello)))
+        wire.flush()
+        serve(wire, sys.stdin.buffer, Operations(pyslurm, cluster=options.cluster, fs_root=options.fs_root))
+    except BrokenPipeError:  # the parent went away
+        return 0
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            wire.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
