@@ -95,6 +95,16 @@ def parse_gres(text: str | None, default_type: str = "gpu") -> dict[str, int]:
     return counts
 
 
+def gres_request(gpus_per_node: int, gpu_type: str | None) -> str | None:
+    """``gpu[:type]:count``, per node, as sbatch's ``--gres`` and slurmrestd's ``gres``/``tres_per_node``
+    take it; None for no GPU (an empty ``--gres=`` is an error, so the option is left out)."""
+    if gpus_per_node <= 0:
+        return None
+    if gpu_type:
+        return f"gpu:{gpu_type}:{gpus_per_node}"
+    return f"gpu:{gpus_per_node}"
+
+
 def parse_tres(text: str | None) -> dict[str, str]:
     """``cpu=2,mem=1000M,node=1,billing=2,gres/gpu=1`` to a mapping; values stay strings."""
     if not text:

@@ -24,18 +24,20 @@ from slurm_adapters.base import (
     SiteError,
     SlurmAdapter,
 )
-from slurm_adapters.cli.cluster import nodes_from_json, partitions_from_key_values
+from slurm_adapters.cli.cluster import partitions_from_key_values
 from slurm_adapters.cli.errors import classify, error_lines, slurm_messages
 from slurm_adapters.cli.jobs import CliJob, from_key_values, jobs_from_json, json_errors
 from slurm_adapters.cli.render import SBATCH_ENV, export_file, parse_submit, sbatch_argv
 from slurm_adapters.cli.runner import TOOL_PATH, Outcome, Runner
 from slurm_adapters.convert import parse_key_values, read_tail
+from slurm_adapters.formats import DATA_PARSER_RELEASE, RecordFormat, for_release
 from slurm_adapters.safety import SitePolicy, check_spec, fenced_script, job_environment
 
 log = logging.getLogger(__name__)
 _VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
-# From 23.02 scontrol speaks JSON and squeue honours its filters (measured: 24.11, 26.05).
-JSON_RELEASE = (23, 2)
+# scontrol's --json came with the data_parser plugin (23.02), and squeue honours its filters from then on
+# (measured: 24.11, 26.05).
+JSON_RELEASE = DATA_PARSER_RELEASE
 # scancel's answers for a job that ended (or was purged) between our look-up and the cancel.
 _ALREADY_DONE = ("already completing or completed", "Invalid job id specified")
 
@@ -112,6 +114,10 @@ class CliAdapter(SlurmAdapter):
     async def _json_era(self) -> bool:
         return (await self.release())[:2] >= JSON_RELEASE
 
+    async def _records(self) -> RecordFormat:
+        """The format of this release's ``--json`` output."""
+        return for_release(await self.release())
+
     # -- submit -------------------------------------------------------------------------------------
 
     def render(self, spec: JobSpec, user: str) -> Rendering:
@@ -186,7 +192,7 @@ class CliAdapter(SlurmAdapter):
         job_id = int(job_id)
         if await self._json_era():
             body = await self._operator_json(["scontrol", "show", "job", str(job_id), "--json"])
-            jobs = [job for job in jobs_from_json(body) if job.record.job_id == job_id]
+            jobs = [job for job in jobs_from_json(body, await self._records()) if job.record.job_id == job_id]
         else:
             outcome = await self._operator(["scontrol", "show", "job", "-o", str(job_id)])
             lines = (parse_key_values(line.strip()) for line in outcome.stdout.splitlines())
@@ -201,7 +207,7 @@ class CliAdapter(SlurmAdapter):
     async def list_jobs(self, *, tags: Collection[str] | None = None, tag_prefix: str | None = None) -> list[JobRecord]:
         # 22.05 ignores squeue's filters in JSON mode and lists everything in memory anyway.
         command = ["squeue", "--json", "--all", "--states=all"] if await self._json_era() else ["squeue", "--json"]
-        records = [job.record for job in jobs_from_json(await self._operator_json(command))]
+        records = [job.record for job in jobs_from_json(await self._operator_json(command), await self._records())]
         wanted = set(tags) if tags is not None else None
         return [
             record
@@ -255,7 +261,7 @@ class CliAdapter(SlurmAdapter):
         nodes_body, partitions = await asyncio.gather(
             self._operator_json(node_command), self._operator(["scontrol", "show", "partition", "-o"])
         )
-        nodes = nodes_from_json(nodes_body)
+        nodes = for_release(release).parse_nodes(nodes_body)
         return ClusterInfo(
             cluster=self.cluster,
             release=release_text(release),

@@ -19,17 +19,9 @@ from collections.abc import Mapping
 
 from slurm_adapters.base import JobSpec
 from slurm_adapters.cli.runner import EXPORT_FILE_PLACEHOLDER
+from slurm_adapters.convert import gres_request
 
 SBATCH_ENV: Mapping[str, str] = {"SLURM_EXPORT_ENV": "ALL"}
-
-
-def gres_option(spec: JobSpec) -> str | None:
-    """``--gres`` is per node and typed or not; an empty ``--gres=`` is an error, so it is omitted."""
-    if spec.gpus_per_node <= 0:
-        return None
-    if spec.gpu_type:
-        return f"gpu:{spec.gpu_type}:{spec.gpus_per_node}"
-    return f"gpu:{spec.gpus_per_node}"
 
 
 def sbatch_argv(spec: JobSpec) -> list[str]:
@@ -47,7 +39,7 @@ def sbatch_argv(spec: JobSpec) -> list[str]:
         ("ntasks", spec.tasks),
         ("cpus-per-task", spec.cpus_per_task),
         ("mem", f"{spec.memory_mb}M" if spec.memory_mb is not None else None),
-        ("gres", gres_option(spec)),
+        ("gres", gres_request(spec.gpus_per_node, spec.gpu_type)),
         ("time", spec.time_limit_min),
     ]
     argv = ["sbatch", "--parsable", "--export=SLURM_CONF", EXPORT_FILE_PLACEHOLDER]

@@ -30,9 +30,11 @@ from slurm_adapters.base import (
     OutputUnavailable,
     Rendering,
     SlurmAdapter,
+    SlurmError,
 )
 from slurm_adapters.convert import read_tail
-from slurm_adapters.rest.codec import Codec, Json, default_partition_names, errors_of
+from slurm_adapters.formats.common import Json, default_partition_names, errors_of
+from slurm_adapters.rest.codec import Codec
 from slurm_adapters.rest.errors import Operation, classify
 from slurm_adapters.rest.v0038 import V0038
 from slurm_adapters.rest.v0042 import V0042
@@ -152,14 +154,18 @@ class RestAdapter(SlurmAdapter):
         status, payload, elapsed = await self._send(
             method, path, user=user or self.operator_user, params=params, body=body, time_budget=time_budget
         )
-        codec = self._codec
-        messages = errors_of(payload)
-        if operation == "cancel" and codec is not None:
-            messages += codec.signal_errors(payload)
-        error = classify(cluster=self.cluster, operation=operation, status=status, messages=messages, elapsed_s=elapsed)
+        error = self._error_in(operation, status, payload, elapsed)
         if error is not None:
             raise error
         return payload
+
+    def _error_in(self, operation: Operation, status: int, payload: Json, elapsed: float) -> SlurmError | None:
+        """The typed error an answer amounts to, or None: Slurm's ``errors`` (and a cancel's per-job
+        failures) decide, the HTTP status only where they say nothing."""
+        messages = errors_of(payload)
+        if operation == "cancel" and self._codec is not None:
+            messages += self._codec.signal_errors(payload)
+        return classify(cluster=self.cluster, operation=operation, status=status, messages=messages, elapsed_s=elapsed)
 
     async def _negotiated(self) -> Codec:
         if self._codec is not None:
@@ -183,13 +189,7 @@ class RestAdapter(SlurmAdapter):
             if status == 404:  # ping never 404s where it is served, whatever the body says
                 continue
             self._codec = codec
-            error = classify(
-                cluster=self.cluster,
-                operation="probe",
-                status=status,
-                messages=errors_of(payload),
-                elapsed_s=elapsed,
-            )
+            error = self._error_in("probe", status, payload, elapsed)
             if error is not None:
                 raise error
             return codec
@@ -218,14 +218,7 @@ class RestAdapter(SlurmAdapter):
         job_id = codec.parse_submit(payload)
         if job_id is not None and status < 400:
             return job_id  # a job exists: never turn it into an error (the caller would resubmit)
-        error = classify(
-            cluster=self.cluster,
-            operation="submit",
-            status=status,
-            messages=errors_of(payload),
-            elapsed_s=elapsed,
-        )
-        raise error or ClusterUnavailable(
+        raise self._error_in("submit", status, payload, elapsed) or ClusterUnavailable(
             f"slurmrestd answered the submit (HTTP {status}) without a job id",
             cluster=self.cluster,
             maybe_applied=True,
@@ -234,7 +227,7 @@ class RestAdapter(SlurmAdapter):
     async def get_job(self, job_id: int) -> JobRecord:
         codec = await self._negotiated()
         payload = await self._call("GET", codec.job_path(job_id), operation="get")
-        for record in codec.parse_jobs(payload):
+        for record in codec.records.parse_jobs(payload):
             if record.job_id == job_id:
                 return record
         raise JobNotFound(f"job {job_id} is not in slurmctld's answer", cluster=self.cluster)
@@ -244,7 +237,7 @@ class RestAdapter(SlurmAdapter):
         payload = await self._call(
             "GET", codec.jobs_path, operation="list", params=codec.jobs_params, time_budget=self._list_timeout
         )
-        records = codec.parse_jobs(payload)
+        records = codec.records.parse_jobs(payload)
         if tags is not None:
             wanted = set(tags)
             records = [r for r in records if r.tag in wanted]
@@ -298,15 +291,15 @@ class RestAdapter(SlurmAdapter):
         codec = await self._negotiated()
         nodes_body = await self._call("GET", codec.nodes_path, operation="info")
         partitions_body = await self._call("GET", codec.partitions_path, operation="info")
-        nodes = codec.parse_nodes(nodes_body)
-        partitions = codec.parse_partitions(partitions_body, nodes)
+        nodes = codec.records.parse_nodes(nodes_body)
+        partitions = codec.records.parse_partitions(partitions_body, nodes)
         if codec.partition_flags_path and all(p.default is None for p in partitions):
             defaults = await self._default_partitions(codec.partition_flags_path)
             if defaults is not None:
                 partitions = [dataclasses.replace(p, default=p.name in defaults) for p in partitions]
         return ClusterInfo(
             cluster=self.cluster,
-            release=codec.release(partitions_body) or codec.release(nodes_body),
+            release=codec.records.release(partitions_body) or codec.records.release(nodes_body),
             partitions=tuple(partitions),
             nodes=tuple(nodes),
         )
@@ -322,7 +315,7 @@ class RestAdapter(SlurmAdapter):
         """diag, not ping: 24.11's ping answers 200 even for a rejected token."""
         codec = await self._negotiated()
         payload = await self._call("GET", codec.diag_path, operation="health")
-        release = codec.release(payload)
+        release = codec.records.release(payload)
         return Health(ok=True, detail=f"slurmctld answered diag via slurmrestd {codec.version}", release=release)
 
     async def aclose(self) -> None:

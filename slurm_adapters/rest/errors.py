@@ -25,7 +25,7 @@ from slurm_adapters.base import (
     SiteError,
     SlurmError,
 )
-from slurm_adapters.rest.codec import SlurmMessage
+from slurm_adapters.formats.common import SlurmMessage
 
 Operation = Literal["probe", "health", "info", "get", "list", "submit", "cancel"]
 _USER_OPERATIONS = frozenset({"submit", "cancel"})  # sent with the mapped user's token; they change state

@@ -33,22 +33,24 @@ from slurm_adapters.base import (
 )
 from slurm_adapters.cli import CliAdapter
 from slurm_adapters.cli.adapter import parse_release, release_text
-from slurm_adapters.cli.cluster import node_state, nodes_from_json, partitions_from_key_values
+from slurm_adapters.cli.cluster import partitions_from_key_values
 from slurm_adapters.cli.errors import classify, error_lines
-from slurm_adapters.cli.jobs import CliJob, from_key_values, jobs_from_json, number
+from slurm_adapters.cli.jobs import CliJob, from_key_values, jobs_from_json
 from slurm_adapters.cli.render import export_file, parse_submit, sbatch_argv
 from slurm_adapters.cli.runner import EXPORT_FILE_PLACEHOLDER, Outcome, Runner
 from slurm_adapters.convert import parse_key_values
+from slurm_adapters.formats import RecordFormat, for_release, v0038, v0042
 from slurm_adapters.safety import DIRECTIVE_FENCE, SitePolicy
+from tests.unit.captures import cli_json
 
 DATA = Path(__file__).parent / "data" / "cli"
 POLICY = SitePolicy(resolve_uid={"alice": 1001, "bob": 1002}.get)
 
 
-def load(name: str) -> dict[str, Any]:
-    body = json.loads((DATA / name).read_text())
-    assert isinstance(body, dict)
-    return body
+def json_format(name: str) -> RecordFormat:
+    """A recording's format, from the release in its name (the adapter takes it from sbatch --version)."""
+    major, minor = name.removesuffix(".json").rsplit("-", 1)[1].split(".")
+    return for_release((int(major), int(minor)))
 
 
 def kv_jobs() -> dict[int, CliJob]:
@@ -58,7 +60,7 @@ def kv_jobs() -> dict[int, CliJob]:
 
 
 def json_jobs(name: str) -> dict[int, CliJob]:
-    return {job.record.job_id: job for job in jobs_from_json(load(name))}
+    return {job.record.job_id: job for job in jobs_from_json(cli_json(name), json_format(name))}
 
 
 def spec(**overrides: Any) -> JobSpec:
@@ -388,26 +390,9 @@ def test_squeue_json_data_parser_releases(name: str, first: int) -> None:
 
 
 def test_scontrol_json_one_job_matches_the_listing() -> None:
-    (job,) = jobs_from_json(load("scontrol-job-24.11.json"))
+    (job,) = jobs_from_json(cli_json("scontrol-job-24.11.json"), v0042)
     assert job.record == json_jobs("squeue-24.11.json")[18].record
-    assert jobs_from_json(load("scontrol-job-unknown-24.11.json")) == []
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        (5, 5),
-        ({"set": True, "infinite": False, "number": 10}, 10),
-        ({"set": False, "infinite": False, "number": 0}, None),
-        ({"set": True, "infinite": True, "number": 0}, None),
-        (4294967294, None),
-        (-1, None),
-        (None, None),
-        (True, None),
-    ],
-)
-def test_number_unwrapping(value: Any, expected: int | None) -> None:
-    assert number(value) == expected
+    assert jobs_from_json(cli_json("scontrol-job-unknown-24.11.json"), v0042) == []
 
 
 def test_projected_times_are_not_reported() -> None:
@@ -415,7 +400,7 @@ def test_projected_times_are_not_reported() -> None:
     future = {"set": True, "infinite": False, "number": 1795699999}
     pending = {"job_id": 1, "job_state": ["PENDING"], "start_time": future, "end_time": future}
     running = {"job_id": 2, "job_state": ["RUNNING"], "start_time": future, "end_time": future}
-    first, second = (job.record for job in jobs_from_json({"jobs": [pending, running]}))
+    first, second = (job.record for job in jobs_from_json({"jobs": [pending, running]}, v0042))
     assert (first.start_time, first.end_time) == (None, None)
     assert second.start_time is not None
     assert second.end_time is None
@@ -423,9 +408,9 @@ def test_projected_times_are_not_reported() -> None:
 
 def test_22_05_exit_code_is_a_wait_status() -> None:
     raw = {"job_id": 1, "job_state": "FAILED", "exit_code": 0x0300 | 0, "user_id": 1001}
-    assert jobs_from_json({"jobs": [raw]})[0].record.exit_code == 3
+    assert jobs_from_json({"jobs": [raw]}, v0038)[0].record.exit_code == 3
     raw = {"job_id": 1, "job_state": "CANCELLED", "exit_code": 9}
-    record = jobs_from_json({"jobs": [raw]})[0].record
+    record = jobs_from_json({"jobs": [raw]}, v0038)[0].record
     assert (record.exit_code, record.signal) == (0, 9)
 
 
@@ -443,7 +428,7 @@ def test_22_05_exit_code_is_a_wait_status() -> None:
     ],
 )
 def test_cluster_info(release: str, nodes_file: str, gpu: str, cpu_max: int, gpu_max: int) -> None:
-    nodes = nodes_from_json(load(nodes_file))
+    nodes = json_format(nodes_file).parse_nodes(cli_json(nodes_file))
     partitions = partitions_from_key_values((DATA / f"scontrol-partition-{release}.txt").read_text(), nodes)
     by_name = {p.name: p for p in partitions}
     assert (by_name["cpu"].default, by_name["gpu"].default) == (True, False)
@@ -460,19 +445,6 @@ def test_cluster_info(release: str, nodes_file: str, gpu: str, cpu_max: int, gpu
     assert cpu_node.gpus_used == {}  # 22.05 says "gpu:0": not a GPU type
     info = ClusterInfo(cluster="c", release=release, partitions=tuple(partitions), nodes=tuple(nodes))
     assert info.gpu_totals() == {gpu: (2, 0)}
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ({"state": "idle", "state_flags": ["DRAIN"]}, "IDLE+DRAIN"),
-        ({"state": ["MIXED", "DRAIN"]}, "MIXED+DRAIN"),
-        ({"state": "down", "state_flags": []}, "DOWN"),
-        ({}, "UNKNOWN"),
-    ],
-)
-def test_node_state(raw: dict[str, Any], expected: str) -> None:
-    assert node_state(raw) == expected
 
 
 # ---------------------------------------------------------------------------------------------------
