@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -162,6 +162,18 @@ class JobRecord:
     stdout: str | None = None
     stderr: str | None = None
     allocated_tres: Mapping[str, str] = field(default_factory=dict)
+
+    def observed(self) -> JobRecord:
+        """This record without Slurm's projections: no start while pending, no end before the job ended,
+        no TRES before it has any. A record says when things happened, whichever adapter made it."""
+        changes: dict[str, Any] = {}
+        if self.state in {JobState.PENDING, JobState.UNKNOWN}:
+            changes["start_time"] = None
+        if not self.state.is_terminal:
+            changes["end_time"] = None
+        if self.state is JobState.PENDING:
+            changes["allocated_tres"] = {}
+        return replace(self, **changes) if changes else self
 
     @property
     def never_starts(self) -> bool:

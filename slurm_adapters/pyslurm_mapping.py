@@ -140,7 +140,7 @@ def job_record(job: Any) -> JobRecord:
         stdout=path(job.standard_output),
         stderr=path(job.standard_error),
         allocated_tres=tres_mapping(job.allocated_tres),
-    )
+    ).observed()
 
 
 def node_info(node: Any) -> NodeInfo:
