@@ -59,7 +59,7 @@ def cmd_start(*, skip_pyslurm: bool) -> None:
     for site in sites:
         release = commands.slurm_release(site)
         releases.append((site, release))
-        if cluster.is_up(site):
+        if cluster.is_current(site, release):
             print(f"{site.cluster.name}: already up (Slurm {release})")
             continue
         t = time.monotonic()

@@ -10,7 +10,7 @@ from pathlib import Path
 from dev.lab import procs, slurmconf
 from dev.lab.commands import READY_TIMEOUT_S, client_env, run_in
 from dev.lab.layout import ClusterLayout, lab_root
-from dev.lab.topology import MARIADB_PORT
+from dev.lab.topology import LAB_ACCOUNTS, MARIADB_PORT, SUBMIT_USERS
 
 
 def _mysql_dir() -> Path:
@@ -100,6 +100,21 @@ def start_slurmdbd(site: ClusterLayout) -> None:
 
     if not procs.wait_ready(site.pid_file("slurmdbd"), registered, READY_TIMEOUT_S):
         raise SystemExit(f"slurmdbd did not come up; see {site.host_dir}/log/slurmdbd.log")
+    _associations(site)
+
+
+def _associations(site: ClusterLayout) -> None:
+    """Accounts and user associations: with associations enforced, Slurm refuses jobs without them."""
+    for account in LAB_ACCOUNTS:
+        _sacctmgr(site, "add", "account", account, f"Description=lab account {account}", "Organization=lab")
+    users = ",".join(SUBMIT_USERS)
+    _sacctmgr(site, "add", "user", users, f"Account={','.join(LAB_ACCOUNTS)}", f"DefaultAccount={LAB_ACCOUNTS[0]}")
+
+
+def _sacctmgr(site: ClusterLayout, *args: str) -> None:
+    result = run_in(site, ["sacctmgr", "-i", *args])
+    if result.returncode != 0 and "Nothing new added" not in result.stdout + result.stderr:
+        raise SystemExit(f"sacctmgr {' '.join(args)} failed: {result.stderr or result.stdout}")
 
 
 def stop_slurmdbd(site: ClusterLayout) -> None:

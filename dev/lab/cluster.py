@@ -141,6 +141,15 @@ def is_up(site: ClusterLayout) -> bool:
     return all(procs.recorded_pid(site.pid_file(d)) is not None for d in daemon_names(site))
 
 
+def is_current(site: ClusterLayout, release: str) -> bool:
+    """Up, and running the configuration this checkout would write (else a start must restart it)."""
+    try:
+        written = (site.host_dir / "slurm.conf").read_text()
+    except OSError:
+        return False
+    return is_up(site) and written == slurmconf.slurm_conf(site, release)
+
+
 def start(site: ClusterLayout, release: str) -> None:
     """A fresh cluster: wiped state, then every daemon, ready when every slurmd has registered."""
     stop(site)

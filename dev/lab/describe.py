@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dev.lab.layout import ClusterLayout, lab_root
-from dev.lab.topology import SUBMIT_USERS
+from dev.lab.topology import LAB_ACCOUNTS, SUBMIT_USERS
 
 
 def cluster_entry(site: ClusterLayout, release: str, *, inside_view: bool) -> dict[str, Any]:
@@ -43,6 +43,9 @@ def cluster_entry(site: ClusterLayout, release: str, *, inside_view: bool) -> di
         "jwt_key_file": host_or_inside(site.jwt_key),
         "enforce_part_limits": "ALL" if c.enforce_part_limits else "NO",
         "accounting": c.accounting,
+        # Accounts Slurm knows and enforces; empty where any account string is accepted (no slurmdbd).
+        "accounts": list(LAB_ACCOUNTS) if c.accounting else [],
+        "qos": ["normal"] if c.accounting else [],
         "private_data": list(c.private_data),
         "min_job_age_s": c.min_job_age_s,
         # A chroot's own view marks its clusters expendable: the run inside it is their only user meanwhile.

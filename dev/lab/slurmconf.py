@@ -83,6 +83,8 @@ def slurm_conf(site: ClusterLayout, release: str) -> str:
             f"AccountingStoragePort={SLURMDBD_PORT}",
             f"AccountingStoragePass={site.munge_socket}",  # munge socket for slurmdbd connections
             "AccountingStorageTRES=gres/gpu",
+            "AccountingStorageEnforce=associations,limits,qos",
+            "AccountingStoreFlags=job_comment",  # sacct keeps the broker's tag
             "JobAcctGatherType=jobacct_gather/linux",
             "JobAcctGatherFrequency=30",
         ]

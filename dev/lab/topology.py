@@ -14,6 +14,9 @@ SUITE_RELEASES = {"bookworm": "22.05", "trixie": "24.11", "sid": "26.05"}
 SUITES = tuple(SUITE_RELEASES)
 
 SUBMIT_USERS = {"alice": 1001, "bob": 1002}
+# Slurm accounts on the accounting cluster (others take any account string). Site accounts differ from
+# EuroHPC project ids in real life too (project_465000123, ehpc123, ...).
+LAB_ACCOUNTS = ("ehpc-aif-test", "ehpc-aif-other")
 REST_USER = "slurmrest"  # slurmrestd must not run as root or SlurmUser
 
 
@@ -88,7 +91,7 @@ CLUSTERS: tuple[Cluster, ...] = (
         enforce_part_limits=True,
         accounting=True,
         private_data=("jobs",),
-        purpose="multi-node A100 Factory with slurmdbd accounting and PrivateData=jobs",
+        purpose="multi-node A100 Factory with slurmdbd accounting (associations and QOS enforced), PrivateData=jobs",
     ),
     Cluster(
         name="bravo",

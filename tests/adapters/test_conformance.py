@@ -43,8 +43,14 @@ KINDS = os.environ.get("CONVEYOR_ADAPTERS", "rest,cli").split(",")
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "case" in metafunc.fixturenames:
-        expendable_only = metafunc.definition.get_closest_marker("expendable_only") is not None
-        cases = [(kind, c) for c in clusters() for kind in KINDS if c.raw["expendable"] or not expendable_only]
+        marker = metafunc.definition.get_closest_marker
+        wanted = [
+            c
+            for c in clusters()
+            if (c.raw["expendable"] or not marker("expendable_only"))
+            and (c.raw["accounting"] or not marker("accounting_only"))
+        ]
+        cases = [(kind, c) for c in wanted for kind in KINDS]
         ids = [f"{kind}-{c.name}-{c.short_release}" for kind, c in cases]
         metafunc.parametrize("case", cases, ids=ids)
 
@@ -90,6 +96,7 @@ async def test_job_completes_and_output_is_readable(adapter: SlurmAdapter, clust
     assert record.start_time is not None
     assert record.end_time is not None
     assert record.nodes
+    assert record.allocated_tres.get("cpu"), record.allocated_tres
     assert "conformance-says-hello" in await adapter.read_output(job_id, "stdout")
     assert "to-stderr" in await adapter.read_output(job_id, "stderr")
 
@@ -116,7 +123,8 @@ async def test_every_spec_field_reaches_slurm(adapter: SlurmAdapter, cluster: Cl
         cpus_per_task=1,
         memory_mb=600,
         time_limit_min=7,
-        account="ehpc-aif-test",
+        account=(cluster.raw["accounts"] or ["ehpc-aif-test"])[0],
+        qos=(cluster.raw["qos"] or [None])[0],
     )
     job_id = await adapter.submit(spec, SUBMIT_USER)
     shown = cluster.show_job(job_id)
@@ -126,6 +134,8 @@ async def test_every_spec_field_reaches_slurm(adapter: SlurmAdapter, cluster: Cl
     assert shown["StdErr"] == spec.stderr
     assert shown["Partition"] == spec.partition
     assert shown["Account"] == spec.account
+    if spec.qos:  # only slurmdbd clusters track QOS
+        assert shown["QOS"] == spec.qos
     assert shown["NumNodes"].split("-")[0] == "1"
     assert shown["NumTasks"] == "2"
     assert shown["CPUs/Task"] == "1"
@@ -165,6 +175,31 @@ async def test_gpu_request_lands_on_a_gpu_node(adapter: SlurmAdapter, cluster: C
     output = await adapter.read_output(job_id)
     assert "CVD=0,1" in output, output
     assert f"NODE={record.nodes}" in output
+
+
+@pytest.mark.accounting_only
+async def test_unknown_account_is_rejected_where_associations_are_enforced(
+    adapter: SlurmAdapter, cluster: Cluster
+) -> None:
+    with pytest.raises(InvalidRequest):
+        await adapter.submit(simple_spec(cluster, "true\n", "acct", account="no-such-account"), SUBMIT_USER)
+
+
+@pytest.mark.accounting_only
+async def test_accounting_keeps_finished_jobs_with_tag_and_tres(adapter: SlurmAdapter, cluster: Cluster) -> None:
+    """slurmdbd's record (read with the test's own sacct) outlives MinJobAge; the broker will rely on it."""
+    spec = simple_spec(cluster, "true\n", "sacct", gpus_per_node=0)
+    job_id = await adapter.submit(spec, SUBMIT_USER)
+    await wait_for_job(adapter, job_id, {JobState.COMPLETED})
+
+    def recorded() -> list[str]:
+        out = cluster.slurm("sacct", "-X", "-n", "-P", "-j", str(job_id), "-o", "State,Comment,AllocTRES")
+        return out.strip().split("|")
+
+    wait_until(lambda: recorded()[0] == "COMPLETED", 30, "sacct to record the job")
+    _, comment, tres = recorded()
+    assert comment == spec.tag
+    assert "cpu=" in tres
 
 
 async def test_gpu_type_the_cluster_lacks_is_rejected(adapter: SlurmAdapter, cluster: Cluster) -> None:

@@ -1,0 +1,54 @@
+"""The lab's process handling, on real processes: stop by recorded PID, escalate, never hit a stranger."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from dev.lab import procs
+
+IGNORES_SIGTERM = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
+)
+
+
+def _spawn(tmp_path: Path, code: str) -> tuple[Path, int]:
+    pid_file = tmp_path / "daemon.pid"
+    log = tmp_path / "daemon.log"
+    pid = procs.spawn(pid_file, [sys.executable, "-c", code], log)
+    assert procs.wait_for(lambda: "up" in log.read_text(), 10)
+    return pid_file, pid
+
+
+def test_stop_escalates_to_sigkill_for_a_process_that_ignores_sigterm(tmp_path: Path) -> None:
+    pid_file, pid = _spawn(tmp_path, IGNORES_SIGTERM)
+    assert procs.recorded_pid(pid_file) == pid
+    assert procs.stop(pid_file, grace_s=0.5)
+    assert procs.recorded_pid(pid_file) is None
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+    assert not pid_file.exists()
+
+
+def test_a_recycled_pid_is_never_signalled(tmp_path: Path) -> None:
+    pid_file, pid = _spawn(tmp_path, IGNORES_SIGTERM)
+    record = json.loads(pid_file.read_text())
+    record["start"] = record["start"] - 1  # as if the PID now belonged to another process
+    pid_file.write_text(json.dumps(record))
+    try:
+        assert procs.recorded_pid(pid_file) is None
+        assert procs.stop(pid_file) is False
+        assert Path(f"/proc/{pid}").exists()
+    finally:
+        record["start"] += 1
+        pid_file.write_text(json.dumps(record))
+        procs.stop(pid_file, grace_s=0.1)
+
+
+def test_wait_ready_gives_up_as_soon_as_the_daemon_dies(tmp_path: Path) -> None:
+    pid_file = tmp_path / "short.pid"
+    procs.spawn(pid_file, [sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "short.log")
+    started = time.monotonic()
+    assert procs.wait_ready(pid_file, lambda: False, timeout_s=30) is False
+    assert time.monotonic() - started < 10
