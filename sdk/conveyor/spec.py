@@ -1,0 +1,158 @@
+"""The job spec: what a user asks Conveyor to run, identical for the server, the SDK and the CLI.
+
+Strict by design: unknown fields are refused (a typo must not be silently dropped), and features that are
+planned but not built yet (container images, job arrays, dependencies) are refused by name, so a user never
+believes they were honoured.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Annotated, Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+_NOT_YET = {
+    "image": "container images",
+    "container": "container images",
+    "container_image": "container images",
+    "array": "job arrays",
+    "dependency": "job dependencies",
+    "dependencies": "job dependencies",
+}
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RESERVED_ENV_PREFIXES = ("SLURM_", "SBATCH_", "SALLOC_", "SRUN_")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
+ProjectId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+FactoryId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+GpuType = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
+Country = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^[a-z0-9]([a-z0-9._/-]*[a-z0-9])?$")]
+LabelValue = Annotated[str, StringConstraints(max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")]
+
+MAX_SCRIPT_BYTES = 1024 * 1024
+MAX_TIME_LIMIT_MIN = 366 * 24 * 60
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life. Only forward moves are allowed (see the broker's transition rules).
+
+    ``queued``: accepted, not yet at Slurm. ``submitted``: in Slurm's queue. ``rejected``: could not be placed
+    or submitted, with the reason. ``lost``: gone from Slurm before its end was seen.
+    """
+
+    QUEUED = "queued"
+    SUBMITTED = "submitted"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    REJECTED = "rejected"
+    LOST = "lost"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset(
+    {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT, JobState.REJECTED, JobState.LOST}
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+class Resources(_Strict):
+    """What the job needs, per node. ``time_limit_min`` None means the chosen partition's DefaultTime."""
+
+    nodes: int = Field(1, ge=1, le=10_000)
+    tasks_per_node: int = Field(1, ge=1, le=1024)
+    cpus_per_task: int = Field(1, ge=1, le=1024)
+    gpus_per_node: int = Field(0, ge=0, le=64)
+    gpu_type: GpuType | None = None
+    memory_mb: int | None = Field(None, ge=1, le=64 * 1024 * 1024, description="memory per node, MiB")
+    time_limit_min: int | None = Field(
+        None, ge=1, le=MAX_TIME_LIMIT_MIN, description="wall time in minutes; omitted: the partition's default"
+    )
+
+    @model_validator(mode="after")
+    def _gpu_type_needs_gpus(self) -> Self:
+        if self.gpu_type is not None and self.gpus_per_node == 0:
+            raise ValueError("gpu_type given but gpus_per_node is 0")
+        return self
+
+
+class Placement(_Strict):
+    """Where the job may run: one Factory by id, and/or the countries its data may go to."""
+
+    factory: FactoryId | None = None
+    countries: list[Country] = Field(default_factory=list, max_length=40)
+
+
+class JobSpec(_Strict):
+    """One training job. Exactly one of ``script`` (a batch script) or ``command`` (argv) is given."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "llama-finetune",
+                    "project": "EHPC-AIF-2026PG01-1147",
+                    "command": ["python", "train.py", "--epochs", "3"],
+                    "resources": {"nodes": 1, "gpus_per_node": 4, "gpu_type": "a100", "time_limit_min": 120},
+                    "environment": {"WANDB_MODE": "offline"},
+                    "labels": {"team": "nlp"},
+                    "placement": {"countries": ["IT", "FI"]},
+                }
+            ]
+        },
+    )
+
+    name: Name
+    project: ProjectId
+    script: str | None = Field(None, max_length=MAX_SCRIPT_BYTES)
+    command: list[Annotated[str, StringConstraints(max_length=4096)]] | None = Field(None, min_length=1, max_length=256)
+    resources: Resources = Field(default_factory=Resources)
+    environment: dict[str, Annotated[str, StringConstraints(max_length=32_768)]] = Field(
+        default_factory=dict, max_length=256
+    )
+    working_directory: str | None = Field(None, max_length=4096, pattern=r"^/[^\x00-\x1f\x7f]*$")
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=64)
+    placement: Placement = Field(default_factory=Placement)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_planned_features(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, feature in _NOT_YET.items():
+                if key in data:
+                    raise ValueError(f"{feature} ({key!r}) are not supported yet; remove the field")
+        return data
+
+    @model_validator(mode="after")
+    def _exactly_one_payload(self) -> Self:
+        if (self.script is None) == (self.command is None):
+            raise ValueError("give exactly one of 'script' or 'command'")
+        if self.script is not None and not self.script.strip():
+            raise ValueError("script is empty")
+        return self
+
+    @field_validator("environment")
+    @classmethod
+    def _environment_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"invalid environment variable name {name!r}")
+            if name.upper().startswith(_RESERVED_ENV_PREFIXES):
+                raise ValueError(f"environment variable {name!r} is reserved for Slurm")
+            if "\x00" in text:
+                raise ValueError(f"environment variable {name!r} contains a NUL byte")
+        return value
