@@ -1,0 +1,1 @@
+"""Jobs: their states and transition rules, the service that accepts and queries them, their events."""
