@@ -121,17 +121,21 @@ async def adapter_trial(adapter: SlurmAdapter, cluster: Cluster, figures: Figure
 
 
 async def burst(cluster: Cluster, adapter: SlurmAdapter | None, size: int, drain: SlurmAdapter) -> float:
-    """Seconds to submit ``size`` trivial jobs one after another; then wait (untimed) until all have ended."""
+    """Seconds to submit ``size`` trivial jobs one after another; then (untimed) cancel what has not run yet.
+
+    Trivial jobs start about one per scheduler pass on a small node, so waiting for 200 of them would only
+    measure the lab's scheduler; clearing the queue keeps the next measurement from paying for this one.
+    """
     template = _trivial(cluster, f"burst-{adapter.kind if adapter else 'sbatch'}")
     specs = [replace(template, tag=f"{template.tag}-{i:04d}") for i in range(size)]
     started = time.perf_counter()
-    ids = []
     for spec in specs:
         if adapter is None:
-            ids.append(await asyncio.to_thread(_sbatch, cluster, spec))
+            await asyncio.to_thread(_sbatch, cluster, spec)
         else:
-            ids.append(await adapter.submit(spec, SUBMIT_USER))
+            await adapter.submit(spec, SUBMIT_USER)
     elapsed = time.perf_counter() - started
+    run_slurm(cluster.exec_prefix, cluster.slurm_conf, ["scancel", f"--name={template.name}"])
 
     async def drained() -> bool:
         records = await drain.list_jobs(tag_prefix=template.tag)
