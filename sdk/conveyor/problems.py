@@ -1,0 +1,329 @@
+"""Errors on the wire and in the SDK: RFC 9457 problem details, the broker's problem types, typed exceptions.
+
+Every error answer of the broker is an ``application/problem+json`` body (:class:`Problem`). Besides the RFC's
+members it carries ``code``, a stable machine-readable string (the registry below, with dotted sub-codes such
+as ``placement_failed.time_limit_exceeded``), ``errors`` for validation failures and ``retry_after_s`` when
+waiting helps. Clients should branch on ``code``; titles and details are for people and may change.
+
+The type URIs (``https://conveyor.eu/problems/<code>``) *identify* problem types, as RFC 9457 allows; they
+need not resolve to a page.
+"""
+
+from __future__ import annotations
+
+import enum
+import http
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
+
+from conveyor.models import PlacementCandidate
+
+PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
+PROBLEM_BASE_URI: Final = "https://conveyor.eu/problems/"
+
+
+class FieldError(BaseModel):
+    """One validation failure: where (``loc``, as pydantic and FastAPI report it), what, and its error type."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    loc: list[str | int] = Field(description="Path to the offending value, e.g. ['body', 'resources', 'gpus'].")
+    msg: str
+    type: str = Field(description="pydantic's error type, e.g. 'extra_forbidden', 'missing', 'value_error'.")
+
+
+def field_errors(errors: Iterable[Mapping[str, Any]]) -> list[FieldError]:
+    """pydantic's (or FastAPI's) ``errors()`` as :class:`FieldError` items.
+
+    The offending ``input`` is deliberately left out: it may be a secret (an environment variable's value) and
+    echoing it back would put it in proxies' and clients' logs.
+    """
+    return [
+        FieldError(loc=list(err.get("loc", ())), msg=str(err.get("msg", "")), type=str(err.get("type", "")))
+        for err in errors
+    ]
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem details object, with Conveyor's extension members.
+
+    Other extension members a server adds are kept (``extra="allow"``) and readable through ``model_extra``;
+    a client ignores the ones it does not know.
+    """
+
+    model_config = ConfigDict(
+        extra="allow",
+        frozen=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "https://conveyor.eu/problems/validation_error",
+                    "title": "The request is invalid",
+                    "status": 422,
+                    "detail": "1 field is invalid",
+                    "instance": "/v1/jobs",
+                    "code": "validation_error",
+                    "errors": [
+                        {"loc": ["body", "gpus"], "msg": "Extra inputs are not permitted", "type": "extra_forbidden"}
+                    ],
+                }
+            ]
+        },
+    )
+
+    type: str = Field("about:blank", description="A URI identifying the problem type (it need not resolve).")
+    title: str | None = Field(None, description="A short, human-readable summary of the problem type.")
+    status: int | None = Field(None, ge=100, le=599, description="The HTTP status code of this occurrence.")
+    detail: str | None = Field(None, description="What went wrong this time, and what to do about it.")
+    instance: str | None = Field(None, description="A URI reference of this occurrence (usually the request path).")
+    code: str | None = Field(None, description="A stable machine-readable code; may carry a dotted sub-code.")
+    errors: list[FieldError] | None = Field(None, description="For validation errors: each offending field.")
+    retry_after_s: int | None = Field(None, ge=0, description="Seconds to wait before retrying (as Retry-After).")
+
+    @classmethod
+    def from_status(cls, status: int, detail: str | None = None) -> Problem:
+        """A problem for an error answer that carried no problem body (e.g. a proxy's HTML 502 page): type
+        ``about:blank`` with the status phrase as title, as RFC 9457 prescribes; no code is guessed."""
+        try:
+            title: str | None = http.HTTPStatus(status).phrase
+        except ValueError:
+            title = None
+        return cls(status=status, title=title, detail=detail)
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body to send: members that are None are left out rather than sent as null."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The registry of problem types
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemType:
+    """One kind of problem the broker reports: its code, default title and HTTP status."""
+
+    code: str
+    title: str
+    status: int
+
+    @property
+    def uri(self) -> str:
+        return PROBLEM_BASE_URI + self.code
+
+    def problem(
+        self,
+        detail: str | None = None,
+        *,
+        code: str | None = None,
+        instance: str | None = None,
+        errors: list[FieldError] | None = None,
+        retry_after_s: int | None = None,
+        title: str | None = None,
+        **extensions: JsonValue,
+    ) -> Problem:
+        """An occurrence of this type. ``code`` may refine the type with a dotted sub-code of it."""
+        if code is not None and code != self.code and not code.startswith(self.code + "."):
+            raise ValueError(f"sub-code {code!r} does not belong to problem type {self.code!r}")
+        return Problem(
+            type=self.uri,
+            title=title or self.title,
+            status=self.status,
+            detail=detail,
+            instance=instance,
+            code=code or self.code,
+            errors=errors,
+            retry_after_s=retry_after_s,
+            **extensions,
+        )
+
+
+VALIDATION_ERROR: Final = ProblemType("validation_error", "The request is invalid", 422)
+NOT_FOUND: Final = ProblemType("not_found", "Not found", 404)
+# The IETF Idempotency-Key draft answers 422 when a key is reused with a different request body.
+IDEMPOTENCY_CONFLICT: Final = ProblemType(
+    "idempotency_conflict", "The idempotency key was already used for a different request", 422
+)
+PLACEMENT_FAILED: Final = ProblemType("placement_failed", "No Factory can run this job", 422)
+CANCEL_NOT_POSSIBLE: Final = ProblemType("cancel_not_possible", "The job can no longer be cancelled", 409)
+UNAUTHORIZED: Final = ProblemType("unauthorized", "Authentication is required", 401)
+FORBIDDEN: Final = ProblemType("forbidden", "Not allowed", 403)
+RATE_LIMITED: Final = ProblemType("rate_limited", "Too many requests", 429)
+UNAVAILABLE: Final = ProblemType("unavailable", "The broker is temporarily unavailable", 503)
+INTERNAL_ERROR: Final = ProblemType("internal_error", "Internal error", 500)
+
+PROBLEM_TYPES: Final[Mapping[str, ProblemType]] = {
+    p.code: p
+    for p in (
+        VALIDATION_ERROR,
+        NOT_FOUND,
+        IDEMPOTENCY_CONFLICT,
+        PLACEMENT_FAILED,
+        CANCEL_NOT_POSSIBLE,
+        UNAUTHORIZED,
+        FORBIDDEN,
+        RATE_LIMITED,
+        UNAVAILABLE,
+        INTERNAL_ERROR,
+    )
+}
+
+
+class PlacementCode(enum.StrEnum):
+    """Sub-codes of ``placement_failed``: the filter that left no Factory. When different filters ruled out
+    different Factories, the code is ``no_match`` and the ``candidates`` extension says why for each."""
+
+    UNKNOWN_FACTORY = "placement_failed.unknown_factory"
+    GPU_TYPE_UNAVAILABLE = "placement_failed.gpu_type_unavailable"
+    TOO_MANY_GPUS = "placement_failed.too_many_gpus"
+    TIME_LIMIT_EXCEEDED = "placement_failed.time_limit_exceeded"
+    NO_ALLOCATION = "placement_failed.no_allocation"
+    ALLOCATION_EXHAUSTED = "placement_failed.allocation_exhausted"
+    COUNTRY_EXCLUDED = "placement_failed.country_excluded"
+    ANTENNA_NOT_LINKED = "placement_failed.antenna_not_linked"
+    NO_HEALTHY_FACTORY = "placement_failed.no_healthy_factory"
+    NO_MATCH = "placement_failed.no_match"
+
+
+def problem_type(code: str | None) -> ProblemType | None:
+    """The registered type of a code, sub-codes included (``placement_failed.x`` -> ``placement_failed``)."""
+    if code is None:
+        return None
+    return PROBLEM_TYPES.get(code) or PROBLEM_TYPES.get(code.split(".", 1)[0])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The SDK's exceptions
+# ---------------------------------------------------------------------------------------------------
+
+
+class ConveyorError(Exception):
+    """An error answer of the broker. ``problem`` holds the whole problem details; ``retryable`` says whether
+    sending the same request again later may succeed (the SDK's retries honour ``retry_after``)."""
+
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        super().__init__(self._message())
+
+    @property
+    def status(self) -> int | None:
+        return self.problem.status
+
+    @property
+    def code(self) -> str | None:
+        return self.problem.code
+
+    @property
+    def retry_after(self) -> int | None:
+        """Seconds to wait before retrying, when the broker said (body member or Retry-After header)."""
+        return self.problem.retry_after_s
+
+    def _message(self) -> str:
+        head = " ".join(str(part) for part in (self.problem.status, self.problem.code) if part is not None)
+        text = self.problem.detail or self.problem.title or "error"
+        where = f" ({self.problem.instance})" if self.problem.instance else ""
+        return f"{head}: {text}{where}" if head else f"{text}{where}"
+
+    def __reduce__(self) -> tuple[type[ConveyorError], tuple[Problem]]:
+        # Exceptions pickle as cls(*args); ours is built from the problem, not the message.
+        return (type(self), (self.problem,))
+
+
+class ValidationFailed(ConveyorError):
+    """The request was refused as invalid (400/422); ``errors`` names each offending field."""
+
+    @property
+    def errors(self) -> list[FieldError]:
+        return list(self.problem.errors or ())
+
+
+class AuthError(ConveyorError):
+    """Not authenticated (401) or not allowed (403)."""
+
+
+class NotFound(ConveyorError):
+    """No such resource, or one you may not see (another project's job answers 404 too)."""
+
+
+class Conflict(ConveyorError):
+    """The request conflicts with the resource's current state."""
+
+
+class IdempotencyConflict(Conflict):
+    """The Idempotency-Key was already used for a different request: use a new key for a new job."""
+
+
+class CancelNotPossible(Conflict):
+    """The job already ended; there is nothing left to cancel."""
+
+
+class PlacementFailed(ConveyorError):
+    """No Factory can run the job as specified. ``code`` carries the sub-code (:class:`PlacementCode`) and
+    ``candidates`` says, per Factory, why it was ruled out."""
+
+    _CANDIDATES: ClassVar[TypeAdapter[list[PlacementCandidate]]] = TypeAdapter(list[PlacementCandidate])
+
+    @property
+    def candidates(self) -> list[PlacementCandidate]:
+        raw = (self.problem.model_extra or {}).get("candidates")
+        if raw is None:
+            return []
+        try:
+            return self._CANDIDATES.validate_python(raw)
+        except ValidationError:
+            return []  # an explanation we cannot read must not hide the error itself
+
+
+class RateLimited(ConveyorError):
+    """Too many requests (429): wait ``retry_after`` seconds."""
+
+    retryable = True
+
+
+class Unavailable(ConveyorError):
+    """The broker (or something in front of it) is temporarily unavailable (502/503/504)."""
+
+    retryable = True
+
+
+_BY_CODE: Mapping[str, type[ConveyorError]] = {
+    VALIDATION_ERROR.code: ValidationFailed,
+    NOT_FOUND.code: NotFound,
+    IDEMPOTENCY_CONFLICT.code: IdempotencyConflict,
+    PLACEMENT_FAILED.code: PlacementFailed,
+    CANCEL_NOT_POSSIBLE.code: CancelNotPossible,
+    UNAUTHORIZED.code: AuthError,
+    FORBIDDEN.code: AuthError,
+    RATE_LIMITED.code: RateLimited,
+    UNAVAILABLE.code: Unavailable,
+    INTERNAL_ERROR.code: ConveyorError,
+}
+_BY_STATUS: Mapping[int, type[ConveyorError]] = {
+    400: ValidationFailed,
+    401: AuthError,
+    403: AuthError,
+    404: NotFound,
+    409: Conflict,
+    410: NotFound,
+    422: ValidationFailed,
+    429: RateLimited,
+    502: Unavailable,
+    503: Unavailable,
+    504: Unavailable,
+}
+
+
+def error_from_problem(problem: Problem) -> ConveyorError:
+    """The typed exception for a problem: by its code when the broker sent one we know (sub-codes included),
+    else by its HTTP status, else the base :class:`ConveyorError`."""
+    known = problem_type(problem.code)
+    if known is not None:
+        return _BY_CODE[known.code](problem)
+    cls = _BY_STATUS.get(problem.status) if problem.status is not None else None
+    return (cls or ConveyorError)(problem)
