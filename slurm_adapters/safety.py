@@ -29,6 +29,11 @@ DEFAULT_SHEBANG = "#!/bin/bash"
 DIRECTIVE_FENCE = ": conveyor - the job spec sets all options; #SBATCH lines below are not read"
 
 
+def is_user_name(name: str) -> bool:
+    """A plausible POSIX account name (what ``check_user`` accepts before any look-up)."""
+    return _USER_NAME.match(name) is not None
+
+
 def local_uid(user: str) -> int | None:
     """The uid of ``user`` on this host, or None where the host does not know it."""
     try:
@@ -66,7 +71,7 @@ class SitePolicy:
     resolve_uid: Callable[[str], int | None] | None = field(default=local_uid)
 
     def check_user(self, user: str, *, cluster: str | None = None) -> None:
-        if not _USER_NAME.match(user):
+        if not is_user_name(user):
             raise UnsafeRequest(f"{user!r} is not a valid site user name", cluster=cluster)
         if user in {"root", self.slurm_user} | self.forbidden_users:
             raise UnsafeRequest(f"refusing to submit as privileged user {user!r}", cluster=cluster)

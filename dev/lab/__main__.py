@@ -12,7 +12,8 @@ import shutil
 import sys
 import time
 
-from dev.lab import accounting, cluster, commands, describe, install, procs
+from dev import postgres
+from dev.lab import accounting, cluster, commands, describe, factories_config, install, procs
 from dev.lab.layout import ClusterLayout, all_chroots, host_suite, lab_root, layout
 from dev.lab.pyslurm_build import ensure_pyslurm
 from dev.lab.topology import CLUSTERS, chroot_suites
@@ -66,6 +67,7 @@ def cmd_start(*, skip_pyslurm: bool) -> None:
         cluster.start(site, release)
         print(f"{site.cluster.name}: up in {time.monotonic() - t:.1f} s (Slurm {release}, {site.suite})")
     path = describe.write(releases, host_suite())
+    factories_config.write_factories(json.loads(path.read_text()), path.with_name("factories.yaml"))
     if not skip_pyslurm:
         status = _pyslurm_status()
         doc = json.loads(path.read_text())
@@ -82,6 +84,7 @@ def cmd_stop() -> None:
     for suite in chroot_suites(host_suite()):
         install.unmount_chroot(suite)
     (lab_root() / "lab.json").unlink(missing_ok=True)
+    (lab_root() / "factories.yaml").unlink(missing_ok=True)
     print("lab stopped")
 
 
@@ -97,6 +100,7 @@ def cmd_status() -> int:
 
 def cmd_destroy() -> None:
     cmd_stop()
+    postgres.stop()  # its data lives under the lab directory removed below
     shutil.rmtree(lab_root(), ignore_errors=True)
     print(f"removed {lab_root()}")
 

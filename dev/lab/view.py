@@ -20,6 +20,7 @@ from dev.lab import procs
 from dev.lab.commands import launch_ctld, run_slurm
 from slurm_adapters.base import JobRecord, JobState, SlurmAdapter
 from slurm_adapters.convert import parse_key_values
+from slurm_adapters.factory import AdapterConfig, CliConfig, PyslurmConfig, RestConfig, build_adapter
 from slurm_adapters.safety import SitePolicy, passwd_resolver
 
 DEFAULT_LAB_JSON = Path(os.environ.get("CONVEYOR_LAB_DIR", "/var/lib/conveyor-lab")) / "lab.json"
@@ -130,40 +131,42 @@ def job_dir(cluster: Cluster, tag: str) -> str:
     return inside
 
 
-def make_adapter(kind: str, cluster: Cluster) -> SlurmAdapter:
-    """The adapter of ``kind`` for one lab cluster, configured only from lab.json."""
-    raw = cluster.raw
-    if kind == "rest":
-        from slurm_adapters.rest import RestAdapter
+def adapter_config(kind: str, cluster: Cluster) -> AdapterConfig:
+    """The config of the adapter of ``kind`` for one lab cluster, taken only from lab.json.
 
-        return RestAdapter(
-            cluster=cluster.name,
-            base_url=raw["rest"]["url"],
-            jwt_key_file=Path(raw["jwt_key_file"]),
+    Users are resolved from the cluster's own passwd file (the lab can read every cluster's filesystem).
+    """
+    raw = cluster.raw
+    name, slurm_user, fs_root = cluster.name, str(raw["slurm_user"]), str(cluster.fs_root)
+    if kind == "rest":
+        return RestConfig(
+            cluster=name,
+            url=raw["rest"]["url"],
+            jwt_key_file=raw["jwt_key_file"],
             operator_user=raw["operator_user"],
-            policy=cluster.policy(),
-            output_root=cluster.fs_root,
+            slurm_user=slurm_user,
+            fs_root=fs_root,
+            user_lookup="passwd",
         )
     if kind == "cli":
-        from slurm_adapters.cli import CliAdapter
-
-        return CliAdapter(
-            cluster=cluster.name,
+        return CliConfig(
+            cluster=name,
             slurm_conf=cluster.slurm_conf,
-            exec_prefix=cluster.exec_prefix,
-            policy=cluster.policy(),
-            fs_root=cluster.fs_root,
+            exec_prefix=tuple(cluster.exec_prefix),
+            slurm_user=slurm_user,
+            fs_root=fs_root,
+            user_lookup="passwd",
         )
     if kind == "pyslurm":
-        from slurm_adapters.pyslurm_adapter import PyslurmAdapter
-
-        return PyslurmAdapter(
-            cluster=cluster.name,
-            slurm_conf=cluster.slurm_conf,
-            policy=cluster.policy(),
-            fs_root=cluster.fs_root,
+        return PyslurmConfig(
+            cluster=name, slurm_conf=cluster.slurm_conf, slurm_user=slurm_user, fs_root=fs_root, user_lookup="passwd"
         )
     raise ValueError(f"unknown adapter kind {kind!r}")
+
+
+def make_adapter(kind: str, cluster: Cluster) -> SlurmAdapter:
+    """The adapter of ``kind`` for one lab cluster, built the way the broker builds its adapters."""
+    return build_adapter(adapter_config(kind, cluster))
 
 
 async def wait_for_job(

@@ -1,0 +1,261 @@
+"""Adapter configuration as data, and the one function that turns it into an adapter.
+
+Tests, benchmarks, the lab and the broker all build adapters through :func:`build_adapter`, so a cluster
+reached in a test is configured exactly as the broker would configure it. The configs are frozen stdlib
+dataclasses (no pydantic here: the pyslurm conformance run imports this module inside a chroot whose venv
+has none); they check themselves on construction and raise :class:`AdapterConfigError` naming the field.
+The broker validates them from its Factory file by declaring them as pydantic fields.
+
+Paths are as seen from where the adapter runs. ``fs_root`` is the host path of the cluster's "/" (None:
+output files are not readable from here). ``user_lookup`` says where the site policy finds uids: ``passwd``
+reads ``<fs_root>/etc/passwd`` (a chroot, a mounted login-node image), ``nss`` asks this host (a login node),
+``none`` checks names only and leaves unknown users to Slurm (a remote slurmrestd).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from slurm_adapters.base import SlurmAdapter
+from slurm_adapters.safety import SitePolicy, is_user_name, local_uid, passwd_resolver
+from slurm_adapters.tokens import DEFAULT_LIFETIME_S, MAX_LIFETIME_S
+
+AdapterKind = Literal["rest", "cli", "pyslurm"]
+UserLookup = Literal["passwd", "nss", "none"]
+
+# Slurm's own pattern for ClusterName is loose; this one keeps names safe in argv, URLs and logs.
+_CLUSTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# The slurmrestd API versions the REST adapter speaks (see slurm_adapters.rest.CODECS; kept here so that
+# validating a config needs no httpx).
+REST_API_VERSIONS = ("v0.0.42", "v0.0.38")
+DEFAULT_TIMEOUT_S = 8.0
+
+
+class AdapterConfigError(ValueError):
+    """One invalid field of an adapter config; ``field`` lets a config loader say where it is."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+        self.message = message
+
+
+def _require(ok: bool, field_name: str, message: str) -> None:
+    if not ok:
+        raise AdapterConfigError(field_name, message)
+
+
+def _check_absolute(value: str | None, field_name: str) -> None:
+    if value is not None:
+        _require(PurePosixPath(value).is_absolute(), field_name, f"must be an absolute path, not {value!r}")
+
+
+def _check_timeout(value: float, field_name: str) -> None:
+    _require(math.isfinite(value) and value > 0, field_name, f"must be a positive number of seconds, not {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _SiteConfig:
+    """What every kind needs: the cluster, who may never be submitted as, and the call deadline."""
+
+    cluster: str
+    slurm_user: str = "slurm"
+    forbidden_users: tuple[str, ...] = ()
+    min_uid: int = 1000
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+    def _check_site(self, kind: str) -> None:
+        actual = getattr(self, "kind", None)
+        _require(actual == kind, "kind", f"is {actual!r} in a {kind!r} config")
+        _require(bool(_CLUSTER_NAME.match(self.cluster)), "cluster", f"{self.cluster!r} is not a cluster name")
+        _require(is_user_name(self.slurm_user), "slurm_user", f"{self.slurm_user!r} is not a user name")
+        object.__setattr__(self, "forbidden_users", tuple(self.forbidden_users))
+        for user in self.forbidden_users:
+            _require(is_user_name(user), "forbidden_users", f"{user!r} is not a user name")
+        _require(self.min_uid >= 1, "min_uid", f"must be at least 1, not {self.min_uid}")
+        _check_timeout(self.timeout_s, "timeout_s")
+
+    def _check_lookup(self, user_lookup: UserLookup, fs_root: str | None) -> None:
+        _check_absolute(fs_root, "fs_root")
+        _require(
+            user_lookup != "passwd" or fs_root is not None,
+            "user_lookup",
+            "'passwd' reads <fs_root>/etc/passwd, so it needs fs_root",
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RestConfig(_SiteConfig):
+    """slurmrestd with locally minted JWTs: the mapped user's for submit and cancel, the operator's for reads."""
+
+    kind: Literal["rest"] = "rest"
+    url: str
+    jwt_key_file: str
+    operator_user: str
+    fs_root: str | None = None
+    user_lookup: UserLookup = "none"
+    list_timeout_s: float = 60.0
+    connect_timeout_s: float = 3.0
+    token_lifetime_s: int = DEFAULT_LIFETIME_S
+    api_version: str | None = None
+
+    def __post_init__(self) -> None:
+        self._check_site("rest")
+        parts = urlsplit(self.url)
+        _require(
+            parts.scheme in {"http", "https"} and bool(parts.netloc),
+            "url",
+            f"must be an http:// or https:// URL, not {self.url!r}",
+        )
+        _check_absolute(self.jwt_key_file, "jwt_key_file")
+        _require(is_user_name(self.operator_user), "operator_user", f"{self.operator_user!r} is not a user name")
+        self._check_lookup(self.user_lookup, self.fs_root)
+        _check_timeout(self.list_timeout_s, "list_timeout_s")
+        _check_timeout(self.connect_timeout_s, "connect_timeout_s")
+        _require(
+            0 < self.token_lifetime_s <= MAX_LIFETIME_S,
+            "token_lifetime_s",
+            f"must be 1..{MAX_LIFETIME_S} s (a leaked token must expire fast), not {self.token_lifetime_s}",
+        )
+        _require(
+            self.api_version is None or self.api_version in REST_API_VERSIONS,
+            "api_version",
+            f"{self.api_version!r} is not one of {', '.join(REST_API_VERSIONS)}",
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CliConfig(_SiteConfig):
+    """Slurm's client tools, run directly on a login node or behind ``exec_prefix`` (``["chroot", DIR]``)."""
+
+    kind: Literal["cli"] = "cli"
+    slurm_conf: str
+    exec_prefix: tuple[str, ...] = ()
+    fs_root: str | None = None
+    user_lookup: UserLookup = "nss"
+    operator_user: str | None = None
+    as_root: bool | None = None
+
+    def __post_init__(self) -> None:
+        self._check_site("cli")
+        _check_absolute(self.slurm_conf, "slurm_conf")
+        object.__setattr__(self, "exec_prefix", tuple(self.exec_prefix))
+        _require(all(self.exec_prefix), "exec_prefix", "must not contain empty arguments")
+        self._check_lookup(self.user_lookup, self.fs_root)
+        _require(
+            self.operator_user is None or is_user_name(self.operator_user),
+            "operator_user",
+            f"{self.operator_user!r} is not a user name",
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PyslurmConfig(_SiteConfig):
+    """libslurm in a worker process; it runs where the site's slurm.conf and munge key are (a site agent)."""
+
+    kind: Literal["pyslurm"] = "pyslurm"
+    slurm_conf: str
+    fs_root: str = "/"
+    user_lookup: UserLookup = "nss"
+    slurm_user: str = "root"  # the worker submits with user_id/group_id, which only root or SlurmUser may
+
+    def __post_init__(self) -> None:
+        self._check_site("pyslurm")
+        _check_absolute(self.slurm_conf, "slurm_conf")
+        self._check_lookup(self.user_lookup, self.fs_root)
+
+
+AdapterConfig = RestConfig | CliConfig | PyslurmConfig
+
+
+def _uid_resolver(config: AdapterConfig) -> Callable[[str], int | None] | None:
+    if config.user_lookup == "passwd":
+        assert config.fs_root is not None  # checked on construction
+        return passwd_resolver(config.fs_root)
+    if config.user_lookup == "nss":
+        return local_uid
+    return None
+
+
+def site_policy(config: AdapterConfig) -> SitePolicy:
+    """Who this cluster's adapter may submit as: never root, SlurmUser, a forbidden or a system account."""
+    return SitePolicy(
+        slurm_user=config.slurm_user,
+        forbidden_users=frozenset(config.forbidden_users),
+        min_uid=config.min_uid,
+        resolve_uid=_uid_resolver(config),
+    )
+
+
+def build_adapter(config: AdapterConfig) -> SlurmAdapter:
+    """The adapter a config describes. Adapters are imported lazily: each pulls in its own dependencies."""
+    if isinstance(config, RestConfig):
+        from slurm_adapters.rest import RestAdapter
+
+        return RestAdapter(
+            cluster=config.cluster,
+            base_url=config.url,
+            jwt_key_file=config.jwt_key_file,
+            operator_user=config.operator_user,
+            policy=site_policy(config),
+            output_root=config.fs_root,
+            timeout_s=config.timeout_s,
+            list_timeout_s=config.list_timeout_s,
+            connect_timeout_s=config.connect_timeout_s,
+            token_lifetime_s=config.token_lifetime_s,
+            api_version=config.api_version,
+        )
+    if isinstance(config, CliConfig):
+        from slurm_adapters.cli import CliAdapter
+
+        return CliAdapter(
+            cluster=config.cluster,
+            slurm_conf=config.slurm_conf,
+            exec_prefix=config.exec_prefix,
+            policy=site_policy(config),
+            operator_user=config.operator_user,
+            fs_root=config.fs_root,
+            as_root=config.as_root,
+            timeout_s=config.timeout_s,
+        )
+    from slurm_adapters.pyslurm_adapter import PyslurmAdapter
+
+    return PyslurmAdapter(
+        cluster=config.cluster,
+        slurm_conf=config.slurm_conf,
+        fs_root=config.fs_root,
+        policy=site_policy(config),
+        timeout_s=config.timeout_s,
+    )
+
+
+def config_to_dict(config: AdapterConfig) -> dict[str, Any]:
+    """The config as JSON-ready data, for config files: ``kind``, then every field not at its default."""
+    data: dict[str, Any] = {"kind": config.kind}
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if item.name == "kind" or (item.default is not dataclasses.MISSING and value == item.default):
+            continue
+        data[item.name] = list(value) if isinstance(value, tuple) else value
+    return data
+
+
+__all__ = [
+    "AdapterConfig",
+    "AdapterConfigError",
+    "AdapterKind",
+    "CliConfig",
+    "PyslurmConfig",
+    "RestConfig",
+    "UserLookup",
+    "build_adapter",
+    "config_to_dict",
+    "site_policy",
+]
