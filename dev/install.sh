@@ -32,5 +32,9 @@ if [ ! -f "$stamp" ]; then
     touch "$stamp"
 fi
 
+# PostgreSQL of our own (127.0.0.1:5433, under the lab dir) for the tests that run on both databases;
+# it writes its URL to /var/lib/conveyor-lab/postgres/url.
+"$PY" -m dev.postgres start
+
 # The Slurm lab: packages, users, chroots for the other Slurm releases, pyslurm (lab-only), every cluster.
 "$PY" -m dev.lab start

@@ -1,0 +1,176 @@
+"""The broker's tables as typed SQLAlchemy 2 models. The schema itself changes only through Alembic.
+
+Constraint names follow one convention, so a migration can name what it alters on both databases.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import BigInteger, Enum, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from broker.db.types import UTCDateTime, json_document
+from broker.jobs.events import EventKind
+from conveyor.spec import JobState
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# 64-bit on PostgreSQL (an event log outgrows 2**31); SQLite's rowid is 64-bit already and must be INTEGER.
+EVENT_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class AttemptOutcome(enum.StrEnum):
+    """How one submission attempt ended, as far as the dispatcher could tell."""
+
+    SUBMITTED = "submitted"  # Slurm answered with a job id
+    REFUSED = "refused"  # Slurm refused the job itself; resubmitting would fail the same way
+    NOT_APPLIED = "not_applied"  # failed before Slurm could have accepted it (e.g. connection refused)
+    AMBIGUOUS = "ambiguous"  # may have landed (timeout after sending): look the tag up before any retry
+
+
+def _str_enum(enum_class: type[enum.StrEnum], name: str) -> Enum:
+    """A VARCHAR with a CHECK of the enum's values (not a native type: adding a value is a plain migration)."""
+    return Enum(
+        enum_class,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=32,
+        values_callable=lambda members: [m.value for m in members],
+        validate_strings=True,
+    )
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), dict[str, Any]: json_document()}
+
+
+class Job(Base):
+    """One job, from acceptance to its end. ``state`` is the broker's; ``slurm_state`` is Slurm's raw word."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255))  # the caller's identity, e.g. user:42 or antenna:it/sub
+    project: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(128))
+    spec: Mapped[dict[str, Any]]
+    labels: Mapped[dict[str, Any]]
+    state: Mapped[JobState] = mapped_column(_str_enum(JobState, "job_state"))
+    state_reason: Mapped[str | None] = mapped_column(Text)
+    slurm_state: Mapped[str | None] = mapped_column(String(32))
+    slurm_reason: Mapped[str | None] = mapped_column(Text)
+    factory: Mapped[str | None] = mapped_column(String(64))
+    partition: Mapped[str | None] = mapped_column(String(64))
+    slurm_user: Mapped[str | None] = mapped_column(String(64))
+    slurm_job_id: Mapped[str | None] = mapped_column(String(32))
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    placement_reason: Mapped[str | None] = mapped_column(Text)
+    cancel_requested_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    submitted_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[datetime | None]
+    attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        # The dispatcher's claim: queued jobs whose next attempt is due.
+        Index(None, "state", "next_attempt_at"),
+        # The reconciler: one Factory's active jobs.
+        Index(None, "factory", "state"),
+        # Listings, newest first, paged on (created_at, id).
+        Index(None, "project", "created_at", "id"),
+        Index(None, "owner", "created_at", "id"),
+        Index(None, "created_at", "id"),
+    )
+
+
+class JobEvent(Base):
+    """One append-only entry in a job's history (database triggers refuse UPDATE and DELETE)."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(EVENT_ID, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    at: Mapped[datetime]
+    kind: Mapped[EventKind] = mapped_column(_str_enum(EventKind, "job_event_kind"))
+    from_state: Mapped[JobState | None] = mapped_column(_str_enum(JobState, "job_event_from_state"))
+    to_state: Mapped[JobState | None] = mapped_column(_str_enum(JobState, "job_event_to_state"))
+    actor: Mapped[str] = mapped_column(String(255))
+    detail: Mapped[dict[str, Any]]
+
+    __table_args__ = (Index(None, "job_id", "id"),)
+
+
+class DispatchAttempt(Base):
+    """One try at submitting a job to Slurm, committed *before* the call so a crash leaves a trace to check."""
+
+    __tablename__ = "dispatch_attempts"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    factory: Mapped[str] = mapped_column(String(64))
+    slurm_user: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    outcome: Mapped[AttemptOutcome | None] = mapped_column(_str_enum(AttemptOutcome, "attempt_outcome"))
+    slurm_job_id: Mapped[str | None] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class IdempotencyKey(Base):
+    """A caller's Idempotency-Key and the request it first came with; the same key answers the same job."""
+
+    __tablename__ = "idempotency_keys"
+
+    caller: Mapped[str] = mapped_column(String(255), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    # Deferred: the key row is inserted first (it is the race's arbiter), the job it names right after.
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", deferrable=True, initially="DEFERRED"))
+    created_at: Mapped[datetime]
+
+    __table_args__ = (Index(None, "created_at"),)
+
+
+class FactoryState(Base):
+    """What the broker knows of a Factory at run time (drained, healthy); persisted so every replica agrees."""
+
+    __tablename__ = "factory_state"
+
+    factory_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    drained: Mapped[bool] = mapped_column(default=False)
+    drained_reason: Mapped[str | None] = mapped_column(Text)
+    healthy: Mapped[bool | None]
+    health_detail: Mapped[str | None] = mapped_column(Text)
+    checked_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+
+
+class FactoryEvent(Base):
+    """Append-only audit of drains, undrains and health changes (not of every health check)."""
+
+    __tablename__ = "factory_events"
+
+    id: Mapped[int] = mapped_column(EVENT_ID, primary_key=True, autoincrement=True)
+    factory_id: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime]
+    kind: Mapped[EventKind] = mapped_column(_str_enum(EventKind, "factory_event_kind"))
+    actor: Mapped[str] = mapped_column(String(255))
+    detail: Mapped[dict[str, Any]]
+
+    __table_args__ = (Index(None, "factory_id", "id"),)

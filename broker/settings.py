@@ -1,0 +1,66 @@
+"""The broker's settings, read once from the environment (prefix ``CONVEYOR_``) by pydantic-settings.
+
+Defaults give a working single-process broker on an embedded SQLite file; production sets
+``CONVEYOR_DATABASE_URL`` to a PostgreSQL URL (``postgresql+asyncpg://...``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path("/var/lib/conveyor")
+# A dispatcher's Slurm call has an 8 s deadline; a lease shorter than a few of those would expire mid-call.
+MIN_LEASE_S = 30.0
+
+
+class UnsafeSettings(ValueError):
+    """Settings that would be dangerous in this mode (e.g. a development token in production)."""
+
+
+def _default_database_url(data: dict[str, Any]) -> str:
+    return f"sqlite+aiosqlite:///{Path(data['data_dir']) / 'conveyor.db'}"
+
+
+class Settings(BaseSettings):
+    """Everything the broker reads from its environment; one instance per process."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(DEFAULT_DATA_DIR, description="where the embedded SQLite database lives")
+    database_url: str = Field(
+        default_factory=_default_database_url,
+        description="SQLAlchemy async URL: sqlite+aiosqlite:///ABSOLUTE/PATH or postgresql+asyncpg://...",
+    )
+    sqlite_busy_timeout_ms: int = Field(5_000, ge=0, description="how long a SQLite writer waits for the lock")
+    factories_file: Path = Field(Path("/etc/conveyor/factories.yaml"), description="the Factory registry")
+    dev_mode: bool = Field(False, description="local development: enables the static dev token")
+    dev_token: SecretStr | None = Field(None, description="a static bearer token, accepted only in dev mode")
+    dispatcher_interval_s: float = Field(1.0, gt=0, description="pause between dispatcher cycles when idle")
+    reconciler_interval_s: float = Field(5.0, gt=0, description="pause between reconciler cycles")
+    lease_s: float = Field(120.0, ge=MIN_LEASE_S, description="how long a dispatcher owns a claimed job")
+    claim_batch: int = Field(20, ge=1, le=1000, description="jobs a dispatcher claims per cycle")
+
+    @model_validator(mode="after")
+    def _url_is_async(self) -> Settings:
+        if not self.database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("database_url must use sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def refuse_unsafe(self) -> None:
+        """Raise :class:`UnsafeSettings` for a configuration that must never reach production.
+
+        Called at startup rather than at validation, so that tools (migrations, `--help`) still run and the
+        error is reported by the component that would have used the dangerous setting.
+        """
+        if self.dev_token is not None and not self.dev_mode:
+            raise UnsafeSettings("CONVEYOR_DEV_TOKEN is set but CONVEYOR_DEV_MODE is off: refusing a static token")
+        if self.dev_token is not None and len(self.dev_token.get_secret_value()) < 16:
+            raise UnsafeSettings("CONVEYOR_DEV_TOKEN must be at least 16 characters, even in dev mode")
