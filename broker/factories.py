@@ -15,6 +15,9 @@ Example (YAML; JSON works too)::
                   jwt_key_file: /etc/conveyor/keys/leonardo.jwt, operator_user: conveyor}
         mapping: {default_user: conveyor-jobs, default_account: EUHPC_A01_001}
         enforce_part_limits: ALL
+        job_root: /leonardo_scratch/conveyor      # jobs without a working directory run (and log) here
+        accounting: true                           # slurmdbd keeps finished jobs
+        min_job_age_s: 300                         # Slurm's MinJobAge
         partitions:
           - {name: boost_usr_prod, default: true, max_time_min: 1440, default_time_min: 60, nodes: 3456,
              cpus_per_node: 32, memory_mb_per_node: 491520, gpus_per_node: {a100: 4}}
@@ -39,6 +42,7 @@ from slurm_adapters.safety import is_user_name
 PartitionName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 AccountName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+JobRoot = Annotated[str, StringConstraints(min_length=2, max_length=1024, pattern=r"^/[^\x00-\x1f\x7f]*$")]
 _ADAPTER_KINDS = {"rest", "cli", "pyslurm"}
 
 
@@ -115,6 +119,13 @@ class Factory(_Strict):
     partitions: tuple[Partition, ...] = Field(min_length=1, max_length=256)
     enforce_part_limits: Literal["ALL", "ANY", "NO"] | None = Field(
         None, description="Slurm's EnforcePartLimits; NO (Slurm's default): an over-limit job pends for ever"
+    )
+    job_root: JobRoot | None = Field(
+        None, description="where jobs run and write their output when the spec names no working directory"
+    )
+    accounting: bool = Field(False, description="the cluster keeps finished jobs in slurmdbd (sacct works)")
+    min_job_age_s: int = Field(
+        300, ge=0, description="Slurm's MinJobAge: how long slurmctld still lists a finished job"
     )
 
     @model_validator(mode="after")

@@ -43,6 +43,15 @@ class Settings(BaseSettings):
     reconciler_interval_s: float = Field(5.0, gt=0, description="pause between reconciler cycles")
     lease_s: float = Field(120.0, ge=MIN_LEASE_S, description="how long a dispatcher owns a claimed job")
     claim_batch: int = Field(20, ge=1, le=1000, description="jobs a dispatcher claims per cycle")
+    health_interval_s: float = Field(15.0, gt=0, description="pause between health checks of every Factory")
+    retry_backoff_max_s: float = Field(
+        60.0, gt=0, description="the longest a queued job waits between two tries when a Factory is unavailable"
+    )
+    host: str = Field("127.0.0.1", description="the address `python -m app` listens on")
+    port: int = Field(8000, ge=1, le=65535, description="the port `python -m app` listens on")
+    run_loops: bool = Field(
+        True, description="run the dispatcher, reconciler and health loops in this process; off: serve the API only"
+    )
 
     @model_validator(mode="after")
     def _url_is_async(self) -> Settings:

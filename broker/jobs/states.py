@@ -16,7 +16,9 @@ _FORWARD: Mapping[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset(
         {JobState.SUBMITTED, JobState.RUNNING, JobState.REJECTED, JobState.CANCELLED, JobState.LOST} | TERMINAL_STATES
     ),
-    JobState.SUBMITTED: frozenset({JobState.RUNNING} | TERMINAL_STATES - {JobState.REJECTED}),
+    # submitted -> rejected: Slurm took the job but its pending reason can never clear (over MaxTime where
+    # limits are not enforced at submit); the broker cancels it in Slurm and ends it rejected with that reason.
+    JobState.SUBMITTED: frozenset({JobState.RUNNING} | TERMINAL_STATES),
     JobState.RUNNING: frozenset(TERMINAL_STATES - {JobState.REJECTED}),
 }
 # Moves against the grain that Slurm itself causes; each is recorded as an event of its own.

@@ -3,7 +3,8 @@
 Written as JSON (valid YAML, so the broker reads it like any hand-written factories.yaml) from lab.json
 alone. Each Factory is reached through slurmrestd (the broker's default adapter; pyslurm cannot run on the
 host), configured by the same :func:`dev.lab.view.adapter_config` the tests use, and maps jobs to the lab's
-submit user ``alice`` and the first Slurm account of clusters that enforce accounts.
+submit user ``alice`` and the first Slurm account of clusters that enforce accounts; jobs without a working
+directory run in the cluster's scratch directory (its path inside the cluster).
 
 ``python3 -m dev.lab.factories_config`` writes it next to lab.json.
 """
@@ -52,6 +53,9 @@ def factory_entry(cluster: Cluster) -> dict[str, Any]:
         "adapter": config_to_dict(adapter_config("rest", cluster)),
         "mapping": {"default_user": SUBMIT_USER, "default_account": accounts[0] if accounts else None},
         "enforce_part_limits": raw["enforce_part_limits"],
+        "job_root": raw["scratch_dir"],
+        "accounting": bool(raw["accounting"]),
+        "min_job_age_s": int(raw["min_job_age_s"]),
         "partitions": [_partition(partition, nodes) for partition in raw["partitions"]],
     }
 

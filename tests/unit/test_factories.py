@@ -313,6 +313,8 @@ def assert_matches_lab(registry: FactoryRegistry, lab: dict[str, Any]) -> None:
             user_lookup="passwd",
         )
         assert factory.mapping.default_user == "alice"
+        assert factory.job_root == raw["scratch_dir"]
+        assert (factory.accounting, factory.min_job_age_s) == (raw["accounting"], raw["min_job_age_s"])
         assert factory.mapping.default_account == (raw["accounts"][0] if raw["accounts"] else None)
         nodes = {node["name"]: node for node in raw["nodes"]}
         assert [p.name for p in factory.partitions] == [p["name"] for p in raw["partitions"]]

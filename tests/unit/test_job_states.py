@@ -21,7 +21,8 @@ def test_forward_path_and_its_shortcuts() -> None:
     assert can_move(JobState.RUNNING, JobState.COMPLETED)
     assert can_move(JobState.QUEUED, JobState.COMPLETED)  # a job that ran between two reconciler cycles
     assert can_move(JobState.QUEUED, JobState.REJECTED)
-    assert not can_move(JobState.SUBMITTED, JobState.REJECTED)  # once in Slurm, Slurm decides
+    assert can_move(JobState.SUBMITTED, JobState.REJECTED)  # a pending reason that can never clear
+    assert not can_move(JobState.RUNNING, JobState.REJECTED)  # once it ran, Slurm's end state says it all
     assert not can_move(JobState.SUBMITTED, JobState.QUEUED)
     with pytest.raises(IllegalTransition):
         check_move(JobState.COMPLETED, JobState.RUNNING)

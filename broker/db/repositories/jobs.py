@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, literal, or_, select, tuple_, update
+from sqlalchemy import and_, func, literal, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db.engine import Database
@@ -46,6 +46,14 @@ TRANSITION_FIELDS = frozenset(
 
 class _NothingToDo(Exception):
     """Raised inside a write transaction to roll back what it did so far."""
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """The dispatcher's backlog: queued jobs, and how long the oldest one that is due has waited."""
+
+    depth: int
+    oldest_due_wait_s: float
 
 
 @dataclass(frozen=True)
@@ -189,6 +197,28 @@ class JobRepository:
         async with self._db.read() as session:
             return (await session.scalars(query)).all()
 
+    async def find_in_states(self, factory: str, job_ids: Iterable[str], states: Iterable[JobState]) -> Sequence[Job]:
+        """Of ``job_ids``, those on ``factory`` in one of ``states`` (the reconciler: lost jobs Slurm lists again)."""
+        ids = builtins.list(job_ids)
+        if not ids:
+            return []
+        query = select(Job).where(Job.id.in_(ids), Job.factory == factory, Job.state.in_(builtins.list(states)))
+        async with self._db.read() as session:
+            return (await session.scalars(query.order_by(Job.id))).all()
+
+    async def queue_stats(self, now: datetime) -> QueueStats:
+        """How many jobs are queued and how long the oldest due one has waited (the dispatch lag)."""
+        query = select(func.count()).select_from(Job).where(Job.state == JobState.QUEUED)
+        # min() keeps the column's type, so the result is an aware datetime on both databases.
+        due = select(func.min(Job.next_attempt_at)).where(
+            Job.state == JobState.QUEUED, Job.next_attempt_at <= job_writes.utc_literal(now)
+        )
+        async with self._db.read() as session:
+            depth = await session.scalar(query)
+            oldest_due = await session.scalar(due)
+        lag = (now - oldest_due).total_seconds() if oldest_due is not None else 0.0
+        return QueueStats(depth=int(depth or 0), oldest_due_wait_s=max(lag, 0.0))
+
     # --- state changes ----------------------------------------------------------------------------------
 
     async def transition(
@@ -221,6 +251,38 @@ class JobRepository:
             return await job_writes.compare_and_set(
                 session, job_id, expected, target, actor=actor, kind=kind, detail=event_detail, now=now, fields=fields
             )
+
+    async def record_slurm_view(
+        self,
+        job_id: str,
+        expected: JobState,
+        *,
+        slurm_state: str | None,
+        slurm_reason: str | None,
+        now: datetime | None = None,
+    ) -> bool:
+        """Keep Slurm's own state and reason beside an unchanged broker state (e.g. a new pending reason).
+
+        No event: an observation is not a state change, and the reconciler sees every job every cycle. A
+        compare-and-set on ``expected`` and only when something differs, so it never overwrites a newer state.
+        """
+        now = now or self._clock()
+        async with self._db.write() as session:
+            changed = await session.scalar(
+                update(Job)
+                .where(
+                    Job.id == job_id,
+                    Job.state == expected,
+                    or_(
+                        Job.slurm_state.is_distinct_from(slurm_state),
+                        Job.slurm_reason.is_distinct_from(slurm_reason),
+                    ),
+                )
+                .values(slurm_state=slurm_state, slurm_reason=slurm_reason, updated_at=now)
+                .returning(Job.id),
+                execution_options={"synchronize_session": False},
+            )
+            return changed is not None
 
     async def request_cancel(self, job_id: str, *, actor: str, now: datetime | None = None) -> bool:
         """Record a user's intent to cancel (the dispatcher or reconciler carries it out); False if the job has

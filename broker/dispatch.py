@@ -1,0 +1,331 @@
+"""The dispatcher: claim -> (settle doubt) -> place -> attempt record -> submit -> record the Slurm job id.
+
+Why it is shaped like this:
+
+- Claims are short leased transactions (``JobRepository.claim_queued``); no row lock is held across a Slurm
+  call, so several dispatchers (replicas) can run side by side.
+- An attempt is committed *before* every submit. A job whose latest attempt has no outcome (the dispatcher
+  died mid-call, or the call failed in a way that may have reached Slurm) is in doubt: before anything else
+  the tag is looked up on that attempt's Factory (tag AND expected Slurm user AND submitted after the
+  attempt). Found: it is recorded as submitted. Not found, and the attempt is younger than the Factory's
+  MinJobAge: absence is proven (slurmctld still lists every job submitted since), so it may be submitted
+  again. Otherwise Slurm can no longer tell, and the job becomes ``lost`` with that reason: never resubmitted
+  blindly, so a job reaches Slurm at most once.
+- Only the job's own fault ends it ``rejected`` (placement that can never succeed, Slurm refusing the request).
+  Site faults (authentication, availability) keep it queued with a visible reason, mark the Factory
+  unhealthy, and retry with a bounded backoff.
+
+Failpoints (tests only): ``CONVEYOR_FAILPOINTS=before_submit,after_submit`` makes the process SIGKILL itself
+at that point, to prove the crash paths with a real crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from broker.adapters import AdapterProvider
+from broker.db.engine import Database
+from broker.db.models import AttemptOutcome, DispatchAttempt, Job
+from broker.db.repositories import FactoryStateRepository, JobRepository
+from broker.db.types import utc_now
+from broker.factories import Factory, FactoryRegistry
+from broker.health import factory_statuses
+from broker.placement import FactoryStatus, PlacementError, place
+from broker.settings import Settings
+from broker.translate import TranslationError, site_user, to_slurm_spec
+from conveyor.spec import JobSpec, JobState
+from slurm_adapters.base import (
+    AuthenticationError,
+    ClusterUnavailable,
+    JobError,
+    JobRecord,
+    SiteError,
+    SlurmError,
+)
+from slurm_adapters.base import JobSpec as SlurmJobSpec
+
+log = logging.getLogger(__name__)
+
+ACTOR = "dispatcher"
+FAILPOINTS_ENV = "CONVEYOR_FAILPOINTS"
+FAILPOINTS = frozenset({"before_submit", "after_submit"})
+# Broker and slurmctld clocks may differ a little: a Slurm submit time this much before the attempt still counts.
+CLOCK_SLACK = timedelta(seconds=60)
+RETRY_BASE_S = 2.0
+# A job that fits but whose Factories are all drained or unhealthy looks again after this long.
+PLACEMENT_RETRY_S = 10.0
+
+
+def active_failpoints(environ: Mapping[str, str] | None = None) -> frozenset[str]:
+    """The failpoints ``CONVEYOR_FAILPOINTS`` enables; an unknown name is an error (a typo must not pass)."""
+    raw = (os.environ if environ is None else environ).get(FAILPOINTS_ENV, "")
+    names = frozenset(name.strip() for name in raw.split(",") if name.strip())
+    unknown = names - FAILPOINTS
+    if unknown:
+        raise ValueError(f"unknown failpoints {sorted(unknown)}; known: {sorted(FAILPOINTS)}")
+    return names
+
+
+def retry_delay_s(attempts: int, cap_s: float) -> float:
+    """Exponential backoff from ``RETRY_BASE_S``, capped: an outage never pushes a job out of sight."""
+    exponent = min(max(attempts - 1, 0), 20)
+    return float(min(cap_s, RETRY_BASE_S * 2.0**exponent))
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def matches_attempt(record: JobRecord, job_id: str, attempt: DispatchAttempt) -> bool:
+    """Whether a Slurm job is the one ``attempt`` may have submitted: our tag, our user, submitted after it.
+
+    A missing user or submit time (an adapter that cannot tell) counts as a match: mistaking a foreign job for
+    ours strands one job, while missing ours would submit it twice.
+    """
+    if record.tag != job_id:
+        return False
+    if record.user is not None and attempt.slurm_user is not None and record.user != attempt.slurm_user:
+        return False
+    return record.submit_time is None or record.submit_time >= attempt.started_at - CLOCK_SLACK
+
+
+def _job_log(level: int, job_id: str, message: str, *args: Any) -> None:
+    log.log(level, "job %s: " + message, job_id, *args, extra={"job_id": job_id})
+
+
+class Dispatcher:
+    """Moves queued jobs to Slurm. ``run_once`` is one cycle; the runtime calls it in a loop."""
+
+    def __init__(
+        self,
+        database: Database,
+        registry: FactoryRegistry,
+        adapters: AdapterProvider,
+        settings: Settings,
+        worker_id: str | None = None,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        failpoints: frozenset[str] | None = None,
+    ) -> None:
+        self._registry = registry
+        self._adapters = adapters
+        self._settings = settings
+        self.worker_id = worker_id or default_worker_id()
+        self._clock = clock
+        self._jobs = JobRepository(database, clock)
+        self._states = FactoryStateRepository(database, clock)
+        self._failpoints = active_failpoints() if failpoints is None else failpoints
+        self.errors_by_factory: dict[str, int] = {}
+
+    async def run_once(self) -> int:
+        """Claim a batch of due queued jobs and carry each as far as it goes; returns how many were claimed."""
+        claimed = await self._jobs.claim_queued(
+            self.worker_id, self._settings.claim_batch, self._settings.lease_s, self._clock()
+        )
+        if not claimed:
+            return 0
+        statuses = await factory_statuses(self._states)
+        await asyncio.gather(*(self._guarded(job, statuses) for job in claimed))
+        return len(claimed)
+
+    async def _guarded(self, job: Job, statuses: Mapping[str, FactoryStatus]) -> None:
+        """One job's dispatch; a bug on one job must not stop the batch, and the job must not vanish."""
+        try:
+            await self._dispatch(job, statuses)
+        except Exception as exc:
+            _job_log(logging.ERROR, job.id, "dispatch failed unexpectedly: %r", exc)
+            log.debug("traceback", exc_info=True)
+            # Any open attempt stays open: the next claim settles it by tag before submitting again.
+            await self._retry(job.id, job.attempt_count + 1, f"internal error while dispatching: {exc!r}")
+
+    async def _dispatch(self, job: Job, statuses: Mapping[str, FactoryStatus]) -> None:
+        attempts = await self._jobs.attempts(job.id)
+        latest = attempts[-1] if attempts else None
+        if latest is not None and latest.finished_at is None and not await self._settle_doubt(job, latest):
+            return
+        if job.cancel_requested_at is not None:
+            if await self._jobs.transition(
+                job.id, JobState.QUEUED, JobState.CANCELLED, actor=ACTOR, cause="dispatch",
+                state_reason="cancelled before it reached Slurm",
+            ):  # fmt: skip
+                _job_log(logging.INFO, job.id, "cancelled before submission")
+            return
+        try:
+            spec = JobSpec.model_validate(job.spec)
+        except ValidationError as exc:
+            await self._reject(job.id, f"the stored job spec is no longer valid: {exc.errors()[0]['msg']}")
+            return
+        try:
+            placement = place(spec, self._registry, statuses)
+        except PlacementError as exc:
+            if exc.transient:
+                at = self._clock() + timedelta(seconds=PLACEMENT_RETRY_S)
+                if await self._jobs.schedule_retry(
+                    job.id, owner=self.worker_id, at=at, reason=f"waiting: {exc.message}", actor=ACTOR
+                ):
+                    _job_log(logging.INFO, job.id, "waits: %s", exc.message)
+            else:
+                await self._reject(job.id, exc.message, code=exc.code.value)
+            return
+        factory = placement.factory
+        try:
+            slurm_spec = to_slurm_spec(job.id, spec, placement, factory)
+        except TranslationError as exc:
+            await self._reject(job.id, str(exc))
+            return
+        user = site_user(factory)
+        attempt = await self._jobs.record_attempt(
+            job.id, lease_owner=self.worker_id, factory=factory.id, slurm_user=user,
+            partition=placement.partition.name, placement_reason=placement.reason, actor=ACTOR,
+        )  # fmt: skip
+        if attempt is None:
+            _job_log(logging.WARNING, job.id, "lease lost before submission; another dispatcher has it")
+            return
+        await self.submit(job.id, attempt.attempt, factory, slurm_spec, user)
+
+    async def submit(self, job_id: str, attempt: int, factory: Factory, spec: SlurmJobSpec, user: str) -> None:
+        """Submit one attempt (already committed) and record what came of it."""
+        self._failpoint("before_submit")
+        try:
+            slurm_job_id = await self._adapters.get(factory.id).submit(spec, user)
+        except JobError as exc:
+            message = _describe(exc)
+            await self._reject(job_id, f"Slurm refused the job on {factory.id}: {message}")
+            await self._jobs.finish_attempt(job_id, attempt, outcome=AttemptOutcome.REFUSED, error=message, actor=ACTOR)
+            return
+        except (AuthenticationError, ClusterUnavailable) as exc:
+            await self._site_failure(job_id, attempt, factory.id, exc)
+            return
+        except SlurmError as exc:  # an error the adapter could not classify: it may have reached Slurm
+            self._count_error(factory.id)
+            await self._in_doubt(job_id, attempt, factory.id, _describe(exc))
+            return
+        self._failpoint("after_submit")
+        if await self._jobs.record_submission(job_id, attempt, str(slurm_job_id), actor=ACTOR):
+            _job_log(logging.INFO, job_id, "submitted to %s as Slurm job %s", factory.id, slurm_job_id)
+        else:
+            _job_log(logging.WARNING, job_id, "Slurm job %s submitted but the job had left queued", slurm_job_id)
+
+    async def _site_failure(
+        self, job_id: str, attempt: int, factory_id: str, exc: AuthenticationError | ClusterUnavailable
+    ) -> None:
+        message = _describe(exc)
+        await self._mark_unhealthy(factory_id, message)
+        if isinstance(exc, ClusterUnavailable) and exc.maybe_applied:
+            await self._in_doubt(job_id, attempt, factory_id, message)
+            return
+        await self._jobs.finish_attempt(job_id, attempt, outcome=AttemptOutcome.NOT_APPLIED, error=message, actor=ACTOR)
+        await self._retry(job_id, attempt, f"Factory {factory_id} unavailable: {message}")
+
+    async def _in_doubt(self, job_id: str, attempt: int, factory_id: str, message: str) -> None:
+        """The submit may have landed: leave the attempt open so the next claim looks the tag up first."""
+        _job_log(logging.WARNING, job_id, "attempt %s on %s may have reached Slurm: %s", attempt, factory_id, message)
+        await self._retry(
+            job_id,
+            attempt,
+            f"the submission to {factory_id} may have reached Slurm ({message}); "
+            "its tag will be looked up before any new submission",
+        )
+
+    async def _settle_doubt(self, job: Job, attempt: DispatchAttempt) -> bool:
+        """Resolve an attempt without an outcome; True when absence is proven and the job may be submitted."""
+        factory = self._registry.get(attempt.factory)
+        if factory is None:
+            await self._lose(job.id, attempt, f"attempt {attempt.attempt} went to Factory {attempt.factory}, "
+                             "which is no longer configured: whether it reached Slurm cannot be checked")  # fmt: skip
+            return False
+        try:
+            records = await self._adapters.get(factory.id).list_jobs(tags={job.id})
+        except SlurmError as exc:
+            if isinstance(exc, SiteError):
+                await self._mark_unhealthy(factory.id, _describe(exc))
+            await self._retry(
+                job.id,
+                attempt.attempt,
+                f"checking whether attempt {attempt.attempt} reached {factory.id} failed ({_describe(exc)}); "
+                "it is looked up again before any new submission",
+            )
+            return False
+        found = sorted(
+            (record for record in records if matches_attempt(record, job.id, attempt)),
+            key=lambda record: (record.submit_time is None, record.submit_time, record.job_id),
+        )
+        if found:
+            if len(found) > 1:
+                _job_log(logging.ERROR, job.id, "several Slurm jobs carry its tag: %s", [r.job_id for r in found])
+            slurm_job_id = str(found[0].job_id)
+            if await self._jobs.record_submission(job.id, attempt.attempt, slurm_job_id, actor=ACTOR):
+                _job_log(logging.INFO, job.id, "found by tag on %s as Slurm job %s", factory.id, slurm_job_id)
+            return False
+        age = self._clock() - attempt.started_at
+        if age + CLOCK_SLACK < timedelta(seconds=factory.min_job_age_s):
+            # slurmctld keeps every job for MinJobAge after it ends, and it ended after the attempt began.
+            await self._jobs.finish_attempt(
+                job.id, attempt.attempt, outcome=AttemptOutcome.NOT_APPLIED, actor=ACTOR,
+                error=f"not in Slurm: tag absent {age.total_seconds():.0f} s after the attempt (MinJobAge "
+                f"{factory.min_job_age_s} s)",
+            )  # fmt: skip
+            _job_log(logging.INFO, job.id, "attempt %s never reached %s; submitting again", attempt.attempt, factory.id)
+            return True
+        await self._lose(
+            job.id,
+            attempt,
+            f"attempt {attempt.attempt} on {factory.id} may have reached Slurm, which can no longer tell: the tag "
+            f"is not listed and the attempt is {age.total_seconds():.0f} s old, beyond MinJobAge "
+            f"({factory.min_job_age_s} s); not resubmitted, to never run it twice",
+        )
+        return False
+
+    async def _lose(self, job_id: str, attempt: DispatchAttempt, reason: str) -> None:
+        # The job leaves queued first: should we die in between, an open attempt on a lost job is harmless.
+        if await self._jobs.transition(
+            job_id, JobState.QUEUED, JobState.LOST, actor=ACTOR, cause="dispatch", state_reason=reason
+        ):
+            _job_log(logging.ERROR, job_id, "lost: %s", reason)
+            await self._jobs.finish_attempt(
+                job_id, attempt.attempt, outcome=AttemptOutcome.AMBIGUOUS, error=reason, actor=ACTOR
+            )
+
+    async def _reject(self, job_id: str, reason: str, **detail: Any) -> None:
+        if await self._jobs.transition(
+            job_id, JobState.QUEUED, JobState.REJECTED, actor=ACTOR, cause="dispatch", detail=detail,
+            state_reason=reason,
+        ):  # fmt: skip
+            _job_log(logging.INFO, job_id, "rejected: %s", reason)
+
+    async def _retry(self, job_id: str, attempts: int, reason: str) -> None:
+        delay = retry_delay_s(attempts, self._settings.retry_backoff_max_s)
+        at = self._clock() + timedelta(seconds=delay)
+        if await self._jobs.schedule_retry(job_id, owner=self.worker_id, at=at, reason=reason, actor=ACTOR):
+            _job_log(logging.WARNING, job_id, "retry in %.0f s: %s", delay, reason)
+
+    async def _mark_unhealthy(self, factory_id: str, detail: str) -> None:
+        self._count_error(factory_id)
+        await self._states.record_health(factory_id, healthy=False, detail=detail, actor=ACTOR)
+
+    def _count_error(self, factory_id: str) -> None:
+        self.errors_by_factory[factory_id] = self.errors_by_factory.get(factory_id, 0) + 1
+
+    def _failpoint(self, name: str) -> None:
+        if name in self._failpoints:
+            log.critical("failpoint %s: killing this process", name)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _describe(exc: SlurmError) -> str:
+    """The adapter's message with Slurm's own errors, which are what the user needs to read."""
+    extra = [error for error in exc.errors if error not in exc.message]
+    return "; ".join([str(exc), *extra])
+
+
+__all__ = ["Dispatcher", "active_failpoints", "matches_attempt", "retry_delay_s"]

@@ -1,0 +1,256 @@
+"""The reconciler: per Factory, ONE listing call per cycle, and the broker's jobs brought in line with it.
+
+Status reads are served from the database, so the cost on slurmctld is one call per Factory per cycle,
+whatever the number of jobs or clients. Every change is a compare-and-set with its event, so two reconcilers
+(replicas) cannot both apply one. Why the rest is shaped as it is:
+
+- The worklist is read *before* the listing: a job the dispatcher records as submitted afterwards is simply
+  seen next cycle, never mistaken for one that vanished.
+- A job missing from the listing is asked for by id before it becomes ``lost`` (a listing may be partial, a
+  requeue may renumber nothing but reorder plenty). ``lost`` is only for jobs Slurm can no longer tell about.
+- A pending reason that can never clear is the job's own fault: the Slurm job is cancelled and the broker job
+  ends ``rejected`` with Slurm's reason, rather than waiting for ever.
+- Slurm's exceptions (requeue, preemption, a lost job seen again) are applied and recorded as such.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from broker.adapters import AdapterProvider
+from broker.db.engine import Database
+from broker.db.models import Job
+from broker.db.repositories import JobRepository
+from broker.db.types import utc_now
+from broker.factories import FactoryRegistry
+from broker.jobs.ids import JOB_ID_PREFIX
+from broker.jobs.states import can_move, from_slurm
+from broker.settings import Settings
+from broker.translate import site_user
+from conveyor.spec import JobState
+from slurm_adapters.base import JobNotFound, JobRecord, SlurmAdapter, SlurmError
+
+log = logging.getLogger(__name__)
+
+ACTOR = "reconciler"
+TRACKED_STATES = frozenset({JobState.SUBMITTED, JobState.RUNNING})
+SLURM_STATE_WIDTH = 32  # the jobs.slurm_state column
+
+
+@dataclass
+class ReconcileStats:
+    """What one cycle on one Factory saw and did, and how long it took (the reconcile lag's raw figures)."""
+
+    factory: str
+    started_at: datetime
+    duration_s: float = 0.0
+    tracked: int = 0  # broker jobs Slurm should know about
+    listed: int = 0  # Slurm jobs carrying a broker tag
+    changed: int = 0  # state changes applied
+    lost: int = 0
+    rejected: int = 0
+    cancel_calls: int = 0
+    found_again: int = 0
+    error: str | None = None
+    job_errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _log(level: int, job_id: str, message: str, *args: Any) -> None:
+    log.log(level, "job %s: " + message, job_id, *args, extra={"job_id": job_id})
+
+
+def _pick(job: Job, candidates: Iterable[JobRecord]) -> JobRecord | None:
+    """The Slurm job that is this broker job: same Slurm id when we know it, and the expected user."""
+    own = [r for r in candidates if r.user is None or job.slurm_user is None or r.user == job.slurm_user]
+    if job.slurm_job_id is not None:
+        return next((r for r in own if str(r.job_id) == job.slurm_job_id), None)
+    # A job lost before its Slurm id was recorded (dispatch doubt): the first one submitted with its tag.
+    return min(own, key=lambda r: (r.submit_time is None, r.submit_time, r.job_id), default=None)
+
+
+def _reason_for(target: JobState, record: JobRecord, was: JobState) -> str | None:
+    """The state_reason a move leaves on the job: what Slurm said, where that matters to the user."""
+    if was is JobState.LOST:
+        return f"seen again in Slurm as job {record.job_id} ({record.raw_state})"
+    if was is JobState.RUNNING and target is JobState.SUBMITTED:
+        return f"back in Slurm's queue ({record.raw_state}): requeued or preempted"
+    if target is JobState.FAILED:
+        code = f", exit code {record.exit_code}" if record.exit_code is not None else ""
+        signal = f", signal {record.signal}" if record.signal else ""
+        return f"Slurm: {record.raw_state}{code}{signal}"
+    if target in {JobState.TIMEOUT, JobState.CANCELLED}:
+        return f"Slurm: {record.raw_state}"
+    return None
+
+
+class Reconciler:
+    """Brings each Factory's jobs in line with Slurm; ``run_once(factory_id)`` is one cycle on one Factory."""
+
+    def __init__(
+        self,
+        database: Database,
+        registry: FactoryRegistry,
+        adapters: AdapterProvider,
+        settings: Settings,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._registry = registry
+        self._adapters = adapters
+        self._settings = settings
+        self._clock = clock
+        self._jobs = JobRepository(database, clock)
+        self.last: dict[str, ReconcileStats] = {}
+        self.last_success: dict[str, datetime] = {}
+        self.errors_by_factory: dict[str, int] = {}
+
+    async def run_once(self, factory_id: str) -> ReconcileStats:
+        started = time.monotonic()
+        stats = ReconcileStats(factory=factory_id, started_at=self._clock())
+        try:
+            await self._cycle(factory_id, stats)
+        except SlurmError as exc:
+            stats.error = str(exc)
+            log.warning("Factory %s: reconcile cycle failed: %s", factory_id, exc)
+        stats.duration_s = time.monotonic() - started
+        self.last[factory_id] = stats
+        if stats.ok:
+            self.last_success[factory_id] = stats.started_at
+        else:
+            self.errors_by_factory[factory_id] = self.errors_by_factory.get(factory_id, 0) + 1
+        return stats
+
+    async def _cycle(self, factory_id: str, stats: ReconcileStats) -> None:
+        adapter = self._adapters.get(factory_id)
+        tracked = await self._jobs.active_jobs_by_factory(factory_id, TRACKED_STATES)  # before the listing
+        stats.tracked = len(tracked)
+        records = await adapter.list_jobs(tag_prefix=JOB_ID_PREFIX)  # the one listing call of this cycle
+        stats.listed = len(records)
+        by_tag: dict[str, list[JobRecord]] = {}
+        for record in records:
+            if record.tag is not None:
+                by_tag.setdefault(record.tag, []).append(record)
+        for job in tracked:
+            seen = _pick(job, by_tag.pop(job.id, ()))
+            if seen is None:
+                await self._guarded(job, stats, self._confirm_missing(adapter, job, stats))
+            else:
+                await self._guarded(job, stats, self._apply(adapter, job, seen, stats))
+        for job in await self._jobs.find_in_states(factory_id, by_tag, {JobState.LOST}):
+            again = _pick(job, by_tag[job.id])
+            if again is not None:
+                stats.found_again += 1
+                await self._guarded(job, stats, self._apply(adapter, job, again, stats))
+
+    async def _guarded(self, job: Job, stats: ReconcileStats, work: Awaitable[None]) -> None:
+        """One job's reconciliation; a failure on one job is counted, and the others still get theirs."""
+        try:
+            await work
+        except SlurmError as exc:
+            stats.job_errors.append(f"{job.id}: {exc}")
+            _log(logging.WARNING, job.id, "reconcile step failed, retried next cycle: %s", exc)
+
+    async def _confirm_missing(self, adapter: SlurmAdapter, job: Job, stats: ReconcileStats) -> None:
+        """Not in the listing: ask by id before concluding anything."""
+        if job.slurm_job_id is None:  # cannot happen for a submitted job; say so rather than guess
+            await self._lose(job, "tracked without a Slurm job id", stats)
+            return
+        try:
+            record = await adapter.get_job(int(job.slurm_job_id))
+        except JobNotFound:
+            await self._lose(
+                job,
+                f"Slurm no longer knows job {job.slurm_job_id}: absent from the listing and not found by id "
+                "(its end was not seen before Slurm purged it)",
+                stats,
+            )
+            return
+        if record.tag != job.id:
+            await self._lose(job, f"Slurm job {job.slurm_job_id} is now another job (tag {record.tag!r})", stats)
+            return
+        await self._apply(adapter, job, record, stats)
+
+    async def _lose(self, job: Job, reason: str, stats: ReconcileStats) -> None:
+        if await self._jobs.transition(
+            job.id, job.state, JobState.LOST, actor=ACTOR, cause="reconcile", state_reason=reason
+        ):
+            stats.lost += 1
+            _log(logging.ERROR, job.id, "lost: %s", reason)
+
+    async def _apply(self, adapter: SlurmAdapter, job: Job, record: JobRecord, stats: ReconcileStats) -> None:
+        record = record.observed()
+        slurm_fields: dict[str, Any] = {
+            "slurm_state": record.raw_state[:SLURM_STATE_WIDTH] or None,
+            "slurm_reason": record.reason,
+        }
+        user = job.slurm_user or site_user(self._registry[job.factory or ""])
+        if record.never_starts and job.state in {JobState.SUBMITTED, JobState.LOST}:
+            await adapter.cancel(record.job_id, user)  # first: a rejected job must not linger in Slurm's queue
+            stats.cancel_calls += 1
+            reason = f"Slurm can never start the job: {record.reason}"
+            if await self._jobs.transition(
+                job.id, job.state, JobState.REJECTED, actor=ACTOR, cause="reconcile", state_reason=reason,
+                detail={"slurm_job_id": record.job_id, "slurm_reason": record.reason}, **slurm_fields,
+            ):  # fmt: skip
+                stats.rejected += 1
+                _log(logging.INFO, job.id, "rejected: %s", reason)
+            return
+        if job.cancel_requested_at is not None and not record.state.is_terminal:
+            await adapter.cancel(record.job_id, user)  # the listing of a later cycle shows it cancelled
+            stats.cancel_calls += 1
+            _log(logging.INFO, job.id, "cancel requested: scancel of Slurm job %s sent", record.job_id)
+        target = from_slurm(record.state)
+        if target is None or target is job.state:
+            await self._jobs.record_slurm_view(job.id, job.state, **slurm_fields)
+            return
+        if not can_move(job.state, target):
+            _log(logging.WARNING, job.id, "Slurm says %s, which cannot follow %s", record.raw_state, job.state)
+            return
+        fields = {**slurm_fields, **_times(record, target), "state_reason": _reason_for(target, record, job.state)}
+        if target.is_terminal:
+            fields["exit_code"] = record.exit_code
+        if job.slurm_job_id is None:
+            fields["slurm_job_id"] = str(record.job_id)
+        detail = {"slurm_job_id": record.job_id, "slurm_state": record.raw_state, "slurm_reason": record.reason}
+        if await self._jobs.transition(
+            job.id, job.state, target, actor=ACTOR, cause="reconcile", detail=detail, **fields
+        ):
+            stats.changed += 1
+            _log(logging.INFO, job.id, "%s -> %s (Slurm %s)", job.state, target, record.raw_state)
+
+    def figures(self, now: datetime | None = None) -> dict[str, dict[str, float]]:
+        """Per-Factory figures for /metrics, each a mapping Factory -> number (absent: not measured yet)."""
+        now = now or self._clock()
+        ids = self._registry.ids
+        return {
+            "reconcile_cycle_seconds": {f: self.last[f].duration_s for f in ids if f in self.last},
+            "reconcile_last_cycle_timestamp_seconds": {
+                f: self.last[f].started_at.timestamp() for f in ids if f in self.last
+            },
+            "reconcile_lag_seconds": {
+                f: (now - self.last_success[f]).total_seconds() for f in ids if f in self.last_success
+            },
+            "reconcile_errors": {f: float(self.errors_by_factory.get(f, 0)) for f in ids},
+        }
+
+
+def _times(record: JobRecord, target: JobState) -> dict[str, datetime]:
+    """Slurm's own start and end times, when it reports them (better than the time we noticed)."""
+    times: dict[str, datetime] = {}
+    if record.start_time is not None and target is not JobState.SUBMITTED:
+        times["started_at"] = record.start_time
+    if record.end_time is not None and target.is_terminal:
+        times["ended_at"] = record.end_time
+    return times
+
+
+__all__ = ["ReconcileStats", "Reconciler"]

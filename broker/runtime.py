@@ -1,0 +1,172 @@
+"""The broker's background work in one process: health checks, the dispatcher and a reconciler per Factory.
+
+Each loop is an asyncio task that survives its own errors (logged and counted; the next cycle tries again),
+so one misbehaving Factory or a database hiccup never stops the others. Several processes may run this at
+once: they coordinate only through the database (leased claims, compare-and-set transitions).
+
+The API calls :meth:`Runtime.notify_new_job` after it commits a job, which wakes the dispatcher at once
+instead of after a whole interval; :meth:`Runtime.metrics` serves figures computed by the loops themselves,
+so scraping ``/metrics`` costs neither Slurm nor the database anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from broker.adapters import AdapterProvider
+from broker.db.engine import Database
+from broker.db.repositories import JobRepository, QueueStats
+from broker.db.types import utc_now
+from broker.dispatch import Dispatcher
+from broker.factories import FactoryRegistry
+from broker.health import HealthMonitor
+from broker.reconcile import Reconciler
+from broker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# How long stop() lets a cycle in flight finish (a Slurm call's deadline is 8 s) before cancelling it.
+STOP_GRACE_S = 15.0
+
+
+class Runtime:
+    """Starts and stops the loops; holds what they measured."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        registry: FactoryRegistry,
+        adapters: AdapterProvider,
+        *,
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.adapters = adapters
+        self.health = HealthMonitor(database, registry, adapters)
+        self.dispatcher = Dispatcher(database, registry, adapters, settings, worker_id)
+        self.reconciler = Reconciler(database, registry, adapters, settings)
+        self._jobs = JobRepository(database)
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._queue = QueueStats(depth=0, oldest_due_wait_s=0.0)
+        self._loop_errors: dict[str, int] = {}
+        self._last_dispatch_cycle_s: float | None = None
+
+    @property
+    def worker_id(self) -> str:
+        return self.dispatcher.worker_id
+
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks) and not self._stopping.is_set()
+
+    async def start(self) -> None:
+        """Start the loops. Health is checked once first, so the first dispatch already knows which Factories
+        answer (a Factory never checked is not submitted to)."""
+        if self._tasks:
+            raise RuntimeError("the runtime is already started")
+        self._stopping.clear()
+        await self._cycle("health", self.health.run_once)
+        self._tasks.append(asyncio.create_task(self._loop_health(), name="conveyor-health"))
+        self._tasks.append(asyncio.create_task(self._loop_dispatch(), name="conveyor-dispatch"))
+        for factory_id in self.registry.ids:
+            task = asyncio.create_task(self._loop_reconcile(factory_id), name=f"conveyor-reconcile-{factory_id}")
+            self._tasks.append(task)
+        log.info("runtime %s started: %d Factories", self.worker_id, len(self.registry))
+
+    async def stop(self) -> None:
+        """Let the cycles in flight finish (bounded), then cancel what is left and wait for it."""
+        self._stopping.set()
+        self._wake.set()
+        tasks, self._tasks = self._tasks, []
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE_S)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        log.info("runtime %s stopped", self.worker_id)
+
+    def notify_new_job(self) -> None:
+        """A job was committed: dispatch now rather than at the end of the interval."""
+        self._wake.set()
+
+    def metrics(self) -> dict[str, Any]:
+        """What the loops last measured: numbers, or mappings Factory -> number (the app's /metrics shape).
+
+        ``reconcile_lag_seconds`` is the time since a Factory's last successful cycle: how stale the broker's
+        view of it may be. ``dispatch_lag_seconds`` is how long the oldest due queued job has waited.
+        """
+        ids = self.registry.ids
+        return {
+            "worker_id": self.worker_id,
+            "dispatch_queue_depth": self._queue.depth,
+            "dispatch_lag_seconds": round(self._queue.oldest_due_wait_s, 3),
+            "dispatch_cycle_seconds": self._last_dispatch_cycle_s,
+            "dispatch_errors": {f: float(self.dispatcher.errors_by_factory.get(f, 0)) for f in ids},
+            **self.reconciler.figures(),
+            "loop_errors": sum(self._loop_errors.values()),
+        }
+
+    # --- the loops ------------------------------------------------------------------------------------
+
+    async def _loop_health(self) -> None:
+        while await self._pause(self.settings.health_interval_s):
+            await self._cycle("health", self.health.run_once)
+
+    async def _loop_dispatch(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            started = time.monotonic()
+            claimed = await self._cycle("dispatch", self.dispatcher.run_once)
+            self._last_dispatch_cycle_s = round(time.monotonic() - started, 4)
+            await self._cycle("queue", self._measure_queue)
+            if claimed == self.settings.claim_batch:
+                continue  # a full batch: more are probably due right now
+            if not await self._pause(self.settings.dispatcher_interval_s, wake=self._wake):
+                return
+
+    async def _loop_reconcile(self, factory_id: str) -> None:
+        while not self._stopping.is_set():
+            await self._cycle(f"reconcile:{factory_id}", lambda: self.reconciler.run_once(factory_id))
+            if not await self._pause(self.settings.reconciler_interval_s):
+                return
+
+    async def _measure_queue(self) -> None:
+        self._queue = await self._jobs.queue_stats(utc_now())
+
+    async def _cycle(self, name: str, work: Callable[[], Awaitable[Any]]) -> Any:
+        """One cycle of a loop; an error is logged and counted, never the end of the loop."""
+        try:
+            return await work()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._loop_errors[name] = self._loop_errors.get(name, 0) + 1
+            log.exception("%s cycle failed", name)
+            return None
+
+    async def _pause(self, seconds: float, wake: asyncio.Event | None = None) -> bool:
+        """Wait ``seconds`` (or until ``wake`` is set); False once the runtime is stopping."""
+        waiters = [asyncio.ensure_future(self._stopping.wait())]
+        if wake is not None:
+            waiters.append(asyncio.ensure_future(wake.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waiter
+        return not self._stopping.is_set()
+
+
+__all__ = ["Runtime"]

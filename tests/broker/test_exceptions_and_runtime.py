@@ -1,0 +1,89 @@
+"""Slurm's own exceptions (requeue, a lost job seen again), confirmed loss, and the runtime's loops."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from broker.adapters import AdapterPool
+from broker.db.engine import Database
+from broker.factories import FactoryRegistry
+from broker.jobs.events import EventKind
+from broker.runtime import Runtime
+from conveyor.spec import JobState
+from tests.broker.conftest import Broker, make_broker
+from tests.broker.test_loops_on_the_lab import WAIT_FOR_GO, lab_cluster
+from tests.db.helpers import wait_until
+from tests.lab import job_dir, new_tag
+
+pytestmark = pytest.mark.lab
+
+
+async def test_a_requeued_running_job_goes_back_to_submitted_as_a_recorded_exception(broker: Broker) -> None:
+    alpha = lab_cluster("alpha")
+    workdir = job_dir(alpha, new_tag("requeue"))
+    job_id = await broker.queue(script=WAIT_FOR_GO, working_directory=workdir)
+    running = await broker.reach(job_id, JobState.RUNNING)
+    alpha.slurm("scontrol", "requeue", str(running.slurm_job_id))
+    back = await broker.reach(job_id, JobState.SUBMITTED)
+    assert back.state_reason is not None
+    assert "requeued" in back.state_reason
+    exceptions = [e for e in await broker.jobs.events(job_id) if e.kind is EventKind.STATE_EXCEPTION]
+    assert [(e.from_state, e.to_state) for e in exceptions] == [(JobState.RUNNING, JobState.SUBMITTED)]
+    alpha.host_path(f"{workdir}/go").touch()
+    alpha.slurm("scontrol", "update", f"JobId={running.slurm_job_id}", "StartTime=now")  # skip requeue's delay
+    assert (await broker.reach(job_id, JobState.COMPLETED)).slurm_job_id == running.slurm_job_id
+
+
+async def test_a_job_slurm_no_longer_knows_is_lost_only_after_a_lookup_by_id(broker: Broker) -> None:
+    job_id = await broker.queue(command=["true"])
+    [_claimed] = await broker.jobs.claim_queued("d", 10, 60, now=broker.clock())
+    attempt = await broker.jobs.record_attempt(job_id, lease_owner="d", factory="bravo", slurm_user="alice", actor="t")
+    assert attempt is not None
+    assert await broker.jobs.record_submission(job_id, attempt.attempt, "987654321", actor="t")  # never existed
+    stats = await broker.reconciler.run_once("bravo")
+    assert stats.ok
+    assert stats.lost == 1
+    job = await broker.job(job_id)
+    assert job.state is JobState.LOST
+    assert job.state_reason is not None
+    assert "not found by id" in job.state_reason
+
+
+async def test_a_lost_job_seen_again_is_tracked_again(broker: Broker) -> None:
+    job_id = await broker.queue(command=["true"])
+    submitted = await broker.reach(job_id, JobState.SUBMITTED, JobState.RUNNING, JobState.COMPLETED)
+    assert await broker.jobs.transition(job_id, submitted.state, JobState.LOST, actor="test", state_reason="test")
+    job = await broker.reach(job_id, JobState.COMPLETED)
+    assert job.slurm_job_id == submitted.slurm_job_id
+    exceptions = [e for e in await broker.jobs.events(job_id) if e.kind is EventKind.STATE_EXCEPTION]
+    assert [e.from_state for e in exceptions] == [JobState.LOST]
+
+
+async def test_the_runtime_dispatches_a_new_job_at_once_when_notified_and_stops_cleanly(
+    db: Database, registry: FactoryRegistry, tmp_path: Path
+) -> None:
+    adapters = AdapterPool(registry)
+    broker = make_broker(db, registry, adapters, tmp_path)
+    settings = broker.settings.model_copy(update={"dispatcher_interval_s": 3600.0, "reconciler_interval_s": 0.2})
+    runtime = Runtime(settings, db, registry, adapters, worker_id="runtime-test")
+    await runtime.start()
+    try:
+        job_id = await broker.queue(command=["true"])
+        runtime.notify_new_job()  # the interval is an hour: only the wake-up can dispatch it
+
+        async def completed() -> bool:
+            return (await broker.job(job_id)).state is JobState.COMPLETED
+
+        await wait_until(completed, timeout_s=30)
+        metrics = runtime.metrics()
+        assert metrics["dispatch_queue_depth"] == 0
+        assert set(metrics["reconcile_cycle_seconds"]) <= set(registry.ids)
+        assert "alpha" in metrics["reconcile_lag_seconds"]
+        assert metrics["dispatch_errors"]["alpha"] == 0
+    finally:
+        await asyncio.wait_for(runtime.stop(), timeout=30)
+        await adapters.aclose()
+    assert not runtime.running

@@ -1,0 +1,213 @@
+"""Dispatcher and reconciler against real Slurm: a job's whole path, its failures, cancels and crash recovery."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from broker.db.models import AttemptOutcome
+from broker.db.repositories import FactoryStateRepository
+from broker.factories import parse_factories
+from broker.health import factory_statuses
+from broker.placement import place
+from broker.translate import site_user, to_slurm_spec
+from conveyor.spec import JobSpec, JobState
+from slurm_adapters.base import ClusterUnavailable
+from slurm_adapters.base import JobSpec as SlurmJobSpec
+from tests.broker.conftest import Broker
+from tests.lab import Cluster, clusters, job_dir, new_tag
+
+pytestmark = pytest.mark.lab
+
+# Waits for a file the test creates, so the test sees the job running for as long as it needs to.
+WAIT_FOR_GO = "#!/bin/bash\nwhile [ ! -e go ]; do sleep 0.2; done\necho started-and-released\n"
+
+
+def lab_cluster(name: str) -> Cluster:
+    return next(cluster for cluster in clusters() if cluster.name == name)
+
+
+async def slurm_jobs_tagged(broker: Broker, factory_id: str, job_id: str) -> list[int]:
+    return [record.job_id for record in await broker.adapters.get(factory_id).list_jobs(tags={job_id})]
+
+
+async def test_a_job_goes_queued_submitted_running_completed(broker: Broker) -> None:
+    alpha = lab_cluster("alpha")
+    workdir = job_dir(alpha, new_tag("path"))
+    job_id = await broker.queue(script=WAIT_FOR_GO, working_directory=workdir)
+    submitted = await broker.reach(job_id, JobState.SUBMITTED, JobState.RUNNING)
+    assert (submitted.factory, submitted.partition, submitted.slurm_user) == ("alpha", "cpu", "alice")
+    assert submitted.placement_reason
+    assert submitted.placement_reason.startswith("alpha/cpu")
+    running = await broker.reach(job_id, JobState.RUNNING)
+    assert running.started_at is not None
+    assert running.slurm_state == "RUNNING"
+    shown = alpha.show_job(int(running.slurm_job_id or 0))  # Slurm's own view, not the adapter's
+    assert (shown["Comment"], shown["Partition"], shown["Account"]) == (job_id, "cpu", "ehpc-aif-test")
+    alpha.host_path(f"{workdir}/go").touch()
+    done = await broker.reach(job_id, JobState.COMPLETED)
+    assert done.exit_code == 0
+    assert done.ended_at is not None
+    out = alpha.host_path(f"{workdir}/conveyor-{job_id}.out").read_text()
+    assert "started-and-released" in out
+    states = [(e.from_state, e.to_state) for e in await broker.jobs.events(job_id) if e.to_state != e.from_state]
+    assert states == [
+        (None, JobState.QUEUED),
+        (JobState.QUEUED, JobState.SUBMITTED),
+        (JobState.SUBMITTED, JobState.RUNNING),
+        (JobState.RUNNING, JobState.COMPLETED),
+    ]
+
+
+async def test_a_failing_job_ends_failed_with_its_exit_code(broker: Broker) -> None:
+    job_id = await broker.queue(command=["bash", "-c", "exit 3"])
+    failed = await broker.reach(job_id, JobState.FAILED, JobState.COMPLETED)
+    assert (failed.state, failed.exit_code) == (JobState.FAILED, 3)
+    assert failed.state_reason is not None
+    assert "exit code 3" in failed.state_reason
+
+
+async def test_a_gpu_job_within_allowed_countries_lands_on_the_gpu_factory_there(broker: Broker) -> None:
+    job_id = await broker.queue(
+        command=["true"],
+        resources={"gpus_per_node": 1, "gpu_type": "h100", "time_limit_min": 5},
+        placement={"countries": ["FI", "DE"]},
+    )
+    job = await broker.reach(job_id, JobState.SUBMITTED, JobState.RUNNING, JobState.COMPLETED)
+    assert (job.factory, job.partition) == ("charlie", "gpu")  # bravo has h100 too, but in ES
+    shown = lab_cluster("charlie").show_job(int(job.slurm_job_id or 0))
+    assert shown["Comment"] == job_id
+    assert shown["Partition"] == "gpu"
+    assert "gpu:h100:1" in shown.get("TresPerNode", "") or "gres/gpu:h100=1" in shown.get("TRES", "")
+    assert (await broker.reach(job_id, JobState.COMPLETED)).exit_code == 0
+
+
+async def test_a_job_that_fits_nowhere_is_rejected_without_reaching_slurm(broker: Broker) -> None:
+    job_id = await broker.queue(command=["true"], resources={"gpus_per_node": 1, "gpu_type": "b200"})
+    job = await broker.reach(job_id, JobState.REJECTED)
+    assert job.state_reason is not None
+    assert "b200" in job.state_reason
+    assert await broker.jobs.attempts(job_id) == []
+
+
+async def test_cancelling_a_queued_job_ends_it_locally(broker: Broker) -> None:
+    job_id = await broker.queue(command=["true"])
+    assert await broker.jobs.request_cancel(job_id, actor="user:alice")
+    job = await broker.reach(job_id, JobState.CANCELLED)
+    assert job.slurm_job_id is None
+    assert await broker.jobs.attempts(job_id) == []
+
+
+async def test_cancelling_a_running_job_goes_through_slurm(broker: Broker) -> None:
+    alpha = lab_cluster("alpha")
+    job_id = await broker.queue(script=WAIT_FOR_GO, working_directory=job_dir(alpha, new_tag("cancel")))
+    running = await broker.reach(job_id, JobState.RUNNING)
+    assert await broker.jobs.request_cancel(job_id, actor="user:alice")
+    cancelled = await broker.reach(job_id, JobState.CANCELLED)
+    assert alpha.show_job(int(running.slurm_job_id or 0))["JobState"] == "CANCELLED"
+    assert cancelled.ended_at is not None
+
+
+async def test_a_job_over_maxtime_on_a_non_enforcing_cluster_is_rejected_with_slurms_reason(broker: Broker) -> None:
+    # The broker's config says bravo's cpu partition allows 1000 min; Slurm's MaxTime is 30 and bravo does not
+    # enforce limits at submit, so Slurm takes the job and it would pend for ever (PartitionTimeLimit).
+    document: dict[str, Any] = {"factories": [f.model_dump(mode="json") for f in broker.registry]}
+    bravo = next(f for f in document["factories"] if f["id"] == "bravo")
+    assert bravo["enforce_part_limits"] == "NO"
+    bravo["partitions"][0]["max_time_min"] = 1000
+    broker.registry = parse_factories(document, source="a lying config")
+    broker.dispatcher._registry = broker.registry  # the same loops, with the lying config
+    job_id = await broker.queue(command=["true"], resources={"time_limit_min": 100}, placement={"factory": "bravo"})
+    job = await broker.reach(job_id, JobState.REJECTED)
+    # 22.05 says PartitionConfig or PartitionTimeLimit for it; either can never clear.
+    assert job.slurm_reason in {"PartitionTimeLimit", "PartitionConfig"}
+    assert job.state_reason == f"Slurm can never start the job: {job.slurm_reason}"
+    shown = lab_cluster("bravo").show_job(int(job.slurm_job_id or 0))
+    assert shown["JobState"] == "CANCELLED"  # not left pending in Slurm's queue
+
+
+async def _attempt_then_crash(broker: Broker, job_id: str, *, submit: bool) -> tuple[str, int | None]:
+    """What a dispatcher that died does: claim, commit the attempt, (submit,) and nothing more."""
+    [claimed] = await broker.jobs.claim_queued("crashed-dispatcher", 10, 60, now=broker.clock())
+    spec = JobSpec.model_validate(claimed.spec)
+    placement = place(spec, broker.registry, await factory_statuses(FactoryStateRepository(broker.db)))
+    factory = placement.factory
+    attempt = await broker.jobs.record_attempt(
+        job_id, lease_owner="crashed-dispatcher", factory=factory.id, slurm_user=site_user(factory), actor="test"
+    )
+    assert attempt is not None
+    slurm_id = None
+    if submit:
+        slurm_spec: SlurmJobSpec = to_slurm_spec(job_id, spec, placement, factory)
+        slurm_id = await broker.adapters.get(factory.id).submit(slurm_spec, site_user(factory))
+    # Its lease runs out (released here rather than waited for).
+    assert await broker.jobs.release_lease(job_id, "crashed-dispatcher")
+    return factory.id, slurm_id
+
+
+async def test_after_a_crash_after_submit_the_job_is_found_by_tag_and_not_submitted_twice(broker: Broker) -> None:
+    job_id = await broker.queue(command=["true"])
+    factory_id, slurm_id = await _attempt_then_crash(broker, job_id, submit=True)
+    await broker.dispatcher.run_once()
+    job = await broker.job(job_id)
+    assert (job.state, job.slurm_job_id) == (JobState.SUBMITTED, str(slurm_id))
+    assert await slurm_jobs_tagged(broker, factory_id, job_id) == [slurm_id]
+    attempts = await broker.jobs.attempts(job_id)
+    assert [(a.attempt, a.outcome, a.slurm_job_id) for a in attempts] == [(1, AttemptOutcome.SUBMITTED, str(slurm_id))]
+    assert (await broker.reach(job_id, JobState.COMPLETED)).exit_code == 0
+
+
+async def test_after_a_crash_before_submit_absence_is_proven_and_the_job_submitted_once(broker: Broker) -> None:
+    job_id = await broker.queue(command=["true"])
+    factory_id, _ = await _attempt_then_crash(broker, job_id, submit=False)
+    await broker.dispatcher.run_once()
+    job = await broker.job(job_id)
+    assert job.state is JobState.SUBMITTED
+    assert await slurm_jobs_tagged(broker, factory_id, job_id) == [int(job.slurm_job_id or 0)]
+    outcomes = [a.outcome for a in await broker.jobs.attempts(job_id)]
+    assert outcomes == [AttemptOutcome.NOT_APPLIED, AttemptOutcome.SUBMITTED]
+
+
+async def test_an_attempt_older_than_minjobage_that_slurm_cannot_account_for_makes_the_job_lost(
+    broker: Broker,
+) -> None:
+    job_id = await broker.queue(command=["true"])
+    factory_id, _ = await _attempt_then_crash(broker, job_id, submit=False)
+    broker.clock.offset = timedelta(seconds=broker.registry[factory_id].min_job_age_s + 120)
+    await broker.dispatcher.run_once()
+    job = await broker.job(job_id)
+    assert job.state is JobState.LOST
+    assert job.state_reason is not None
+    assert "MinJobAge" in job.state_reason
+    assert await slurm_jobs_tagged(broker, factory_id, job_id) == []  # never resubmitted blindly
+    assert [a.outcome for a in await broker.jobs.attempts(job_id)] == [AttemptOutcome.AMBIGUOUS]
+
+
+async def test_an_ambiguous_submit_failure_is_settled_by_tag_not_by_a_second_submit(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    adapter = broker.adapters.get("alpha")
+    real_submit = adapter.submit
+
+    async def submit_then_time_out(spec: SlurmJobSpec, user: str) -> int:
+        await real_submit(spec, user)
+        raise ClusterUnavailable("read timeout after sending", cluster="alpha", maybe_applied=True)
+
+    monkeypatch.setattr(adapter, "submit", submit_then_time_out)
+    job_id = await broker.queue(command=["true"])
+    await broker.dispatcher.run_once()
+    job = await broker.job(job_id)
+    assert job.state is JobState.QUEUED
+    assert job.state_reason is not None
+    assert "may have reached Slurm" in job.state_reason
+    state = await FactoryStateRepository(broker.db).get("alpha")
+    assert state is not None
+    assert state.healthy is False
+    monkeypatch.undo()
+    broker.clock.offset = timedelta(seconds=30)  # the retry is due
+    await broker.dispatcher.run_once()
+    job = await broker.job(job_id)
+    assert job.state is JobState.SUBMITTED
+    assert await slurm_jobs_tagged(broker, "alpha", job_id) == [int(job.slurm_job_id or 0)]
