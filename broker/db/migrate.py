@@ -7,6 +7,7 @@ and the broker refuses to start on a schema that is not at head (:func:`schema_i
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 from alembic import command
@@ -18,14 +19,18 @@ from sqlalchemy.engine import Connection
 from broker.db.engine import Database
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MIGRATIONS_DIR = REPO_ROOT / "migrations"
+
+
+def alembic_ini() -> Path:
+    """alembic.ini of this checkout, or ``CONVEYOR_ALEMBIC_INI`` where the broker runs installed (the image:
+    /app/alembic.ini); its ``script_location`` is relative to the file itself."""
+    return Path(os.environ.get("CONVEYOR_ALEMBIC_INI", str(REPO_ROOT / "alembic.ini")))
 
 
 def alembic_config(url: str) -> Config:
     """The same configuration as alembic.ini, for ``url``; the URL is passed as an attribute, not as text
     (configparser would read a ``%`` in a password as interpolation)."""
-    config = Config(str(REPO_ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config = Config(str(alembic_ini()))
     config.attributes["url"] = url
     config.attributes["configure_logger"] = False
     return config
@@ -50,7 +55,7 @@ async def downgrade_async(url: str, revision: str) -> None:
 
 
 def head_revisions() -> set[str]:
-    return set(ScriptDirectory(str(MIGRATIONS_DIR)).get_heads())
+    return set(ScriptDirectory.from_config(alembic_config("")).get_heads())
 
 
 async def schema_is_current(database: Database) -> bool:

@@ -5,6 +5,7 @@ It depends only on httpx and pydantic; importing it never pulls in the broker, F
 
 from conveyor.models import (
     API_ROOT,
+    DrainRequest,
     DryRun,
     DryRunRendering,
     EventList,
@@ -33,6 +34,7 @@ from conveyor.problems import (
     FieldError,
     IdempotencyConflict,
     NotFound,
+    OutputUnavailable,
     PlacementCode,
     PlacementFailed,
     Problem,
@@ -52,6 +54,7 @@ __all__ = [
     "CancelNotPossible",
     "Conflict",
     "ConveyorError",
+    "DrainRequest",
     "DryRun",
     "DryRunRendering",
     "EventList",
@@ -71,6 +74,7 @@ __all__ = [
     "ListQuery",
     "NotFound",
     "OutputStream",
+    "OutputUnavailable",
     "Page",
     "PartitionView",
     "Placement",

@@ -390,6 +390,14 @@ class FactoryView(WireAnswer):
     observed_at: UtcDatetime | None = Field(None, description="When health and counts were last read; None: never.")
 
 
+class DrainRequest(WireRequest):
+    """Body of ``POST /v1/admin/factories/{id}/drain``: why new placements stop there (shown to users)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "slurmctld upgrade to 24.11, back at 14:00"}]})
+
+    reason: str = Field(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$")
+
+
 # ---------------------------------------------------------------------------------------------------
 # Dry runs
 # ---------------------------------------------------------------------------------------------------

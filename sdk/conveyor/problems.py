@@ -150,6 +150,9 @@ IDEMPOTENCY_CONFLICT: Final = ProblemType(
 )
 PLACEMENT_FAILED: Final = ProblemType("placement_failed", "No Factory can run this job", 422)
 CANCEL_NOT_POSSIBLE: Final = ProblemType("cancel_not_possible", "The job can no longer be cancelled", 409)
+# The job's output cannot be read now: it has not reached Slurm yet, or its Factory's adapter cannot read files.
+# The sub-code says which (output_unavailable.not_submitted, output_unavailable.not_readable).
+OUTPUT_UNAVAILABLE: Final = ProblemType("output_unavailable", "The job's output cannot be read", 409)
 UNAUTHORIZED: Final = ProblemType("unauthorized", "Authentication is required", 401)
 FORBIDDEN: Final = ProblemType("forbidden", "Not allowed", 403)
 RATE_LIMITED: Final = ProblemType("rate_limited", "Too many requests", 429)
@@ -164,6 +167,7 @@ PROBLEM_TYPES: Final[Mapping[str, ProblemType]] = {
         IDEMPOTENCY_CONFLICT,
         PLACEMENT_FAILED,
         CANCEL_NOT_POSSIBLE,
+        OUTPUT_UNAVAILABLE,
         UNAUTHORIZED,
         FORBIDDEN,
         RATE_LIMITED,
@@ -263,6 +267,10 @@ class CancelNotPossible(Conflict):
     """The job already ended; there is nothing left to cancel."""
 
 
+class OutputUnavailable(Conflict):
+    """The job's output cannot be read: not at Slurm yet, or its Factory's files are out of the broker's reach."""
+
+
 class PlacementFailed(ConveyorError):
     """No Factory can run the job as specified. ``code`` carries the sub-code (:class:`PlacementCode`) and
     ``candidates`` says, per Factory, why it was ruled out."""
@@ -298,6 +306,7 @@ _BY_CODE: Mapping[str, type[ConveyorError]] = {
     IDEMPOTENCY_CONFLICT.code: IdempotencyConflict,
     PLACEMENT_FAILED.code: PlacementFailed,
     CANCEL_NOT_POSSIBLE.code: CancelNotPossible,
+    OUTPUT_UNAVAILABLE.code: OutputUnavailable,
     UNAUTHORIZED.code: AuthError,
     FORBIDDEN.code: AuthError,
     RATE_LIMITED.code: RateLimited,

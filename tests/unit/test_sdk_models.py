@@ -514,3 +514,14 @@ def test_sdk_declares_only_httpx_and_pydantic() -> None:
     project = tomllib.loads((SDK_DIR / "pyproject.toml").read_text())["project"]
     names = {dep.split(">")[0].split("<")[0].split("=")[0].split("[")[0].strip() for dep in project["dependencies"]}
     assert names == {"httpx", "pydantic"}
+
+
+def test_output_unavailable_and_drain_requests_are_typed() -> None:
+    from conveyor import DrainRequest, OutputUnavailable
+    from conveyor.problems import OUTPUT_UNAVAILABLE, error_from_problem
+
+    error = error_from_problem(OUTPUT_UNAVAILABLE.problem("pending", code="output_unavailable.not_started"))
+    assert isinstance(error, OutputUnavailable)
+    assert error.status == 409
+    with pytest.raises(ValidationError):
+        DrainRequest.model_validate({"reason": "a\nb"})

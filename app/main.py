@@ -1,0 +1,126 @@
+"""The app factory: ``create_app(settings)`` wires the HTTP edge to the broker, and its lifespan owns startup.
+
+Startup refuses, with one clear message, anything that would make the broker unsafe or wrong: a static token
+outside dev mode, no way to authenticate anyone, an unreadable Factory file, an unreachable database, or a
+schema that is not at the code's head (migrations run before start, as a separate step: ``alembic upgrade
+head``; the broker never migrates or creates tables itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from app import problems
+from app.auth import Authenticator, authenticator_from_settings
+from app.deps import AppState, RuntimeLike
+from app.routes import admin, factories, health, jobs
+from broker.adapters import AdapterPool
+from broker.db.engine import database_from_settings
+from broker.db.migrate import schema_is_current
+from broker.db.repositories import JobStats
+from broker.factories import load_factories
+from broker.factory_service import FactoryService
+from broker.jobs.service import JobService
+from broker.runtime import Runtime
+from broker.settings import Settings
+from conveyor.models import API_ROOT
+from conveyor.problems import Problem
+
+log = logging.getLogger("conveyor.api")
+
+
+class StartupRefused(RuntimeError):
+    """The broker will not start with this configuration; the message says why and what to do."""
+
+
+def create_app(
+    settings: Settings, *, authenticator: Authenticator | None = None, adapters: AdapterPool | None = None
+) -> FastAPI:
+    """The broker's ASGI app. ``authenticator`` and ``adapters`` replace the configured ones (tests: a second
+    principal; a pool whose adapters need no Slurm, closed by whoever made it); production passes neither."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with _running(settings, authenticator, adapters) as state:
+            app.state.conveyor = state
+            yield
+            app.state.conveyor = None
+
+    app = FastAPI(
+        title="Conveyor",
+        summary="One job API in front of the EuroHPC AI Factories' Slurm clusters.",
+        version="0.1.0",
+        lifespan=lifespan,
+        responses={
+            401: {"description": "No or an invalid bearer token", "model": Problem},
+            422: {"description": "Invalid request", "model": Problem},
+            503: {"description": "The database is unavailable; retry after Retry-After", "model": Problem},
+        },
+    )
+    problems.install(app)
+    for router in (jobs.router, factories.router, admin.router):
+        app.include_router(router, prefix=API_ROOT)
+    app.include_router(health.router)
+    return app
+
+
+def _refuse(message: str) -> StartupRefused:
+    log.error("refusing to start: %s", message)
+    return StartupRefused(message)
+
+
+@contextlib.asynccontextmanager
+async def _running(
+    settings: Settings, authenticator: Authenticator | None, adapters: AdapterPool | None
+) -> AsyncIterator[AppState]:
+    try:
+        settings.refuse_unsafe()
+    except ValueError as exc:
+        raise _refuse(str(exc)) from None
+    authenticator = authenticator or authenticator_from_settings(settings)
+    if authenticator is None:
+        raise _refuse(
+            "no way to authenticate callers is configured: set CONVEYOR_DEV_MODE=true and CONVEYOR_DEV_TOKEN "
+            "for local development (production identities come with issue #4)"
+        )
+    try:
+        registry = load_factories(settings.factories_file)
+    except (OSError, ValueError) as exc:
+        raise _refuse(f"cannot load the Factory file {settings.factories_file}: {exc}") from None
+    database = database_from_settings(settings)
+    try:
+        try:
+            current = await schema_is_current(database)
+        except Exception as exc:
+            raise _refuse(f"the database does not answer ({type(exc).__name__}: {exc})") from None
+        if not current:
+            raise _refuse(
+                "the database schema is not at this broker's version: run `alembic upgrade head` "
+                "(with the same CONVEYOR_* settings) before starting the broker"
+            )
+        async with contextlib.AsyncExitStack() as stack:
+            if adapters is None:
+                pool = AdapterPool(registry)
+                stack.push_async_callback(pool.aclose)
+                adapters = pool
+            runtime: RuntimeLike | None = None
+            if settings.run_loops:
+                runtime = Runtime(settings, database, registry, adapters)
+                await runtime.start()
+                stack.push_async_callback(runtime.stop)
+            yield AppState(
+                settings=settings,
+                database=database,
+                registry=registry,
+                authenticator=authenticator,
+                jobs=JobService(database, registry, adapters, on_new_job=runtime.notify_new_job if runtime else None),
+                factories=FactoryService(database, registry),
+                stats=JobStats(database),
+                runtime=runtime,
+            )
+    finally:
+        await database.dispose()

@@ -1,0 +1,111 @@
+"""``/v1/jobs``: submit (or dry-run), read, list, cancel, events, output. Logic lives in broker.jobs.service."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query
+from fastapi.responses import JSONResponse
+
+from app.deps import JobServiceDep, PrincipalDep
+from broker.jobs.idempotency import MAX_KEY_LENGTH
+from broker.jobs.service import MAX_OUTPUT_BYTES
+from conveyor.models import DryRun, EventList, EventQuery, Job, JobList, JobOutput, JobQuery, OutputStream
+from conveyor.problems import Problem
+from conveyor.spec import JobSpec
+
+router = APIRouter(tags=["jobs"])
+JobIdPath = Annotated[str, Path(description="The job's id, as returned on submit (job_...).", max_length=64)]
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such job (or not yours: the same answer)", "model": Problem}
+}
+
+
+@router.post(
+    "/jobs",
+    status_code=201,
+    response_model=None,
+    summary="Submit a job (or dry-run it)",
+    responses={
+        201: {"description": "Accepted and durably stored (state queued); Location names it", "model": Job},
+        200: {
+            "description": "dry_run=true: where the job would go and what Slurm would receive (a DryRun); "
+            "or an Idempotency-Key replay of an earlier identical request (that Job)",
+            "model": Job | DryRun,
+        },
+        422: {"description": "Invalid spec, no Factory can ever run it, or a reused key", "model": Problem},
+    },
+)
+async def submit_job(
+    spec: JobSpec,
+    caller: PrincipalDep,
+    service: JobServiceDep,
+    dry_run: Annotated[bool, Query(description="Place and render only: nothing is stored or submitted.")] = False,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            max_length=MAX_KEY_LENGTH,
+            description="Makes retries safe: the same key and body return the same job (200), another body "
+            "with the same key is refused (422). Scoped to the caller.",
+        ),
+    ] = None,
+) -> JSONResponse:
+    """The answer is sent only after the job and its first event are committed: a 201 job is readable at once.
+    The request never waits on Slurm; the dispatcher submits the job."""
+    if dry_run:
+        result = await service.dry_run(caller, spec)
+        return JSONResponse(result.model_dump(mode="json"))
+    job, created = await service.submit(caller, spec, idempotency_key)
+    return JSONResponse(
+        job.model_dump(mode="json"), status_code=201 if created else 200, headers={"Location": job.links.self}
+    )
+
+
+@router.get("/jobs", summary="List your jobs, newest first")
+async def list_jobs(query: Annotated[JobQuery, Query()], caller: PrincipalDep, service: JobServiceDep) -> JobList:
+    return await service.list(caller, query)
+
+
+@router.get("/jobs/{job_id}", summary="Read a job", responses=_NOT_FOUND)
+async def get_job(job_id: JobIdPath, caller: PrincipalDep, service: JobServiceDep) -> Job:
+    """Served from the broker's database, never a live Slurm call."""
+    return await service.get(caller, job_id)
+
+
+@router.post(
+    "/jobs/{job_id}/cancel",
+    status_code=202,
+    summary="Request cancellation",
+    responses={**_NOT_FOUND, 409: {"description": "The job already ended", "model": Problem}},
+)
+async def cancel_job(job_id: JobIdPath, caller: PrincipalDep, service: JobServiceDep) -> Job:
+    """Records the intent and returns; the broker cancels the job in Slurm. Asking twice is harmless."""
+    return await service.request_cancel(caller, job_id)
+
+
+@router.get("/jobs/{job_id}/events", summary="A job's events, oldest first", responses=_NOT_FOUND)
+async def job_events(
+    job_id: JobIdPath, query: Annotated[EventQuery, Query()], caller: PrincipalDep, service: JobServiceDep
+) -> EventList:
+    return await service.events(caller, job_id, query)
+
+
+@router.get(
+    "/jobs/{job_id}/output",
+    summary="The tail of a job's stdout or stderr",
+    responses={
+        **_NOT_FOUND,
+        409: {"description": "No output: not at Slurm yet, or the Factory's files are out of reach", "model": Problem},
+        503: {"description": "The Factory could not be reached; retry after Retry-After", "model": Problem},
+    },
+)
+async def job_output(
+    job_id: JobIdPath,
+    caller: PrincipalDep,
+    service: JobServiceDep,
+    stream: Annotated[OutputStream, Query(description="Which stream.")] = "stdout",
+    max_bytes: Annotated[int, Query(ge=1, le=MAX_OUTPUT_BYTES, description="At most this many last bytes.")] = 65536,
+) -> JobOutput:
+    """Read from the Factory when asked (the broker does not store output); bounded by a deadline."""
+    return await service.output(caller, job_id, stream, max_bytes)

@@ -1,0 +1,364 @@
+"""The job service: accepting, reading, listing and cancelling jobs, reading their output, dry runs.
+
+It speaks the wire models (``conveyor.models``) on its edge and the repositories inside; it never imports
+FastAPI, and it never calls Slurm while accepting a job (the dispatcher does that). The only Slurm calls it
+makes are the ones a caller explicitly asks for and waits on: reading a job's output.
+
+Rules it keeps:
+
+- Accept-time feasibility: placement runs against the configured Factories *as if all were healthy and
+  undrained*. A job that no partition anywhere could ever run is refused now with placement's precise
+  message (422); a job that fits but whose Factories are down or drained is accepted and waits: health is
+  the dispatcher's business, and an outage must not turn into refused work.
+- Ownership: every read is scoped to the caller. Another caller's job answers exactly like a missing one.
+- Idempotency: keys are scoped to the caller. The first request with a key creates the job (``created``
+  True: 201); the same key with the same validated body returns that job (``created`` False: the API answers
+  200, so a client can tell a replay from a creation); the same key with another body is refused
+  (:class:`~broker.errors.IdempotencyKeyReused`, 422 per the problem registry, as the IETF draft prescribes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from broker import translate
+from broker.db.engine import Database
+from broker.db.models import Job as JobRow
+from broker.db.models import JobEvent as EventRow
+from broker.db.repositories import FactoryStateRepository, IdempotencyConflict, InvalidCursor, JobRepository, NewJob
+from broker.db.repositories.pagination import JobFilter
+from broker.errors import (
+    CancelNotPossible,
+    FactoryUnreachable,
+    IdempotencyKeyReused,
+    Invalid,
+    InvalidInput,
+    NotFound,
+    OutputUnavailable,
+    PlacementImpossible,
+)
+from broker.factories import FactoryRegistry
+from broker.identity import Principal
+from broker.jobs.idempotency import MAX_KEY_LENGTH, request_hash
+from broker.jobs.ids import new_job_id
+from broker.placement import NOT_CHECKED, FactoryStatus, Placement, PlacementError, place
+from conveyor.models import (
+    DryRun,
+    DryRunRendering,
+    EventList,
+    EventQuery,
+    Job,
+    JobEvent,
+    JobLinks,
+    JobList,
+    JobOutput,
+    JobQuery,
+    OutputStream,
+    PlacementCandidate,
+)
+from conveyor.spec import JobSpec, JobState
+from slurm_adapters import base as slurm
+
+# Printable ASCII, as the IETF Idempotency-Key draft's examples (UUIDs, random tokens); no control characters.
+_KEY = re.compile(rf"^[\x20-\x7e]{{1,{MAX_KEY_LENGTH}}}$")
+_EVENT_CURSOR_VERSION = 1
+OUTPUT_TIMEOUT_S = 10.0  # the adapter's own deadline is 8 s; this bounds the caller's wait whatever it does
+MAX_OUTPUT_BYTES = 1024 * 1024
+
+
+class AdapterSource(Protocol):
+    """Where the service finds the adapter of a Factory (``broker.adapters.AdapterPool`` in production)."""
+
+    def get(self, factory_id: str) -> slurm.SlurmAdapter: ...
+
+
+def _all_available(registry: FactoryRegistry) -> dict[str, FactoryStatus]:
+    return {factory.id: FactoryStatus(healthy=True) for factory in registry}
+
+
+def _impossible(error: PlacementError) -> PlacementImpossible:
+    return PlacementImpossible(error.code.value, error.message, error.details)
+
+
+def _slurm_id(row: JobRow) -> int | None:
+    return int(row.slurm_job_id) if row.slurm_job_id and row.slurm_job_id.isdigit() else None
+
+
+def job_to_wire(row: JobRow) -> Job:
+    """A stored job as the API shows it."""
+    return Job(
+        id=row.id,
+        state=row.state,
+        state_reason=row.state_reason,
+        project=row.project,
+        name=row.name,
+        owner=row.owner,
+        spec=JobSpec.model_validate(row.spec),
+        labels=dict(row.labels),
+        factory=row.factory,
+        partition=row.partition,
+        site_user=row.slurm_user,
+        slurm_job_id=_slurm_id(row),
+        slurm_state=row.slurm_state,
+        slurm_reason=row.slurm_reason,
+        exit_code=row.exit_code,
+        placement_reason=row.placement_reason,
+        cancel_requested=row.cancel_requested_at is not None,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        submitted_at=row.submitted_at,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        links=JobLinks.for_job(row.id),
+    )
+
+
+def event_to_wire(row: EventRow) -> JobEvent:
+    return JobEvent(
+        id=row.id,
+        job_id=row.job_id,
+        at=row.at,
+        kind=str(row.kind),
+        from_state=row.from_state,
+        to_state=row.to_state,
+        actor=row.actor,
+        detail=dict(row.detail),
+    )
+
+
+def _encode_event_cursor(last_id: int) -> str:
+    raw = json.dumps([_EVENT_CURSOR_VERSION, last_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_event_cursor(cursor: str) -> int:
+    try:
+        version, last_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        version, last_id = None, None
+    if version != _EVENT_CURSOR_VERSION or not isinstance(last_id, int) or last_id < 0:
+        raise InvalidInput([Invalid(("query", "cursor"), "not a cursor this broker issued", "invalid_cursor")])
+    return last_id
+
+
+def _labels(selectors: list[str]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for selector in selectors:
+        key, value = selector.split("=", 1)
+        if labels.get(key, value) != value:
+            raise InvalidInput(
+                [Invalid(("query", "label"), f"label {key!r} given twice with different values", "label_conflict")]
+            )
+        labels[key] = value
+    return labels
+
+
+class JobService:
+    """Everything the API does with jobs, for one authenticated caller at a time."""
+
+    def __init__(
+        self,
+        database: Database,
+        registry: FactoryRegistry,
+        adapters: AdapterSource,
+        *,
+        on_new_job: Callable[[], None] | None = None,
+        output_timeout_s: float = OUTPUT_TIMEOUT_S,
+    ) -> None:
+        self._jobs = JobRepository(database)
+        self._factory_states = FactoryStateRepository(database)
+        self._registry = registry
+        self._adapters = adapters
+        self._on_new_job = on_new_job
+        self._output_timeout_s = output_timeout_s
+
+    # --- accepting ------------------------------------------------------------------------------------
+
+    async def submit(self, caller: Principal, spec: JobSpec, idempotency_key: str | None) -> tuple[Job, bool]:
+        """Validate, then store the job and its ``created`` event in one committed transaction.
+
+        Returns ``(job, created)``; ``created`` is False when ``idempotency_key`` replays an earlier request.
+        """
+        if idempotency_key is not None and not _KEY.match(idempotency_key):
+            raise InvalidInput(
+                [
+                    Invalid(
+                        ("header", "Idempotency-Key"),
+                        f"must be 1 to {MAX_KEY_LENGTH} printable ASCII characters",
+                        "invalid_idempotency_key",
+                    )
+                ]
+            )
+        self._check_feasible(spec)
+        new = NewJob.from_spec(caller.id, spec)
+        if idempotency_key is None:
+            row, created = await self._jobs.insert_job_with_event(new, actor=caller.id), True
+        else:
+            fingerprint = request_hash(spec.model_dump(mode="json"))
+            try:
+                row, created = await self._jobs.create_or_get(
+                    caller.id, idempotency_key, fingerprint, new, actor=caller.id
+                )
+            except IdempotencyConflict as exc:
+                raise IdempotencyKeyReused(idempotency_key, exc.job_id) from None
+        if created and self._on_new_job is not None:
+            self._on_new_job()
+        return job_to_wire(row), created
+
+    def _check_feasible(self, spec: JobSpec) -> Placement:
+        """Placement as if every Factory were up: refuses only what can never run anywhere."""
+        try:
+            return place(spec, self._registry, _all_available(self._registry))
+        except PlacementError as exc:
+            raise _impossible(exc) from None
+
+    # --- reading --------------------------------------------------------------------------------------
+
+    async def _owned(self, caller: Principal, job_id: str) -> JobRow:
+        row = await self._jobs.get(job_id)
+        if row is None or row.owner != caller.id:
+            raise NotFound("job", job_id)
+        return row
+
+    async def get(self, caller: Principal, job_id: str) -> Job:
+        return job_to_wire(await self._owned(caller, job_id))
+
+    async def list(self, caller: Principal, query: JobQuery) -> JobList:
+        """The caller's jobs, newest first, filtered; pages follow ``next_cursor``."""
+        where = JobFilter(
+            owner=caller.id,
+            states=frozenset(query.state),
+            factory=query.factory,
+            project=query.project,
+            labels=_labels(query.label),
+        )
+        try:
+            page = await self._jobs.list(where, limit=query.limit, cursor=query.cursor)
+        except InvalidCursor:
+            raise InvalidInput(
+                [Invalid(("query", "cursor"), "not a cursor this broker issued", "invalid_cursor")]
+            ) from None
+        return JobList(items=[job_to_wire(row) for row in page.items], next_cursor=page.next_cursor)
+
+    async def events(self, caller: Principal, job_id: str, query: EventQuery) -> EventList:
+        """The job's events oldest first, from ``after`` (an event id) or a previous page's cursor."""
+        await self._owned(caller, job_id)
+        after = query.after if query.after is not None else 0
+        if query.cursor is not None:
+            after = _decode_event_cursor(query.cursor)
+        rows = list(await self._jobs.events(job_id, after_id=after, limit=query.limit + 1))
+        more = len(rows) > query.limit
+        rows = rows[: query.limit]
+        return EventList(
+            items=[event_to_wire(row) for row in rows],
+            next_cursor=_encode_event_cursor(rows[-1].id) if more else None,
+        )
+
+    # --- cancelling -----------------------------------------------------------------------------------
+
+    async def request_cancel(self, caller: Principal, job_id: str) -> Job:
+        """Record the intent to cancel; the dispatcher or reconciler carries it out. Asking twice is harmless."""
+        await self._owned(caller, job_id)
+        await self._jobs.request_cancel(job_id, actor=caller.id)
+        row = await self._owned(caller, job_id)
+        if row.cancel_requested_at is None and row.state.is_terminal:
+            raise CancelNotPossible(f"job {job_id} already ended ({row.state}); there is nothing to cancel")
+        return job_to_wire(row)
+
+    # --- output ---------------------------------------------------------------------------------------
+
+    async def output(self, caller: Principal, job_id: str, stream: OutputStream, max_bytes: int) -> JobOutput:
+        """The tail of the job's stdout or stderr, read through its Factory's adapter (bounded wait)."""
+        row = await self._owned(caller, job_id)
+        slurm_job_id = _slurm_id(row)
+        if row.factory is None or slurm_job_id is None:
+            why = f": {row.state_reason}" if row.state_reason else ""
+            later = "" if row.state.is_terminal else "; it has output once Slurm runs it"
+            raise OutputUnavailable(
+                "not_submitted", f"job {job_id} is {row.state}{why} and has not reached Slurm{later}"
+            )
+        max_bytes = max(1, min(max_bytes, MAX_OUTPUT_BYTES))
+        try:
+            async with asyncio.timeout(self._output_timeout_s):
+                text = await self._adapters.get(row.factory).read_output(slurm_job_id, stream, max_bytes + 1)
+        except slurm.OutputUnavailable as exc:
+            if row.state is JobState.SUBMITTED:
+                raise OutputUnavailable(
+                    "not_started", f"job {job_id} is pending in Slurm on Factory {row.factory}; no {stream} yet"
+                ) from None
+            raise OutputUnavailable(
+                "not_readable", f"Factory {row.factory} cannot serve the {stream} of job {job_id}: {exc.message}"
+            ) from None
+        except (slurm.SiteError, TimeoutError) as exc:
+            waited = f"no answer within {self._output_timeout_s:g} s"
+            detail = exc.message if isinstance(exc, slurm.SlurmError) else waited
+            raise FactoryUnreachable(
+                row.factory, f"Factory {row.factory} could not be reached to read the {stream}: {detail}"
+            ) from None
+        data = text.encode("utf-8")
+        truncated = len(data) > max_bytes
+        content = data[-max_bytes:].decode("utf-8", errors="replace") if truncated else text
+        return JobOutput(job_id=job_id, stream=stream, content=content, truncated=truncated)
+
+    # --- dry runs -------------------------------------------------------------------------------------
+
+    async def _statuses(self) -> Mapping[str, FactoryStatus]:
+        statuses: dict[str, FactoryStatus] = {}
+        for state in await self._factory_states.all():
+            if state.drained:
+                status = FactoryStatus(healthy=bool(state.healthy), drained=True, detail=state.drained_reason)
+                statuses[state.factory_id] = status
+            elif state.healthy is None:
+                statuses[state.factory_id] = NOT_CHECKED
+            else:
+                statuses[state.factory_id] = FactoryStatus(healthy=state.healthy, detail=state.health_detail)
+        return statuses
+
+    async def dry_run(self, caller: Principal, spec: JobSpec) -> DryRun:
+        """Where the job would go now, why, and exactly what its Factory's adapter would send. Stores nothing.
+
+        Placement sees the Factories' current health and drains, as the dispatcher would. When the job fits
+        but every Factory it fits is unavailable, the answer still shows where it would go once one is back
+        (and says so), since such a job would be accepted and wait.
+        """
+        del caller  # every caller may ask; nothing is stored or revealed about other jobs
+        note = ""
+        try:
+            placement = place(spec, self._registry, await self._statuses())
+        except PlacementError as exc:
+            if not exc.transient:
+                raise _impossible(exc) from None
+            placement = self._check_feasible(spec)
+            note = f"; not available now ({exc.message}): the job would be accepted and wait"
+        factory = placement.factory
+        try:
+            # The dispatcher's own translation, so this is exactly what it would send (the id is illustrative).
+            rendering = self._adapters.get(factory.id).render(
+                translate.to_slurm_spec(new_job_id(), spec, placement, factory), translate.site_user(factory)
+            )
+        except translate.TranslationError as exc:
+            raise InvalidInput([Invalid(("body",), str(exc), "translation_failed")]) from None
+        except slurm.JobError as exc:
+            raise InvalidInput(
+                [Invalid(("body",), f"Factory {factory.id} would refuse this job: {exc.message}", "adapter_refused")]
+            ) from None
+        candidates = [
+            PlacementCandidate(factory=skip.factory, eligible=False, reasons=[skip.why]) for skip in placement.skipped
+        ]
+        candidates.append(PlacementCandidate(factory=factory.id, eligible=True, reasons=[placement.reason]))
+        return DryRun(
+            factory=factory.id,
+            partition=placement.partition.name,
+            time_limit_min=placement.time_limit_min,
+            reason=placement.reason + note,
+            rendering=DryRunRendering(
+                adapter=rendering.adapter, site_user=rendering.user, script=rendering.script, payload=rendering.payload
+            ),
+            candidates=candidates,
+        )

@@ -1,0 +1,199 @@
+"""The API in-process (httpx's ASGI transport, the app's real lifespan) on SQLite and PostgreSQL.
+
+Two principals: the broker authenticates with one static dev token, which gives one principal. To test what
+one caller must not see of another, the app is built with ``authenticator=StaticTokens({...})`` holding a
+second, test-only token: the real Bearer parsing and constant-time comparison run for both, and nothing in
+production derives an identity from anything but a verified token.
+
+Adapters: a pool whose adapters render exactly as the real ones (a dry run shows the real rendering) and
+fail loudly if anything tries to submit, cancel or list: the API itself must never call Slurm for that.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.auth import StaticTokens
+from app.main import create_app
+from broker.adapters import AdapterPool
+from broker.db.engine import Database
+from broker.factories import FactoryRegistry, load_factories
+from broker.identity import DEV_PRINCIPAL, Principal
+from broker.settings import Settings
+from slurm_adapters import base
+from slurm_adapters.factory import AdapterConfig, build_adapter
+from tests.db.conftest import (  # noqa: F401 - fixtures shared with the database tests
+    database_url,
+    db,
+    migrated_postgres_url,
+    migrated_sqlite_template,
+    postgres_databases,
+)
+
+TOKEN = "dev-token-for-api-tests-0123456789"
+OTHER_TOKEN = "second-test-only-token-9876543210"
+OTHER = Principal(id="dev-2", admin=False)
+
+
+def partition(name: str, max_time: int, default_time: int, nodes: int, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "max_time_min": max_time, "default_time_min": default_time, "nodes": nodes,
+            "cpus_per_node": 8, "memory_mb_per_node": 16000, **extra}  # fmt: skip
+
+
+def factory(factory_id: str, country: str, *partitions: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": factory_id,
+        "name": f"Test {factory_id}",
+        "country": country,
+        "site": "tests",
+        # Nothing listens on port 9: the adapters below never reach it.
+        "adapter": {
+            "kind": "rest",
+            "cluster": factory_id,
+            "url": "http://127.0.0.1:9",
+            "jwt_key_file": "/nonexistent/jwt.key",
+            "operator_user": "root",
+        },
+        "mapping": {"default_user": "alice"},
+        "job_root": f"/scratch/{factory_id}",
+        "partitions": list(partitions),
+    }
+
+
+A100, H100 = {"a100": 4}, {"h100": 2}
+FACTORIES = {
+    "factories": [
+        factory(
+            "alpha", "IT", partition("cpu", 60, 10, 2, default=True), partition("gpu", 120, 30, 2, gpus_per_node=A100)
+        ),
+        factory(
+            "bravo", "ES", partition("cpu", 30, 5, 1, default=True), partition("gpu", 90, 20, 1, gpus_per_node=H100)
+        ),
+    ]
+}
+
+
+class FakeAdapter(base.SlurmAdapter):
+    """Renders like the real adapter of its config; serves canned output; refuses every other Slurm call."""
+
+    kind = "fake"
+
+    def __init__(self, config: AdapterConfig) -> None:
+        super().__init__(config.cluster)
+        self._real = build_adapter(config)
+        self.outputs: dict[tuple[int, str], str] = {}
+        self.output_error: base.SlurmError | None = None
+        self.output_calls = 0
+
+    def render(self, spec: base.JobSpec, user: str) -> base.Rendering:
+        return self._real.render(spec, user)
+
+    async def read_output(self, job_id: int, stream: base.OutputStream = "stdout", max_bytes: int = 65536) -> str:
+        self.output_calls += 1
+        if self.output_error is not None:
+            raise self.output_error
+        text = self.outputs.get((job_id, stream))
+        if text is None:
+            raise base.OutputUnavailable(f"no {stream} for job {job_id}", cluster=self.cluster)
+        return text.encode()[-max_bytes:].decode(errors="replace")
+
+    async def submit(self, spec: base.JobSpec, user: str) -> int:
+        raise AssertionError("the API must never submit to Slurm")
+
+    async def get_job(self, job_id: int) -> base.JobRecord:
+        raise AssertionError("the API must never read jobs from Slurm")
+
+    async def list_jobs(
+        self, *, tags: Collection[str] | None = None, tag_prefix: str | None = None
+    ) -> list[base.JobRecord]:
+        raise AssertionError("the API must never list Slurm jobs")
+
+    async def cancel(self, job_id: int, user: str) -> None:
+        raise AssertionError("the API must never cancel in Slurm itself")
+
+    async def cluster_info(self) -> base.ClusterInfo:
+        raise AssertionError("the API must never ask Slurm for cluster info")
+
+    async def health(self) -> base.Health:
+        raise AssertionError("the API must never run health checks itself")
+
+
+@dataclass
+class Api:
+    """A running app and clients for it: ``client`` is the dev (admin) principal, ``other`` a second one."""
+
+    app: FastAPI
+    client: httpx.AsyncClient
+    other: httpx.AsyncClient
+    anonymous: httpx.AsyncClient
+    adapters: AdapterPool
+    db: Database
+    settings: Settings
+
+    def adapter(self, factory_id: str) -> FakeAdapter:
+        adapter = self.adapters.get(factory_id)
+        assert isinstance(adapter, FakeAdapter)
+        return adapter
+
+
+def write_factories(directory: Path) -> Path:
+    path = directory / "factories.json"
+    path.write_text(json.dumps(FACTORIES))
+    return path
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> FactoryRegistry:
+    return load_factories(write_factories(tmp_path))
+
+
+def api_settings(tmp_path: Path, url: str, **changes: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": tmp_path,
+        "database_url": url,
+        "factories_file": write_factories(tmp_path),
+        "dev_mode": True,
+        "dev_token": TOKEN,
+        "run_loops": False,
+        **changes,
+    }
+    return Settings(**values)
+
+
+def client_for(app: FastAPI, token: str | None) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://conveyor.test", headers=headers)
+
+
+@pytest.fixture
+async def api(db: Database, database_url: str, tmp_path: Path, registry: FactoryRegistry) -> AsyncIterator[Api]:  # noqa: F811
+    settings = api_settings(tmp_path, database_url)
+    pool = AdapterPool(registry, build=FakeAdapter)
+    app = create_app(settings, authenticator=StaticTokens({TOKEN: DEV_PRINCIPAL, OTHER_TOKEN: OTHER}), adapters=pool)
+    async with (
+        app.router.lifespan_context(app),
+        client_for(app, TOKEN) as client,
+        client_for(app, OTHER_TOKEN) as other,
+        client_for(app, None) as anon,
+    ):
+        yield Api(app, client, other, anon, pool, db, settings)
+    await pool.aclose()
+
+
+def job_body(**changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "name": "train",
+        "project": "EHPC-AIF-2026PG01-1147",
+        "command": ["python", "train.py"],
+        "resources": {"time_limit_min": 20},
+    }
+    body.update(changes)
+    return body
