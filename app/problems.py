@@ -101,9 +101,25 @@ def domain_problem(error: errors.BrokerError, instance: str) -> Problem:  # noqa
 def _is_database_outage(exc: BaseException) -> bool:
     if isinstance(exc, sa.OperationalError | sa.InterfaceError | sa.TimeoutError):
         return True  # connection refused or lost, SQLite locked beyond busy_timeout, pool exhausted
-    if isinstance(exc, sa.DBAPIError) and exc.connection_invalidated:
+    if isinstance(exc, sa.DBAPIError) and (exc.connection_invalidated or _is_outage_sqlstate(exc.orig)):
         return True
     return isinstance(exc, ConnectionError)  # asyncpg raises OSError subclasses unwrapped on connect
+
+
+# PostgreSQL SQLSTATEs that mean the server is unreachable or going away, not that the request was wrong:
+# class 08 (connection exception) and 57P (operator intervention: admin_shutdown, crash_shutdown,
+# cannot_connect_now "the database system is shutting down / starting up", database_dropped). SQLAlchemy
+# wraps asyncpg's errors for these in a plain DBAPIError, without connection_invalidated when they come at
+# connect time: without this, a server being stopped or restarted would answer 500 for a moment.
+_OUTAGE_SQLSTATE_PREFIXES = ("08", "57P")
+
+
+def _is_outage_sqlstate(orig: BaseException | None) -> bool:
+    for error in (orig, getattr(orig, "__cause__", None)):
+        sqlstate = getattr(error, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(_OUTAGE_SQLSTATE_PREFIXES):
+            return True
+    return False
 
 
 async def _on_domain_error(request: Request, exc: Exception) -> JSONResponse:
@@ -150,6 +166,28 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     detail = "the broker failed to answer this request; it has been logged"
     problem = INTERNAL_ERROR.problem(detail, instance=request.url.path)
     return problem_response(problem)
+
+
+_PROBLEM_REF = "#/components/schemas/Problem"
+# What an operation with a JSON body may answer when the body cannot even be decoded (not UTF-8): FastAPI's own
+# 400, sent as a problem like every error. A body that decodes but is not valid JSON is a 422 (json_invalid).
+BODY_UNREADABLE: dict[int | str, dict[str, Any]] = {
+    400: {"description": "The request body could not be read (not UTF-8)", "model": Problem}
+}
+
+
+def document_problem_media_type(document: dict[str, Any]) -> dict[str, Any]:
+    """Say in an OpenAPI document what the handlers above send: every Problem answer is
+    ``application/problem+json``. (FastAPI documents a response ``model`` under the route's own media type,
+    application/json, or text/plain for /metrics.) Changes ``document`` in place and returns it."""
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            for response in operation.get("responses", {}).values():
+                content = response.get("content") or {}
+                schemas = [media.get("schema", {}).get("$ref") for media in content.values()]
+                if schemas and all(ref == _PROBLEM_REF for ref in schemas):
+                    response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": _PROBLEM_REF}}}
+    return document
 
 
 def install(app: FastAPI) -> None:

@@ -1,0 +1,552 @@
+"""The fault tests' tools: a real broker process, jobs that leave a ledger line, bursts of clients, the checks.
+
+The broker runs exactly as in production: ``python -m app`` (uvicorn, one worker) as a subprocess on a free
+127.0.0.1 port, configured only through ``CONVEYOR_*`` variables, killed and stopped by its PID, restarted on
+the same database and port. Each test job runs ``echo "$TAG $SLURM_JOB_ID" >> LEDGER`` (one short O_APPEND
+write: atomic), so the ledger says how many times each accepted job really ran, whatever the broker believes.
+
+:func:`check_exactly_once` is the invariant of issue #3, checked from three independent sides: the broker's
+own answers (state, Slurm id, events), the ledger written by the jobs themselves, and the test's own
+``scontrol`` on the cluster (one Slurm job per broker job id, which travels in Slurm's comment field).
+
+Waits are deadlines on polled conditions, never fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from conveyor.spec import TERMINAL_STATES
+from dev.lab.view import Cluster
+from slurm_adapters.convert import parse_key_values
+
+REPO = Path(__file__).resolve().parents[2]
+TOKEN = "dev-token-for-fault-tests-0123456789"
+PROJECT = "EHPC-AIF-2026PG01-1147"
+RUN_LABEL = "fault-run"
+TAG_LABEL = "fault-tag"
+TERMINAL = frozenset(str(state) for state in TERMINAL_STATES)
+# Fast loops: a test waits on the broker's own cadence. The lease cannot go below the broker's minimum (30 s):
+# a job claimed by a broker that was killed is due again only when that lease runs out.
+FAST_LOOPS = {
+    "CONVEYOR_DISPATCHER_INTERVAL_S": "0.2",
+    "CONVEYOR_RECONCILER_INTERVAL_S": "0.5",
+    "CONVEYOR_HEALTH_INTERVAL_S": "1",
+    "CONVEYOR_RETRY_BACKOFF_MAX_S": "2",
+    "CONVEYOR_LEASE_S": "30",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def poll_until(condition: Callable[[], bool], timeout_s: float, what: str, *, context: Callable[[], str] = str) -> None:
+    """Poll ``condition`` until true; fail after ``timeout_s`` naming ``what`` (plus ``context()``)."""
+    deadline = time.monotonic() + timeout_s
+    interval = 0.05
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}\n{context()}")
+        time.sleep(interval)  # a poll interval, not a wait for something to happen
+        interval = min(interval * 1.5, 0.5)
+
+
+# --- the broker process -------------------------------------------------------------------------------
+
+
+@dataclass
+class BrokerProcess:
+    """``python -m app`` on one database, one Factory file and one port, across kills and restarts."""
+
+    workdir: Path
+    database_url: str
+    factories_file: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    incarnation: int = 0
+    logs: list[Path] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "the broker was never started"
+        return self.process.pid
+
+    def env(self, failpoints: str = "") -> dict[str, str]:
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+        env = {
+            **inherited,
+            "CONVEYOR_DATA_DIR": str(self.workdir),
+            "CONVEYOR_DATABASE_URL": self.database_url,
+            "CONVEYOR_FACTORIES_FILE": str(self.factories_file),
+            "CONVEYOR_DEV_MODE": "true",
+            "CONVEYOR_DEV_TOKEN": TOKEN,
+            "CONVEYOR_HOST": "127.0.0.1",
+            "CONVEYOR_PORT": str(self.port),
+            "CONVEYOR_RUN_LOOPS": "true",
+            **FAST_LOOPS,
+        }
+        if failpoints:
+            env["CONVEYOR_FAILPOINTS"] = failpoints
+        return env
+
+    def start(self, *, failpoints: str = "", ready_timeout_s: float = 60.0) -> None:
+        """Start a new incarnation (the previous one must have ended) and wait until /readyz says ready."""
+        assert self.process is None or self.process.poll() is not None, "the previous broker still runs"
+        self.incarnation += 1
+        log = self.workdir / f"broker-{self.incarnation}.log"
+        self.logs.append(log)
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app"], cwd=REPO, env=self.env(failpoints), stdout=out, stderr=out
+            )
+        self.wait_ready(ready_timeout_s)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        def ready() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"the broker exited with {self.process.returncode}\n{self.log_tail()}")
+            try:
+                return httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        poll_until(ready, timeout_s, "/readyz", context=self.log_tail)
+
+    def wait_exit(self, timeout_s: float) -> int:
+        """The return code once the process has ended (negative: killed by that signal)."""
+        assert self.process is not None
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the broker still runs after {timeout_s} s\n{self.log_tail()}") from None
+
+    def kill(self) -> int:
+        """SIGKILL by PID: no shutdown code runs, exactly like a crash. Returns the exit status."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+        return self.wait_exit(10)
+
+    def stop(self) -> None:
+        """SIGTERM (a graceful stop), SIGKILL if it does not end in time; nothing if it already ended."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.kill(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of each incarnation's log, without uvicorn's access lines (the polling drowns the rest)."""
+        parts = []
+        for log in self.logs:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            lines = [line for line in text.splitlines() if not line.startswith("INFO:     127.0.0.1:")]
+            parts.append(f"--- {log.name} (last {chars} chars) ---\n" + "\n".join(lines)[-chars:])
+        return "\n".join(parts)
+
+    def client(self, timeout_s: float = 10.0, **kwargs: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=timeout_s,
+            **kwargs,
+        )
+
+
+def factories_file_with(lab_factories: Path, factory_ids: Iterable[str], directory: Path) -> Path:
+    """A copy of the lab's Factory file holding only ``factory_ids``: the broker sees nothing else."""
+    wanted = set(factory_ids)
+    document = json.loads(lab_factories.read_text())
+    kept = [entry for entry in document["factories"] if entry["id"] in wanted]
+    missing = wanted - {entry["id"] for entry in kept}
+    assert not missing, f"the lab's Factory file {lab_factories} lacks {sorted(missing)}"
+    path = directory / "factories.json"
+    path.write_text(json.dumps({"factories": kept}, indent=2))
+    return path
+
+
+# --- the jobs and their ledger -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A directory of the cluster's scratch space for one test: the jobs run there and append to its ledger."""
+
+    cluster: Cluster
+    inside: str  # the path as the jobs see it
+
+    @property
+    def ledger_inside(self) -> str:
+        return f"{self.inside}/ledger"
+
+    @property
+    def ledger_host(self) -> Path:
+        return self.cluster.host_path(self.ledger_inside)
+
+    @classmethod
+    def create(cls, cluster: Cluster, label: str) -> Workspace:
+        inside = f"{cluster.raw['scratch_dir']}/conveyor-faults-{label}-{secrets.token_hex(6)}"
+        host = cluster.host_path(inside)
+        host.mkdir(parents=True)
+        host.chmod(0o777)  # the jobs run as the lab's submit user
+        workspace = cls(cluster, inside)
+        workspace.ledger_host.touch()
+        workspace.ledger_host.chmod(0o666)
+        return workspace
+
+    def ledger(self) -> list[tuple[str, str]]:
+        """(tag, Slurm job id) per line, in the order written."""
+        return parse_ledger(self.ledger_host.read_text())
+
+
+def parse_ledger(text: str) -> list[tuple[str, str]]:
+    entries = []
+    for line in text.splitlines():
+        tag, _, slurm_id = line.strip().partition(" ")
+        if tag:
+            entries.append((tag, slurm_id))
+    return entries
+
+
+@dataclass
+class Submission:
+    """One job a test wants accepted, and every answer the broker gave to it."""
+
+    tag: str
+    key: str  # the Idempotency-Key, the same on every resend
+    body: dict[str, Any]
+    answers: list[str] = field(default_factory=list)  # "201", "200", "503", or "no answer: <error>"
+    job_id: str | None = None
+    problems: list[httpx.Response] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> bool:
+        return self.job_id is not None
+
+    @property
+    def last(self) -> str | None:
+        return self.answers[-1] if self.answers else None
+
+
+def job_body(workspace: Workspace, factory_id: str, run: str, tag: str) -> dict[str, Any]:
+    """A trivial job that appends ``TAG SLURM_JOB_ID`` to the workspace's ledger (TAG from its environment)."""
+    return {
+        "name": f"faults-{run}",
+        "project": PROJECT,
+        "command": ["bash", "-c", f'echo "$TAG $SLURM_JOB_ID" >> {workspace.ledger_inside}'],
+        "environment": {"TAG": tag},
+        "working_directory": workspace.inside,
+        "resources": {"time_limit_min": 2, "memory_mb": 100},
+        "placement": {"factory": factory_id},
+        "labels": {RUN_LABEL: run, TAG_LABEL: tag},
+    }
+
+
+def submissions(workspace: Workspace, factory_id: str, run: str, count: int) -> list[Submission]:
+    made = []
+    for index in range(count):
+        tag = f"{run}-{index:04d}"
+        made.append(Submission(tag, f"{run}-key-{index:04d}", job_body(workspace, factory_id, run, tag)))
+    return made
+
+
+# --- bursts of clients ---------------------------------------------------------------------------------
+
+
+def _answer_kind(answer: str) -> str:
+    if answer in {"200", "201", "503"}:
+        return answer
+    return "no answer" if answer.startswith("no answer") else "other"
+
+
+class Progress:
+    """Counts of answers during a burst, which fault injectors wait on (conditions, not sleeps)."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._changed = asyncio.Condition()
+
+    async def record(self, answer: str) -> None:
+        kind = _answer_kind(answer)
+        async with self._changed:
+            self.counts[kind] += 1
+            self.counts["answered" if kind in {"200", "201", "503", "other"} else "unanswered"] += 1
+            self._changed.notify_all()
+
+    @property
+    def created(self) -> int:
+        return self.counts["201"]
+
+    async def until(self, condition: Callable[[collections.Counter[str]], bool], timeout_s: float, what: str) -> None:
+        async def wait() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: condition(self.counts))
+
+        try:
+            await asyncio.wait_for(wait(), timeout_s)
+        except TimeoutError:
+            counts = dict(self.counts)
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; counts {counts}") from None
+
+
+async def submit_one(client: httpx.AsyncClient, submission: Submission, progress: Progress | None = None) -> str:
+    """POST the submission once with its Idempotency-Key; record and return what came back."""
+    try:
+        response = await client.post("/v1/jobs", json=submission.body, headers={"Idempotency-Key": submission.key})
+    except httpx.TransportError as exc:
+        answer = f"no answer: {type(exc).__name__}"
+    else:
+        answer = str(response.status_code)
+        if response.status_code in {200, 201}:
+            job_id = response.json()["id"]
+            assert submission.job_id in {None, job_id}, (
+                f"{submission.tag}: key {submission.key} answered {job_id}, earlier {submission.job_id}"
+            )
+            submission.job_id = job_id
+        else:
+            submission.problems.append(response)
+    submission.answers.append(answer)
+    if progress is not None:
+        await progress.record(answer)
+    return answer
+
+
+async def burst(
+    client: httpx.AsyncClient, items: list[Submission], *, concurrency: int = 16, progress: Progress | None = None
+) -> None:
+    """Send every submission once, ``concurrency`` at a time (each client takes the next one when free)."""
+    queue: asyncio.Queue[Submission] = asyncio.Queue()
+    for item in items:
+        queue.put_nowait(item)
+
+    async def worker() -> None:
+        while True:
+            try:
+                item = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            await submit_one(client, item, progress)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def run_with(burst_coro: Awaitable[None], injector: Awaitable[None], timeout_s: float) -> None:
+    """Run a burst and a fault injector side by side; both must finish (an injector failure fails the test)."""
+    await asyncio.wait_for(asyncio.gather(burst_coro, injector), timeout_s)
+
+
+# --- waiting for the end, and the checks ------------------------------------------------------------
+
+
+async def jobs_of_run(client: httpx.AsyncClient, run: str) -> list[dict[str, Any]]:
+    """Every job the broker holds with this run's label (all pages)."""
+    jobs: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"label": f"{RUN_LABEL}={run}", "limit": 500}
+        if cursor:
+            params["cursor"] = cursor
+        response = await client.get("/v1/jobs", params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        jobs.extend(page["items"])
+        cursor = page["next_cursor"]
+        if not cursor:
+            return jobs
+
+
+async def wait_all_terminal(
+    client: httpx.AsyncClient,
+    run: str,
+    expected: int,
+    *,
+    timeout_s: float,
+    context: Callable[[], str] = str,
+    on_poll: Callable[[], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Poll the run's jobs (one listing per poll) until ``expected`` exist and all are terminal.
+
+    ``on_poll`` runs before each poll (e.g. an operator's repair of the cluster, see :func:`resume_drained`).
+    """
+    deadline = time.monotonic() + timeout_s
+    interval = 0.2
+    while True:
+        if on_poll is not None:
+            await asyncio.to_thread(on_poll)
+        jobs = await jobs_of_run(client, run)
+        if len(jobs) >= expected and all(job["state"] in TERMINAL for job in jobs):
+            return jobs
+        if time.monotonic() > deadline:
+            states = collections.Counter(job["state"] for job in jobs)
+            active = [job for job in jobs if job["state"] not in TERMINAL]
+            waiting = [(job["id"], job["state"], job["state_reason"]) for job in active[:5]]
+            raise AssertionError(
+                f"after {timeout_s} s: {len(jobs)}/{expected} jobs, states {dict(states)}; e.g. {waiting}\n{context()}"
+            )
+        await asyncio.sleep(interval)  # a poll interval
+        interval = min(interval * 1.5, 1.0)
+
+
+def resume_drained(cluster: Cluster, reason: str, resumed: list[str]) -> None:
+    """Do what the site's operator does: resume the nodes Slurm drained for ``reason`` (appended to
+    ``resumed``). slurmctld restarted from state older than its last acknowledged jobs reuses their ids, and a
+    slurmd still holding such a job drains its node with "Duplicate jobid"; nothing runs there until resumed."""
+    out = cluster.slurm("sinfo", "-h", "-N", "-t", "drain,drained,draining", "-o", "%N|%E")
+    for line in out.splitlines():
+        node, _, why = line.partition("|")
+        if node and reason in why:
+            cluster.slurm("scontrol", "update", f"nodename={node}", "state=resume")
+            resumed.append(f"{node}: {why}")
+
+
+def slurm_jobs_by_comment(cluster: Cluster) -> dict[str, list[dict[str, str]]]:
+    """Every job slurmctld still knows (``scontrol show job -o``: within MinJobAge), grouped by comment."""
+    out = cluster.slurm("scontrol", "show", "job", "-o", timeout_s=60)
+    grouped: dict[str, list[dict[str, str]]] = collections.defaultdict(list)
+    for line in out.splitlines():
+        if "JobId=" not in line:
+            continue  # "No jobs in the system"
+        record = parse_key_values(line.strip())
+        grouped[record.get("Comment", "(null)")].append(record)
+    return grouped
+
+
+@dataclass(frozen=True)
+class SlurmAmnesia:
+    """slurmctld was SIGKILLed at ``killed_at``: Slurm may forget jobs it acknowledged shortly before (its
+    state is saved asynchronously), and then reuse their ids. For such a job, and only such a job, the
+    invariant allows ``lost``: Slurm itself can no longer tell what became of it."""
+
+    killed_at: datetime
+    slack: timedelta = timedelta(seconds=2)  # the broker records a submission just after Slurm's answer
+
+
+@dataclass
+class Outcome:
+    """What :func:`check_exactly_once` found, for the test's own further assertions and messages."""
+
+    states: collections.Counter[str] = field(default_factory=collections.Counter)
+    lost: list[str] = field(default_factory=list)  # "job id: reason"
+
+
+async def check_exactly_once(
+    client: httpx.AsyncClient,
+    workspace: Workspace,
+    run: str,
+    items: list[Submission],
+    *,
+    amnesia: SlurmAmnesia | None = None,
+) -> Outcome:
+    """Issue #3's invariant for every accepted submission; also that nothing else of this run exists or ran.
+
+    Every accepted tag: one broker job (by label), ``completed``, bound to one Slurm id (one queued ->
+    submitted transition, every event naming the same id), one ledger line carrying that id, and exactly one
+    Slurm job carrying the broker's id in its comment. Tags never accepted: no broker job, no run.
+
+    With ``amnesia``, a job may instead be ``lost`` if and only if: it has a reason, Slurm acknowledged it
+    before slurmctld was killed, Slurm no longer holds any job carrying its id, and it ran at most once.
+    """
+    failures: list[str] = []
+    outcome = Outcome()
+    accepted = {item.tag: item for item in items if item.accepted}
+    broker_jobs = await jobs_of_run(client, run)
+    by_tag: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for job in broker_jobs:
+        by_tag[job["labels"][TAG_LABEL]].append(job)
+    ledger_ids: dict[str, list[str]] = collections.defaultdict(list)
+    for tag, slurm_id in workspace.ledger():
+        ledger_ids[tag].append(slurm_id)
+    slurm = slurm_jobs_by_comment(workspace.cluster)
+    for tag, jobs in by_tag.items():
+        if tag not in accepted:
+            failures.append(f"{tag}: never accepted, yet the broker holds {[job['id'] for job in jobs]}")
+    for tag, ran in ledger_ids.items():
+        if tag not in accepted:
+            failures.append(f"{tag}: never accepted, yet it ran: ledger {ran}")
+    for tag, item in sorted(accepted.items()):
+        jobs = by_tag.get(tag, [])
+        if [job["id"] for job in jobs] != [item.job_id]:
+            failures.append(f"{tag}: answered {item.job_id} ({item.answers}), broker holds {[j['id'] for j in jobs]}")
+            continue
+        job = jobs[0]
+        outcome.states[job["state"]] += 1
+        events = (await client.get(f"/v1/jobs/{job['id']}/events", params={"limit": 500})).json()["items"]
+        ran = ledger_ids.get(tag, [])
+        in_slurm = [record.get("JobId") for record in slurm.get(job["id"], [])]
+        if job["state"] == "lost" and amnesia is not None:
+            outcome.lost.append(f"{job['id']} (ran {len(ran)} times): {job['state_reason']}")
+            failures.extend(f"{tag} {job['id']}: {problem}" for problem in _forgotten(job, amnesia, ran, in_slurm))
+        else:
+            failures.extend(f"{tag} {job['id']}: {problem}" for problem in _exactly_once(job, events, ran, in_slurm))
+    if failures:
+        shown = "\n  ".join(failures[:40])
+        raise AssertionError(
+            f"{len(failures)} violations of exactly-once ({len(accepted)} accepted, states {dict(outcome.states)})"
+            f":\n  {shown}"
+        )
+    return outcome
+
+
+def _exactly_once(job: dict[str, Any], events: list[dict[str, Any]], ran: list[str], in_slurm: list[Any]) -> list[str]:
+    problems = []
+    if job["state"] != "completed":
+        problems.append(f"{job['state']} ({job['state_reason']}), expected completed")
+    slurm_id = job["slurm_job_id"]
+    if slurm_id is None:
+        return [*problems, "no Slurm job id"]
+    submits = [e for e in events if e["from_state"] == "queued" and e["to_state"] == "submitted"]
+    named = {str(e["detail"]["slurm_job_id"]) for e in events if (e.get("detail") or {}).get("slurm_job_id")}
+    if len(submits) != 1 or named != {str(slurm_id)}:
+        problems.append(f"{len(submits)} submissions, Slurm ids in events {named} vs {slurm_id}")
+    if ran != [str(slurm_id)]:
+        problems.append(f"ledger {ran}, expected [{slurm_id}] (ran once)")
+    if in_slurm != [str(slurm_id)]:
+        problems.append(f"Slurm jobs carrying its id: {in_slurm}, expected [{slurm_id}]")
+    return problems
+
+
+def _forgotten(job: dict[str, Any], amnesia: SlurmAmnesia, ran: list[str], in_slurm: list[Any]) -> list[str]:
+    problems = []
+    if not job["state_reason"]:
+        problems.append("lost without a reason")
+    submitted_at = job["submitted_at"]
+    if submitted_at is None or datetime.fromisoformat(submitted_at) > amnesia.killed_at + amnesia.slack:
+        problems.append(f"lost, but Slurm took it at {submitted_at}, after slurmctld was killed ({amnesia.killed_at})")
+    if in_slurm:
+        problems.append(f"lost, yet Slurm still holds {in_slurm} carrying its id: it could tell")
+    if len(ran) > 1:
+        problems.append(f"lost, and it ran {len(ran)} times: {ran}")
+    return problems
+
+
+def summary(items: Iterable[Submission]) -> Mapping[str, int]:
+    """How many submissions ended with each answer (for messages)."""
+    return dict(collections.Counter(item.last or "unsent" for item in items))
