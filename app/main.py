@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -31,6 +32,14 @@ from conveyor.models import API_ROOT
 from conveyor.problems import Problem
 
 log = logging.getLogger("conveyor.api")
+
+
+# Answers every /v1 operation may give (the health routes are unauthenticated and declare their own).
+API_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "No or an invalid bearer token", "model": Problem},
+    422: {"description": "Invalid request", "model": Problem},
+    503: {"description": "The database is unavailable; retry after Retry-After", "model": Problem},
+}
 
 
 class StartupRefused(RuntimeError):
@@ -55,16 +64,18 @@ def create_app(
         summary="One job API in front of the EuroHPC AI Factories' Slurm clusters.",
         version="0.1.0",
         lifespan=lifespan,
-        responses={
-            401: {"description": "No or an invalid bearer token", "model": Problem},
-            422: {"description": "Invalid request", "model": Problem},
-            503: {"description": "The database is unavailable; retry after Retry-After", "model": Problem},
-        },
     )
     problems.install(app)
     for router in (jobs.router, factories.router, admin.router):
-        app.include_router(router, prefix=API_ROOT)
+        app.include_router(router, prefix=API_ROOT, responses=API_ERRORS)
     app.include_router(health.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = problems.document_problem_media_type(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path
 
 from app.deps import FactoryServiceDep, PrincipalDep
+from app.problems import BODY_UNREADABLE
 from conveyor.models import DrainRequest, FactoryView
 from conveyor.problems import Problem
 
@@ -18,7 +19,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("/factories/{factory_id}/drain", summary="Stop new placements on a Factory", responses=_ERRORS)
+@router.post(
+    "/factories/{factory_id}/drain",
+    summary="Stop new placements on a Factory",
+    responses={**_ERRORS, **BODY_UNREADABLE},
+)
 async def drain(
     factory_id: FactoryIdPath, body: DrainRequest, caller: PrincipalDep, service: FactoryServiceDep
 ) -> FactoryView:

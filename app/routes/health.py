@@ -9,9 +9,14 @@ from app import metrics
 from app.deps import StateDep
 from app.problems import problem_response
 from broker.db.migrate import schema_is_current
-from conveyor.problems import UNAVAILABLE
+from conveyor.problems import UNAVAILABLE, Problem
 
 router = APIRouter(tags=["health"])
+_READY = {
+    "type": "object",
+    "properties": {"status": {"const": "ready"}, "database": {"type": "string"}},
+    "required": ["status", "database"],
+}
 
 
 @router.get("/healthz", summary="Liveness: the process answers")
@@ -20,7 +25,15 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: the database answers and its schema is current", response_model=None)
+@router.get(
+    "/readyz",
+    summary="Readiness: the database answers and its schema is current",
+    response_model=None,
+    responses={
+        200: {"description": "Ready", "content": {"application/json": {"schema": _READY}}},
+        503: {"description": "Not ready: the database does not answer or its schema is old", "model": Problem},
+    },
+)
 async def readyz(state: StateDep) -> JSONResponse:
     try:
         current = await schema_is_current(state.database)
@@ -35,7 +48,12 @@ async def readyz(state: StateDep) -> JSONResponse:
     return JSONResponse({"status": "ready", "database": state.database.dialect})
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=PlainTextResponse,
+    responses={503: {"description": "The database is unavailable; retry after Retry-After", "model": Problem}},
+)
 async def prometheus(state: StateDep) -> PlainTextResponse:
     counts = await state.stats.by_factory_and_state()
     views = await state.factories.views()

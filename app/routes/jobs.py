@@ -8,6 +8,7 @@ from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import JSONResponse
 
 from app.deps import JobServiceDep, PrincipalDep
+from app.problems import BODY_UNREADABLE
 from broker.jobs.idempotency import MAX_KEY_LENGTH
 from broker.jobs.service import MAX_OUTPUT_BYTES
 from conveyor.models import DryRun, EventList, EventQuery, Job, JobList, JobOutput, JobQuery, OutputStream
@@ -34,6 +35,7 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
             "model": Job | DryRun,
         },
         422: {"description": "Invalid spec, no Factory can ever run it, or a reused key", "model": Problem},
+        **BODY_UNREADABLE,
     },
 )
 async def submit_job(

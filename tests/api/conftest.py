@@ -12,6 +12,7 @@ fail loudly if anything tries to submit, cancel or list: the API itself must nev
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,3 +198,11 @@ def job_body(**changes: Any) -> dict[str, Any]:
     }
     body.update(changes)
     return body
+
+
+@pytest.fixture
+def sqlite_copy(tmp_path: Path, migrated_sqlite_template: Path) -> Path:  # noqa: F811
+    """A migrated SQLite file of the test's own, for a broker run as a subprocess."""
+    path = tmp_path / "conveyor.db"
+    shutil.copyfile(migrated_sqlite_template, path)
+    return path

@@ -154,3 +154,8 @@ async def test_openapi_documents_every_route_with_examples(api: Api) -> None:
     assert components["JobSpec"]["examples"]
     assert "Idempotency-Key" in {p["name"] for p in paths["/v1/jobs"]["post"]["parameters"]}
     assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    # Problems are documented with the media type they are sent with; only the /v1 routes authenticate.
+    assert list(paths["/v1/jobs/{job_id}"]["get"]["responses"]["404"]["content"]) == ["application/problem+json"]
+    assert list(paths["/metrics"]["get"]["responses"]["503"]["content"]) == ["application/problem+json"]
+    assert "401" in paths["/v1/jobs"]["get"]["responses"]
+    assert "401" not in paths["/healthz"]["get"]["responses"]
