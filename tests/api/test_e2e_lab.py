@@ -30,9 +30,10 @@ def lab_cluster(name: str) -> Cluster:
 
 
 @pytest.fixture
-def server(tmp_path: Path, sqlite_copy: Path) -> Iterator[Server]:
-    """The broker with its loops on, in front of every lab Factory."""
-    server = start_server(tmp_path, sqlite_copy, lab_factories(tmp_path), run_loops=True)
+def server(tmp_path: Path, sqlite_copy: Path, database_url: str) -> Iterator[Server]:
+    """The broker with its loops on, in front of every lab Factory, on SQLite and on PostgreSQL."""
+    env = {"CONVEYOR_DATABASE_URL": database_url}
+    server = start_server(tmp_path, sqlite_copy, lab_factories(tmp_path), run_loops=True, env=env)
     try:
         server.wait_ready(timeout_s=60)
         yield server
