@@ -81,9 +81,8 @@ def domain_problem(error: errors.BrokerError, instance: str) -> Problem:  # noqa
         return IDEMPOTENCY_CONFLICT.problem(error.message, instance=instance, job_id=error.job_id)
     if isinstance(error, errors.PlacementImpossible):
         details: dict[str, Any] = dict(error.details)
-        return PLACEMENT_FAILED.problem(
-            error.message, code=f"{PLACEMENT_FAILED.code}.{error.code}", instance=instance, **details
-        )
+        # The code is already a full PlacementCode (placement_failed.<reason>); problem() checks that.
+        return PLACEMENT_FAILED.problem(error.message, code=error.code, instance=instance, **details)
     if isinstance(error, errors.CancelNotPossible):
         return CANCEL_NOT_POSSIBLE.problem(error.message, instance=instance)
     if isinstance(error, errors.OutputUnavailable):

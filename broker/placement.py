@@ -16,47 +16,27 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.factories import Factory, FactoryRegistry, Partition
+from conveyor.problems import PlacementCode
 from conveyor.spec import JobSpec
 
 LISTED_AT_MOST = 8  # entries an error message lists before it says "and N more"
 
 
-class PlacementErrorCode(enum.StrEnum):
-    """Why a job cannot be placed; the API's problem type names it."""
-
-    UNKNOWN_FACTORY = "unknown_factory"
-    FACTORY_NOT_ALLOWED = "factory_not_allowed"
-    FACTORY_OUTSIDE_COUNTRIES = "factory_outside_countries"
-    NO_FACTORY_ALLOWED = "no_factory_allowed"
-    NO_FACTORY_IN_COUNTRIES = "no_factory_in_countries"
-    GPU_TYPE_UNAVAILABLE = "gpu_type_unavailable"
-    NO_GPUS = "no_gpus"
-    NO_CPU_PARTITION = "no_cpu_partition"
-    GPUS_PER_NODE_EXCEEDED = "gpus_per_node_exceeded"
-    NODES_EXCEEDED = "nodes_exceeded"
-    CPUS_PER_NODE_EXCEEDED = "cpus_per_node_exceeded"
-    MEMORY_PER_NODE_EXCEEDED = "memory_per_node_exceeded"
-    TIME_LIMIT_EXCEEDED = "time_limit_exceeded"
-    NO_DEFAULT_TIME_LIMIT = "no_default_time_limit"
-    FACTORY_DRAINED = "factory_drained"
-    FACTORY_UNHEALTHY = "factory_unhealthy"
-    NO_AVAILABLE_FACTORY = "no_available_factory"
-
-
 # The job fits, but where it fits is unavailable right now: it may be placed later, unchanged.
 TRANSIENT_CODES = frozenset(
     {
-        PlacementErrorCode.FACTORY_DRAINED,
-        PlacementErrorCode.FACTORY_UNHEALTHY,
-        PlacementErrorCode.NO_AVAILABLE_FACTORY,
+        PlacementCode.FACTORY_DRAINED,
+        PlacementCode.FACTORY_UNHEALTHY,
+        PlacementCode.NO_AVAILABLE_FACTORY,
     }
 )
 
 
 class PlacementError(Exception):
-    """The job cannot be placed. ``details`` holds the facts of the message as data, for the API's body."""
+    """The job cannot be placed. ``code`` is the SDK's :class:`PlacementCode`, sent to clients as is, so the
+    broker cannot emit a code the SDK does not know; ``details`` holds the facts of the message as data."""
 
-    def __init__(self, code: PlacementErrorCode, message: str, **details: Any) -> None:
+    def __init__(self, code: PlacementCode, message: str, **details: Any) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -250,21 +230,21 @@ def _scope(spec: JobSpec, registry: FactoryRegistry, allowed: Collection[str] | 
         factory = registry.get(wanted)
         if factory is None:
             raise PlacementError(
-                PlacementErrorCode.UNKNOWN_FACTORY,
+                PlacementCode.UNKNOWN_FACTORY,
                 f"unknown Factory {wanted!r}; the Factories are: {_listing(registry.ids)}",
                 factory=wanted,
                 known=list(registry.ids),
             )
         if allowed is not None and wanted not in allowed:
             raise PlacementError(
-                PlacementErrorCode.FACTORY_NOT_ALLOWED,
+                PlacementCode.FACTORY_NOT_ALLOWED,
                 f"this job may not use Factory {wanted!r}; it may use: {_listing(sorted(allowed)) or 'none'}",
                 factory=wanted,
                 allowed=sorted(allowed),
             )
         if countries and factory.country not in countries:
             raise PlacementError(
-                PlacementErrorCode.FACTORY_OUTSIDE_COUNTRIES,
+                PlacementCode.COUNTRY_EXCLUDED,
                 f"Factory {wanted!r} is in {factory.country}, outside the allowed countries {', '.join(countries)}",
                 factory=wanted,
                 country=factory.country,
@@ -274,12 +254,12 @@ def _scope(spec: JobSpec, registry: FactoryRegistry, allowed: Collection[str] | 
     usable = [factory for factory in registry if allowed is None or factory.id in allowed]
     if not usable:
         message = "no Factory is configured" if len(registry) == 0 else "this job may use no Factory"
-        raise PlacementError(PlacementErrorCode.NO_FACTORY_ALLOWED, message, allowed=sorted(allowed or ()))
+        raise PlacementError(PlacementCode.NO_FACTORY_ALLOWED, message, allowed=sorted(allowed or ()))
     in_countries = [factory for factory in usable if not countries or factory.country in countries]
     if not in_countries:
         present = _listing(f"{factory.id} ({factory.country})" for factory in usable)
         raise PlacementError(
-            PlacementErrorCode.NO_FACTORY_IN_COUNTRIES,
+            PlacementCode.COUNTRY_EXCLUDED,
             f"no Factory in the allowed countries {', '.join(countries)}; the Factories are: {present}",
             countries=list(countries),
             factories={factory.id: factory.country for factory in usable},
@@ -311,7 +291,7 @@ def _no_fit_error(need: _Need, scope: _Scope, registry: FactoryRegistry, misfits
     if check == _Check.TIME and need.time_limit_min is None:
         values = {m.where: m.partition.max_time_min for m in last}
         return PlacementError(
-            PlacementErrorCode.NO_DEFAULT_TIME_LIMIT,
+            PlacementCode.NO_DEFAULT_TIME_LIMIT,
             f"no time limit given, and no partition{scope.phrase} that fits has a default (DefaultTime): "
             + _listing(f"{where} (MaxTime {n} min)" for where, n in values.items())
             + "; set resources.time_limit_min",
@@ -322,23 +302,23 @@ def _no_fit_error(need: _Need, scope: _Scope, registry: FactoryRegistry, misfits
 
 def _limit_error(check: _Check, need: _Need, phrase: str, last: Sequence[_Misfit]) -> PlacementError:
     """The job asks more of one limit than every partition that passed the earlier checks offers."""
-    limits: dict[_Check, tuple[PlacementErrorCode, int | None, Callable[[Partition], int], str, str]] = {
+    limits: dict[_Check, tuple[PlacementCode, int | None, Callable[[Partition], int], str, str]] = {
         _Check.GPUS: (
-            PlacementErrorCode.GPUS_PER_NODE_EXCEEDED,
+            PlacementCode.GPUS_PER_NODE_EXCEEDED,
             need.gpus_per_node,
             lambda p: p.gpus_of(need.gpu_type),
             f"{need.gpus_per_node} {need.gpu_label} per node requested, more than any node{phrase} has",
             "",
         ),
         _Check.NODES: (
-            PlacementErrorCode.NODES_EXCEEDED,
+            PlacementCode.NODES_EXCEEDED,
             need.nodes,
             lambda p: p.nodes,
             f"{_count(need.nodes, 'node')} requested, more than any partition{phrase} that fits has",
             "",
         ),
         _Check.CPUS: (
-            PlacementErrorCode.CPUS_PER_NODE_EXCEEDED,
+            PlacementCode.CPUS_PER_NODE_EXCEEDED,
             need.cpus_per_node,
             lambda p: p.cpus_per_node,
             f"{need.cpus_per_node} CPUs per node requested (tasks_per_node x cpus_per_task), "
@@ -346,14 +326,14 @@ def _limit_error(check: _Check, need: _Need, phrase: str, last: Sequence[_Misfit
             "",
         ),
         _Check.MEMORY: (
-            PlacementErrorCode.MEMORY_PER_NODE_EXCEEDED,
+            PlacementCode.MEMORY_PER_NODE_EXCEEDED,
             need.memory_mb,
             lambda p: p.memory_mb_per_node,
             f"{need.memory_mb} MiB of memory per node requested, more than any node{phrase} that fits has",
             " MiB",
         ),
         _Check.TIME: (
-            PlacementErrorCode.TIME_LIMIT_EXCEEDED,
+            PlacementCode.TIME_LIMIT_EXCEEDED,
             need.time_limit_min,
             lambda p: p.max_time_min,
             f"time limit {need.time_limit_min} min exceeds the MaxTime of every partition{phrase} that fits",
@@ -370,7 +350,7 @@ def _kind_error(need: _Need, phrase: str, registry: FactoryRegistry) -> Placemen
     """No partition in scope offers the kind of node the job needs; say where it does exist."""
     if not need.wants_gpus:
         return PlacementError(
-            PlacementErrorCode.NO_CPU_PARTITION,
+            PlacementCode.NO_CPU_PARTITION,
             f"no CPU partition{phrase} (and no default partition to run a CPU job in)",
         )
     offering = {
@@ -382,16 +362,14 @@ def _kind_error(need: _Need, phrase: str, registry: FactoryRegistry) -> Placemen
     where = _listing(f"{name} ({country})" for name, country in offering.items())
     if need.gpu_type is None:
         elsewhere = f"GPUs are offered by {where}" if offering else "no Factory has GPUs"
-        return PlacementError(
-            PlacementErrorCode.NO_GPUS, f"no partition{phrase} has GPUs; {elsewhere}", offered_by=offering
-        )
+        return PlacementError(PlacementCode.NO_GPUS, f"no partition{phrase} has GPUs; {elsewhere}", offered_by=offering)
     if offering:
         elsewhere = f"{need.gpu_type} is offered by {where}"
     else:
         types = sorted({gpu_type for factory in registry for gpu_type in factory.gpu_types})
         elsewhere = f"no Factory offers {need.gpu_type}; GPU types on offer: {', '.join(types) or 'none'}"
     return PlacementError(
-        PlacementErrorCode.GPU_TYPE_UNAVAILABLE,
+        PlacementCode.GPU_TYPE_UNAVAILABLE,
         f"no partition{phrase} offers {need.gpu_type} GPUs; {elsewhere}",
         gpu_type=need.gpu_type,
         offered_by=offering,
@@ -438,12 +416,12 @@ def _unavailable_error(
     fitting = [(fit.factory.id, statuses.get(fit.factory.id, NOT_CHECKED)) for fit in fits if fit.partition]
     if scope.explicit:
         factory_id, status = fitting[0]
-        code = PlacementErrorCode.FACTORY_DRAINED if status.drained else PlacementErrorCode.FACTORY_UNHEALTHY
+        code = PlacementCode.FACTORY_DRAINED if status.drained else PlacementCode.FACTORY_UNHEALTHY
         return PlacementError(
             code, f"Factory {factory_id} is {status.problem()}; the job fits it and can wait", factory=factory_id
         )
     return PlacementError(
-        PlacementErrorCode.NO_AVAILABLE_FACTORY,
+        PlacementCode.NO_AVAILABLE_FACTORY,
         f"every Factory{scope.phrase} that fits the job is unavailable: "
         + _listing(f"{factory_id} ({status.problem()})" for factory_id, status in fitting),
         factories={factory_id: status.problem() for factory_id, status in fitting},
@@ -494,7 +472,6 @@ __all__ = [
     "FactoryStatus",
     "Placement",
     "PlacementError",
-    "PlacementErrorCode",
     "Skipped",
     "place",
 ]

@@ -178,18 +178,36 @@ PROBLEM_TYPES: Final[Mapping[str, ProblemType]] = {
 
 
 class PlacementCode(enum.StrEnum):
-    """Sub-codes of ``placement_failed``: the filter that left no Factory. When different filters ruled out
-    different Factories, the code is ``no_match`` and the ``candidates`` extension says why for each."""
+    """Sub-codes of ``placement_failed``: the one vocabulary of the broker's placement and the SDK.
 
+    When every partition falls short, the code names the check at which the job got furthest (GPU type, GPUs
+    per node, nodes, CPUs per node, memory per node, time limit), so the user learns the one thing to change;
+    ``details`` members (``partitions``, ``requested``, ...) carry the facts the message names.
+    """
+
+    # Which Factories the job may use at all
     UNKNOWN_FACTORY = "placement_failed.unknown_factory"
+    FACTORY_NOT_ALLOWED = "placement_failed.factory_not_allowed"
+    NO_FACTORY_ALLOWED = "placement_failed.no_factory_allowed"
+    COUNTRY_EXCLUDED = "placement_failed.country_excluded"
+    # What no partition offers
     GPU_TYPE_UNAVAILABLE = "placement_failed.gpu_type_unavailable"
-    TOO_MANY_GPUS = "placement_failed.too_many_gpus"
+    NO_GPUS = "placement_failed.no_gpus"
+    NO_CPU_PARTITION = "placement_failed.no_cpu_partition"
+    GPUS_PER_NODE_EXCEEDED = "placement_failed.gpus_per_node_exceeded"
+    NODES_EXCEEDED = "placement_failed.nodes_exceeded"
+    CPUS_PER_NODE_EXCEEDED = "placement_failed.cpus_per_node_exceeded"
+    MEMORY_PER_NODE_EXCEEDED = "placement_failed.memory_per_node_exceeded"
     TIME_LIMIT_EXCEEDED = "placement_failed.time_limit_exceeded"
+    NO_DEFAULT_TIME_LIMIT = "placement_failed.no_default_time_limit"
+    # The job fits, but not now: the broker keeps it queued rather than refusing it
+    FACTORY_DRAINED = "placement_failed.factory_drained"
+    FACTORY_UNHEALTHY = "placement_failed.factory_unhealthy"
+    NO_AVAILABLE_FACTORY = "placement_failed.no_available_factory"
+    # Reserved for allocations, Antenna links and scored placement (later issues); not emitted yet
     NO_ALLOCATION = "placement_failed.no_allocation"
     ALLOCATION_EXHAUSTED = "placement_failed.allocation_exhausted"
-    COUNTRY_EXCLUDED = "placement_failed.country_excluded"
     ANTENNA_NOT_LINKED = "placement_failed.antenna_not_linked"
-    NO_HEALTHY_FACTORY = "placement_failed.no_healthy_factory"
     NO_MATCH = "placement_failed.no_match"
 
 

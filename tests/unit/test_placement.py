@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 from typing import Any
 
 import pytest
 
+from broker import placement as placement_module
 from broker.factories import FactoryRegistry, parse_factories
 from broker.placement import (
     NOT_CHECKED,
     FactoryStatus,
     Placement,
     PlacementError,
-    PlacementErrorCode,
     Skipped,
     place,
 )
+from conveyor.problems import PLACEMENT_FAILED, PlacementCode, PlacementFailed, error_from_problem
 from conveyor.spec import JobSpec
 
-Code = PlacementErrorCode
+Code = PlacementCode
 
 
 def partition(name: str, max_time: int, default_time: int | None, nodes: int, **extra: Any) -> dict[str, Any]:
@@ -201,7 +204,7 @@ def test_countries_restrict_the_factories() -> None:
 
 def test_no_factory_in_the_allowed_countries() -> None:
     error = refused(job(placement={"countries": ["PL", "CZ"]}))
-    assert error.code == Code.NO_FACTORY_IN_COUNTRIES
+    assert error.code == Code.COUNTRY_EXCLUDED
     assert not error.transient
     assert str(error) == (
         "no Factory in the allowed countries PL, CZ; the Factories are: alpha (IT), bravo (ES), charlie (FI), "
@@ -242,7 +245,7 @@ def test_an_unknown_factory_lists_the_known_ones() -> None:
     ],
 )
 def test_an_explicit_factory_that_is_unavailable_is_an_error_not_a_detour(
-    status: FactoryStatus, code: PlacementErrorCode, message: str
+    status: FactoryStatus, code: PlacementCode, message: str
 ) -> None:
     error = refused(job(placement={"factory": "bravo"}), {**ALL_UP, "bravo": status})
     assert (error.code, str(error), error.transient) == (code, message, True)
@@ -262,7 +265,7 @@ def test_an_explicit_factory_the_job_does_not_fit_says_so_even_when_drained() ->
 
 def test_an_explicit_factory_outside_the_countries_or_the_allowed_set() -> None:
     error = refused(job(placement={"factory": "bravo", "countries": ["IT"]}))
-    assert error.code == Code.FACTORY_OUTSIDE_COUNTRIES
+    assert error.code == Code.COUNTRY_EXCLUDED
     assert str(error) == "Factory 'bravo' is in ES, outside the allowed countries IT"
     error = refused(job(placement={"factory": "bravo"}), allowed={"alpha", "echo"})
     assert error.code == Code.FACTORY_NOT_ALLOWED
@@ -372,3 +375,51 @@ def test_no_time_limit_and_no_default_time_is_an_error_never_an_infinite_job() -
 def test_placement_is_deterministic() -> None:
     spec = job(gpus_per_node=1, time_limit_min=20)
     assert placed(spec) == placed(spec)
+
+
+# -------------------------------------------------------------------------------------------------------
+# One vocabulary with the SDK
+# -------------------------------------------------------------------------------------------------------
+
+DRAINED = FactoryStatus(healthy=True, drained=True)
+# Every way placement fails, as (spec, statuses, allowed): the codes come from place() itself, not from a list.
+FAILURES: list[tuple[JobSpec, dict[str, FactoryStatus] | None, set[str] | None]] = [
+    (job(placement={"factory": "mimer"}), None, None),
+    (job(placement={"factory": "bravo"}), None, {"alpha"}),
+    (job(), None, set()),
+    (job(placement={"factory": "bravo", "countries": ["IT"]}), None, None),
+    (job(placement={"countries": ["PL"]}), None, None),
+    (job(gpus_per_node=1, gpu_type="mi250x"), None, None),
+    (job(gpus_per_node=1, placement={"countries": ["LU"]}), None, None),
+    (job(placement={"factory": "delta"}), None, None),
+    (job(gpus_per_node=8, gpu_type="a100"), None, None),
+    (job(nodes=3, gpus_per_node=2, gpu_type="a100"), None, None),
+    (job(tasks_per_node=4, cpus_per_task=4, time_limit_min=10), None, None),
+    (job(memory_mb=32000, time_limit_min=10), None, None),
+    (job(gpus_per_node=1, time_limit_min=300), None, None),
+    (job(gpus_per_node=1, gpu_type="h100", placement={"factory": "charlie"}), None, None),
+    (job(placement={"factory": "bravo"}), {**ALL_UP, "bravo": DRAINED}, None),
+    (job(placement={"factory": "bravo"}), {**ALL_UP, "bravo": FactoryStatus(healthy=False)}, None),
+    (job(), {}, None),
+]
+
+
+def _codes_named_in_placement() -> set[str]:
+    """Every ``PlacementCode.X`` that broker/placement.py mentions: what it can emit."""
+    tree = ast.parse(inspect.getsource(placement_module))
+    return {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "PlacementCode"
+    }
+
+
+def test_every_code_placement_emits_is_an_sdk_placement_code() -> None:
+    emitted = [refused(spec, statuses, allowed=allowed).code for spec, statuses, allowed in FAILURES]
+    for code in emitted:
+        assert type(code) is PlacementCode
+        assert PlacementCode(code.value) is code
+        problem = PLACEMENT_FAILED.problem("x", code=code)  # refuses a code outside placement_failed.*
+        assert isinstance(error_from_problem(problem), PlacementFailed)
+    # The cases above reach every code placement can emit, so a new failure without a case fails here.
+    assert {code.name for code in emitted} == _codes_named_in_placement()
