@@ -13,7 +13,7 @@ from app.problems import Unauthenticated
 from broker.db.engine import Database
 from broker.db.repositories import JobStats
 from broker.factories import FactoryRegistry
-from broker.factory_service import FactoryService
+from broker.factory_service import Capacity, FactoryService
 from broker.identity import Principal
 from broker.jobs.service import JobService
 from broker.settings import Settings
@@ -24,6 +24,7 @@ class RuntimeLike(Protocol):
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
+    def capacity(self, factory_id: str) -> Capacity | None: ...
     def notify_new_job(self) -> None: ...
     def metrics(self) -> dict[str, Any]: ...
 

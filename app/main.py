@@ -129,7 +129,7 @@ async def _running(
                 registry=registry,
                 authenticator=authenticator,
                 jobs=JobService(database, registry, adapters, on_new_job=runtime.notify_new_job if runtime else None),
-                factories=FactoryService(database, registry),
+                factories=FactoryService(database, registry, runtime.capacity if runtime else None),
                 stats=JobStats(database),
                 runtime=runtime,
             )

@@ -3,20 +3,28 @@
 Results go to the database (``FactoryStateRepository``), not to memory, so every broker replica places jobs
 on the same view; the repository appends an event only when health flips, so checks that change nothing do
 not flood the log.
+
+Capacity (GPUs by type, total and free, and the Slurm release) is different: a display hint for
+``GET /v1/factories`` that placement never reads, so it stays in this process's memory
+(:class:`CapacitySnapshots`, a :data:`~broker.factory_service.CapacitySource`): no schema, no writes, and a
+replica without loops shows it as unknown rather than guessed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime, timedelta
 
 from broker.adapters import AdapterProvider
 from broker.db.engine import Database
 from broker.db.repositories import FactoryStateRepository
+from broker.db.types import utc_now
 from broker.factories import FactoryRegistry
+from broker.factory_service import Capacity
 from broker.placement import FactoryStatus
-from slurm_adapters.base import SlurmError
+from slurm_adapters.base import ClusterInfo, Health, SlurmError
 
 log = logging.getLogger(__name__)
 ACTOR = "health-monitor"
@@ -34,13 +42,74 @@ async def factory_statuses(states: FactoryStateRepository) -> dict[str, FactoryS
     return statuses
 
 
-class HealthMonitor:
-    """Checks every Factory with ``adapter.health()``; a failed check marks it unhealthy with the error."""
+def capacity_of(info: ClusterInfo, health: Health, observed_at: datetime) -> Capacity:
+    """What a cluster description says of capacity; the release from it, else from the health check."""
+    totals = info.gpu_totals()
+    return Capacity(
+        observed_at=observed_at,
+        release=info.release or health.release,
+        total_gpus={gpu_type: total for gpu_type, (total, _) in totals.items()},
+        free_gpus={gpu_type: free for gpu_type, (_, free) in totals.items()},
+    )
 
-    def __init__(self, database: Database, registry: FactoryRegistry, adapters: AdapterProvider) -> None:
+
+class CapacitySnapshots:
+    """The last capacity seen of each Factory; calling it is the :data:`CapacitySource` of the Factory views.
+
+    A snapshot is taken only after a successful health check (a Factory that does not answer has no capacity
+    to read, and none is made up), and at most once per ``min_interval_s`` per Factory, to keep Slurm's load
+    at one extra call per Factory per health cycle or less. A failed snapshot keeps the previous one: its
+    ``observed_at`` says how old it is, so it is never passed off as fresh.
+    """
+
+    def __init__(self, min_interval_s: float = 0.0, clock: Callable[[], datetime] = utc_now) -> None:
+        self._min_interval = timedelta(seconds=min_interval_s)
+        self._clock = clock
+        self._snapshots: dict[str, Capacity] = {}
+        self._tried_at: dict[str, datetime] = {}
+
+    def __call__(self, factory_id: str) -> Capacity | None:
+        return self._snapshots.get(factory_id)
+
+    async def refresh(self, factory_id: str, health: Health, read: Callable[[], Awaitable[ClusterInfo]]) -> None:
+        """After ``health``, take a snapshot with ``read`` (the adapter's ``cluster_info``) if the check was ok
+        and the last try is at least ``min_interval_s`` old. Never raises."""
+        now = self._clock()
+        tried_at = self._tried_at.get(factory_id)
+        if not health.ok or (tried_at is not None and now - tried_at < self._min_interval):
+            return
+        self._tried_at[factory_id] = now
+        try:
+            info = await read()
+        except Exception as exc:  # a snapshot is a hint: its failure must not fail the health check
+            log.warning(
+                "Factory %s: capacity snapshot failed, keeping the previous one: %r",
+                factory_id,
+                exc,
+                exc_info=not isinstance(exc, SlurmError),
+            )
+            return
+        self._snapshots[factory_id] = capacity_of(info, health, now)
+
+
+class HealthMonitor:
+    """Checks every Factory with ``adapter.health()``; a failed check marks it unhealthy with the error.
+
+    After a successful check it refreshes the Factory's capacity snapshot (:attr:`capacity`).
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        registry: FactoryRegistry,
+        adapters: AdapterProvider,
+        *,
+        capacity_interval_s: float = 0.0,
+    ) -> None:
         self._registry = registry
         self._adapters = adapters
         self._states = FactoryStateRepository(database)
+        self.capacity = CapacitySnapshots(capacity_interval_s)
 
     async def run_once(self) -> Mapping[str, bool]:
         """Check every Factory concurrently; returns Factory id -> healthy."""
@@ -49,6 +118,7 @@ class HealthMonitor:
         return dict(zip(ids, results, strict=True))
 
     async def check(self, factory_id: str) -> bool:
+        health: Health | None = None
         try:
             health = await self._adapters.get(factory_id).health()
             healthy, detail = health.ok, health.detail
@@ -59,4 +129,6 @@ class HealthMonitor:
             healthy, detail = False, f"health check failed: {exc!r}"
         if await self._states.record_health(factory_id, healthy=healthy, detail=detail, actor=ACTOR):
             log.warning("Factory %s is now %s: %s", factory_id, "healthy" if healthy else "unhealthy", detail)
+        if health is not None:
+            await self.capacity.refresh(factory_id, health, self._adapters.get(factory_id).cluster_info)
         return healthy

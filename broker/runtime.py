@@ -24,6 +24,7 @@ from broker.db.repositories import JobRepository, QueueStats
 from broker.db.types import utc_now
 from broker.dispatch import Dispatcher
 from broker.factories import FactoryRegistry
+from broker.factory_service import Capacity
 from broker.health import HealthMonitor
 from broker.reconcile import Reconciler
 from broker.settings import Settings
@@ -49,7 +50,7 @@ class Runtime:
         self.settings = settings
         self.registry = registry
         self.adapters = adapters
-        self.health = HealthMonitor(database, registry, adapters)
+        self.health = HealthMonitor(database, registry, adapters, capacity_interval_s=settings.capacity_interval_s)
         self.dispatcher = Dispatcher(database, registry, adapters, settings, worker_id)
         self.reconciler = Reconciler(database, registry, adapters, settings)
         self._jobs = JobRepository(database)
@@ -94,6 +95,10 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         log.info("runtime %s stopped", self.worker_id)
+
+    def capacity(self, factory_id: str) -> Capacity | None:
+        """The Factory's last capacity snapshot from this process's health loop (a :data:`CapacitySource`)."""
+        return self.health.capacity(factory_id)
 
     def notify_new_job(self) -> None:
         """A job was committed: dispatch now rather than at the end of the interval."""

@@ -44,8 +44,20 @@ class Settings(BaseSettings):
     lease_s: float = Field(120.0, ge=MIN_LEASE_S, description="how long a dispatcher owns a claimed job")
     claim_batch: int = Field(20, ge=1, le=1000, description="jobs a dispatcher claims per cycle")
     health_interval_s: float = Field(15.0, gt=0, description="pause between health checks of every Factory")
+    capacity_interval_s: float = Field(
+        0.0,
+        ge=0,
+        description="least time between two capacity snapshots of a Factory (each follows a successful health "
+        "check); 0: one with every health check",
+    )
     retry_backoff_max_s: float = Field(
         60.0, gt=0, description="the longest a queued job waits between two tries when a Factory is unavailable"
+    )
+    clock_skew_s: float = Field(
+        10.0,
+        ge=0,
+        description="how far the broker's and Slurm's clocks may disagree (NTP keeps it under a second); "
+        "settling a submit in doubt allows this much either way, always in the safe direction",
     )
     host: str = Field("127.0.0.1", description="the address `python -m app` listens on")
     port: int = Field(8000, ge=1, le=65535, description="the port `python -m app` listens on")

@@ -29,7 +29,8 @@ async def test_factories_show_config_health_drain_and_queue(api: Api) -> None:
     assert [p.name for p in alpha.partitions] == ["cpu", "gpu"]
     assert alpha.partitions[1].gpus_per_node == {"a100": 4}
     assert (alpha.gpu_types, bravo.gpu_types) == (["a100"], ["h100"])
-    assert alpha.free_gpus is None  # not observed: unknown, never guessed from config
+    # No loops here, so nothing observed capacity: unknown, never guessed from config.
+    assert (alpha.total_gpus, alpha.free_gpus, alpha.slurm_release) == (None, None, None)
     problem_of(await api.client.get("/v1/factories/zulu"), 404, "not_found")
 
 
