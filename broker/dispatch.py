@@ -7,9 +7,10 @@ Why it is shaped like this:
 - An attempt is committed *before* every submit. A job whose latest attempt has no outcome (the dispatcher
   died mid-call, or the call failed in a way that may have reached Slurm) is in doubt: before anything else
   the tag is looked up on that attempt's Factory (tag AND expected Slurm user AND submitted after the
-  attempt). Found: it is recorded as submitted. Not found, and the attempt is younger than the Factory's
-  MinJobAge: absence is proven (slurmctld still lists every job submitted since), so it may be submitted
-  again. Otherwise Slurm can no longer tell, and the job becomes ``lost`` with that reason: never resubmitted
+  attempt), in slurmctld and, where the Factory has it, in slurmdbd. Found: it is recorded as submitted.
+  Not found: :mod:`broker.doubt` decides whether absence is proven (no slurmctld restart since the attempt,
+  and MinJobAge not yet passed or slurmdbd explaining every job since), so it may be submitted again.
+  Otherwise Slurm can no longer tell, and the job becomes ``lost`` with that reason: never resubmitted
   blindly, so a job reaches Slurm at most once.
 - Only the job's own fault ends it ``rejected`` (placement that can never succeed, Slurm refusing the request).
   Site faults (authentication, availability) keep it queued with a visible reason, mark the Factory
@@ -38,6 +39,7 @@ from broker.db.engine import Database
 from broker.db.models import AttemptOutcome, DispatchAttempt, Job
 from broker.db.repositories import FactoryStateRepository, JobRepository
 from broker.db.types import utc_now
+from broker.doubt import Attempt, Evidence, settle
 from broker.factories import Factory, FactoryRegistry
 from broker.health import factory_statuses
 from broker.placement import FactoryStatus, PlacementError, place
@@ -45,10 +47,10 @@ from broker.settings import Settings
 from broker.translate import TranslationError, site_user, to_slurm_spec
 from conveyor.spec import JobSpec, JobState
 from slurm_adapters.base import (
+    AccountingUnavailable,
     AuthenticationError,
     ClusterUnavailable,
     JobError,
-    JobRecord,
     SiteError,
     SlurmError,
 )
@@ -59,8 +61,6 @@ log = logging.getLogger(__name__)
 ACTOR = "dispatcher"
 FAILPOINTS_ENV = "CONVEYOR_FAILPOINTS"
 FAILPOINTS = frozenset({"before_submit", "after_submit"})
-# Broker and slurmctld clocks may differ a little: a Slurm submit time this much before the attempt still counts.
-CLOCK_SLACK = timedelta(seconds=60)
 RETRY_BASE_S = 2.0
 # A job that fits but whose Factories are all drained or unhealthy looks again after this long.
 PLACEMENT_RETRY_S = 10.0
@@ -84,19 +84,6 @@ def retry_delay_s(attempts: int, cap_s: float) -> float:
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def matches_attempt(record: JobRecord, job_id: str, attempt: DispatchAttempt) -> bool:
-    """Whether a Slurm job is the one ``attempt`` may have submitted: our tag, our user, submitted after it.
-
-    A missing user or submit time (an adapter that cannot tell) counts as a match: mistaking a foreign job for
-    ours strands one job, while missing ours would submit it twice.
-    """
-    if record.tag != job_id:
-        return False
-    if record.user is not None and attempt.slurm_user is not None and record.user != attempt.slurm_user:
-        return False
-    return record.submit_time is None or record.submit_time >= attempt.started_at - CLOCK_SLACK
 
 
 def _job_log(level: int, job_id: str, message: str, *args: Any) -> None:
@@ -125,6 +112,7 @@ class Dispatcher:
         self._jobs = JobRepository(database, clock)
         self._states = FactoryStateRepository(database, clock)
         self._failpoints = active_failpoints() if failpoints is None else failpoints
+        self._skew = timedelta(seconds=settings.clock_skew_s)
         self.errors_by_factory: dict[str, int] = {}
 
     async def run_once(self) -> int:
@@ -245,7 +233,7 @@ class Dispatcher:
                              "which is no longer configured: whether it reached Slurm cannot be checked")  # fmt: skip
             return False
         try:
-            records = await self._adapters.get(factory.id).list_jobs(tags={job.id})
+            evidence = await self._evidence(factory, attempt)
         except SlurmError as exc:
             if isinstance(exc, SiteError):
                 await self._mark_unhealthy(factory.id, _describe(exc))
@@ -256,35 +244,43 @@ class Dispatcher:
                 "it is looked up again before any new submission",
             )
             return False
-        found = sorted(
-            (record for record in records if matches_attempt(record, job.id, attempt)),
-            key=lambda record: (record.submit_time is None, record.submit_time, record.job_id),
+        verdict = settle(
+            Attempt(job.id, attempt.slurm_user, attempt.started_at),
+            evidence,
+            now=self._clock(),
+            min_job_age_s=factory.min_job_age_s,
+            skew=self._skew,
         )
-        if found:
-            if len(found) > 1:
-                _job_log(logging.ERROR, job.id, "several Slurm jobs carry its tag: %s", [r.job_id for r in found])
-            slurm_job_id = str(found[0].job_id)
+        if verdict.found is not None:
+            slurm_job_id = str(verdict.found.job_id)
             if await self._jobs.record_submission(job.id, attempt.attempt, slurm_job_id, actor=ACTOR):
                 _job_log(logging.INFO, job.id, "found by tag on %s as Slurm job %s", factory.id, slurm_job_id)
             return False
-        age = self._clock() - attempt.started_at
-        if age + CLOCK_SLACK < timedelta(seconds=factory.min_job_age_s):
-            # slurmctld keeps every job for MinJobAge after it ends, and it ended after the attempt began.
+        if verdict.absent:
             await self._jobs.finish_attempt(
-                job.id, attempt.attempt, outcome=AttemptOutcome.NOT_APPLIED, actor=ACTOR,
-                error=f"not in Slurm: tag absent {age.total_seconds():.0f} s after the attempt (MinJobAge "
-                f"{factory.min_job_age_s} s)",
-            )  # fmt: skip
+                job.id, attempt.attempt, outcome=AttemptOutcome.NOT_APPLIED, error=verdict.reason, actor=ACTOR
+            )
             _job_log(logging.INFO, job.id, "attempt %s never reached %s; submitting again", attempt.attempt, factory.id)
             return True
         await self._lose(
             job.id,
             attempt,
-            f"attempt {attempt.attempt} on {factory.id} may have reached Slurm, which can no longer tell: the tag "
-            f"is not listed and the attempt is {age.total_seconds():.0f} s old, beyond MinJobAge "
-            f"({factory.min_job_age_s} s); not resubmitted, to never run it twice",
+            f"attempt {attempt.attempt} on {factory.id} may have reached Slurm, which cannot tell: {verdict.reason}; "
+            "not resubmitted, to never run it twice",
         )
         return False
+
+    async def _evidence(self, factory: Factory, attempt: DispatchAttempt) -> Evidence:
+        """What the Factory's Slurm says, in the order :mod:`broker.doubt` relies on (health last)."""
+        adapter = self._adapters.get(factory.id)
+        listed = await adapter.list_jobs()
+        accounted = None
+        if factory.accounting:
+            try:
+                accounted = await adapter.accounted_jobs(submitted_after=attempt.started_at - self._skew)
+            except AccountingUnavailable as exc:
+                log.warning("Factory %s: slurmdbd lookup failed: %s", factory.id, _describe(exc))
+        return Evidence(listed=listed, accounted=accounted, health=await adapter.health())
 
     async def _lose(self, job_id: str, attempt: DispatchAttempt, reason: str) -> None:
         # The job leaves queued first: should we die in between, an open attempt on a lost job is harmless.
@@ -328,4 +324,4 @@ def _describe(exc: SlurmError) -> str:
     return "; ".join([str(exc), *extra])
 
 
-__all__ = ["Dispatcher", "active_failpoints", "matches_attempt", "retry_delay_s"]
+__all__ = ["Dispatcher", "active_failpoints", "retry_delay_s"]

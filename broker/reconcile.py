@@ -160,24 +160,45 @@ class Reconciler:
             _log(logging.WARNING, job.id, "reconcile step failed, retried next cycle: %s", exc)
 
     async def _confirm_missing(self, adapter: SlurmAdapter, job: Job, stats: ReconcileStats) -> None:
-        """Not in the listing: ask by id before concluding anything."""
+        """Not in the listing: ask by id, then slurmdbd where the Factory has it, before concluding anything."""
         if job.slurm_job_id is None:  # cannot happen for a submitted job; say so rather than guess
             await self._lose(job, "tracked without a Slurm job id", stats)
             return
         try:
             record = await adapter.get_job(int(job.slurm_job_id))
         except JobNotFound:
-            await self._lose(
-                job,
-                f"Slurm no longer knows job {job.slurm_job_id}: absent from the listing and not found by id "
-                "(its end was not seen before Slurm purged it)",
-                stats,
-            )
+            await self._confirm_in_accounting(adapter, job, int(job.slurm_job_id), stats)
             return
         if record.tag != job.id:
             await self._lose(job, f"Slurm job {job.slurm_job_id} is now another job (tag {record.tag!r})", stats)
             return
         await self._apply(adapter, job, record, stats)
+
+    async def _confirm_in_accounting(
+        self, adapter: SlurmAdapter, job: Job, slurm_job_id: int, stats: ReconcileStats
+    ) -> None:
+        """slurmctld has purged the job: slurmdbd, where the Factory has it, still knows how it ended.
+
+        slurmdbd writes the tag only when a job ends, so an untagged record is a job slurmctld lost while it
+        was pending or running. If slurmdbd cannot be asked, the error leaves the job as it is until the next
+        cycle rather than calling it lost too early.
+        """
+        gone = f"Slurm no longer knows job {slurm_job_id}: absent from the listing and not found by id"
+        factory = self._registry.get(job.factory or "")
+        if factory is None or not factory.accounting:
+            await self._lose(job, f"{gone} (its end was not seen before Slurm purged it)", stats)
+            return
+        records = await adapter.accounted_jobs(job_ids=[slurm_job_id])  # AccountingUnavailable: next cycle
+        record = next((r for r in records if r.job_id == slurm_job_id), None)
+        if record is None:
+            await self._lose(job, f"{gone}, nor kept by slurmdbd", stats)
+        elif record.tag is None:
+            await self._lose(job, f"slurmctld lost job {slurm_job_id} before it ended (slurmdbd last saw it "
+                             f"{record.raw_state})", stats)  # fmt: skip
+        elif record.tag != job.id:
+            await self._lose(job, f"Slurm job {slurm_job_id} is another job in slurmdbd (tag {record.tag!r})", stats)
+        else:
+            await self._apply(adapter, job, record, stats)
 
     async def _lose(self, job: Job, reason: str, stats: ReconcileStats) -> None:
         if await self._jobs.transition(

@@ -162,6 +162,7 @@ class JobRecord:
     stdout: str | None = None
     stderr: str | None = None
     allocated_tres: Mapping[str, str] = field(default_factory=dict)
+    elapsed_s: int | None = None  # run time as Slurm accounts it (slurmdbd records carry it)
 
     def observed(self) -> JobRecord:
         """This record without Slurm's projections: no start while pending, no end before the job ended,
@@ -230,9 +231,20 @@ class ClusterInfo:
 
 @dataclass(frozen=True, slots=True)
 class Health:
+    """An authenticated round trip's outcome, with what it told about the controller.
+
+    ``up_since`` is a time since which slurmctld has certainly run without a restart (Slurm's statistics
+    start, reset when it starts and at midnight, so never before its last start); None where the adapter
+    cannot tell, which includes the first second or two after slurmctld starts (its statistics start is
+    still 0 then, measured on 22.05). ``accounting_backlog`` is how many messages slurmctld still holds for
+    slurmdbd (0 where there is none; None: unknown): until it is 0, slurmdbd may miss recent jobs.
+    """
+
     ok: bool
     detail: str
     release: str | None = None
+    up_since: datetime | None = None
+    accounting_backlog: int | None = None
 
 
 OutputStream = Literal["stdout", "stderr"]
@@ -299,6 +311,10 @@ class JobNotFound(SiteError):
     """Slurm does not know the job id (never existed, or purged after MinJobAge)."""
 
 
+class AccountingUnavailable(SlurmError):
+    """slurmdbd cannot be asked: the cluster keeps no accounting, this adapter cannot reach it, or it failed."""
+
+
 class OutputUnavailable(SlurmError):
     """The adapter cannot read the job's output files (not reachable from here, or not written yet)."""
 
@@ -355,6 +371,16 @@ class SlurmAdapter(abc.ABC):
     @abc.abstractmethod
     async def health(self) -> Health:
         """An authenticated round trip to slurmctld; raises the typed error when it fails."""
+
+    async def accounted_jobs(
+        self, *, job_ids: Collection[int] = (), submitted_after: datetime | None = None
+    ) -> list[JobRecord]:
+        """Jobs as slurmdbd keeps them, after slurmctld has forgotten them too (sacct's view), in one call:
+        those in ``job_ids``, or every job submitted after ``submitted_after``.
+
+        Raises :class:`AccountingUnavailable` where the cluster has no slurmdbd or this adapter cannot ask it.
+        """
+        raise AccountingUnavailable(f"the {self.kind} adapter does not read slurmdbd", cluster=self.cluster)
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most adapters hold nothing
         """Release connections and worker processes."""

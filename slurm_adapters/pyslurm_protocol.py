@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from slurm_adapters.base import (
+    AccountingUnavailable,
     AuthenticationError,
     ClusterInfo,
     ClusterUnavailable,
@@ -60,6 +61,7 @@ ERROR_TYPES: Final[Mapping[str, type[SlurmError]]] = {
         ClusterUnavailable,
         JobNotFound,
         OutputUnavailable,
+        AccountingUnavailable,
     )
 }
 
@@ -243,7 +245,13 @@ def cluster_info_to_json(info: ClusterInfo) -> dict[str, Any]:
 
 
 def health_to_json(health: Health) -> dict[str, Any]:
-    return {"ok": health.ok, "detail": health.detail, "release": health.release}
+    return {
+        "ok": health.ok,
+        "detail": health.detail,
+        "release": health.release,
+        "up_since": _time(health.up_since),
+        "accounting_backlog": health.accounting_backlog,
+    }
 
 
 class _Reader:
@@ -392,7 +400,13 @@ def cluster_info_from_json(data: object) -> ClusterInfo:
 
 def health_from_json(data: object) -> Health:
     r = _Reader(data, "Health")
-    return Health(ok=r.flag("ok"), detail=r.text("detail"), release=r.opt_text("release"))
+    return Health(
+        ok=r.flag("ok"),
+        detail=r.text("detail"),
+        release=r.opt_text("release"),
+        up_since=r.opt_time("up_since"),
+        accounting_backlog=r.opt_integer("accounting_backlog"),
+    )
 
 
 def int_from_json(data: object, what: str) -> int:

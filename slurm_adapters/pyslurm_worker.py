@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, MutableMapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -235,7 +236,17 @@ class Operations:
         millis = (time.monotonic() - started) * 1000
         release = str(config.version) if config.version else None
         detail = f"slurmctld of {config.cluster_name} answered in {millis:.0f} ms via libslurm"
-        return health_to_json(Health(ok=True, detail=detail, release=release))
+        stats = self.pyslurm.slurmctld.diag()  # sdiag's figures: when its statistics began, slurmdbd backlog
+        since = int(stats.data_since) if stats.data_since else None
+        backlog = stats.dbd_agent_queue_size
+        health = Health(
+            ok=True,
+            detail=detail,
+            release=release,
+            up_since=datetime.fromtimestamp(since, UTC) if since else None,
+            accounting_backlog=int(backlog) if backlog is not None else None,
+        )
+        return health_to_json(health)
 
 
 # ---------------------------------------------------------------------------------------------------

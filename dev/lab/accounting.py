@@ -67,13 +67,25 @@ def _password_file() -> Path:
     return _mysql_dir() / "slurm.password"
 
 
-def start_slurmdbd(site: ClusterLayout) -> None:
-    """A clean accounting database, slurmdbd, and the cluster registered in it."""
-    start_mariadb()
+def _password() -> str:
     if not _password_file().exists():
         _password_file().write_text(secrets.token_hex(16))
         _password_file().chmod(0o600)
-    password = _password_file().read_text().strip()
+    return _password_file().read_text().strip()
+
+
+def slurmdbd_conf_is_current(site: ClusterLayout) -> bool:
+    """The written slurmdbd.conf is what this checkout would write."""
+    try:
+        return (site.host_dir / "slurmdbd.conf").read_text() == slurmconf.slurmdbd_conf(site, _password())
+    except OSError:
+        return False
+
+
+def start_slurmdbd(site: ClusterLayout) -> None:
+    """A clean accounting database, slurmdbd, and the cluster registered in it."""
+    start_mariadb()
+    password = _password()
     setup = (
         "DROP DATABASE IF EXISTS slurm_acct_db; CREATE DATABASE slurm_acct_db; "
         f"CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '{password}'; "

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dev.lab import accounting, procs, slurmconf
-from dev.lab.commands import READY_TIMEOUT_S, client_env, launch_ctld, passwd_ids, run_in
+from dev.lab.commands import READY_TIMEOUT_S, client_env, launch_ctld, munged_argv, passwd_ids, run_in
 from dev.lab.layout import ClusterLayout
 from dev.lab.topology import REST_USER
 from slurm_adapters.convert import parse_key_values
@@ -65,13 +65,7 @@ def prepare(site: ClusterLayout, release: str, *, fresh: bool) -> None:
 
 def _munged(site: ClusterLayout) -> None:
     sock = site.munge_socket
-    argv = [
-        *site.exec_prefix,
-        "setpriv", "--reuid=munge", "--regid=munge", "--init-groups",
-        "munged", "-F", f"--socket={sock}", f"--key-file={sock.parent}/munge.key",
-        f"--pid-file={sock.parent}/munged.pid", f"--log-file={sock.parent}/munged.log",
-        f"--seed-file={sock.parent}/munged.seed", "--num-threads=4",
-    ]  # fmt: skip
+    argv = munged_argv(site.exec_prefix, sock, num_threads=4)
     site.host(sock).unlink(missing_ok=True)
     procs.spawn(site.pid_file("munged"), argv, site.host_dir / "log/munged.out")
     if not procs.wait_ready(site.pid_file("munged"), lambda: site.host(sock).exists(), READY_TIMEOUT_S):
@@ -122,15 +116,21 @@ def _port_open(port: int) -> bool:
 
 def _slurmrestd(site: ClusterLayout, release: str) -> None:
     port = site.cluster.rest_port
-    argv = [
-        *site.exec_prefix,
-        "setpriv", f"--reuid={REST_USER}", f"--regid={REST_USER}", "--init-groups",
-        "slurmrestd", "-a", "rest_auth/jwt", "-s", slurmconf.rest_plugins(release), f"127.0.0.1:{port}",
-    ]  # fmt: skip
+    argv = _slurmrestd_argv(site, release)
+    (site.host_dir / "slurmrestd.argv").write_text(" ".join(argv) + "\n")
     env = {**client_env(site), "SLURM_JWT": "daemon"}
     procs.spawn(site.pid_file("slurmrestd"), argv, site.host_dir / "log/slurmrestd.out", env)
     if not procs.wait_ready(site.pid_file("slurmrestd"), lambda: _port_open(port), READY_TIMEOUT_S):
         raise SystemExit(f"{site.cluster.name}: slurmrestd is not listening on 127.0.0.1:{port}")
+
+
+def _slurmrestd_argv(site: ClusterLayout, release: str) -> list[str]:
+    plugins = slurmconf.rest_plugins(release, accounting=site.cluster.accounting)
+    return [
+        *site.exec_prefix,
+        "setpriv", f"--reuid={REST_USER}", f"--regid={REST_USER}", "--init-groups",
+        "slurmrestd", "-a", "rest_auth/jwt", "-s", plugins, f"127.0.0.1:{site.cluster.rest_port}",
+    ]  # fmt: skip
 
 
 def daemon_names(site: ClusterLayout) -> list[str]:
@@ -145,9 +145,15 @@ def is_current(site: ClusterLayout, release: str) -> bool:
     """Up, and running the configuration this checkout would write (else a start must restart it)."""
     try:
         written = (site.host_dir / "slurm.conf").read_text()
+        rest_argv = (site.host_dir / "slurmrestd.argv").read_text()
     except OSError:
         return False
-    return is_up(site) and written == slurmconf.slurm_conf(site, release)
+    return (
+        is_up(site)
+        and written == slurmconf.slurm_conf(site, release)
+        and rest_argv == " ".join(_slurmrestd_argv(site, release)) + "\n"
+        and (not site.cluster.accounting or accounting.slurmdbd_conf_is_current(site))
+    )
 
 
 def start(site: ClusterLayout, release: str) -> None:

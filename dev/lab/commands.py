@@ -57,6 +57,21 @@ def slurm_release(site: ClusterLayout) -> str:
     return out.split(":")[-1].split("-")[0]
 
 
+def munged_argv(exec_prefix: Sequence[str], socket: Path, *, num_threads: int | None = None) -> list[str]:
+    """munged in the foreground as the munge user, its key, PID, log and seed files beside ``socket``.
+
+    Shared by the lab's own munged and the conformance suite's rogue one, so the two cannot drift apart.
+    """
+    state = socket.parent
+    return [
+        *exec_prefix,
+        "setpriv", "--reuid=munge", "--regid=munge", "--init-groups",
+        "munged", "-F", f"--socket={socket}", f"--key-file={state}/munge.key",
+        f"--pid-file={state}/munged.pid", f"--log-file={state}/munged.log", f"--seed-file={state}/munged.seed",
+        *([f"--num-threads={num_threads}"] if num_threads is not None else []),
+    ]  # fmt: skip
+
+
 def launch_ctld(exec_prefix: Sequence[str], slurm_conf: str | Path, pid_file: Path, log: Path, *, fresh: bool) -> None:
     """Start slurmctld and wait until it answers ``scontrol ping``; ``fresh`` ignores missing state."""
     argv = [*exec_prefix, "slurmctld", "-D", *(["-i"] if fresh else []), "-f", str(slurm_conf)]

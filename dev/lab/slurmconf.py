@@ -121,6 +121,9 @@ def slurmdbd_conf(site: ClusterLayout, password: str) -> str:
         [
             "AuthType=auth/munge",
             f"AuthInfo=socket={site.munge_socket}",
+            # slurmrestd forwards each caller's JWT: without this, its /slurmdb routes are refused.
+            "AuthAltTypes=auth/jwt",
+            f"AuthAltParameters=jwt_key={site.jwt_key}",
             "DbdAddr=127.0.0.1",
             "DbdHost=localhost",
             f"DbdPort={SLURMDBD_PORT}",
@@ -144,8 +147,9 @@ def gpu_device_names(site: ClusterLayout) -> Iterable[str]:
             yield f"{node.name}-nvidia{i}"
 
 
-def rest_plugins(release: str) -> str:
-    """The OpenAPI plugins slurmrestd loads: 22.05 must be told (its default needs slurmdbd)."""
+def rest_plugins(release: str, *, accounting: bool) -> str:
+    """The OpenAPI plugins slurmrestd loads: 22.05 must be told (its default needs slurmdbd); a cluster with
+    slurmdbd also serves the ``/slurmdb`` routes, where finished jobs stay after slurmctld forgets them."""
     if _release_at_least(release, 23, 11):
-        return "openapi/slurmctld"
-    return "openapi/v0.0.38"
+        return "openapi/slurmctld,openapi/slurmdbd" if accounting else "openapi/slurmctld"
+    return "openapi/v0.0.38,openapi/dbv0.0.38" if accounting else "openapi/v0.0.38"

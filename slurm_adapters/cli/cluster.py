@@ -1,4 +1,4 @@
-"""Partitions from ``scontrol show partition -o`` (every release).
+"""Partitions from ``scontrol show partition -o`` and controller facts from ``sdiag`` (every release).
 
 Nodes come as JSON (22.05 ``sinfo --json``, 23.02+ ``scontrol show node --json``), read by the release's
 record format (:func:`slurm_adapters.formats.common.parse_nodes`); partition membership and GPU totals come
@@ -7,10 +7,12 @@ from the nodes' side (:func:`slurm_adapters.formats.common.partition_info`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+from datetime import datetime
 
 from slurm_adapters.base import NodeInfo, PartitionInfo
-from slurm_adapters.convert import parse_duration_min, parse_key_values
+from slurm_adapters.convert import from_epoch, parse_duration_min, parse_key_values
 from slurm_adapters.formats.common import partition_info
 
 
@@ -36,3 +38,15 @@ def partitions_from_key_values(output: str, nodes: Iterable[NodeInfo]) -> list[P
             )
         )
     return partitions
+
+
+_DATA_SINCE = re.compile(r"^Data since\s.*\((\d+)\)\s*$", re.MULTILINE)
+_DBD_QUEUE = re.compile(r"^DBD Agent queue size:\s*(\d+)\s*$", re.MULTILINE)
+
+
+def sdiag_facts(output: str) -> tuple[datetime | None, int | None]:
+    """From ``sdiag``'s text (the same on 22.05 to 26.05): "Data since ... (epoch)", when slurmctld's
+    statistics began (at its start, or at a later reset), and its backlog of messages for slurmdbd."""
+    since = _DATA_SINCE.search(output)
+    queue = _DBD_QUEUE.search(output)
+    return (from_epoch(int(since.group(1))) if since else None, int(queue.group(1)) if queue else None)

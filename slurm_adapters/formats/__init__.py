@@ -44,6 +44,9 @@ class RecordFormat(Protocol):
     def parse_nodes(self, body: Json) -> list[NodeInfo]:
         """Every node of an answer's ``nodes`` array."""
 
+    def parse_accounted_jobs(self, body: Json) -> list[JobRecord]:
+        """Every job of slurmdbd's ``jobs`` array (``sacct --json``, slurmrestd's ``/slurmdb``)."""
+
     def parse_partitions(self, body: Json, nodes: Sequence[NodeInfo]) -> list[PartitionInfo]:
         """An answer's ``partitions``; ``nodes`` supply membership and GPU totals."""
 

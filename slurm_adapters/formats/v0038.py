@@ -21,10 +21,11 @@ from slurm_adapters.convert import split_wait_status
 from slurm_adapters.formats import common
 from slurm_adapters.formats.common import Json
 
-__all__ = ["parse_job", "parse_jobs", "parse_nodes", "parse_partitions", "release"]
+__all__ = ["parse_accounted_jobs", "parse_job", "parse_jobs", "parse_nodes", "parse_partitions", "release"]
 
-# Nodes are the same in every format.
+# Nodes, and slurmdbd's job records, are the same in every format.
 parse_nodes = common.parse_nodes
+parse_accounted_jobs = common.parse_accounted_jobs
 
 
 def parse_job(raw: Json) -> JobRecord:

@@ -24,10 +24,20 @@ from slurm_adapters.base import JobRecord, JobState, NodeInfo, PartitionInfo
 from slurm_adapters.formats import common
 from slurm_adapters.formats.common import Json
 
-__all__ = ["exit_status", "parse_job", "parse_jobs", "parse_nodes", "parse_partitions", "release", "wrapped"]
+__all__ = [
+    "exit_status",
+    "parse_accounted_jobs",
+    "parse_job",
+    "parse_jobs",
+    "parse_nodes",
+    "parse_partitions",
+    "release",
+    "wrapped",
+]
 
-# Nodes are the same in every format.
+# Nodes, and slurmdbd's job records, are the same in every format.
 parse_nodes = common.parse_nodes
+parse_accounted_jobs = common.parse_accounted_jobs
 
 
 def wrapped(value: int) -> dict[str, Any]:

@@ -32,6 +32,8 @@ class Codec(abc.ABC):
     jobs_params: ClassVar[Mapping[str, str]] = {}
     # Where the same daemon may tell the default partition when this version cannot (or None).
     partition_flags_path: ClassVar[str | None] = None
+    # slurmdbd's routes (``/slurmdb/...``), where the daemon serves them; None: not supported here.
+    accounting_prefix: ClassVar[str | None] = None
     # The jobs, nodes and partitions in this version's answers.
     records: ClassVar[RecordFormat]
 

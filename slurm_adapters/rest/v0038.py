@@ -29,6 +29,8 @@ class V0038(Codec):
     partitions_path = f"{prefix}/partitions"
     # jobs_params stays empty: 22.05 lists every job in slurmctld's memory (SHOW_ALL|SHOW_DETAIL,
     # finished ones included) and has no filter to set.
+    # openapi/dbv0.0.38: no user filter, its job records are sacct's (see formats.common.accounted_job).
+    accounting_prefix = "/slurmdb/v0.0.38"
     records: ClassVar[RecordFormat] = v0038
 
     def render_submit(self, spec: JobSpec, script: str, environment: Mapping[str, str]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ through the adapter under test.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -17,13 +18,16 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dev.lab import procs
+from dev.lab.commands import munged_argv
 from slurm_adapters.base import (
+    AccountingUnavailable,
     AuthenticationError,
     ClusterUnavailable,
     InvalidRequest,
@@ -201,6 +205,39 @@ async def test_accounting_keeps_finished_jobs_with_tag_and_tres(adapter: SlurmAd
     assert comment == spec.tag
     assert "cpu=" in tres
 
+    # The adapter reads the same record, by id and by submit time, once slurmdbd has it.
+    by_id = await adapter.accounted_jobs(job_ids=[job_id])
+    assert [(r.job_id, r.tag, r.state, r.user) for r in by_id] == [(job_id, spec.tag, JobState.COMPLETED, SUBMIT_USER)]
+    assert by_id[0].elapsed_s is not None
+    assert by_id[0].allocated_tres == dict(item.split("=", 1) for item in tres.split(","))
+    submitted = by_id[0].submit_time
+    assert submitted is not None
+    # slurmdbd's time-window query lags its by-id answer by a second or two after a job ends (measured).
+    deadline = time.monotonic() + 30
+    since = await adapter.accounted_jobs(submitted_after=submitted)
+    while job_id not in {r.job_id for r in since}:
+        assert time.monotonic() < deadline, "slurmdbd's time-window query never listed the job"
+        await asyncio.sleep(0.2)
+        since = await adapter.accounted_jobs(submitted_after=submitted)
+    assert all(r.submit_time is not None and r.submit_time >= submitted for r in since)
+    assert await adapter.accounted_jobs(job_ids=[job_id + 100_000]) == []
+
+
+async def test_accounting_lookups_say_when_there_is_no_slurmdbd(adapter: SlurmAdapter, cluster: Cluster) -> None:
+    if cluster.raw["accounting"]:
+        pytest.skip(f"{cluster.name} has slurmdbd (see test_accounting_keeps_finished_jobs_with_tag_and_tres)")
+    with pytest.raises(AccountingUnavailable):
+        await adapter.accounted_jobs(job_ids=[1])
+
+
+async def test_health_says_since_when_slurmctld_has_run(adapter: SlurmAdapter, cluster: Cluster) -> None:
+    """The dispatcher trusts "not listed" only if slurmctld has not restarted since the attempt."""
+    first = await adapter.health()
+    assert first.up_since is not None
+    assert first.up_since <= datetime.now(UTC)
+    assert first.accounting_backlog == 0
+    assert (await adapter.health()).up_since == first.up_since  # stable while slurmctld runs
+
 
 async def test_gpu_type_the_cluster_lacks_is_rejected(adapter: SlurmAdapter, cluster: Cluster) -> None:
     partition = cluster.gpu_partition or cluster.cpu_partition
@@ -367,9 +404,16 @@ async def test_cluster_down_is_unavailable_then_recovers(adapter: SlurmAdapter, 
                 await call
             assert time.monotonic() - started < 10.0
     finally:
+        restarted_at = datetime.now(UTC).replace(microsecond=0)
         cluster.start_ctld()
     health = await adapter.health()
     assert health.ok
+    deadline = time.monotonic() + 15
+    while health.up_since is None:  # unknown for a moment after the start, until slurmctld sets it
+        assert time.monotonic() < deadline, "health never said since when slurmctld runs"
+        await asyncio.sleep(0.2)
+        health = await adapter.health()
+    assert health.up_since >= restarted_at
     job_id = await adapter.submit(simple_spec(cluster, "true\n", "back"), SUBMIT_USER)
     assert (await wait_for_job(adapter, job_id, {JobState.COMPLETED})).state is JobState.COMPLETED
 
@@ -390,12 +434,7 @@ def rogue_munge_conf(cluster: Cluster) -> Iterator[str]:
         os.chown(path, uid, gid)
     key.chmod(0o600)
     sock = inside / "munge.socket"
-    argv = [
-        *cluster.exec_prefix,
-        "setpriv", "--reuid=munge", "--regid=munge", "--init-groups",
-        "munged", "-F", f"--socket={sock}", f"--key-file={inside}/munge.key",
-        f"--pid-file={inside}/munged.pid", f"--log-file={inside}/munged.log", f"--seed-file={inside}/munged.seed",
-    ]  # fmt: skip
+    argv = munged_argv(cluster.exec_prefix, sock)
     pid_file = host / "munged.pid.record"
     procs.spawn(pid_file, argv, host / "munged.out")
     try:

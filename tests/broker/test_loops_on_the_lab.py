@@ -14,9 +14,10 @@ from broker.health import factory_statuses
 from broker.placement import place
 from broker.translate import site_user, to_slurm_spec
 from conveyor.spec import JobSpec, JobState
-from slurm_adapters.base import ClusterUnavailable
+from slurm_adapters.base import ClusterUnavailable, JobNotFound, JobRecord, SlurmAdapter
 from slurm_adapters.base import JobSpec as SlurmJobSpec
 from tests.broker.conftest import Broker
+from tests.db.helpers import wait_until
 from tests.lab import Cluster, clusters, job_dir, new_tag
 
 pytestmark = pytest.mark.lab
@@ -170,19 +171,95 @@ async def test_after_a_crash_before_submit_absence_is_proven_and_the_job_submitt
     assert outcomes == [AttemptOutcome.NOT_APPLIED, AttemptOutcome.SUBMITTED]
 
 
-async def test_an_attempt_older_than_minjobage_that_slurm_cannot_account_for_makes_the_job_lost(
+async def test_an_attempt_older_than_minjobage_on_a_factory_without_slurmdbd_makes_the_job_lost(
     broker: Broker,
 ) -> None:
-    job_id = await broker.queue(command=["true"])
+    job_id = await broker.queue(command=["true"], placement={"factory": "bravo"})
     factory_id, _ = await _attempt_then_crash(broker, job_id, submit=False)
+    assert not broker.registry[factory_id].accounting
     broker.clock.offset = timedelta(seconds=broker.registry[factory_id].min_job_age_s + 120)
     await broker.dispatcher.run_once()
     job = await broker.job(job_id)
     assert job.state is JobState.LOST
     assert job.state_reason is not None
-    assert "MinJobAge" in job.state_reason
+    assert "beyond MinJobAge" in job.state_reason
+    assert "no slurmdbd record" in job.state_reason
     assert await slurm_jobs_tagged(broker, factory_id, job_id) == []  # never resubmitted blindly
     assert [a.outcome for a in await broker.jobs.attempts(job_id)] == [AttemptOutcome.AMBIGUOUS]
+
+
+async def test_beyond_minjobage_slurmdbd_proves_absence_and_the_job_is_submitted_once(broker: Broker) -> None:
+    job_id = await broker.queue(command=["true"], placement={"factory": "alpha"})
+    factory_id, _ = await _attempt_then_crash(broker, job_id, submit=False)
+    assert broker.registry[factory_id].accounting
+    broker.clock.offset = timedelta(seconds=broker.registry[factory_id].min_job_age_s + 120)
+    await broker.dispatcher.run_once()
+    job = await broker.job(job_id)
+    assert job.state is JobState.SUBMITTED, job.state_reason
+    attempts = await broker.jobs.attempts(job_id)
+    assert [a.outcome for a in attempts] == [AttemptOutcome.NOT_APPLIED, AttemptOutcome.SUBMITTED]
+    assert "slurmdbd (caught up)" in (attempts[0].error or "")
+    assert await slurm_jobs_tagged(broker, factory_id, job_id) == [int(job.slurm_job_id or 0)]
+
+
+async def test_a_slurmctld_restart_since_the_attempt_makes_an_untraceable_job_lost(broker: Broker) -> None:
+    """slurmctld may drop a job it had not saved when it dies: after a restart, "not listed" proves nothing."""
+    echo = lab_cluster("echo")
+    job_id = await broker.queue(command=["true"], placement={"factory": "echo"})
+    factory_id, _ = await _attempt_then_crash(broker, job_id, submit=False)
+    assert factory_id == "echo"
+    assert echo.kill_ctld() is not None
+    echo.start_ctld()
+    adapter = broker.adapters.get("echo")
+    await wait_until(lambda: _up_since_known(adapter), 30)
+    await broker.dispatcher.run_once()
+    job = await broker.job(job_id)
+    assert job.state is JobState.LOST
+    assert "(re)started since the attempt" in (job.state_reason or "")
+    assert await slurm_jobs_tagged(broker, factory_id, job_id) == []
+    assert [a.outcome for a in await broker.jobs.attempts(job_id)] == [AttemptOutcome.AMBIGUOUS]
+
+
+async def _up_since_known(adapter: SlurmAdapter) -> bool:
+    try:
+        return (await adapter.health()).up_since is not None
+    except ClusterUnavailable:
+        return False
+
+
+async def test_a_job_slurmctld_has_purged_gets_its_end_from_slurmdbd(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After MinJobAge slurmctld forgets a job; where the Factory has slurmdbd, the reconciler reads its end
+    there instead of calling it lost. The purge is simulated (MinJobAge is 300 s): slurmctld's listing and
+    get-by-id are made to miss the job; slurmdbd's record is real."""
+    job_id = await broker.queue(command=["bash", "-c", "exit 3"], placement={"factory": "alpha"})
+    await broker.dispatcher.run_once()
+    job = await broker.job(job_id)
+    assert job.state is JobState.SUBMITTED
+    slurm_id = int(job.slurm_job_id or 0)
+    adapter = broker.adapters.get("alpha")
+
+    async def ended_in_slurmdbd() -> bool:
+        return any(r.tag == job_id for r in await adapter.accounted_jobs(job_ids=[slurm_id]))
+
+    await wait_until(ended_in_slurmdbd, 30)
+    real_list = adapter.list_jobs
+
+    async def purged_listing(**filters: Any) -> list[JobRecord]:
+        return [r for r in await real_list(**filters) if r.job_id != slurm_id]
+
+    async def purged_get(job_id: int) -> JobRecord:
+        raise JobNotFound(f"job {job_id} purged (simulated)", cluster="alpha")
+
+    monkeypatch.setattr(adapter, "list_jobs", purged_listing)
+    monkeypatch.setattr(adapter, "get_job", purged_get)
+    stats = await broker.reconciler.run_once("alpha")
+    assert stats.ok, stats.error
+    job = await broker.job(job_id)
+    assert (job.state, job.slurm_state) == (JobState.FAILED, "FAILED"), job.state_reason
+    assert job.exit_code is None  # 22.05's slurmdbd JSON loses exit codes: unknown, never a false 0
+    assert job.ended_at is not None
 
 
 async def test_an_ambiguous_submit_failure_is_settled_by_tag_not_by_a_second_submit(

@@ -33,7 +33,7 @@ from slurm_adapters.base import (
 )
 from slurm_adapters.cli import CliAdapter
 from slurm_adapters.cli.adapter import parse_release, release_text
-from slurm_adapters.cli.cluster import partitions_from_key_values
+from slurm_adapters.cli.cluster import partitions_from_key_values, sdiag_facts
 from slurm_adapters.cli.errors import classify, error_lines
 from slurm_adapters.cli.jobs import CliJob, from_key_values, jobs_from_json
 from slurm_adapters.cli.render import export_file, parse_submit, sbatch_argv
@@ -41,7 +41,7 @@ from slurm_adapters.cli.runner import EXPORT_FILE_PLACEHOLDER, Outcome, Runner
 from slurm_adapters.convert import parse_key_values
 from slurm_adapters.formats import RecordFormat, for_release, v0038, v0042
 from slurm_adapters.safety import DIRECTIVE_FENCE, SitePolicy
-from tests.unit.captures import cli_json
+from tests.unit.captures import cli_json, cli_text
 
 DATA = Path(__file__).parent / "data" / "cli"
 POLICY = SitePolicy(resolve_uid={"alice": 1001, "bob": 1002}.get)
@@ -599,3 +599,15 @@ async def test_runner_reports_a_missing_program_as_a_site_error() -> None:
     runner = Runner(cluster="c", slurm_conf="/x/slurm.conf", exec_prefix=("/nonexistent/chroot",))
     with pytest.raises(SiteError, match="cannot run"):
         await runner.run(["squeue"])
+
+
+@pytest.mark.parametrize("release", ["22.05", "24.11"])
+def test_sdiag_tells_since_when_slurmctld_statistics_run_and_the_slurmdbd_backlog(release: str) -> None:
+    text = cli_text(f"sdiag-{release}.txt")
+    since, backlog = sdiag_facts(text)
+    lines = text.splitlines()
+    epoch = int(next(line for line in lines if line.startswith("Data since")).rsplit("(", 1)[1][:-1])
+    queued = int(next(line for line in lines if line.startswith("DBD Agent queue size:")).split(":")[1])
+    assert since == datetime.fromtimestamp(epoch, UTC)
+    assert backlog == queued
+    assert sdiag_facts("sdiag: error: Unable to contact slurm controller") == (None, None)

@@ -13,7 +13,13 @@ import pytest
 
 from slurm_adapters.base import JobState
 from slurm_adapters.formats import RecordFormat, for_release, v0038, v0042
-from slurm_adapters.formats.common import default_partition_names, errors_of, node_state, number
+from slurm_adapters.formats.common import (
+    controller_uptime_facts,
+    default_partition_names,
+    errors_of,
+    node_state,
+    number,
+)
 from slurm_adapters.rest.v0038 import V0038
 from slurm_adapters.rest.v0042 import V0042
 from tests.unit.captures import cli_json, rest_body
@@ -271,3 +277,37 @@ def test_errors_of_reads_every_number_key() -> None:
     assert [m.number for m in messages] == [2051, 2000, 1007]
     assert messages[2].text == "Protocol authentication error (Unable to query)"
     assert errors_of({"errors": None}) == []
+
+
+# --- slurmdbd's job records and slurmctld's statistics ------------------------------------------------
+
+
+def test_sacct_json_of_22_05_is_one_record_per_job_with_its_tag_tres_and_run_time() -> None:
+    records = {r.job_id: r for r in v0038.parse_accounted_jobs(cli_json("sacct-22.05.json"))}
+    assert sorted(records) == [2, 107]
+    requeued = records[2]  # requeued once: sacct shows the job as it ended
+    assert (requeued.state, requeued.tag, requeued.user) == (JobState.COMPLETED, "job_rvc47u3zcehvzmccbrj3", "alice")
+    assert requeued.allocated_tres == {"cpu": "1", "mem": "500M", "node": "1", "billing": "1"}
+    assert requeued.elapsed_s is not None
+    assert requeued.submit_time is not None
+    assert requeued.end_time is not None
+    assert requeued.start_time is not None
+    failed = records[107]  # exited 3; 22.05's JSON says return_code 0, so the code is unknown, never 0
+    assert (failed.state, failed.exit_code, failed.signal, failed.tag) == (JobState.FAILED, None, None, None)
+
+
+def test_slurmdbd_records_served_by_slurmrestd_keep_every_run_of_a_requeued_job_parsed_once() -> None:
+    body = rest_body("v0038-slurmdb-job-requeued.json")
+    assert [job["state"]["current"] for job in body["jobs"]] == ["REQUEUED", "COMPLETED"]
+    [record] = v0038.parse_accounted_jobs(body)
+    assert record.state is JobState.COMPLETED
+    assert v0038.parse_accounted_jobs(rest_body("v0038-slurmdb-job-unknown.json")) == []
+
+
+def test_diag_tells_since_when_statistics_run_and_the_slurmdbd_backlog() -> None:
+    body = rest_body("v0038-diag.json")
+    since, backlog = controller_uptime_facts(body)
+    assert since == datetime.fromtimestamp(body["statistics"]["req_time_start"], UTC)
+    assert backlog == 0
+    assert controller_uptime_facts({"statistics": {"req_time_start": 0}}) == (None, None)  # just started
+    assert controller_uptime_facts({}) == (None, None)

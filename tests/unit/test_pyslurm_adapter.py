@@ -121,7 +121,8 @@ class Jobs:
 
 
 CONFIG = SimpleNamespace(cluster_name="delta", version="26.05.5")
-slurmctld = SimpleNamespace(Config=SimpleNamespace(load=lambda: CONFIG))
+STATISTICS = SimpleNamespace(data_since=1795967710, dbd_agent_queue_size=0)
+slurmctld = SimpleNamespace(Config=SimpleNamespace(load=lambda: CONFIG), diag=lambda: STATISTICS)
 Nodes = SimpleNamespace(load=dict)
 Partitions = SimpleNamespace(load=dict)
 utils = SimpleNamespace(nodelist_from_range_str=lambda text: text.split(","))
@@ -154,7 +155,8 @@ for line in sys.stdin:
     if not marker.exists():
         marker.touch()
         time.sleep(60)
-    send({"ok": True, "result": {"ok": True, "detail": f"fresh worker {os.getpid()}", "release": None}})
+    health = {"ok": True, "detail": f"fresh worker {os.getpid()}", "release": None}
+    send({"ok": True, "result": {**health, "up_since": None, "accounting_backlog": None}})
 """,
     "hang_always": "hello()\nfor line in sys.stdin:\n    time.sleep(60)\n",
     "mute": "time.sleep(60)\n",

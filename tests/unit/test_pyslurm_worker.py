@@ -8,6 +8,7 @@ objects and errors, the owner checks on cancel and on output files, and that it 
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -150,7 +151,8 @@ class FakePyslurm:
         self.Jobs = Jobs
         self.Nodes = SimpleNamespace(load=lambda: dict(nodes))
         self.Partitions = SimpleNamespace(load=lambda: dict(partitions))
-        self.slurmctld = SimpleNamespace(Config=SimpleNamespace(load=lambda: config))
+        statistics = SimpleNamespace(data_since=1795967710, dbd_agent_queue_size=0)  # from 26.05.5's diag()
+        self.slurmctld = SimpleNamespace(Config=SimpleNamespace(load=lambda: config), diag=lambda: statistics)
         self.utils = SimpleNamespace(nodelist_from_range_str=lambda text: text.split(","))
 
 
@@ -312,6 +314,8 @@ def test_health(fake: FakePyslurm) -> None:
     assert health.ok
     assert health.release == "26.05.5"
     assert "delta" in health.detail
+    assert health.up_since == datetime.fromtimestamp(1795967710, UTC)
+    assert health.accounting_backlog == 0
 
 
 def test_bad_requests_and_bugs_are_answered_and_the_worker_keeps_serving(fake: FakePyslurm) -> None:

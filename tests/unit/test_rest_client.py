@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from slurm_adapters.base import (
+    AccountingUnavailable,
     AuthenticationError,
     ClusterUnavailable,
     InvalidRequest,
@@ -368,4 +370,62 @@ async def test_read_output_refuses_files_the_job_user_does_not_own(key_file: Pat
     )
     with pytest.raises(OutputUnavailable, match="not owned"):
         await rest.read_output(2)
+    await rest.aclose()
+
+
+V38_PING_OK = ok({"pings": [{"pinged": "UP"}]})
+
+
+async def test_accounted_jobs_reads_slurmdbd_through_slurmrestd(key_file: Path) -> None:
+    fake = FakeRest(
+        {
+            V42_PING: NOT_SERVED,
+            V38_PING: V38_PING_OK,
+            ("GET", "/slurmdb/v0.0.38/job/2"): capture("v0038-slurmdb-job-requeued.json"),
+            ("GET", "/slurmdb/v0.0.38/job/107"): capture("v0038-slurmdb-job-failed.json"),
+            ("GET", "/slurmdb/v0.0.38/job/999999"): capture("v0038-slurmdb-job-unknown.json"),
+        }
+    )
+    rest = adapter(fake, key_file)
+    records = await rest.accounted_jobs(job_ids=[2, 107, 999999, 2])
+    # The requeued job once, as it is now; "Nothing found" is an empty answer, not an error.
+    assert [(r.job_id, r.state, r.tag) for r in records] == [
+        (2, JobState.COMPLETED, "job_rvc47u3zcehvzmccbrj3"),
+        (107, JobState.FAILED, None),
+    ]
+    assert fake.paths().count("GET /slurmdb/v0.0.38/job/2") == 1
+    assert all(r.headers["X-SLURM-USER-NAME"] == "root" for r in fake.requests)
+    await rest.aclose()
+
+
+async def test_accounted_jobs_since_a_time_asks_a_wider_window_and_filters_exactly(key_file: Path) -> None:
+    body = json.loads((DATA / "v0038-slurmdb-job-requeued.json").read_text())["body"]
+    fake = FakeRest({V42_PING: NOT_SERVED, V38_PING: V38_PING_OK, ("GET", "/slurmdb/v0.0.38/jobs"): ok(body)})
+    rest = adapter(fake, key_file)
+    record = next(r for r in await rest.accounted_jobs(submitted_after=datetime(2026, 1, 1, tzinfo=UTC)))
+    assert record.submit_time is not None
+    assert [r.job_id for r in await rest.accounted_jobs(submitted_after=record.submit_time)] == [2]
+    assert await rest.accounted_jobs(submitted_after=record.submit_time + timedelta(seconds=1)) == []
+    asked = [r.url.params["start_time"] for r in fake.requests if r.url.path == "/slurmdb/v0.0.38/jobs"]
+    assert asked[1] == (record.submit_time - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    await rest.aclose()
+
+
+async def test_accounted_jobs_where_slurmrestd_serves_no_slurmdbd_is_unavailable(key_file: Path) -> None:
+    fake = FakeRest({V42_PING: NOT_SERVED, V38_PING: V38_PING_OK})  # /slurmdb/... answers 404
+    rest = adapter(fake, key_file)
+    with pytest.raises(AccountingUnavailable, match="no slurmdbd plugin"):
+        await rest.accounted_jobs(job_ids=[1])
+    await rest.aclose()
+
+
+async def test_health_tells_since_when_slurmctld_runs_and_its_slurmdbd_backlog(key_file: Path) -> None:
+    fake = FakeRest(
+        {V42_PING: NOT_SERVED, V38_PING: V38_PING_OK, ("GET", "/slurm/v0.0.38/diag"): capture("v0038-diag.json")}
+    )
+    rest = adapter(fake, key_file)
+    health = await rest.health()
+    stats = json.loads((DATA / "v0038-diag.json").read_text())["body"]["statistics"]
+    assert health.up_since == datetime.fromtimestamp(stats["req_time_start"], UTC)
+    assert health.accounting_backlog == stats["dbd_agent_queue_size"] == 0
     await rest.aclose()
