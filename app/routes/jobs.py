@@ -34,7 +34,8 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
             "or an Idempotency-Key replay of an earlier identical request (that Job)",
             "model": Job | DryRun,
         },
-        422: {"description": "Invalid spec, no Factory can ever run it, or a reused key", "model": Problem},
+        409: {"description": "The Idempotency-Key was already used with another body", "model": Problem},
+        422: {"description": "Invalid spec, or no Factory can ever run it", "model": Problem},
         **BODY_UNREADABLE,
     },
 )
@@ -49,7 +50,7 @@ async def submit_job(
             alias="Idempotency-Key",
             max_length=MAX_KEY_LENGTH,
             description="Makes retries safe: the same key and body return the same job (200), another body "
-            "with the same key is refused (422). Scoped to the caller.",
+            "with the same key is refused (409). Scoped to the caller.",
         ),
     ] = None,
 ) -> JSONResponse:

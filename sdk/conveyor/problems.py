@@ -144,9 +144,10 @@ class ProblemType:
 
 VALIDATION_ERROR: Final = ProblemType("validation_error", "The request is invalid", 422)
 NOT_FOUND: Final = ProblemType("not_found", "Not found", 404)
-# The IETF Idempotency-Key draft answers 422 when a key is reused with a different request body.
+# A key reused with a different request body conflicts with the job that key already names: 409, as the
+# product's API contract says (the IETF Idempotency-Key draft suggests 422; the code tells either way).
 IDEMPOTENCY_CONFLICT: Final = ProblemType(
-    "idempotency_conflict", "The idempotency key was already used for a different request", 422
+    "idempotency_conflict", "The idempotency key was already used for a different request", 409
 )
 PLACEMENT_FAILED: Final = ProblemType("placement_failed", "No Factory can run this job", 422)
 CANCEL_NOT_POSSIBLE: Final = ProblemType("cancel_not_possible", "The job can no longer be cancelled", 409)

@@ -169,7 +169,7 @@ async def test_the_same_key_with_another_body_is_refused(api: Api) -> None:
     first = await api.client.post("/v1/jobs", json=job_body(), headers=headers)
     assert first.status_code == 201
     response = await api.client.post("/v1/jobs", json=job_body(name="other"), headers=headers)
-    problem = problem_of(response, 422, "idempotency_conflict")
+    problem = problem_of(response, 409, "idempotency_conflict")
     assert (problem.model_extra or {})["job_id"] == first.json()["id"]
     assert problem.detail is not None
     assert "k1" in problem.detail

@@ -400,11 +400,14 @@ def test_problems_map_to_typed_exceptions(problem: Problem, expected: type[Conve
 
 
 def test_code_wins_over_status() -> None:
-    # idempotency_conflict is a 422 (IETF Idempotency-Key draft), yet a Conflict, not a validation error
-    error = error_from_problem(IDEMPOTENCY_CONFLICT.problem())
+    # placement_failed is a 422, yet not a validation error: the request was valid, no Factory fits it
+    error = error_from_problem(PLACEMENT_FAILED.problem())
     assert error.status == 422
-    assert isinstance(error, Conflict)
+    assert isinstance(error, PlacementFailed)
     assert not isinstance(error, ValidationFailed)
+    conflict = error_from_problem(IDEMPOTENCY_CONFLICT.problem())
+    assert conflict.status == 409
+    assert isinstance(conflict, IdempotencyConflict)
 
 
 def test_retry_information() -> None:
