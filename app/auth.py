@@ -1,8 +1,10 @@
-"""Bearer-token authentication for now: one static development token (issue #4 brings real identities).
+"""Bearer-token authentication: personal access tokens, and in dev mode one static development token.
 
-Tokens are compared as SHA-256 digests with :func:`hmac.compare_digest`, and every configured token is
-compared on every request, so neither the token's content nor which token matched shows in the timing.
-Outside dev mode the broker refuses to start with a static token (``Settings.refuse_unsafe``).
+A token that looks like a personal one (``cvy_...``) is checked against the database
+(:class:`broker.identity.service.IdentityService`); anything else is compared with the static tokens, as
+SHA-256 digests with :func:`hmac.compare_digest`, every configured token on every request, so neither the
+token's content nor which token matched shows in the timing. Outside dev mode the broker refuses to start
+with a static token (``Settings.refuse_unsafe``).
 """
 
 from __future__ import annotations
@@ -12,16 +14,19 @@ import hmac
 from collections.abc import Mapping
 from typing import Protocol
 
+from broker.db.engine import Database
 from broker.identity import DEV_PRINCIPAL, Principal
+from broker.identity.service import AuthenticationFailed, IdentityService
+from broker.identity.tokens import looks_like_token
 from broker.settings import Settings
 
 REALM = "conveyor"
 
 
 class Authenticator(Protocol):
-    """Turns a presented bearer token into a principal, or None."""
+    """Turns a presented bearer token into a principal, or raises :class:`AuthenticationFailed`."""
 
-    def authenticate(self, token: str) -> Principal | None: ...
+    async def authenticate(self, token: str, *, source: str | None = None) -> Principal: ...
 
 
 def _digest(token: str) -> bytes:
@@ -34,20 +39,36 @@ class StaticTokens:
     def __init__(self, tokens: Mapping[str, Principal]) -> None:
         self._tokens = [(_digest(token), principal) for token, principal in tokens.items()]
 
-    def authenticate(self, token: str) -> Principal | None:
+    async def authenticate(self, token: str, *, source: str | None = None) -> Principal:
         presented = _digest(token)
         found: Principal | None = None
         for digest, principal in self._tokens:
             if hmac.compare_digest(presented, digest):
                 found = principal
+        if found is None:
+            raise AuthenticationFailed("unknown", "the token is not valid")
         return found
 
 
-def authenticator_from_settings(settings: Settings) -> Authenticator | None:
-    """The dev token's authenticator in dev mode; None when no way to authenticate is configured."""
+class Tokens:
+    """Personal access tokens from the database, plus the static ones (dev mode) for everything else."""
+
+    def __init__(self, identities: IdentityService, static: StaticTokens | None = None) -> None:
+        self._identities = identities
+        self._static = static
+
+    async def authenticate(self, token: str, *, source: str | None = None) -> Principal:
+        if looks_like_token(token) or self._static is None:
+            return await self._identities.authenticate(token, source=source)
+        return await self._static.authenticate(token, source=source)
+
+
+def authenticator_from_settings(settings: Settings, database: Database) -> Authenticator:
+    """Personal tokens always; the dev token as well in dev mode."""
+    static = None
     if settings.dev_mode and settings.dev_token is not None:
-        return StaticTokens({settings.dev_token.get_secret_value(): DEV_PRINCIPAL})
-    return None
+        static = StaticTokens({settings.dev_token.get_secret_value(): DEV_PRINCIPAL})
+    return Tokens(IdentityService(database), static)
 
 
 def challenge(error: str | None = None, description: str | None = None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
 
@@ -12,9 +13,11 @@ from app.auth import Authenticator, challenge
 from app.problems import Unauthenticated
 from broker.db.engine import Database
 from broker.db.repositories import JobStats
+from broker.errors import Forbidden
 from broker.factories import FactoryRegistry
 from broker.factory_service import Capacity, FactoryService
-from broker.identity import Principal
+from broker.identity import Principal, Scope
+from broker.identity.service import AuthenticationFailed, IdentityService
 from broker.jobs.service import JobService
 from broker.settings import Settings
 
@@ -37,6 +40,7 @@ class AppState:
     database: Database
     registry: FactoryRegistry
     authenticator: Authenticator
+    identities: IdentityService
     jobs: JobService
     factories: FactoryService
     stats: JobStats
@@ -49,18 +53,36 @@ def get_state(request: Request) -> AppState:
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
-_bearer = HTTPBearer(auto_error=False, description="The development token (dev mode); issue #4 adds real ones.")
+_bearer = HTTPBearer(auto_error=False, description="A personal access token (cvy_...), or the dev token in dev mode.")
 
 
-def get_principal(
-    state: StateDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+async def get_principal(
+    request: Request, state: StateDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Principal:
     if credentials is None:
         raise Unauthenticated("send 'Authorization: Bearer <token>'", challenge())
-    principal = state.authenticator.authenticate(credentials.credentials)
-    if principal is None:
-        raise Unauthenticated("the bearer token is not valid", challenge("invalid_token", "unknown token"))
-    return principal
+    try:
+        return await state.authenticator.authenticate(credentials.credentials, source=client_address(request))
+    except AuthenticationFailed as exc:
+        raise Unauthenticated(exc.message, challenge("invalid_token", exc.reason), reason=exc.reason) from None
+
+
+def client_address(request: Request) -> str | None:
+    """Where the call came from, for the audit log (the socket's peer: no proxy headers are trusted)."""
+    return request.client.host if request.client else None
+
+
+def require(scope: Scope) -> Callable[[Principal], Principal]:
+    """A dependency: the caller, provided its credential carries ``scope`` (admin also needs the role)."""
+
+    def allowed(caller: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        if not caller.may(scope):
+            if scope is Scope.ADMIN and scope in caller.scopes:
+                raise Forbidden("this needs a broker admin")
+            raise Forbidden(f"this token lacks the {scope.value!r} scope")
+        return caller
+
+    return allowed
 
 
 def get_jobs(state: StateDep) -> JobService:
@@ -71,11 +93,19 @@ def get_factories(state: StateDep) -> FactoryService:
     return state.factories
 
 
+def get_identities(state: StateDep) -> IdentityService:
+    return state.identities
+
+
 def get_database(state: StateDep) -> Database:
     return state.database
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+Reader = Annotated[Principal, Depends(require(Scope.READ))]
+Submitter = Annotated[Principal, Depends(require(Scope.SUBMIT))]
+Admin = Annotated[Principal, Depends(require(Scope.ADMIN))]
 JobServiceDep = Annotated[JobService, Depends(get_jobs)]
 FactoryServiceDep = Annotated[FactoryService, Depends(get_factories)]
 DbDep = Annotated[Database, Depends(get_database)]
+IdentitiesDep = Annotated[IdentityService, Depends(get_identities)]

@@ -1,7 +1,7 @@
 """The app factory: ``create_app(settings)`` wires the HTTP edge to the broker, and its lifespan owns startup.
 
 Startup refuses, with one clear message, anything that would make the broker unsafe or wrong: a static token
-outside dev mode, no way to authenticate anyone, an unreadable Factory file, an unreachable database, or a
+outside dev mode, an unreadable Factory file, an unreachable database, or a
 schema that is not at the code's head (migrations run before start, as a separate step: ``alembic upgrade
 head``; the broker never migrates or creates tables itself).
 """
@@ -18,13 +18,14 @@ from fastapi import FastAPI
 from app import problems
 from app.auth import Authenticator, authenticator_from_settings
 from app.deps import AppState, RuntimeLike
-from app.routes import admin, factories, health, jobs
+from app.routes import admin, factories, health, jobs, tokens
 from broker.adapters import AdapterPool
 from broker.db.engine import database_from_settings
 from broker.db.migrate import schema_is_current
 from broker.db.repositories import JobStats
 from broker.factories import load_factories
 from broker.factory_service import FactoryService
+from broker.identity.service import IdentityService
 from broker.jobs.service import JobService
 from broker.runtime import Runtime
 from broker.settings import Settings
@@ -37,6 +38,7 @@ log = logging.getLogger("conveyor.api")
 # Answers every /v1 operation may give (the health routes are unauthenticated and declare their own).
 API_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "No or an invalid bearer token", "model": Problem},
+    403: {"description": "The token's scopes or the caller's role do not allow this", "model": Problem},
     422: {"description": "Invalid request", "model": Problem},
     503: {"description": "The database is unavailable; retry after Retry-After", "model": Problem},
 }
@@ -66,7 +68,7 @@ def create_app(
         lifespan=lifespan,
     )
     problems.install(app)
-    for router in (jobs.router, factories.router, admin.router):
+    for router in (jobs.router, factories.router, admin.router, tokens.router):
         app.include_router(router, prefix=API_ROOT, responses=API_ERRORS)
     app.include_router(health.router)
 
@@ -92,12 +94,6 @@ async def _running(
         settings.refuse_unsafe()
     except ValueError as exc:
         raise _refuse(str(exc)) from None
-    authenticator = authenticator or authenticator_from_settings(settings)
-    if authenticator is None:
-        raise _refuse(
-            "no way to authenticate callers is configured: set CONVEYOR_DEV_MODE=true and CONVEYOR_DEV_TOKEN "
-            "for local development (production identities come with issue #4)"
-        )
     try:
         registry = load_factories(settings.factories_file)
     except (OSError, ValueError) as exc:
@@ -127,7 +123,8 @@ async def _running(
                 settings=settings,
                 database=database,
                 registry=registry,
-                authenticator=authenticator,
+                authenticator=authenticator or authenticator_from_settings(settings, database),
+                identities=IdentityService(database),
                 jobs=JobService(database, registry, adapters, on_new_job=runtime.notify_new_job if runtime else None),
                 factories=FactoryService(database, registry, runtime.capacity if runtime else None),
                 stats=JobStats(database),

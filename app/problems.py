@@ -43,10 +43,11 @@ LISTED_ERRORS = 5  # how many field errors the detail text spells out (the error
 class Unauthenticated(Exception):
     """No or a wrong credential. ``challenge`` is the WWW-Authenticate value (RFC 6750)."""
 
-    def __init__(self, message: str, challenge: str) -> None:
+    def __init__(self, message: str, challenge: str, *, reason: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.challenge = challenge
+        self.reason = reason  # machine-readable: malformed, unknown, expired, revoked, disabled
 
 
 def problem_response(problem: Problem, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -133,7 +134,8 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
 
 async def _on_unauthenticated(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, Unauthenticated)
-    problem = UNAUTHORIZED.problem(exc.message, instance=request.url.path)
+    code = f"{UNAUTHORIZED.code}.{exc.reason}" if exc.reason else None
+    problem = UNAUTHORIZED.problem(exc.message, code=code, instance=request.url.path)
     return problem_response(problem, {"WWW-Authenticate": exc.challenge})
 
 

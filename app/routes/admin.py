@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 
-from app.deps import FactoryServiceDep, PrincipalDep
+from app.deps import Admin, FactoryServiceDep
 from app.problems import BODY_UNREADABLE
 from conveyor.models import DrainRequest, FactoryView
 from conveyor.problems import Problem
@@ -25,12 +25,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     responses={**_ERRORS, **BODY_UNREADABLE},
 )
 async def drain(
-    factory_id: FactoryIdPath, body: DrainRequest, caller: PrincipalDep, service: FactoryServiceDep
+    factory_id: FactoryIdPath, body: DrainRequest, caller: Admin, service: FactoryServiceDep
 ) -> FactoryView:
     """Jobs already there continue; queued jobs go elsewhere or wait. Draining twice keeps the first reason."""
     return await service.drain(caller, factory_id, body.reason)
 
 
 @router.post("/factories/{factory_id}/undrain", summary="Place jobs on a Factory again", responses=_ERRORS)
-async def undrain(factory_id: FactoryIdPath, caller: PrincipalDep, service: FactoryServiceDep) -> FactoryView:
+async def undrain(factory_id: FactoryIdPath, caller: Admin, service: FactoryServiceDep) -> FactoryView:
     return await service.undrain(caller, factory_id)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import JSONResponse
 
-from app.deps import JobServiceDep, PrincipalDep
+from app.deps import JobServiceDep, Reader, Submitter
 from app.problems import BODY_UNREADABLE
 from broker.jobs.idempotency import MAX_KEY_LENGTH
 from broker.jobs.service import MAX_OUTPUT_BYTES
@@ -41,7 +41,7 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
 )
 async def submit_job(
     spec: JobSpec,
-    caller: PrincipalDep,
+    caller: Submitter,
     service: JobServiceDep,
     dry_run: Annotated[bool, Query(description="Place and render only: nothing is stored or submitted.")] = False,
     idempotency_key: Annotated[
@@ -66,12 +66,12 @@ async def submit_job(
 
 
 @router.get("/jobs", summary="List your jobs, newest first")
-async def list_jobs(query: Annotated[JobQuery, Query()], caller: PrincipalDep, service: JobServiceDep) -> JobList:
+async def list_jobs(query: Annotated[JobQuery, Query()], caller: Reader, service: JobServiceDep) -> JobList:
     return await service.list(caller, query)
 
 
 @router.get("/jobs/{job_id}", summary="Read a job", responses=_NOT_FOUND)
-async def get_job(job_id: JobIdPath, caller: PrincipalDep, service: JobServiceDep) -> Job:
+async def get_job(job_id: JobIdPath, caller: Reader, service: JobServiceDep) -> Job:
     """Served from the broker's database, never a live Slurm call."""
     return await service.get(caller, job_id)
 
@@ -82,14 +82,14 @@ async def get_job(job_id: JobIdPath, caller: PrincipalDep, service: JobServiceDe
     summary="Request cancellation",
     responses={**_NOT_FOUND, 409: {"description": "The job already ended", "model": Problem}},
 )
-async def cancel_job(job_id: JobIdPath, caller: PrincipalDep, service: JobServiceDep) -> Job:
+async def cancel_job(job_id: JobIdPath, caller: Submitter, service: JobServiceDep) -> Job:
     """Records the intent and returns; the broker cancels the job in Slurm. Asking twice is harmless."""
     return await service.request_cancel(caller, job_id)
 
 
 @router.get("/jobs/{job_id}/events", summary="A job's events, oldest first", responses=_NOT_FOUND)
 async def job_events(
-    job_id: JobIdPath, query: Annotated[EventQuery, Query()], caller: PrincipalDep, service: JobServiceDep
+    job_id: JobIdPath, query: Annotated[EventQuery, Query()], caller: Reader, service: JobServiceDep
 ) -> EventList:
     return await service.events(caller, job_id, query)
 
@@ -105,7 +105,7 @@ async def job_events(
 )
 async def job_output(
     job_id: JobIdPath,
-    caller: PrincipalDep,
+    caller: Reader,
     service: JobServiceDep,
     stream: Annotated[OutputStream, Query(description="Which stream.")] = "stdout",
     max_bytes: Annotated[int, Query(ge=1, le=MAX_OUTPUT_BYTES, description="At most this many last bytes.")] = 65536,

@@ -9,7 +9,7 @@ import enum
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import BigInteger, Enum, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy import BigInteger, Enum, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from broker.db.types import UTCDateTime, json_document
@@ -174,3 +174,57 @@ class FactoryEvent(Base):
     detail: Mapped[dict[str, Any]]
 
     __table_args__ = (Index(None, "factory_id", "id"),)
+
+
+# --- identity (issue #4) ------------------------------------------------------------------------------
+
+
+class User(Base):
+    """A person the broker knows: a local user (tokens only) or an OIDC identity, (issuer, subject)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    issuer: Mapped[str | None] = mapped_column(String(255))
+    subject: Mapped[str | None] = mapped_column(String(255))
+    is_admin: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime]
+    disabled_at: Mapped[datetime | None]
+
+    __table_args__ = (UniqueConstraint("issuer", "subject"),)
+
+
+class ApiToken(Base):
+    """A personal access token: only its SHA-256 digest is kept, found again by its public prefix."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    name: Mapped[str] = mapped_column(String(128))
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[str]] = mapped_column(json_document())
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+    __table_args__ = (Index(None, "user_id", "created_at"),)
+
+
+class AuditEvent(Base):
+    """Append-only: every state-changing call and every failed authentication (who, what, when, from where)."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(EVENT_ID, primary_key=True, autoincrement=True)
+    at: Mapped[datetime]
+    actor: Mapped[str | None] = mapped_column(String(255))  # None: the caller could not be authenticated
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(String(255))
+    source: Mapped[str | None] = mapped_column(String(64))  # the client's address
+    outcome: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[dict[str, Any]]
+
+    __table_args__ = (Index(None, "actor", "id"), Index(None, "at"))

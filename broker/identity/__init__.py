@@ -1,21 +1,33 @@
 """Who is calling: the principal every request is made on behalf of.
 
-Issue #4 brings personal access tokens, OIDC and Antenna assertions; they will all end in a :class:`Principal`,
-so the job service never learns how a caller authenticated.
+Personal access tokens (:mod:`broker.identity.tokens`), OIDC and, later, Antenna assertions all end in a
+:class:`Principal`, so the job service never learns how a caller authenticated.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from broker.identity.tokens import ALL_SCOPES, Scope
+
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """An authenticated caller. ``id`` owns jobs and scopes Idempotency-Keys; ``admin`` may drain Factories."""
+    """An authenticated caller. ``id`` owns jobs and scopes Idempotency-Keys; ``admin`` is the user's role;
+    ``scopes`` is what the credential presented allows (a token's scopes; every scope for other ways in)."""
 
     id: str
     admin: bool = False
+    scopes: frozenset[Scope] = ALL_SCOPES
+    name: str | None = None
+    token_id: str | None = None
+
+    def may(self, scope: Scope) -> bool:
+        """Whether this credential carries ``scope``; ``admin`` needs the admin role as well."""
+        return scope in self.scopes and (scope is not Scope.ADMIN or self.admin)
 
 
 # The one principal of the static development token (dev mode only; see broker.settings.refuse_unsafe).
-DEV_PRINCIPAL = Principal(id="dev", admin=True)
+DEV_PRINCIPAL = Principal(id="dev", admin=True, name="dev")
+
+__all__ = ["DEV_PRINCIPAL", "Principal", "Scope"]

@@ -434,3 +434,50 @@ class DryRun(WireAnswer):
     candidates: list[PlacementCandidate] = Field(
         default_factory=list, description="Every Factory considered, with why it was or was not chosen."
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Identity: who am I, personal access tokens
+# ---------------------------------------------------------------------------------------------------
+
+Scope = Literal["read", "submit", "admin"]
+
+
+class Me(WireAnswer):
+    """The caller as the broker sees it."""
+
+    id: str = Field(description="The caller's id: it owns jobs and scopes Idempotency-Keys.")
+    name: str | None = None
+    admin: bool = Field(description="Whether the caller has the broker admin role.")
+    scopes: list[Scope] = Field(description="What the credential used for this call allows.")
+    token_id: str | None = Field(None, description="The personal access token used for this call, if one was.")
+
+
+class TokenRequest(WireRequest):
+    """A new personal access token for the caller; it cannot carry a scope the calling credential lacks."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"name": "training pipeline", "scopes": ["read", "submit"], "days": 30}]}
+    )
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
+    scopes: list[Scope] = Field(min_length=1, max_length=3)
+    days: int = Field(90, ge=1, le=366, description="Days until it expires.")
+
+
+class TokenView(WireAnswer):
+    """A personal access token without its secret (the broker keeps only a digest of it)."""
+
+    id: str
+    name: str
+    prefix: str = Field(description="The public part of the token (cvy_<prefix>_...), to recognise it by.")
+    scopes: list[Scope]
+    created_at: UtcDatetime
+    expires_at: UtcDatetime
+    revoked_at: UtcDatetime | None = None
+
+
+class NewToken(TokenView):
+    """A token just made: ``token`` is shown this once and never again."""
+
+    token: str = Field(description="The bearer token. Store it now: the broker cannot show it again.")

@@ -137,10 +137,6 @@ async def test_startup_refuses_an_old_schema_and_unsafe_settings(tmp_path: Path)
     with pytest.raises(StartupRefused, match="DEV_MODE is off"):
         async with create_app(unsafe).router.lifespan_context(create_app(unsafe)):
             pass
-    no_auth = api_settings(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'x.db'}", dev_token=None)
-    with pytest.raises(StartupRefused, match="no way to authenticate"):
-        async with create_app(no_auth).router.lifespan_context(create_app(no_auth)):
-            pass
 
 
 async def test_openapi_documents_every_route_with_examples(api: Api) -> None:

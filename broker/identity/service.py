@@ -1,0 +1,138 @@
+"""Personal access tokens end to end: the first admin, issuing, checking, listing and revoking tokens.
+
+Checking a token is one indexed read and a constant-time digest comparison; its failures are audited (who
+tried what, from where), its successes are not (reads must stay cheap). Every failure tells the caller only
+"invalid token" with a reason code, never whether a prefix exists.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from broker.db.engine import Database
+from broker.db.models import ApiToken, User
+from broker.db.repositories.identity import Audit, IdentityRepository
+from broker.db.types import utc_now
+from broker.errors import BrokerError, Forbidden, NotFound
+from broker.identity import Principal
+from broker.identity.tokens import ALL_SCOPES, Scope, digest_matches, mint, parse_scopes, prefix_of, scope_names
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOKEN_DAYS = 90
+MAX_TOKEN_DAYS = 366
+
+
+class AuthenticationFailed(BrokerError):
+    """The credential does not authenticate anyone. ``reason``: malformed, unknown, expired, revoked, disabled."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class AlreadyInitialized(BrokerError):
+    """An admin exists: the first-admin command is for an empty broker only."""
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """A new token: ``text`` is shown to its owner once and never stored."""
+
+    token: ApiToken
+    text: str
+
+
+class IdentityService:
+    def __init__(self, database: Database, clock: Callable[[], datetime] = utc_now) -> None:
+        self._repo = IdentityRepository(database, clock)
+        self._clock = clock
+
+    async def create_first_admin(self, name: str, *, days: int = DEFAULT_TOKEN_DAYS) -> tuple[User, IssuedToken]:
+        """The broker's first admin and a token with every scope; refused once any admin exists."""
+        if await self._repo.admin_count() > 0:
+            raise AlreadyInitialized("an admin exists already; admins manage users through the API")
+        user = await self._repo.create_user(name, is_admin=True)
+        issued = await self._issue(user.id, "first admin", ALL_SCOPES, days)
+        await self._repo.audit(
+            Audit(action="admin.created", outcome="ok", actor="server-command", target=user.id, detail={"name": name})
+        )
+        return user, issued
+
+    async def authenticate(self, text: str, *, source: str | None = None) -> Principal:
+        prefix = prefix_of(text)
+        if prefix is None:
+            raise await self._failed("malformed", "the token is not a Conveyor personal access token", source)
+        found = await self._repo.token_with_user(prefix)
+        if found is None or not digest_matches(text, found[0].digest):
+            raise await self._failed("unknown", "the token is not valid", source, prefix=prefix)
+        token, user = found
+        if token.revoked_at is not None:
+            raise await self._failed("revoked", "the token was revoked", source, prefix=prefix, actor=user.id)
+        if token.expires_at <= self._clock():
+            raise await self._failed("expired", "the token has expired", source, prefix=prefix, actor=user.id)
+        if user.disabled_at is not None:
+            raise await self._failed("disabled", "the token's user is disabled", source, prefix=prefix, actor=user.id)
+        return Principal(
+            id=user.id, admin=user.is_admin, scopes=parse_scopes(token.scopes), name=user.name, token_id=token.id
+        )
+
+    async def _failed(
+        self, reason: str, message: str, source: str | None, *, prefix: str | None = None, actor: str | None = None
+    ) -> AuthenticationFailed:
+        detail = {"reason": reason, **({"prefix": prefix} if prefix else {})}
+        await self._repo.audit(Audit(action="auth.failed", outcome="denied", actor=actor, source=source, detail=detail))
+        return AuthenticationFailed(reason, message)
+
+    async def issue(
+        self, caller: Principal, name: str, scopes: Collection[str], *, days: int = DEFAULT_TOKEN_DAYS,
+        source: str | None = None,
+    ) -> IssuedToken:  # fmt: skip
+        """A new token for the caller, with no scope the caller's own credential lacks."""
+        if await self._repo.user(caller.id) is None:
+            raise Forbidden(
+                "personal access tokens belong to users, and this caller is none (the dev token?): "
+                "make a user with `python -m broker create-admin NAME` on the server"
+            )
+        wanted = parse_scopes(scopes)
+        missing = [scope for scope in wanted if not caller.may(scope)]
+        if missing:
+            raise Forbidden(f"this credential cannot grant {', '.join(scope_names(missing))}")
+        if not 1 <= days <= MAX_TOKEN_DAYS:
+            raise ValueError(f"a token lives 1 to {MAX_TOKEN_DAYS} days")
+        issued = await self._issue(caller.id, name, wanted, days)
+        detail = {"name": name, "scopes": scope_names(wanted), "expires_at": issued.token.expires_at.isoformat()}
+        await self._repo.audit(
+            Audit(action="token.created", outcome="ok", actor=caller.id, target=issued.token.id, source=source,
+                  detail=detail)
+        )  # fmt: skip
+        return issued
+
+    async def _issue(self, user_id: str, name: str, scopes: Collection[Scope], days: int) -> IssuedToken:
+        minted = mint()
+        token = await self._repo.add_token(
+            user_id, name=name, prefix=minted.prefix, digest=minted.digest, scopes=scope_names(scopes),
+            expires_at=self._clock() + timedelta(days=days),
+        )  # fmt: skip
+        return IssuedToken(token=token, text=minted.text)
+
+    async def tokens(self, caller: Principal) -> Sequence[ApiToken]:
+        return await self._repo.tokens_of(caller.id)
+
+    async def revoke(self, caller: Principal, token_id: str, *, source: str | None = None) -> ApiToken:
+        token = await self._repo.revoke_token(caller.id, token_id)
+        if token is None:
+            raise NotFound("token", token_id)
+        await self._repo.audit(
+            Audit(action="token.revoked", outcome="ok", actor=caller.id, target=token_id, source=source)
+        )
+        return token
+
+    async def user(self, user_id: str) -> User | None:
+        return await self._repo.user(user_id)
+
+
+__all__ = ["AlreadyInitialized", "AuthenticationFailed", "IdentityService", "IssuedToken"]
