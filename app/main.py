@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from app import problems
-from app.auth import Authenticator, authenticator_from_settings
+from app.auth import Authenticator, authenticator_from_settings, oidc_verifier
 from app.deps import AppState, RuntimeLike
 from app.routes import admin, factories, health, jobs, tokens
 from broker.adapters import AdapterPool
@@ -114,6 +114,9 @@ async def _running(
                 pool = AdapterPool(registry)
                 stack.push_async_callback(pool.aclose)
                 adapters = pool
+            oidc = oidc_verifier(settings)
+            if oidc is not None:
+                stack.push_async_callback(oidc.aclose)
             runtime: RuntimeLike | None = None
             if settings.run_loops:
                 runtime = Runtime(settings, database, registry, adapters)
@@ -123,7 +126,7 @@ async def _running(
                 settings=settings,
                 database=database,
                 registry=registry,
-                authenticator=authenticator or authenticator_from_settings(settings, database),
+                authenticator=authenticator or authenticator_from_settings(settings, database, oidc),
                 identities=IdentityService(database),
                 jobs=JobService(database, registry, adapters, on_new_job=runtime.notify_new_job if runtime else None),
                 factories=FactoryService(database, registry, runtime.capacity if runtime else None),

@@ -94,6 +94,11 @@ def domain_problem(error: errors.BrokerError, instance: str) -> Problem:  # noqa
         return UNAVAILABLE.problem(
             error.message, instance=instance, retry_after_s=error.retry_after_s, factory=error.factory
         )
+    if isinstance(error, errors.IdentityProviderUnavailable):
+        return UNAVAILABLE.problem(
+            error.message, code=f"{UNAVAILABLE.code}.identity_provider", instance=instance,
+            retry_after_s=error.retry_after_s,
+        )  # fmt: skip
     log.error("broker error without a problem mapping: %r", error)
     return INTERNAL_ERROR.problem("the broker failed to answer this request", instance=instance)
 

@@ -88,3 +88,11 @@ class FactoryUnreachable(BrokerError):
         super().__init__(message)
         self.factory = factory
         self.retry_after_s = retry_after_s
+
+
+class IdentityProviderUnavailable(BrokerError):
+    """An OIDC issuer's keys cannot be had now: the caller is not at fault, retrying later may work."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

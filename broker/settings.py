@@ -12,6 +12,8 @@ from typing import Any
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from broker.identity.oidc import OidcIssuers
+
 DEFAULT_DATA_DIR = Path("/var/lib/conveyor")
 # A dispatcher's Slurm call has an 8 s deadline; a lease shorter than a few of those would expire mid-call.
 MIN_LEASE_S = 30.0
@@ -59,6 +61,12 @@ class Settings(BaseSettings):
         description="how far the broker's and Slurm's clocks may disagree (NTP keeps it under a second); "
         "settling a submit in doubt allows this much either way, always in the safe direction",
     )
+    oidc_issuers: OidcIssuers = Field(
+        (),
+        description="trusted OIDC issuers, a JSON list of {issuer, audience, jwks_uri (https), algorithms}; "
+        "a caller's identity is (issuer, subject)",
+    )
+    oidc_ca_file: Path | None = Field(None, description="CA bundle for the issuers' JWKS (default: the system's)")
     host: str = Field("127.0.0.1", description="the address `python -m app` listens on")
     port: int = Field(8000, ge=1, le=65535, description="the port `python -m app` listens on")
     run_loops: bool = Field(

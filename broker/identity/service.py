@@ -18,6 +18,7 @@ from broker.db.repositories.identity import Audit, IdentityRepository
 from broker.db.types import utc_now
 from broker.errors import BrokerError, Forbidden, NotFound
 from broker.identity import Principal
+from broker.identity.oidc import OidcIdentity
 from broker.identity.tokens import ALL_SCOPES, Scope, digest_matches, mint, parse_scopes, prefix_of, scope_names
 
 log = logging.getLogger(__name__)
@@ -80,10 +81,27 @@ class IdentityService:
             id=user.id, admin=user.is_admin, scopes=parse_scopes(token.scopes), name=user.name, token_id=token.id
         )
 
+    async def oidc_principal(self, identity: OidcIdentity) -> Principal:
+        """The user of a verified OIDC identity, made on first sight (not an admin, member of nothing)."""
+        user = await self._repo.user_by_identity(identity.issuer, identity.subject)
+        if user is None:
+            name = str(identity.claims.get("preferred_username") or identity.claims.get("name") or identity.subject)
+            user = await self._repo.create_user_once(name[:255], issuer=identity.issuer, subject=identity.subject)
+            await self._repo.audit(Audit(action="user.created", outcome="ok", actor=user.id, target=user.id,
+                                         detail={"issuer": identity.issuer, "subject": identity.subject}))  # fmt: skip
+        if user.disabled_at is not None:
+            raise await self._failed("disabled", "the user is disabled", None, actor=user.id)
+        return Principal(id=user.id, admin=user.is_admin, scopes=ALL_SCOPES, name=user.name)
+
+    async def oidc_failed(self, reason: str, source: str | None) -> AuthenticationFailed:
+        """An OIDC token was refused: audited like a token failure, with the verifier's reason code."""
+        return await self._failed(reason, f"the OIDC token is not valid ({reason})", source, method="oidc")
+
     async def _failed(
-        self, reason: str, message: str, source: str | None, *, prefix: str | None = None, actor: str | None = None
-    ) -> AuthenticationFailed:
-        detail = {"reason": reason, **({"prefix": prefix} if prefix else {})}
+        self, reason: str, message: str, source: str | None, *, prefix: str | None = None, actor: str | None = None,
+        method: str = "token",
+    ) -> AuthenticationFailed:  # fmt: skip
+        detail = {"reason": reason, "method": method, **({"prefix": prefix} if prefix else {})}
         await self._repo.audit(Audit(action="auth.failed", outcome="denied", actor=actor, source=source, detail=detail))
         return AuthenticationFailed(reason, message)
 

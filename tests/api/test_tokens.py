@@ -188,7 +188,7 @@ async def test_failures_and_token_changes_are_audited_with_where_from(broker: Br
     assert ("token.created", "ok") in actions
     assert ("token.revoked", "ok") in actions
     failed = next(event for event in log if event.action == "auth.failed")
-    assert failed.detail == {"reason": "unknown", "prefix": "aaaaaaaaaa"}
+    assert failed.detail == {"reason": "unknown", "method": "token", "prefix": "aaaaaaaaaa"}
     assert failed.source  # the client's address
 
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from broker.db.engine import Database
 from broker.db.models import ApiToken, AuditEvent, User
@@ -44,6 +45,20 @@ class IdentityRepository:
         async with self._db.write() as session:
             session.add(user)
         return user
+
+    async def user_by_identity(self, issuer: str, subject: str) -> User | None:
+        async with self._db.read() as session:
+            return await session.scalar(select(User).where(User.issuer == issuer, User.subject == subject))
+
+    async def create_user_once(self, name: str, *, issuer: str, subject: str) -> User:
+        """The user of (issuer, subject), made if missing: two first requests at once make one user."""
+        try:
+            return await self.create_user(name, issuer=issuer, subject=subject)
+        except IntegrityError:
+            existing = await self.user_by_identity(issuer, subject)
+            if existing is None:
+                raise
+            return existing
 
     async def user(self, user_id: str) -> User | None:
         async with self._db.read() as session:
