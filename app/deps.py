@@ -19,6 +19,7 @@ from broker.factory_service import Capacity, FactoryService
 from broker.identity import Principal, Scope
 from broker.identity.service import AuthenticationFailed, IdentityService
 from broker.jobs.service import JobService
+from broker.projects import ProjectService
 from broker.settings import Settings
 
 
@@ -41,6 +42,7 @@ class AppState:
     registry: FactoryRegistry
     authenticator: Authenticator
     identities: IdentityService
+    projects: ProjectService
     jobs: JobService
     factories: FactoryService
     stats: JobStats
@@ -97,6 +99,10 @@ def get_identities(state: StateDep) -> IdentityService:
     return state.identities
 
 
+def get_projects(state: StateDep) -> ProjectService:
+    return state.projects
+
+
 def get_database(state: StateDep) -> Database:
     return state.database
 
@@ -109,3 +115,4 @@ JobServiceDep = Annotated[JobService, Depends(get_jobs)]
 FactoryServiceDep = Annotated[FactoryService, Depends(get_factories)]
 DbDep = Annotated[Database, Depends(get_database)]
 IdentitiesDep = Annotated[IdentityService, Depends(get_identities)]
+ProjectsDep = Annotated[ProjectService, Depends(get_projects)]

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from app import problems
 from app.auth import Authenticator, authenticator_from_settings, oidc_verifier
 from app.deps import AppState, RuntimeLike
-from app.routes import admin, factories, health, jobs, tokens
+from app.routes import admin, factories, health, jobs, projects, tokens
 from broker.adapters import AdapterPool
 from broker.db.engine import database_from_settings
 from broker.db.migrate import schema_is_current
@@ -27,6 +27,7 @@ from broker.factories import load_factories
 from broker.factory_service import FactoryService
 from broker.identity.service import IdentityService
 from broker.jobs.service import JobService
+from broker.projects import ProjectService
 from broker.runtime import Runtime
 from broker.settings import Settings
 from conveyor.models import API_ROOT
@@ -68,7 +69,7 @@ def create_app(
         lifespan=lifespan,
     )
     problems.install(app)
-    for router in (jobs.router, factories.router, admin.router, tokens.router):
+    for router in (jobs.router, factories.router, admin.router, tokens.router, projects.router):
         app.include_router(router, prefix=API_ROOT, responses=API_ERRORS)
     app.include_router(health.router)
 
@@ -128,6 +129,7 @@ async def _running(
                 registry=registry,
                 authenticator=authenticator or authenticator_from_settings(settings, database, oidc),
                 identities=IdentityService(database),
+                projects=ProjectService(database),
                 jobs=JobService(database, registry, adapters, on_new_job=runtime.notify_new_job if runtime else None),
                 factories=FactoryService(database, registry, runtime.capacity if runtime else None),
                 stats=JobStats(database),

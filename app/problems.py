@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from broker import errors
 from conveyor.problems import (
+    ALREADY_EXISTS,
     CANCEL_NOT_POSSIBLE,
     FORBIDDEN,
     IDEMPOTENCY_CONFLICT,
@@ -94,6 +95,8 @@ def domain_problem(error: errors.BrokerError, instance: str) -> Problem:  # noqa
         return UNAVAILABLE.problem(
             error.message, instance=instance, retry_after_s=error.retry_after_s, factory=error.factory
         )
+    if isinstance(error, errors.AlreadyExists):
+        return ALREADY_EXISTS.problem(error.message, instance=instance)
     if isinstance(error, errors.IdentityProviderUnavailable):
         return UNAVAILABLE.problem(
             error.message, code=f"{UNAVAILABLE.code}.identity_provider", instance=instance,

@@ -96,3 +96,7 @@ class IdentityProviderUnavailable(BrokerError):
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class AlreadyExists(BrokerError):
+    """A thing with that id exists already (creating it again is refused, never merged)."""

@@ -18,7 +18,7 @@ TokenIdPath = Annotated[str, Path(max_length=32)]
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem}}
 
 
-def _view(token: ApiToken) -> TokenView:
+def token_view(token: ApiToken) -> TokenView:
     return TokenView(
         id=token.id, name=token.name, prefix=token.prefix, scopes=token.scopes, created_at=token.created_at,
         expires_at=token.expires_at, revoked_at=token.revoked_at,
@@ -44,16 +44,16 @@ async def create_token(
 ) -> JSONResponse:
     """The token carries at most the calling credential's scopes; only its digest is kept."""
     issued = await identities.issue(caller, body.name, body.scopes, days=body.days, source=client_address(request))
-    answer = NewToken(**_view(issued.token).model_dump(), token=issued.text)
+    answer = NewToken(**token_view(issued.token).model_dump(), token=issued.text)
     return JSONResponse(answer.model_dump(mode="json"), status_code=201, headers={"Cache-Control": "no-store"})
 
 
 @router.get("/tokens", summary="The caller's personal access tokens (never their secrets)")
 async def list_tokens(caller: Reader, identities: IdentitiesDep) -> list[TokenView]:
-    return [_view(token) for token in await identities.tokens(caller)]
+    return [token_view(token) for token in await identities.tokens(caller)]
 
 
 @router.delete("/tokens/{token_id}", summary="Revoke one of the caller's tokens", responses=_NOT_FOUND)
 async def revoke_token(token_id: TokenIdPath, request: Request, caller: Reader, identities: IdentitiesDep) -> TokenView:
     """Revoking is always allowed (even with a read-only token); revoking twice keeps the first time."""
-    return _view(await identities.revoke(caller, token_id, source=client_address(request)))
+    return token_view(await identities.revoke(caller, token_id, source=client_address(request)))

@@ -50,6 +50,13 @@ def _str_enum(enum_class: type[enum.StrEnum], name: str) -> Enum:
     )
 
 
+class ProjectRole(enum.StrEnum):
+    """A member's role in a project: a researcher sees and acts on their own jobs, a PI on all of them."""
+
+    RESEARCHER = "researcher"
+    PI = "pi"
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), dict[str, Any]: json_document()}
@@ -228,3 +235,26 @@ class AuditEvent(Base):
     detail: Mapped[dict[str, Any]]
 
     __table_args__ = (Index(None, "actor", "id"), Index(None, "at"))
+
+
+class Project(Base):
+    """A grant of compute time (a EuroHPC id like EHPC-AIF-2026PG01-1147): jobs belong to one."""
+
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    title: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+
+
+class ProjectMember(Base):
+    """Who belongs to a project, and as what. Only the broker grants membership (admins, the project's PIs)."""
+
+    __tablename__ = "project_members"
+
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    role: Mapped[ProjectRole] = mapped_column(_str_enum(ProjectRole, "project_role"))
+    added_at: Mapped[datetime]
+
+    __table_args__ = (Index(None, "user_id"),)

@@ -14,13 +14,15 @@ from broker.identity.tokens import ALL_SCOPES, Scope
 @dataclass(frozen=True, slots=True)
 class Principal:
     """An authenticated caller. ``id`` owns jobs and scopes Idempotency-Keys; ``admin`` is the user's role;
-    ``scopes`` is what the credential presented allows (a token's scopes; every scope for other ways in)."""
+    ``scopes`` is what the credential presented allows (a token's scopes; every scope for other ways in).
+    ``any_project``: a dev-mode principal, which is no user and belongs to no project, may use any project."""
 
     id: str
     admin: bool = False
     scopes: frozenset[Scope] = ALL_SCOPES
     name: str | None = None
     token_id: str | None = None
+    any_project: bool = False
 
     def may(self, scope: Scope) -> bool:
         """Whether this credential carries ``scope``; ``admin`` needs the admin role as well."""
@@ -28,6 +30,6 @@ class Principal:
 
 
 # The one principal of the static development token (dev mode only; see broker.settings.refuse_unsafe).
-DEV_PRINCIPAL = Principal(id="dev", admin=True, name="dev")
+DEV_PRINCIPAL = Principal(id="dev", admin=True, name="dev", any_project=True)
 
 __all__ = ["DEV_PRINCIPAL", "Principal", "Scope"]

@@ -137,6 +137,19 @@ class IdentityService:
         )  # fmt: skip
         return IssuedToken(token=token, text=minted.text)
 
+    async def create_user(
+        self, caller: Principal, name: str, *, admin: bool = False, source: str | None = None
+    ) -> tuple[User, IssuedToken]:
+        """A local user and its first token (admins only): read and submit, plus admin for an admin."""
+        if not caller.admin:
+            raise Forbidden("creating users is for broker admins")
+        user = await self._repo.create_user(name, is_admin=admin)
+        scopes = ALL_SCOPES if admin else frozenset({Scope.READ, Scope.SUBMIT})
+        issued = await self._issue(user.id, "first token", scopes, DEFAULT_TOKEN_DAYS)
+        await self._repo.audit(Audit(action="user.created", outcome="ok", actor=caller.id, target=user.id,
+                                     source=source, detail={"name": name, "admin": admin}))  # fmt: skip
+        return user, issued
+
     async def tokens(self, caller: Principal) -> Sequence[ApiToken]:
         return await self._repo.tokens_of(caller.id)
 

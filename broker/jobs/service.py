@@ -10,7 +10,8 @@ Rules it keeps:
   undrained*. A job that no partition anywhere could ever run is refused now with placement's precise
   message (422); a job that fits but whose Factories are down or drained is accepted and waits: health is
   the dispatcher's business, and an outage must not turn into refused work.
-- Ownership: every read is scoped to the caller. Another caller's job answers exactly like a missing one.
+- Tenancy (:mod:`broker.projects`): a caller submits only to its projects and sees its own jobs there (a PI:
+  all of the project's jobs). Any other job answers exactly like a missing one.
 - Idempotency: keys are scoped to the caller. The first request with a key creates the job (``created``
   True: 201); the same key with the same validated body returns that job (``created`` False: the API answers
   200, so a client can tell a replay from a creation); the same key with another body is refused
@@ -36,6 +37,7 @@ from broker.db.repositories.pagination import JobFilter
 from broker.errors import (
     CancelNotPossible,
     FactoryUnreachable,
+    Forbidden,
     IdempotencyKeyReused,
     Invalid,
     InvalidInput,
@@ -48,6 +50,7 @@ from broker.identity import Principal
 from broker.jobs.idempotency import MAX_KEY_LENGTH, request_hash
 from broker.jobs.ids import new_job_id
 from broker.placement import NOT_CHECKED, FactoryStatus, Placement, PlacementError, place
+from broker.projects import ProjectService
 from conveyor.models import (
     DryRun,
     DryRunRendering,
@@ -173,6 +176,7 @@ class JobService:
     ) -> None:
         self._jobs = JobRepository(database)
         self._factory_states = FactoryStateRepository(database)
+        self._projects = ProjectService(database)
         self._registry = registry
         self._adapters = adapters
         self._on_new_job = on_new_job
@@ -195,6 +199,8 @@ class JobService:
                     )
                 ]
             )
+        if not (await self._projects.tenancy(caller)).may_submit_to(spec.project):
+            raise Forbidden(f"you are not a member of project {spec.project!r}; its PI or an admin can add you")
         self._check_feasible(spec)
         new = NewJob.from_spec(caller.id, spec)
         if idempotency_key is None:
@@ -221,8 +227,9 @@ class JobService:
     # --- reading --------------------------------------------------------------------------------------
 
     async def _owned(self, caller: Principal, job_id: str) -> JobRow:
+        """The job, if the caller may see it: another project's job is as absent as a missing one."""
         row = await self._jobs.get(job_id)
-        if row is None or row.owner != caller.id:
+        if row is None or not (await self._projects.tenancy(caller)).sees(row.owner, row.project):
             raise NotFound("job", job_id)
         return row
 
@@ -230,9 +237,10 @@ class JobService:
         return job_to_wire(await self._owned(caller, job_id))
 
     async def list(self, caller: Principal, query: JobQuery) -> JobList:
-        """The caller's jobs, newest first, filtered; pages follow ``next_cursor``."""
+        """The jobs the caller sees (its own; all of a project it leads), newest first; pages follow
+        ``next_cursor``."""
         where = JobFilter(
-            owner=caller.id,
+            visible_to=(await self._projects.tenancy(caller)).visibility(),
             states=frozenset(query.state),
             factory=query.factory,
             project=query.project,

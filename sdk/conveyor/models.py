@@ -481,3 +481,64 @@ class NewToken(TokenView):
     """A token just made: ``token`` is shown this once and never again."""
 
     token: str = Field(description="The bearer token. Store it now: the broker cannot show it again.")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Users, projects and members (admins; a project's PIs for its researchers)
+# ---------------------------------------------------------------------------------------------------
+
+ProjectRoleName = Literal["researcher", "pi"]
+
+
+class UserRequest(WireRequest):
+    """A new local user (admins only); the answer carries its first token, shown once."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"name": "alice", "admin": False}]})
+
+    name: str = Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")
+    admin: bool = False
+
+
+class UserView(WireAnswer):
+    id: str
+    name: str
+    admin: bool
+    issuer: str | None = Field(None, description="The OIDC issuer of an OIDC user (None: a local user).")
+    subject: str | None = None
+    created_at: UtcDatetime
+
+
+class NewUser(WireAnswer):
+    """A user just made, with a token of read and submit scopes (and admin for an admin), shown this once."""
+
+    user: UserView
+    token: NewToken
+
+
+class ProjectRequest(WireRequest):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"id": "EHPC-AIF-2026PG01-1147", "title": "Multilingual LLM pretraining"}]}
+    )
+
+    id: ProjectId
+    title: str = Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")
+
+
+class ProjectView(WireAnswer):
+    id: ProjectId
+    title: str
+    created_at: UtcDatetime
+    role: ProjectRoleName | None = Field(None, description="The caller's role in it (None: the caller is no member).")
+
+
+class MemberRequest(WireRequest):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"role": "researcher"}]})
+
+    role: ProjectRoleName
+
+
+class MemberView(WireAnswer):
+    user_id: str
+    name: str
+    role: ProjectRoleName
+    added_at: UtcDatetime

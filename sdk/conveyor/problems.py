@@ -150,6 +150,7 @@ IDEMPOTENCY_CONFLICT: Final = ProblemType(
     "idempotency_conflict", "The idempotency key was already used for a different request", 409
 )
 PLACEMENT_FAILED: Final = ProblemType("placement_failed", "No Factory can run this job", 422)
+ALREADY_EXISTS: Final = ProblemType("already_exists", "Something with that id exists already", 409)
 CANCEL_NOT_POSSIBLE: Final = ProblemType("cancel_not_possible", "The job can no longer be cancelled", 409)
 # The job's output cannot be read now: it has not reached Slurm yet, or its Factory's adapter cannot read files.
 # The sub-code says which (output_unavailable.not_submitted, output_unavailable.not_readable).
@@ -166,6 +167,7 @@ PROBLEM_TYPES: Final[Mapping[str, ProblemType]] = {
         VALIDATION_ERROR,
         NOT_FOUND,
         IDEMPOTENCY_CONFLICT,
+        ALREADY_EXISTS,
         PLACEMENT_FAILED,
         CANCEL_NOT_POSSIBLE,
         OUTPUT_UNAVAILABLE,
@@ -323,6 +325,7 @@ _BY_CODE: Mapping[str, type[ConveyorError]] = {
     VALIDATION_ERROR.code: ValidationFailed,
     NOT_FOUND.code: NotFound,
     IDEMPOTENCY_CONFLICT.code: IdempotencyConflict,
+    ALREADY_EXISTS.code: Conflict,
     PLACEMENT_FAILED.code: PlacementFailed,
     CANCEL_NOT_POSSIBLE.code: CancelNotPossible,
     OUTPUT_UNAVAILABLE.code: OutputUnavailable,

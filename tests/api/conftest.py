@@ -28,6 +28,7 @@ from broker.adapters import AdapterPool
 from broker.db.engine import Database
 from broker.factories import FactoryRegistry, load_factories
 from broker.identity import DEV_PRINCIPAL, Principal
+from broker.identity.service import IdentityService
 from broker.settings import Settings
 from slurm_adapters import base
 from slurm_adapters.factory import AdapterConfig, build_adapter
@@ -41,7 +42,7 @@ from tests.db.conftest import (  # noqa: F401 - fixtures shared with the databas
 
 TOKEN = "dev-token-for-api-tests-0123456789"
 OTHER_TOKEN = "second-test-only-token-9876543210"
-OTHER = Principal(id="dev-2", admin=False)
+OTHER = Principal(id="dev-2", admin=False, any_project=True)  # a second dev-mode principal
 
 
 def partition(name: str, max_time: int, default_time: int, nodes: int, **extra: Any) -> dict[str, Any]:
@@ -206,3 +207,48 @@ def sqlite_copy(tmp_path: Path, migrated_sqlite_template: Path) -> Path:  # noqa
     path = tmp_path / "conveyor.db"
     shutil.copyfile(migrated_sqlite_template, path)
     return path
+
+
+# --- a broker with real identities: personal tokens only, no static token --------------------------------
+
+PROJECT = "EHPC-AIF-2026PG01-1147"
+
+
+@dataclass
+class Broker:
+    """The app with the real authenticator (no static token at all) and its first admin's token."""
+
+    app: FastAPI
+    db: Database
+    admin_token: str
+
+    def client(self, token: str | None) -> httpx.AsyncClient:
+        return client_for(self.app, token)
+
+    async def user(self, name: str) -> tuple[str, str]:
+        """A new local user, made by the admin through the API: (user id, its first token)."""
+        async with self.client(self.admin_token) as admin:
+            response = await admin.post("/v1/admin/users", json={"name": name})
+        assert response.status_code == 201, response.text
+        body = response.json()
+        return body["user"]["id"], body["token"]["token"]
+
+    async def join_project(self, granter_token: str, user_id: str, role: str, project: str = PROJECT) -> None:
+        """Make the project if needed (as the admin), then ``granter_token`` grants ``role`` to ``user_id``."""
+        async with self.client(self.admin_token) as admin:
+            made = await admin.post("/v1/admin/projects", json={"id": project, "title": f"project {project}"})
+            assert made.status_code in (201, 409), made.text
+        async with self.client(granter_token) as granter:
+            granted = await granter.put(f"/v1/projects/{project}/members/{user_id}", json={"role": role})
+        assert granted.status_code == 204, granted.text
+
+
+@pytest.fixture
+async def broker(db: Database, database_url: str, tmp_path: Path, registry: FactoryRegistry) -> AsyncIterator[Broker]:  # noqa: F811
+    settings = api_settings(tmp_path, database_url, dev_mode=False, dev_token=None)
+    pool = AdapterPool(registry, build=FakeAdapter)
+    app = create_app(settings, adapters=pool)
+    _, issued = await IdentityService(db).create_first_admin("ops")
+    async with app.router.lifespan_context(app):
+        yield Broker(app, db, issued.text)
+    await pool.aclose()

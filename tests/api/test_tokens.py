@@ -4,46 +4,16 @@ audit record, never a 500."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
-import httpx
 import pytest
-from fastapi import FastAPI
 
-from app.main import create_app
-from broker.adapters import AdapterPool
-from broker.db.engine import Database
 from broker.db.repositories.identity import IdentityRepository
 from broker.db.types import utc_now
-from broker.factories import FactoryRegistry
 from broker.identity.service import AlreadyInitialized, IdentityService
 from broker.identity.tokens import mint
-from tests.api.conftest import Api, FakeAdapter, api_settings, client_for, job_body
+from tests.api.conftest import Api, Broker, job_body
 from tests.api.test_jobs import problem_of
-
-
-@dataclass
-class Broker:
-    app: FastAPI
-    db: Database
-    admin_token: str
-
-    def client(self, token: str | None) -> httpx.AsyncClient:
-        return client_for(self.app, token)
-
-
-@pytest.fixture
-async def broker(db: Database, database_url: str, tmp_path: Path, registry: FactoryRegistry) -> AsyncIterator[Broker]:
-    settings = api_settings(tmp_path, database_url, dev_mode=False, dev_token=None)  # no static token at all
-    pool = AdapterPool(registry, build=FakeAdapter)
-    app = create_app(settings, adapters=pool)
-    _, issued = await IdentityService(db).create_first_admin("ops")
-    async with app.router.lifespan_context(app):
-        yield Broker(app, db, issued.text)
-    await pool.aclose()
 
 
 async def new_token(broker: Broker, *scopes: str, days: int = 30) -> tuple[str, str]:
@@ -145,6 +115,7 @@ async def test_a_token_whose_scope_is_too_small_is_403(broker: Broker) -> None:
         # A token can never grant more than its own credential carries.
         problem_of(await client.post("/v1/tokens", json={"name": "up", "scopes": ["submit"]}), 403, "forbidden")
     submitter, _ = await new_token(broker, "read", "submit")
+    await broker.join_project(broker.admin_token, str((await whoami(broker, submitter))["id"]), "pi")
     async with broker.client(submitter) as client:
         assert (await client.post("/v1/jobs", json=job_body())).status_code == 201
 

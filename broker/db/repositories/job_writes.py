@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, literal, select, update
+from sqlalchemy import ColumnElement, and_, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db.models import AttemptOutcome, DispatchAttempt, Job, JobEvent
-from broker.db.repositories.pagination import JobFilter
+from broker.db.repositories.pagination import JobFilter, Visibility
 from broker.db.types import UTCDateTime
 from broker.jobs.events import EventKind
 from conveyor.spec import TERMINAL_STATES, JobState
@@ -39,7 +39,17 @@ def filter_conditions(where: JobFilter) -> list[ColumnElement[bool]]:
         conditions.append(Job.owner == where.owner)
     for key, value in sorted(where.labels.items()):
         conditions.append(Job.labels[key].as_string() == value)
+    if where.visible_to is not None:
+        conditions.append(visible(where.visible_to))
     return conditions
+
+
+def visible(to: Visibility) -> ColumnElement[bool]:
+    """The tenancy rule as SQL: own jobs in one's projects, or any job of a project one leads."""
+    own = Job.owner == to.owner
+    if to.member_of is not None:
+        own = and_(own, Job.project.in_(sorted(to.member_of))) if to.member_of else literal(False)
+    return or_(own, Job.project.in_(sorted(to.leads))) if to.leads else own
 
 
 def add_event(

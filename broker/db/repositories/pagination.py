@@ -22,11 +22,21 @@ MAX_PAGE = 500
 
 
 @dataclass(frozen=True)
+class Visibility:
+    """Which jobs a caller may see at all: its own jobs in the projects it is a member of (``member_of``
+    None: in any project, for dev-mode principals), and every job of the projects it leads as PI."""
+
+    owner: str
+    member_of: frozenset[str] | None
+    leads: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class JobFilter:
     """Which jobs to list; every given field must match. Empty ``states`` and ``labels`` match anything.
 
     ``projects`` is a visibility scope rather than a search: None means every project (an admin's view),
-    a set means only those (the projects the caller belongs to; an empty set sees nothing).
+    a set means only those (an empty set sees nothing). ``visible_to`` applies a caller's tenancy.
     """
 
     states: frozenset[JobState] = frozenset()
@@ -35,6 +45,7 @@ class JobFilter:
     owner: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     projects: frozenset[str] | None = None
+    visible_to: Visibility | None = None
 
 
 @dataclass(frozen=True)
