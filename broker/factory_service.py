@@ -99,14 +99,14 @@ class FactoryService:
         if factory_id not in self._registry:
             raise NotFound("Factory", factory_id)
 
-    async def drain(self, caller: Principal, factory_id: str, reason: str) -> FactoryView:
+    async def drain(self, caller: Principal, factory_id: str, reason: str, *, source: str | None = None) -> FactoryView:
         """Stop new placements on the Factory (jobs already there continue). Draining twice keeps the first
         reason and is not an error: the caller's intent holds either way."""
         self._admin(caller, factory_id)
-        await self._states.drain(factory_id, reason=reason, actor=caller.id)
+        await self._states.drain(factory_id, reason=reason, actor=caller.id, source=source)
         return await self.view(factory_id)
 
-    async def undrain(self, caller: Principal, factory_id: str) -> FactoryView:
+    async def undrain(self, caller: Principal, factory_id: str, *, source: str | None = None) -> FactoryView:
         self._admin(caller, factory_id)
-        await self._states.undrain(factory_id, actor=caller.id)
+        await self._states.undrain(factory_id, actor=caller.id, source=source)
         return await self.view(factory_id)

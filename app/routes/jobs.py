@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 
-from app.deps import JobServiceDep, Reader, Submitter
+from app.deps import JobServiceDep, Reader, Submitter, client_address
 from app.problems import BODY_UNREADABLE
 from broker.jobs.idempotency import MAX_KEY_LENGTH
 from broker.jobs.service import MAX_OUTPUT_BYTES
@@ -39,8 +39,9 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
         **BODY_UNREADABLE,
     },
 )
-async def submit_job(
+async def submit_job(  # noqa: PLR0917 - body, headers, query and dependencies
     spec: JobSpec,
+    request: Request,
     caller: Submitter,
     service: JobServiceDep,
     dry_run: Annotated[bool, Query(description="Place and render only: nothing is stored or submitted.")] = False,
@@ -59,7 +60,7 @@ async def submit_job(
     if dry_run:
         result = await service.dry_run(caller, spec)
         return JSONResponse(result.model_dump(mode="json"))
-    job, created = await service.submit(caller, spec, idempotency_key)
+    job, created = await service.submit(caller, spec, idempotency_key, source=client_address(request))
     return JSONResponse(
         job.model_dump(mode="json"), status_code=201 if created else 200, headers={"Location": job.links.self}
     )
@@ -82,9 +83,9 @@ async def get_job(job_id: JobIdPath, caller: Reader, service: JobServiceDep) -> 
     summary="Request cancellation",
     responses={**_NOT_FOUND, 409: {"description": "The job already ended", "model": Problem}},
 )
-async def cancel_job(job_id: JobIdPath, caller: Submitter, service: JobServiceDep) -> Job:
+async def cancel_job(job_id: JobIdPath, request: Request, caller: Submitter, service: JobServiceDep) -> Job:
     """Records the intent and returns; the broker cancels the job in Slurm. Asking twice is harmless."""
-    return await service.request_cancel(caller, job_id)
+    return await service.request_cancel(caller, job_id, source=client_address(request))
 
 
 @router.get("/jobs/{job_id}/events", summary="A job's events, oldest first", responses=_NOT_FOUND)

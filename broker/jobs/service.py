@@ -184,7 +184,9 @@ class JobService:
 
     # --- accepting ------------------------------------------------------------------------------------
 
-    async def submit(self, caller: Principal, spec: JobSpec, idempotency_key: str | None) -> tuple[Job, bool]:
+    async def submit(
+        self, caller: Principal, spec: JobSpec, idempotency_key: str | None, *, source: str | None = None
+    ) -> tuple[Job, bool]:
         """Validate, then store the job and its ``created`` event in one committed transaction.
 
         Returns ``(job, created)``; ``created`` is False when ``idempotency_key`` replays an earlier request.
@@ -202,7 +204,7 @@ class JobService:
         if not (await self._projects.tenancy(caller)).may_submit_to(spec.project):
             raise Forbidden(f"you are not a member of project {spec.project!r}; its PI or an admin can add you")
         self._check_feasible(spec)
-        new = NewJob.from_spec(caller.id, spec)
+        new = NewJob.from_spec(caller.id, spec, source)
         if idempotency_key is None:
             row, created = await self._jobs.insert_job_with_event(new, actor=caller.id), True
         else:
@@ -270,10 +272,10 @@ class JobService:
 
     # --- cancelling -----------------------------------------------------------------------------------
 
-    async def request_cancel(self, caller: Principal, job_id: str) -> Job:
+    async def request_cancel(self, caller: Principal, job_id: str, *, source: str | None = None) -> Job:
         """Record the intent to cancel; the dispatcher or reconciler carries it out. Asking twice is harmless."""
         await self._owned(caller, job_id)
-        await self._jobs.request_cancel(job_id, actor=caller.id)
+        await self._jobs.request_cancel(job_id, actor=caller.id, source=source)
         row = await self._owned(caller, job_id)
         if row.cancel_requested_at is None and row.state.is_terminal:
             raise CancelNotPossible(f"job {job_id} already ended ({row.state}); there is nothing to cancel")

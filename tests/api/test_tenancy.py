@@ -134,3 +134,14 @@ async def test_a_spec_cannot_make_its_sender_a_member_and_membership_changes_are
     assert (PROJECT, world.alice_id, "researcher") in granted
     assert any(e.action == "project.created" and e.target == PROJECT for e in log)
     assert any(e.action == "user.created" and e.detail.get("name") == "alice" for e in log)
+
+
+async def test_submit_and_cancel_events_say_who_and_from_where(broker: Broker, world: World) -> None:
+    job_id = await submit(broker, world.alice)
+    async with broker.client(world.alice) as alice:
+        assert (await alice.post(f"/v1/jobs/{job_id}/cancel")).status_code == 202
+        events = (await alice.get(f"/v1/jobs/{job_id}/events")).json()["items"]
+    by_kind = {event["kind"]: event for event in events}
+    for kind in ("created", "cancel_requested"):
+        assert by_kind[kind]["actor"] == world.alice_id
+        assert by_kind[kind]["detail"]["source"] == "127.0.0.1"  # httpx's ASGI transport's client address

@@ -41,15 +41,17 @@ class FactoryStateRepository:
             ids = await session.scalars(select(FactoryState.factory_id).where(FactoryState.drained.is_(True)))
             return frozenset(ids.all())
 
-    async def drain(self, factory_id: str, *, reason: str, actor: str) -> bool:
+    async def drain(self, factory_id: str, *, reason: str, actor: str, source: str | None = None) -> bool:
         """Stop placing new jobs on a Factory (running ones are unaffected); False if it was drained already."""
-        return await self._set_drained(factory_id, drained=True, reason=reason, actor=actor)
+        return await self._set_drained(factory_id, drained=True, reason=reason, actor=actor, source=source)
 
-    async def undrain(self, factory_id: str, *, actor: str) -> bool:
+    async def undrain(self, factory_id: str, *, actor: str, source: str | None = None) -> bool:
         """Place jobs on the Factory again; False if it was not drained."""
-        return await self._set_drained(factory_id, drained=False, reason=None, actor=actor)
+        return await self._set_drained(factory_id, drained=False, reason=None, actor=actor, source=source)
 
-    async def _set_drained(self, factory_id: str, *, drained: bool, reason: str | None, actor: str) -> bool:
+    async def _set_drained(
+        self, factory_id: str, *, drained: bool, reason: str | None, actor: str, source: str | None
+    ) -> bool:
         now = self._clock()
         async with self._db.write() as session:
             await _ensure_row(session, factory_id, now)
@@ -62,7 +64,8 @@ class FactoryStateRepository:
             if changed is None:
                 return False
             kind = EventKind.FACTORY_DRAINED if drained else EventKind.FACTORY_UNDRAINED
-            _add_event(session, factory_id, kind, actor=actor, now=now, detail={"reason": reason})
+            detail = {"reason": reason, **({"source": source} if source else {})}
+            _add_event(session, factory_id, kind, actor=actor, now=now, detail=detail)
             return True
 
     async def record_health(

@@ -65,12 +65,14 @@ class NewJob:
     name: str
     spec: Mapping[str, Any]
     labels: Mapping[str, str] = field(default_factory=dict)
+    source: str | None = None  # the client's address, kept in the created event (the audit trail)
 
     @classmethod
-    def from_spec(cls, owner: str, spec: JobSpec) -> NewJob:
+    def from_spec(cls, owner: str, spec: JobSpec, source: str | None = None) -> NewJob:
         return cls(
-            owner=owner, project=spec.project, name=spec.name, spec=spec.model_dump(mode="json"), labels=spec.labels
-        )
+            owner=owner, project=spec.project, name=spec.name, spec=spec.model_dump(mode="json"), labels=spec.labels,
+            source=source,
+        )  # fmt: skip
 
 
 class JobRepository:
@@ -86,7 +88,7 @@ class JobRepository:
         """Store a queued job and its ``created`` event in one transaction (committed when this returns)."""
         now = now or self._clock()
         async with self._db.write() as session:
-            return self._add_job(session, new, new_job_id(), actor=actor, now=now, detail={})
+            return self._add_job(session, new, new_job_id(), actor=actor, now=now, detail=_source(new.source))
 
     async def create_or_get(
         self, caller: str, key: str, request_hash: str, new: NewJob, *, actor: str, now: datetime | None = None
@@ -115,7 +117,9 @@ class JobRepository:
                 ).returning(IdempotencyKey.job_id)
             )
             if claimed is not None:
-                job = self._add_job(session, new, job_id, actor=actor, now=now, detail={"idempotency_key": key})
+                job = self._add_job(
+                    session, new, job_id, actor=actor, now=now, detail={"idempotency_key": key, **_source(new.source)}
+                )
                 return job, True
             existing = (
                 await session.execute(
@@ -284,7 +288,9 @@ class JobRepository:
             )
             return changed is not None
 
-    async def request_cancel(self, job_id: str, *, actor: str, now: datetime | None = None) -> bool:
+    async def request_cancel(
+        self, job_id: str, *, actor: str, now: datetime | None = None, source: str | None = None
+    ) -> bool:
         """Record a user's intent to cancel (the dispatcher or reconciler carries it out); False if the job has
         ended or cancellation was already requested."""
         now = now or self._clock()
@@ -297,7 +303,9 @@ class JobRepository:
             )
             if changed is None:
                 return False
-            job_writes.add_event(session, job_id, EventKind.CANCEL_REQUESTED, actor=actor, now=now, state=changed)
+            job_writes.add_event(
+                session, job_id, EventKind.CANCEL_REQUESTED, actor=actor, now=now, state=changed, detail=_source(source)
+            )
             return True
 
     # --- dispatcher ---------------------------------------------------------------------------------------
@@ -456,3 +464,8 @@ class JobRepository:
             detail = {"next_attempt_at": at.isoformat(), "reason": reason}
             job_writes.add_event(session, job_id, EventKind.RETRY_SCHEDULED, actor=actor, now=now, detail=detail)
             return True
+
+
+def _source(address: str | None) -> dict[str, Any]:
+    """An event's detail for a call made from ``address`` (events double as the audit trail: who, from where)."""
+    return {"source": address} if address else {}
