@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.auth import Authenticator, challenge
 from app.problems import Unauthenticated
+from broker.allocations import AllocationService
 from broker.db.engine import Database
 from broker.db.repositories import JobStats
 from broker.errors import Forbidden
@@ -43,6 +44,7 @@ class AppState:
     authenticator: Authenticator
     identities: IdentityService
     projects: ProjectService
+    allocations: AllocationService
     jobs: JobService
     factories: FactoryService
     stats: JobStats
@@ -103,6 +105,10 @@ def get_projects(state: StateDep) -> ProjectService:
     return state.projects
 
 
+def get_allocations(state: StateDep) -> AllocationService:
+    return state.allocations
+
+
 def get_database(state: StateDep) -> Database:
     return state.database
 
@@ -116,3 +122,4 @@ FactoryServiceDep = Annotated[FactoryService, Depends(get_factories)]
 DbDep = Annotated[Database, Depends(get_database)]
 IdentitiesDep = Annotated[IdentityService, Depends(get_identities)]
 ProjectsDep = Annotated[ProjectService, Depends(get_projects)]
+AllocationsDep = Annotated[AllocationService, Depends(get_allocations)]

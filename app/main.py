@@ -18,8 +18,9 @@ from fastapi import FastAPI
 from app import problems
 from app.auth import Authenticator, authenticator_from_settings, oidc_verifier
 from app.deps import AppState, RuntimeLike
-from app.routes import admin, factories, health, jobs, projects, tokens
+from app.routes import admin, allocations, factories, health, jobs, projects, tokens
 from broker.adapters import AdapterPool
+from broker.allocations import AllocationService
 from broker.db.engine import database_from_settings
 from broker.db.migrate import schema_is_current
 from broker.db.repositories import JobStats
@@ -69,7 +70,7 @@ def create_app(
         lifespan=lifespan,
     )
     problems.install(app)
-    for router in (jobs.router, factories.router, admin.router, tokens.router, projects.router):
+    for router in (jobs.router, factories.router, admin.router, tokens.router, projects.router, allocations.router):
         app.include_router(router, prefix=API_ROOT, responses=API_ERRORS)
     app.include_router(health.router)
 
@@ -130,6 +131,7 @@ async def _running(
                 authenticator=authenticator or authenticator_from_settings(settings, database, oidc),
                 identities=IdentityService(database),
                 projects=ProjectService(database),
+                allocations=AllocationService(database, registry),
                 jobs=JobService(database, registry, adapters, on_new_job=runtime.notify_new_job if runtime else None),
                 factories=FactoryService(database, registry, runtime.capacity if runtime else None),
                 stats=JobStats(database),

@@ -38,6 +38,7 @@ from broker.adapters import AdapterProvider
 from broker.db.engine import Database
 from broker.db.models import AttemptOutcome, DispatchAttempt, Job
 from broker.db.repositories import FactoryStateRepository, JobRepository
+from broker.db.repositories.allocations import AllocationRepository
 from broker.db.types import utc_now
 from broker.doubt import Attempt, Evidence, settle
 from broker.factories import Factory, FactoryRegistry
@@ -111,6 +112,7 @@ class Dispatcher:
         self._clock = clock
         self._jobs = JobRepository(database, clock)
         self._states = FactoryStateRepository(database, clock)
+        self._allocations = AllocationRepository(database, clock)
         self._failpoints = active_failpoints() if failpoints is None else failpoints
         self._skew = timedelta(seconds=settings.clock_skew_s)
         self.errors_by_factory: dict[str, int] = {}
@@ -147,14 +149,16 @@ class Dispatcher:
                 state_reason="cancelled before it reached Slurm",
             ):  # fmt: skip
                 _job_log(logging.INFO, job.id, "cancelled before submission")
+                await self._allocations.settle(job.id, 0)
             return
         try:
             spec = JobSpec.model_validate(job.spec)
         except ValidationError as exc:
             await self._reject(job.id, f"the stored job spec is no longer valid: {exc.errors()[0]['msg']}")
             return
+        reserved = await self._allocations.reserved_factory(job.id)  # its allocation's Factory, and only that
         try:
-            placement = place(spec, self._registry, statuses)
+            placement = place(spec, self._registry, statuses, allowed=None if reserved is None else {reserved})
         except PlacementError as exc:
             if exc.transient:
                 at = self._clock() + timedelta(seconds=PLACEMENT_RETRY_S)
@@ -298,6 +302,7 @@ class Dispatcher:
             state_reason=reason,
         ):  # fmt: skip
             _job_log(logging.INFO, job_id, "rejected: %s", reason)
+            await self._allocations.settle(job_id, 0)  # it never ran: its reservation goes back
 
     async def _retry(self, job_id: str, attempts: int, reason: str) -> None:
         delay = retry_delay_s(attempts, self._settings.retry_backoff_max_s)

@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from broker.accounting import charge_s
 from broker.adapters import AdapterProvider
 from broker.db.engine import Database
 from broker.db.models import Job
 from broker.db.repositories import JobRepository
+from broker.db.repositories.allocations import AllocationRepository
 from broker.db.types import utc_now
 from broker.factories import FactoryRegistry
 from broker.jobs.ids import JOB_ID_PREFIX
@@ -109,6 +111,7 @@ class Reconciler:
         self._settings = settings
         self._clock = clock
         self._jobs = JobRepository(database, clock)
+        self._allocations = AllocationRepository(database, clock)
         self.last: dict[str, ReconcileStats] = {}
         self.last_success: dict[str, datetime] = {}
         self.errors_by_factory: dict[str, int] = {}
@@ -224,6 +227,7 @@ class Reconciler:
             ):  # fmt: skip
                 stats.rejected += 1
                 _log(logging.INFO, job.id, "rejected: %s", reason)
+                await self._allocations.settle(job.id, 0)  # it never ran
             return
         if job.cancel_requested_at is not None and not record.state.is_terminal:
             await adapter.cancel(record.job_id, user)  # the listing of a later cycle shows it cancelled
@@ -247,6 +251,14 @@ class Reconciler:
         ):
             stats.changed += 1
             _log(logging.INFO, job.id, "%s -> %s (Slurm %s)", job.state, target, record.raw_state)
+            if target.is_terminal:
+                await self._charge(job, record)
+
+    async def _charge(self, job: Job, record: JobRecord) -> None:
+        """An ended job pays what Slurm says it held (elapsed x allocated GPUs or nodes), not what it asked."""
+        unit = await self._allocations.unit_of_charge(job.id)
+        if unit is not None and await self._allocations.settle(job.id, charge_s(record, unit)):
+            _log(logging.INFO, job.id, "charged %d %s-seconds", charge_s(record, unit), unit.value.split("_")[0])
 
     def figures(self, now: datetime | None = None) -> dict[str, dict[str, float]]:
         """Per-Factory figures for /metrics, each a mapping Factory -> number (absent: not measured yet)."""

@@ -57,6 +57,13 @@ class ProjectRole(enum.StrEnum):
     PI = "pi"
 
 
+class AllocationUnit(enum.StrEnum):
+    """What a grant is counted in, as EuroHPC grants it."""
+
+    GPU_HOURS = "gpu_hours"
+    NODE_HOURS = "node_hours"
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), dict[str, Any]: json_document()}
@@ -258,3 +265,37 @@ class ProjectMember(Base):
     added_at: Mapped[datetime]
 
     __table_args__ = (Index(None, "user_id"),)
+
+
+class Allocation(Base):
+    """A project's grant on one Factory for a period, kept in unit-seconds (GPU- or node-seconds) so that sums
+    are exact integers. ``used_s`` is reserved plus charged: every reservation is a compare-and-set on it
+    (``used_s + need <= granted_s``), so concurrent submissions can never overspend."""
+
+    __tablename__ = "allocations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    factory_id: Mapped[str] = mapped_column(String(64))
+    unit: Mapped[AllocationUnit] = mapped_column(_str_enum(AllocationUnit, "allocation_unit"))
+    granted_s: Mapped[int] = mapped_column(BigInteger)
+    used_s: Mapped[int] = mapped_column(BigInteger, default=0)
+    starts_at: Mapped[datetime]
+    ends_at: Mapped[datetime]
+    created_at: Mapped[datetime]
+
+    __table_args__ = (Index(None, "project_id", "factory_id"),)
+
+
+class JobCharge(Base):
+    """What one job holds of an allocation: reserved at acceptance, replaced by the charge when it ends."""
+
+    __tablename__ = "job_charges"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    allocation_id: Mapped[str] = mapped_column(ForeignKey("allocations.id"))
+    reserved_s: Mapped[int] = mapped_column(BigInteger)
+    charged_s: Mapped[int | None] = mapped_column(BigInteger)
+    settled_at: Mapped[datetime | None]
+
+    __table_args__ = (Index(None, "allocation_id"),)

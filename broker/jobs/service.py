@@ -25,14 +25,16 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Protocol
 
 from broker import translate
+from broker.allocations import AllocationService, over_budget
 from broker.db.engine import Database
 from broker.db.models import Job as JobRow
 from broker.db.models import JobEvent as EventRow
 from broker.db.repositories import FactoryStateRepository, IdempotencyConflict, InvalidCursor, JobRepository, NewJob
+from broker.db.repositories.allocations import OverBudget
 from broker.db.repositories.pagination import JobFilter
 from broker.errors import (
     CancelNotPossible,
@@ -177,6 +179,7 @@ class JobService:
         self._jobs = JobRepository(database)
         self._factory_states = FactoryStateRepository(database)
         self._projects = ProjectService(database)
+        self._allocations = AllocationService(database, registry)
         self._registry = registry
         self._adapters = adapters
         self._on_new_job = on_new_job
@@ -203,26 +206,35 @@ class JobService:
             )
         if not (await self._projects.tenancy(caller)).may_submit_to(spec.project):
             raise Forbidden(f"you are not a member of project {spec.project!r}; its PI or an admin can add you")
-        self._check_feasible(spec)
-        new = NewJob.from_spec(caller.id, spec, source)
-        if idempotency_key is None:
-            row, created = await self._jobs.insert_job_with_event(new, actor=caller.id), True
+        reservation = None
+        if caller.any_project:  # a dev-mode principal: no user, no project, no allocation
+            placement = self._check_feasible(spec)
         else:
-            fingerprint = request_hash(spec.model_dump(mode="json"))
-            try:
+            budget = await self._allocations.budget(spec.project)
+            placement = self._check_feasible(spec, allowed=budget.factories)
+            reservation = budget.reservation(spec, placement)
+        new = NewJob.from_spec(caller.id, spec, source, reservation)
+        try:
+            if idempotency_key is None:
+                row, created = await self._jobs.insert_job_with_event(new, actor=caller.id), True
+            else:
+                fingerprint = request_hash(spec.model_dump(mode="json"))
                 row, created = await self._jobs.create_or_get(
                     caller.id, idempotency_key, fingerprint, new, actor=caller.id
                 )
-            except IdempotencyConflict as exc:
-                raise IdempotencyKeyReused(idempotency_key, exc.job_id) from None
+        except IdempotencyConflict as exc:
+            raise IdempotencyKeyReused(idempotency_key or "", exc.job_id) from None
+        except OverBudget as exc:
+            raise over_budget(exc, spec, placement) from None
         if created and self._on_new_job is not None:
             self._on_new_job()
         return job_to_wire(row), created
 
-    def _check_feasible(self, spec: JobSpec) -> Placement:
-        """Placement as if every Factory were up: refuses only what can never run anywhere."""
+    def _check_feasible(self, spec: JobSpec, allowed: Collection[str] | None = None) -> Placement:
+        """Placement as if every Factory were up: refuses only what can never run anywhere (or on the
+        ``allowed`` Factories: those where the project has an allocation)."""
         try:
-            return place(spec, self._registry, _all_available(self._registry))
+            return place(spec, self._registry, _all_available(self._registry), allowed=allowed)
         except PlacementError as exc:
             raise _impossible(exc) from None
 

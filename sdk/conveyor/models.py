@@ -542,3 +542,50 @@ class MemberView(WireAnswer):
     name: str
     role: ProjectRoleName
     added_at: UtcDatetime
+
+
+# ---------------------------------------------------------------------------------------------------
+# Allocations: hours granted to a project on a Factory, and what its jobs reserved and used
+# ---------------------------------------------------------------------------------------------------
+
+AllocationUnitName = Literal["gpu_hours", "node_hours"]
+
+
+class AllocationRequest(WireRequest):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "project": "EHPC-AIF-2026PG01-1147",
+                    "factory": "leonardo",
+                    "unit": "node_hours",
+                    "hours": 1250,
+                    "starts_at": "2026-11-01T00:00:00Z",
+                    "ends_at": "2027-01-01T00:00:00Z",
+                }
+            ]
+        }
+    )
+
+    project: ProjectId
+    factory: FactoryId
+    unit: AllocationUnitName
+    hours: float = Field(gt=0, le=100_000_000)
+    starts_at: UtcDatetime
+    ends_at: UtcDatetime
+
+
+class AllocationView(WireAnswer):
+    """An allocation and its use: ``left_hours`` = granted - charged (ended jobs) - reserved (running ones)."""
+
+    id: str
+    project: ProjectId
+    factory: FactoryId
+    unit: AllocationUnitName
+    granted_hours: float
+    charged_hours: float
+    reserved_hours: float
+    left_hours: float
+    jobs: int = Field(description="Jobs that reserved or were charged on it.")
+    starts_at: UtcDatetime
+    ends_at: UtcDatetime

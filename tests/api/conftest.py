@@ -15,6 +15,7 @@ import json
 import shutil
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -233,11 +234,28 @@ class Broker:
         body = response.json()
         return body["user"]["id"], body["token"]["token"]
 
+    async def grant(self, project: str, factory: str, hours: float, unit: str = "gpu_hours") -> dict[str, Any]:
+        """An allocation in force from an hour ago for a year, made by the admin through the API."""
+        now = datetime.now(UTC)
+        period = {
+            "starts_at": (now - timedelta(hours=1)).isoformat(),
+            "ends_at": (now + timedelta(days=365)).isoformat(),
+        }
+        body = {"project": project, "factory": factory, "unit": unit, "hours": hours, **period}
+        async with self.client(self.admin_token) as admin:
+            response = await admin.post("/v1/admin/allocations", json=body)
+        assert response.status_code == 201, response.text
+        granted: dict[str, Any] = response.json()
+        return granted
+
     async def join_project(self, granter_token: str, user_id: str, role: str, project: str = PROJECT) -> None:
         """Make the project if needed (as the admin), then ``granter_token`` grants ``role`` to ``user_id``."""
         async with self.client(self.admin_token) as admin:
             made = await admin.post("/v1/admin/projects", json={"id": project, "title": f"project {project}"})
             assert made.status_code in (201, 409), made.text
+            if made.status_code == 201:  # a new project gets ample hours on every Factory
+                for factory_id in (f["id"] for f in FACTORIES["factories"]):
+                    await self.grant(project, factory_id, 1_000_000)
         async with self.client(granter_token) as granter:
             granted = await granter.put(f"/v1/projects/{project}/members/{user_id}", json={"role": role})
         assert granted.status_code == 204, granted.text

@@ -22,9 +22,11 @@ from typing import Any
 from sqlalchemy import and_, func, literal, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from broker.accounting import Reservation
 from broker.db.engine import Database
 from broker.db.models import AttemptOutcome, DispatchAttempt, IdempotencyKey, Job, JobEvent
 from broker.db.repositories import job_writes
+from broker.db.repositories.allocations import reserve
 from broker.db.repositories.errors import IdempotencyConflict
 from broker.db.repositories.pagination import MAX_PAGE, JobFilter, JobPage, Position, decode_cursor, encode_cursor
 from broker.db.repositories.sql import insert_ignoring_conflict, is_sqlite
@@ -66,12 +68,15 @@ class NewJob:
     spec: Mapping[str, Any]
     labels: Mapping[str, str] = field(default_factory=dict)
     source: str | None = None  # the client's address, kept in the created event (the audit trail)
+    reservation: Reservation | None = None  # taken from its allocation in the same transaction
 
     @classmethod
-    def from_spec(cls, owner: str, spec: JobSpec, source: str | None = None) -> NewJob:
+    def from_spec(
+        cls, owner: str, spec: JobSpec, source: str | None = None, reservation: Reservation | None = None
+    ) -> NewJob:
         return cls(
             owner=owner, project=spec.project, name=spec.name, spec=spec.model_dump(mode="json"), labels=spec.labels,
-            source=source,
+            source=source, reservation=reservation,
         )  # fmt: skip
 
 
@@ -88,7 +93,9 @@ class JobRepository:
         """Store a queued job and its ``created`` event in one transaction (committed when this returns)."""
         now = now or self._clock()
         async with self._db.write() as session:
-            return self._add_job(session, new, new_job_id(), actor=actor, now=now, detail=_source(new.source))
+            job = self._add_job(session, new, new_job_id(), actor=actor, now=now, detail=_source(new.source))
+            await _reserve(session, job.id, new)
+            return job
 
     async def create_or_get(
         self, caller: str, key: str, request_hash: str, new: NewJob, *, actor: str, now: datetime | None = None
@@ -120,6 +127,7 @@ class JobRepository:
                 job = self._add_job(
                     session, new, job_id, actor=actor, now=now, detail={"idempotency_key": key, **_source(new.source)}
                 )
+                await _reserve(session, job.id, new)
                 return job, True
             existing = (
                 await session.execute(
@@ -469,3 +477,8 @@ class JobRepository:
 def _source(address: str | None) -> dict[str, Any]:
     """An event's detail for a call made from ``address`` (events double as the audit trail: who, from where)."""
     return {"source": address} if address else {}
+
+
+async def _reserve(session: AsyncSession, job_id: str, new: NewJob) -> None:
+    if new.reservation is not None:
+        await reserve(session, job_id, new.reservation.allocation_id, new.reservation.need_s)

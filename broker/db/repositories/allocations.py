@@ -1,0 +1,144 @@
+"""Allocations and job charges. Every change to a budget is one compare-and-set on ``allocations.used_s``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from broker.db.engine import Database
+from broker.db.models import Allocation, AllocationUnit, JobCharge
+from broker.db.types import utc_now
+from broker.ids import random_id
+
+
+class OverBudget(Exception):
+    """The allocation cannot take the reservation; ``left_s`` is what it still has. Plain values only: the
+    transaction (and with it the row) is rolled back by the time anyone reads this."""
+
+    def __init__(self, allocation: Allocation, need_s: int) -> None:
+        self.project_id = allocation.project_id
+        self.factory_id = allocation.factory_id
+        self.unit = allocation.unit
+        self.left_s = allocation.granted_s - allocation.used_s
+        self.need_s = need_s
+        super().__init__(f"allocation {allocation.id} has {self.left_s} left, {need_s} asked")
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    allocation: Allocation
+    reserved_s: int  # held by jobs that have not ended
+    charged_s: int  # used by jobs that ended
+    jobs: int
+
+
+async def reserve(session: AsyncSession, job_id: str, allocation_id: str, need_s: int) -> None:
+    """Inside the transaction that stores the job: take ``need_s`` from the allocation, or raise OverBudget
+    (and the whole transaction, job included, rolls back)."""
+    await session.flush()  # the job row first: the charge refers to it
+    taken = await session.scalar(
+        update(Allocation)
+        .where(Allocation.id == allocation_id, Allocation.used_s + need_s <= Allocation.granted_s)
+        .values(used_s=Allocation.used_s + need_s)
+        .returning(Allocation.id)
+    )
+    if taken is None:
+        allocation = await session.get(Allocation, allocation_id, populate_existing=True)
+        assert allocation is not None
+        raise OverBudget(allocation, need_s)
+    session.add(
+        JobCharge(job_id=job_id, allocation_id=allocation_id, reserved_s=need_s, charged_s=None, settled_at=None)
+    )
+
+
+class AllocationRepository:
+    def __init__(self, database: Database, clock: Callable[[], datetime] = utc_now) -> None:
+        self._db = database
+        self._clock = clock
+
+    async def add(
+        self, project_id: str, factory_id: str, unit: AllocationUnit, granted_s: int, *, starts_at: datetime,
+        ends_at: datetime,
+    ) -> Allocation:  # fmt: skip
+        allocation = Allocation(
+            id=random_id("alc_"), project_id=project_id, factory_id=factory_id, unit=unit, granted_s=granted_s,
+            used_s=0, starts_at=starts_at, ends_at=ends_at, created_at=self._clock(),
+        )  # fmt: skip
+        async with self._db.write() as session:
+            session.add(allocation)
+        return allocation
+
+    async def active(self, project_id: str, now: datetime) -> Sequence[Allocation]:
+        """The project's allocations in force at ``now``, the one ending first first."""
+        async with self._db.read() as session:
+            query = (
+                select(Allocation)
+                .where(Allocation.project_id == project_id, Allocation.starts_at <= now, Allocation.ends_at > now)
+                .order_by(Allocation.ends_at, Allocation.id)
+            )
+            return (await session.scalars(query)).all()
+
+    async def reserved_factory(self, job_id: str) -> str | None:
+        """The Factory whose allocation the job holds (the dispatcher places it there only)."""
+        async with self._db.read() as session:
+            return await session.scalar(
+                select(Allocation.factory_id).join(JobCharge, JobCharge.allocation_id == Allocation.id)
+                .where(JobCharge.job_id == job_id)
+            )  # fmt: skip
+
+    async def unit_of_charge(self, job_id: str) -> AllocationUnit | None:
+        async with self._db.read() as session:
+            return await session.scalar(
+                select(Allocation.unit).join(JobCharge, JobCharge.allocation_id == Allocation.id)
+                .where(JobCharge.job_id == job_id, JobCharge.settled_at.is_(None))
+            )  # fmt: skip
+
+    async def settle(self, job_id: str, charged_s: int) -> bool:
+        """Replace the job's reservation by its charge, once (False: no open charge: none, or settled)."""
+        now = self._clock()
+        async with self._db.write() as session:
+            row = (
+                await session.execute(
+                    update(JobCharge)
+                    .where(JobCharge.job_id == job_id, JobCharge.settled_at.is_(None))
+                    .values(charged_s=charged_s, settled_at=now)
+                    .returning(JobCharge.allocation_id, JobCharge.reserved_s)
+                )
+            ).first()
+            if row is None:
+                return False
+            allocation_id, reserved_s = row
+            await session.execute(
+                update(Allocation)
+                .where(Allocation.id == allocation_id)
+                .values(used_s=Allocation.used_s - reserved_s + charged_s)
+            )
+            return True
+
+    async def charge(self, job_id: str) -> JobCharge | None:
+        async with self._db.read() as session:
+            return await session.get(JobCharge, job_id)
+
+    async def usage(self, project_id: str) -> Sequence[Usage]:
+        async with self._db.read() as session:
+            allocations = (
+                await session.scalars(
+                    select(Allocation).where(Allocation.project_id == project_id).order_by(Allocation.starts_at)
+                )
+            ).all()
+            sums = {
+                allocation_id: (int(reserved or 0), int(charged or 0), int(count))
+                for allocation_id, reserved, charged, count in await session.execute(
+                    select(
+                        JobCharge.allocation_id,
+                        func.sum(JobCharge.reserved_s).filter(JobCharge.settled_at.is_(None)),
+                        func.sum(JobCharge.charged_s),
+                        func.count(),
+                    ).group_by(JobCharge.allocation_id)
+                )
+            }
+            return [Usage(a, *sums.get(a.id, (0, 0, 0))) for a in allocations]
