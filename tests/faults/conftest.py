@@ -1,19 +1,27 @@
-"""Fixtures of the fault tests: the lab's expendable cluster, a workspace on it, a broker process per test.
+"""Fixtures of the fault tests: the lab's expendable cluster, a workspace on it, broker processes per test.
 
 The broker only ever sees the expendable cluster ``echo`` (a Factory file of its own): its slurmctld is the one
-tests may SIGKILL, and every job these tests submit goes there. Databases are fresh per test: a copy of a
-migrated SQLite file, or a new database on the project's PostgreSQL (tests/db's fixtures).
+tests may SIGKILL, and every job these tests submit goes there. Databases are fresh per broker: a copy of a
+migrated SQLite file, or a new database on the project's PostgreSQL (tests/db's fixtures and backends). Every
+fault test that can runs on both (``database``); ``-m "not postgresql"`` deselects the PostgreSQL half.
+
+echo's slurmctld is shared with every other lab test run on this machine. A test whose slurmctld was restarted
+by someone else while it ran says so when it fails: Slurm forgetting or rerunning jobs is then no evidence
+against the broker (see :class:`CtldWatch`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import shutil
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from dev.lab import procs
 from dev.lab.view import lab_json_path
 from tests.db import conftest as database_fixtures
 from tests.faults.harness import BrokerProcess, Workspace, factories_file_with
@@ -52,13 +60,65 @@ def pytest_runtest_makereport(
     return report
 
 
+@dataclass
+class CtldWatch:
+    """Which slurmctld process serves the cluster, to tell a restart by this test from one by anybody else."""
+
+    cluster: Cluster
+    expected: int | None
+
+    def current(self) -> int | None:
+        return procs.recorded_pid(self.cluster.host_path_of_pid_file())
+
+    def restarted_here(self) -> None:
+        """The test itself has just restarted slurmctld: the new process is the expected one."""
+        self.expected = self.current()
+
+    def foreign_restart(self) -> str | None:
+        now = self.current()
+        if now == self.expected:
+            return None
+        return (
+            f"{self.cluster.name}'s slurmctld is not the process this test saw (PID {self.expected} -> {now}): "
+            "another lab user killed or restarted it meanwhile, so Slurm may have forgotten or rerun jobs; "
+            "the failure above may be that, not the broker. Rerun when no other lab test runs."
+        )
+
+
 @pytest.fixture
-def workspace(request: pytest.FixtureRequest, echo: Cluster, run_id: str) -> Iterator[Workspace]:
-    """The test's directory on echo: removed after a pass, kept after a failure (the ledger is evidence)."""
-    made = Workspace.create(echo, run_id)
-    yield made
+def echo_ctld(request: pytest.FixtureRequest, echo: Cluster) -> Iterator[CtldWatch]:
+    watch = CtldWatch(echo, procs.recorded_pid(echo.host_path_of_pid_file()))
+    assert watch.expected is not None, f"{echo.name}'s slurmctld is not running"
+    yield watch
+    if not request.node.stash.get(CALL_PASSED, True):
+        problem = watch.foreign_restart()
+        assert problem is None, problem
+
+
+NewWorkspace = Callable[[str], Workspace]
+
+
+@pytest.fixture
+def new_workspace(request: pytest.FixtureRequest, echo: Cluster, echo_ctld: CtldWatch) -> Iterator[NewWorkspace]:
+    """Makes directories on echo for the jobs and their ledger: removed after a pass, kept after a failure (the
+    ledgers are evidence)."""
+    made: list[Workspace] = []
+
+    def make(label: str) -> Workspace:
+        workspace = Workspace.create(echo, label)
+        made.append(workspace)
+        return workspace
+
+    yield make
     if request.node.stash.get(CALL_PASSED, False):
-        shutil.rmtree(echo.host_path(made.inside), ignore_errors=True)
+        for workspace in made:
+            shutil.rmtree(echo.host_path(workspace.inside), ignore_errors=True)
+
+
+@pytest.fixture
+def workspace(new_workspace: NewWorkspace, run_id: str) -> Workspace:
+    """The test's directory on echo (see :func:`new_workspace`)."""
+    return new_workspace(run_id)
 
 
 @pytest.fixture
@@ -66,37 +126,80 @@ def echo_factories(tmp_path: Path, echo: Cluster) -> Path:
     return factories_file_with(lab_json_path().with_name("factories.yaml"), [echo.name], tmp_path)
 
 
-@pytest.fixture
-def sqlite_url(tmp_path: Path, migrated_sqlite_template: Path) -> str:
-    path = tmp_path / "conveyor.db"
-    shutil.copyfile(migrated_sqlite_template, path)
-    return f"sqlite+aiosqlite:///{path}"
+@pytest.fixture(params=database_fixtures.BACKENDS)
+def database(request: pytest.FixtureRequest) -> str:
+    """The kind of database of the test's brokers: ``sqlite`` or ``postgresql`` (marked ``postgresql``)."""
+    kind: str = request.param
+    return kind
 
 
-@pytest.fixture
-def postgres_url(postgres_databases: database_fixtures.PostgresDatabases) -> str:
-    from broker.db.migrate import upgrade
-
-    url = postgres_databases.create()
-    upgrade(url)
-    return url
+NewDatabase = Callable[[str, Path], str]
 
 
-def _broker(tmp_path: Path, url: str, factories: Path) -> Iterator[BrokerProcess]:
-    broker = BrokerProcess(workdir=tmp_path, database_url=url, factories_file=factories)
+def _in_event_loop() -> bool:
     try:
-        yield broker
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+@pytest.fixture
+def new_database_url(request: pytest.FixtureRequest) -> NewDatabase:
+    """``new_database_url(kind, directory)``: a fresh migrated database of ``kind`` (a SQLite file goes in
+    ``directory``); PostgreSQL's fixtures are reached only when needed.
+
+    Call it from (sync) fixtures: creating and migrating a database runs an event loop of its own."""
+
+    def make(kind: str, directory: Path) -> str:
+        assert not _in_event_loop(), "make the databases in a fixture, not inside the test's event loop"
+        if kind == "sqlite":
+            path = directory / "conveyor.db"
+            shutil.copyfile(request.getfixturevalue("migrated_sqlite_template"), path)
+            return f"sqlite+aiosqlite:///{path}"
+        assert kind == "postgresql", kind
+        from broker.db.migrate import upgrade
+
+        databases: database_fixtures.PostgresDatabases = request.getfixturevalue("postgres_databases")
+        url = databases.create()
+        upgrade(url)
+        return url
+
+    return make
+
+
+NewBroker = Callable[[str, str], BrokerProcess]
+
+
+@pytest.fixture
+def new_broker(tmp_path: Path, new_database_url: NewDatabase, echo_factories: Path) -> Iterator[NewBroker]:
+    """``new_broker(kind, name)``: a broker (not started) on a fresh database of ``kind``, working in
+    ``tmp_path/name``, serving echo only. Every broker made is stopped by its PID at the end."""
+    made: list[BrokerProcess] = []
+
+    def make(kind: str, name: str) -> BrokerProcess:
+        workdir = tmp_path / name
+        workdir.mkdir()
+        broker = BrokerProcess(
+            workdir=workdir, database_url=new_database_url(kind, workdir), factories_file=echo_factories
+        )
+        made.append(broker)
+        return broker
+
+    try:
+        yield make
     finally:
-        broker.stop()
+        for broker in made:
+            broker.stop()
 
 
 @pytest.fixture
-def broker(tmp_path: Path, sqlite_url: str, echo_factories: Path) -> Iterator[BrokerProcess]:
-    """A broker (not started) on a fresh SQLite database, serving echo only; stopped by PID at the end."""
-    yield from _broker(tmp_path, sqlite_url, echo_factories)
+def broker(database: str, new_broker: NewBroker) -> BrokerProcess:
+    """A broker (not started) on a fresh database of each kind, serving echo only; stopped by PID at the end."""
+    return new_broker(database, "broker")
 
 
 @pytest.fixture
-def postgres_broker(tmp_path: Path, postgres_url: str, echo_factories: Path) -> Iterator[BrokerProcess]:
-    """A broker (not started) on a fresh PostgreSQL database, serving echo only; stopped by PID at the end."""
-    yield from _broker(tmp_path, postgres_url, echo_factories)
+def postgres_broker(new_broker: NewBroker) -> BrokerProcess:
+    """A broker (not started) on a fresh PostgreSQL database, for the tests that only PostgreSQL can have."""
+    return new_broker("postgresql", "broker")

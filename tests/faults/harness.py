@@ -2,8 +2,9 @@
 
 The broker runs exactly as in production: ``python -m app`` (uvicorn, one worker) as a subprocess on a free
 127.0.0.1 port, configured only through ``CONVEYOR_*`` variables, killed and stopped by its PID, restarted on
-the same database and port. Each test job runs ``echo "$TAG $SLURM_JOB_ID" >> LEDGER`` (one short O_APPEND
-write: atomic), so the ledger says how many times each accepted job really ran, whatever the broker believes.
+the same database and port. Each test job runs ``echo "$TAG $SLURM_JOB_ID $EPOCHREALTIME" >> LEDGER`` (one
+short O_APPEND write: atomic), so the ledger says how many times, and when, each accepted job really ran,
+whatever the broker believes.
 
 :func:`check_exactly_once` is the invariant of issue #3, checked from three independent sides: the broker's
 own answers (state, Slurm id, events), the ledger written by the jobs themselves, and the test's own
@@ -24,9 +25,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -222,17 +223,28 @@ class Workspace:
         workspace.ledger_host.chmod(0o666)
         return workspace
 
-    def ledger(self) -> list[tuple[str, str]]:
-        """(tag, Slurm job id) per line, in the order written."""
+    def ledger(self) -> list[LedgerLine]:
+        """One line per run of a job, in the order written."""
         return parse_ledger(self.ledger_host.read_text())
 
 
-def parse_ledger(text: str) -> list[tuple[str, str]]:
+@dataclass(frozen=True)
+class LedgerLine:
+    """One run of a job, as the job itself wrote it: its tag, Slurm job id and the time it ran (host clock)."""
+
+    tag: str
+    slurm_id: str
+    at: datetime | None  # None if the line carries no time
+
+
+def parse_ledger(text: str) -> list[LedgerLine]:
     entries = []
     for line in text.splitlines():
-        tag, _, slurm_id = line.strip().partition(" ")
+        tag, slurm_id, at, *_ = [*line.split(), "", "", ""]
         if tag:
-            entries.append((tag, slurm_id))
+            # $EPOCHREALTIME uses the locale's decimal point.
+            when = datetime.fromtimestamp(float(at.replace(",", ".")), UTC) if at else None
+            entries.append(LedgerLine(tag, slurm_id, when))
     return entries
 
 
@@ -257,11 +269,11 @@ class Submission:
 
 
 def job_body(workspace: Workspace, factory_id: str, run: str, tag: str) -> dict[str, Any]:
-    """A trivial job that appends ``TAG SLURM_JOB_ID`` to the workspace's ledger (TAG from its environment)."""
+    """A trivial job that appends ``TAG SLURM_JOB_ID TIME`` to the workspace's ledger (TAG from its environment)."""
     return {
         "name": f"faults-{run}",
         "project": PROJECT,
-        "command": ["bash", "-c", f'echo "$TAG $SLURM_JOB_ID" >> {workspace.ledger_inside}'],
+        "command": ["bash", "-c", f'echo "$TAG $SLURM_JOB_ID $EPOCHREALTIME" >> {workspace.ledger_inside}'],
         "environment": {"TAG": tag},
         "working_directory": workspace.inside,
         "resources": {"time_limit_min": 2, "memory_mb": 100},
@@ -441,9 +453,16 @@ def slurm_jobs_by_comment(cluster: Cluster) -> dict[str, list[dict[str, str]]]:
 
 @dataclass(frozen=True)
 class SlurmAmnesia:
-    """slurmctld was SIGKILLed at ``killed_at``: Slurm may forget jobs it acknowledged shortly before (its
-    state is saved asynchronously), and then reuse their ids. For such a job, and only such a job, the
-    invariant allows ``lost``: Slurm itself can no longer tell what became of it."""
+    """slurmctld was SIGKILLed at ``killed_at``. Its state is saved asynchronously, so it may come back from
+    state older than its last answers, and the invariant allows exactly these consequences, all Slurm's own:
+
+    - It forgot a job it acknowledged shortly before (and may reuse its id): that job, and only such a job,
+      may end ``lost``, since Slurm itself can no longer tell what became of it.
+    - It forgot such a job after the job had run and the broker had seen it end: the job is ``completed`` and
+      ran once, but no Slurm job carries its id any more (see :func:`forgotten_after_it_ran`).
+    - It forgot that a job had already run (saved pending, ran and ended before the kill): it runs that very
+      Slurm job again after the restart (see :func:`rerun_by_slurm`).
+    """
 
     killed_at: datetime
     slack: timedelta = timedelta(seconds=2)  # the broker records a submission just after Slurm's answer
@@ -455,6 +474,34 @@ class Outcome:
 
     states: collections.Counter[str] = field(default_factory=collections.Counter)
     lost: list[str] = field(default_factory=list)  # "job id: reason"
+    forgotten_after_it_ran: list[str] = field(default_factory=list)  # "job id: Slurm job id and run time"
+    rerun_by_slurm: list[str] = field(default_factory=list)  # "job id: Slurm job id and run times"
+
+
+def forgotten_after_it_ran(
+    runs: list[LedgerLine], slurm_id: str, in_slurm: Sequence[object], amnesia: SlurmAmnesia
+) -> bool:
+    """Whether a completed job that no Slurm job carries any more is one that slurmctld forgot after it ran.
+
+    Only if it ran exactly once, as the one Slurm job the broker recorded, and before slurmctld was killed (the
+    broker saw it end then: after the restart Slurm could not have told it). Its own run in the ledger is the
+    proof of exactly once; Slurm's missing record only means Slurm lost its memory of it (and reused its id).
+    """
+    if len(runs) != 1 or in_slurm:
+        return False
+    [run] = runs
+    return run.slurm_id == slurm_id and run.at is not None and run.at < amnesia.killed_at
+
+
+def rerun_by_slurm(runs: list[LedgerLine], slurm_id: str, amnesia: SlurmAmnesia) -> bool:
+    """Whether a job's two runs are one Slurm job that slurmctld ran again after forgetting it had run.
+
+    Only if both runs carry the one Slurm id the broker recorded (the broker submitted once; a second submit
+    would be another id), the first ran before slurmctld was killed and the second after (it came back from
+    state that still held the job pending). The broker never requeues, so nothing but Slurm runs an id twice.
+    """
+    times = [run.at for run in runs if run.slurm_id == slurm_id and run.at is not None]
+    return len(runs) == len(times) == 2 and times[0] < amnesia.killed_at < times[1]
 
 
 async def check_exactly_once(
@@ -472,7 +519,9 @@ async def check_exactly_once(
     Slurm job carrying the broker's id in its comment. Tags never accepted: no broker job, no run.
 
     With ``amnesia``, a job may instead be ``lost`` if and only if: it has a reason, Slurm acknowledged it
-    before slurmctld was killed, Slurm no longer holds any job carrying its id, and it ran at most once.
+    before slurmctld was killed, Slurm no longer holds any job carrying its id, and it ran at most once. And a
+    ``completed`` job may have no Slurm job carrying its id if and only if :func:`forgotten_after_it_ran`,
+    and two ledger lines if and only if :func:`rerun_by_slurm`.
     """
     failures: list[str] = []
     outcome = Outcome()
@@ -481,9 +530,10 @@ async def check_exactly_once(
     by_tag: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
     for job in broker_jobs:
         by_tag[job["labels"][TAG_LABEL]].append(job)
-    ledger_ids: dict[str, list[str]] = collections.defaultdict(list)
-    for tag, slurm_id in workspace.ledger():
-        ledger_ids[tag].append(slurm_id)
+    ledger_runs: dict[str, list[LedgerLine]] = collections.defaultdict(list)
+    for line in workspace.ledger():
+        ledger_runs[line.tag].append(line)
+    ledger_ids = {tag: [line.slurm_id for line in runs] for tag, runs in ledger_runs.items()}
     slurm = slurm_jobs_by_comment(workspace.cluster)
     for tag, jobs in by_tag.items():
         if tag not in accepted:
@@ -505,6 +555,15 @@ async def check_exactly_once(
             outcome.lost.append(f"{job['id']} (ran {len(ran)} times): {job['state_reason']}")
             failures.extend(f"{tag} {job['id']}: {problem}" for problem in _forgotten(job, amnesia, ran, in_slurm))
         else:
+            slurm_id = str(job["slurm_job_id"])
+            runs = ledger_runs.get(tag, [])
+            times = [f"{line.at:%H:%M:%S.%f}" if line.at else "?" for line in runs]
+            if amnesia is not None and forgotten_after_it_ran(runs, slurm_id, in_slurm, amnesia):
+                outcome.forgotten_after_it_ran.append(f"{job['id']}: Slurm job {slurm_id} ran at {times}")
+                in_slurm = [slurm_id]  # it was, and ran once: only Slurm's memory of it is gone
+            if amnesia is not None and rerun_by_slurm(runs, slurm_id, amnesia):
+                outcome.rerun_by_slurm.append(f"{job['id']}: Slurm job {slurm_id} ran at {times}")
+                ran = ran[:1]  # the broker's part: one submission, one Slurm job; the rest is Slurm's
             failures.extend(f"{tag} {job['id']}: {problem}" for problem in _exactly_once(job, events, ran, in_slurm))
     if failures:
         shown = "\n  ".join(failures[:40])
@@ -538,7 +597,12 @@ def _forgotten(job: dict[str, Any], amnesia: SlurmAmnesia, ran: list[str], in_sl
     if not job["state_reason"]:
         problems.append("lost without a reason")
     submitted_at = job["submitted_at"]
-    if submitted_at is None or datetime.fromisoformat(submitted_at) > amnesia.killed_at + amnesia.slack:
+    # A submit in flight when slurmctld died: the dispatcher may not resubmit once slurmctld has restarted,
+    # because the controller may have dropped (or started) it unsaved (broker/doubt.py). Lost, never twice.
+    in_doubt = submitted_at is None and "(re)started since the attempt" in (job["state_reason"] or "")
+    if not in_doubt and (
+        submitted_at is None or datetime.fromisoformat(submitted_at) > amnesia.killed_at + amnesia.slack
+    ):
         problems.append(f"lost, but Slurm took it at {submitted_at}, after slurmctld was killed ({amnesia.killed_at})")
     if in_slurm:
         problems.append(f"lost, yet Slurm still holds {in_slurm} carrying its id: it could tell")

@@ -7,15 +7,23 @@ restart without failpoints the job runs exactly once: the open attempt is settle
 (d) In the middle of an accept burst of 16 clients. Every 201 survives; a request cut off without an answer
 may or may not have been stored, and resending it with the same Idempotency-Key maps to that job or creates
 one, never two.
+
+They run on SQLite and on PostgreSQL (the ``database`` fixture): what a crash leaves behind, and how the
+restarted broker reads it, is the database's business. Each crash costs the dead broker's lease (30 s, the
+broker's minimum) before its claimed jobs are due again, so the three crashes run side by side, each with a
+broker, a database and a ledger of its own (they share nothing but echo), and their lease waits overlap. Each
+crash that fails is reported on its own, by name.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Awaitable, Callable
 
 import pytest
 
+from tests.faults.conftest import NewBroker, NewWorkspace
 from tests.faults.harness import (
     BrokerProcess,
     Progress,
@@ -31,43 +39,52 @@ from tests.faults.harness import (
 
 pytestmark = pytest.mark.lab
 
+Crash = Callable[[BrokerProcess, Workspace, str], Awaitable[None]]
 
-@pytest.mark.parametrize("failpoint", ["before_submit", "after_submit"])
-async def test_a_broker_killed_at_the_submit_runs_the_job_once_after_restart(
-    broker: BrokerProcess, workspace: Workspace, run_id: str, failpoint: str
-) -> None:
-    [item] = submissions(workspace, "echo", run_id, 1)
-    broker.start(failpoints=failpoint)
+
+async def killed_at_before_submit(broker: BrokerProcess, workspace: Workspace, run: str) -> None:
+    """(a) The attempt is committed, Slurm never heard of the job: proven absent by tag (within MinJobAge),
+    then submitted by a second attempt."""
+    attempts = await _killed_at_failpoint("before_submit", broker, workspace, run)
+    assert len(attempts) == 2, attempts
+
+
+async def killed_at_after_submit(broker: BrokerProcess, workspace: Workspace, run: str) -> None:
+    """(a) Slurm has the job, the broker never recorded it: found by tag and recorded, never submitted again."""
+    attempts = await _killed_at_failpoint("after_submit", broker, workspace, run)
+    assert len(attempts) == 1, attempts
+
+
+async def _killed_at_failpoint(
+    failpoint: str, broker: BrokerProcess, workspace: Workspace, run: str
+) -> list[dict[str, object]]:
+    """One job; the broker SIGKILLs itself at ``failpoint``; after a restart the job ran exactly once.
+    Returns the job's ``attempt_started`` events."""
+    [item] = submissions(workspace, "echo", run, 1)
+    await asyncio.to_thread(broker.start, failpoints=failpoint)
     async with broker.client() as client:
         assert await submit_one(client, item) == "201", item.problems
     # The dispatcher picks the job up at once and the process kills itself at the failpoint.
-    assert broker.wait_exit(timeout_s=60) == -signal.SIGKILL, broker.log_tail()
-    assert f"failpoint {failpoint}" in broker.log_tail()
-    broker.start()  # the same database and port, no failpoints
+    assert await asyncio.to_thread(broker.wait_exit, 60) == -signal.SIGKILL, broker.log_tail()
+    assert f"failpoint {failpoint}" in broker.log_tail(), broker.log_tail()
+    await asyncio.to_thread(broker.start)  # the same database and port, no failpoints
     async with broker.client() as client:
         # The dead broker's lease (30 s) must run out before the job is claimed again.
-        [job] = await wait_all_terminal(client, run_id, 1, timeout_s=120, context=broker.log_tail)
-        await check_exactly_once(client, workspace, run_id, [item])
+        [job] = await wait_all_terminal(client, run, 1, timeout_s=120, context=broker.log_tail)
+        await check_exactly_once(client, workspace, run, [item])
         events = (await client.get(f"/v1/jobs/{job['id']}/events", params={"limit": 500})).json()["items"]
-    attempts = [event for event in events if event["kind"] == "attempt_started"]
-    if failpoint == "before_submit":
-        # The first attempt never reached Slurm: proven absent by tag (within MinJobAge), then a second one.
-        assert len(attempts) == 2, events
-    else:
-        # Slurm had it: found by tag and recorded, never submitted again.
-        assert len(attempts) == 1, events
+    return [event for event in events if event["kind"] == "attempt_started"]
 
 
-async def test_a_broker_killed_during_an_accept_burst_loses_nothing_and_runs_nothing_twice(
-    broker: BrokerProcess, workspace: Workspace, run_id: str
-) -> None:
-    items = submissions(workspace, "echo", run_id, 120)
+async def killed_during_an_accept_burst(broker: BrokerProcess, workspace: Workspace, run: str) -> None:
+    """(d) 120 submissions by 16 clients; SIGKILL once 40 are accepted; restart, resend, and check."""
+    items = submissions(workspace, "echo", run, 120)
     progress = Progress()
-    broker.start()
+    await asyncio.to_thread(broker.start)
 
     async def kill_mid_burst() -> None:
         await progress.until(lambda c: c["201"] >= 40, 60, "40 jobs accepted")
-        assert broker.kill() == -signal.SIGKILL
+        assert await asyncio.to_thread(broker.kill) == -signal.SIGKILL
 
     async with broker.client(timeout_s=10) as client:
         await run_with(burst(client, items, concurrency=16, progress=progress), kill_mid_burst(), timeout_s=90)
@@ -78,7 +95,7 @@ async def test_a_broker_killed_during_an_accept_burst_loses_nothing_and_runs_not
     assert cut_off, f"the kill came after the burst: {answered_before}"
     assert all(item.last == "201" or (item.last or "").startswith("no answer") for item in items), answered_before
 
-    broker.start()
+    await asyncio.to_thread(broker.start)
     async with broker.client(timeout_s=10) as client:
         # Every 201 exists after the restart, at once (it was committed before the answer).
         for item in created:
@@ -90,5 +107,42 @@ async def test_a_broker_killed_during_an_accept_burst_loses_nothing_and_runs_not
         # A second resend of everything is a replay: the same job, 200.
         await burst(client, items, concurrency=16)
         assert all(item.last == "200" for item in items), summary(items)
-        await wait_all_terminal(client, run_id, len(items), timeout_s=150, context=broker.log_tail)
-        await check_exactly_once(client, workspace, run_id, items)
+        await wait_all_terminal(client, run, len(items), timeout_s=150, context=broker.log_tail)
+        await check_exactly_once(client, workspace, run, items)
+
+
+CRASHES: dict[str, Crash] = {
+    "before_submit": killed_at_before_submit,
+    "after_submit": killed_at_after_submit,
+    "mid_burst": killed_during_an_accept_burst,
+}
+
+
+@pytest.fixture
+def crash_brokers(database: str, new_broker: NewBroker) -> dict[str, BrokerProcess]:
+    """A broker per crash, each on a fresh database of its own (made here, not inside the test's event loop)."""
+    return {name: new_broker(database, name) for name in CRASHES}
+
+
+async def test_a_broker_killed_at_either_failpoint_or_mid_burst_loses_nothing_and_runs_nothing_twice(
+    database: str, crash_brokers: dict[str, BrokerProcess], new_workspace: NewWorkspace, run_id: str
+) -> None:
+    runs = {name: f"{run_id}-{name}" for name in CRASHES}
+    outcomes = await asyncio.gather(
+        *(crash(crash_brokers[name], new_workspace(runs[name]), runs[name]) for name, crash in CRASHES.items()),
+        return_exceptions=True,
+    )
+    failed = {name: outcome for name, outcome in zip(CRASHES, outcomes, strict=True) if outcome is not None}
+    if failed:
+        raise ExceptionGroup(
+            f"on {database}, crash {', '.join(failed)} failed",
+            [_named(name, error) for name, error in failed.items()],
+        )
+
+
+def _named(crash: str, error: BaseException) -> Exception:
+    """The crash's failure with a note naming the crash (its traceback kept)."""
+    if isinstance(error, Exception):
+        error.add_note(f"crash: {crash}")
+        return error
+    return RuntimeError(f"crash {crash}: {error!r}")

@@ -3,15 +3,53 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import Progress, Submission, factories_file_with, parse_ledger, summary
+from tests.faults.harness import (
+    LedgerLine,
+    Progress,
+    SlurmAmnesia,
+    Submission,
+    factories_file_with,
+    forgotten_after_it_ran,
+    parse_ledger,
+    rerun_by_slurm,
+    summary,
+)
 
 
-def test_the_ledger_reads_one_tag_and_slurm_id_per_line() -> None:
-    assert parse_ledger("a-0001 17\n\na-0002 18\na-0001 19\n") == [("a-0001", "17"), ("a-0002", "18"), ("a-0001", "19")]
+def test_the_ledger_reads_tag_slurm_id_and_time_per_line() -> None:
+    text = "a-0001 17 1764430000.250000\n\na-0002 18 1764430001,5\na-0001 19\n"
+    assert parse_ledger(text) == [
+        LedgerLine("a-0001", "17", datetime(2025, 11, 29, 15, 26, 40, 250000, UTC)),
+        LedgerLine("a-0002", "18", datetime(2025, 11, 29, 15, 26, 41, 500000, UTC)),
+        LedgerLine("a-0001", "19", None),
+    ]
+
+
+KILLED = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("runs", "rerun"),
+    [
+        ([("17", -1), ("17", 5)], True),  # one Slurm job, run before the kill and again after it
+        ([("17", -1)], False),  # ran once: nothing to excuse
+        ([("17", -1), ("18", 5)], False),  # two Slurm jobs: a second submission, never Slurm's doing
+        ([("17", -2), ("17", -1)], False),  # twice before the kill: not slurmctld's amnesia
+        ([("17", 1), ("17", 5)], False),  # twice after the kill: not slurmctld's amnesia
+        ([("17", -1), ("17", 5), ("17", 6)], False),
+        ([("17", None), ("17", 5)], False),  # a run without a time proves nothing
+    ],
+)
+def test_a_rerun_is_slurms_only_for_one_slurm_job_run_before_and_after_the_kill(
+    runs: list[tuple[str, int | None]], rerun: bool
+) -> None:
+    lines = [LedgerLine("t", slurm_id, None if at is None else KILLED + timedelta(seconds=at)) for slurm_id, at in runs]
+    assert rerun_by_slurm(lines, "17", SlurmAmnesia(KILLED)) is rerun
 
 
 async def test_progress_counts_answers_and_wakes_waiters() -> None:
@@ -37,3 +75,22 @@ def test_the_factory_file_keeps_only_the_named_factories(tmp_path: Path) -> None
     assert json.loads(kept.read_text()) == {"factories": [{"id": "echo"}]}
     with pytest.raises(AssertionError, match="lacks"):
         factories_file_with(lab, ["zulu"], tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("runs", "in_slurm", "forgotten"),
+    [
+        ([("17", -1)], [], True),  # ran once before the kill, and Slurm no longer holds it
+        ([("17", -1)], ["17"], False),  # Slurm holds it: nothing to excuse
+        ([("17", 1)], [], False),  # ran after the kill: then Slurm had it after its restart
+        ([("18", -1)], [], False),  # ran as another Slurm job than the broker recorded
+        ([("17", -2), ("17", 5)], [], False),  # ran twice
+        ([], [], False),  # never ran: not "completed"
+        ([("17", None)], [], False),  # a run without a time proves nothing
+    ],
+)
+def test_a_completed_job_missing_from_slurm_is_excused_only_if_it_ran_once_before_the_kill(
+    runs: list[tuple[str, int | None]], in_slurm: list[str], forgotten: bool
+) -> None:
+    lines = [LedgerLine("t", slurm_id, None if at is None else KILLED + timedelta(seconds=at)) for slurm_id, at in runs]
+    assert forgotten_after_it_ran(lines, "17", in_slurm, SlurmAmnesia(KILLED)) is forgotten

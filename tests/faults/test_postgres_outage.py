@@ -7,6 +7,10 @@ client honouring Retry-After would, and also end up as exactly one job each.
 
 PostgreSQL is shared with the other tests: it is started again, and must accept connections, before this test
 ends, whatever happens.
+
+PostgreSQL only, on purpose: the other fault tests run on both databases, but this outage has no SQLite
+counterpart. Embedded SQLite is a file inside the broker's own process, not a server that can stop while the
+broker runs; a SQLite that cannot be written is a broken disk, not an outage the API should ride out.
 """
 
 from __future__ import annotations
