@@ -114,7 +114,6 @@ class Dispatcher:
         self._states = FactoryStateRepository(database, clock)
         self._allocations = AllocationRepository(database, clock)
         self._failpoints = active_failpoints() if failpoints is None else failpoints
-        self._skew = timedelta(seconds=settings.clock_skew_s)
         self.errors_by_factory: dict[str, int] = {}
 
     async def run_once(self) -> int:
@@ -253,7 +252,7 @@ class Dispatcher:
             evidence,
             now=self._clock(),
             min_job_age_s=factory.min_job_age_s,
-            skew=self._skew,
+            skew=timedelta(seconds=factory.clock_skew_s),
         )
         if verdict.found is not None:
             slurm_job_id = str(verdict.found.job_id)
@@ -281,7 +280,8 @@ class Dispatcher:
         accounted = None
         if factory.accounting:
             try:
-                accounted = await adapter.accounted_jobs(submitted_after=attempt.started_at - self._skew)
+                skew = timedelta(seconds=factory.clock_skew_s)
+                accounted = await adapter.accounted_jobs(submitted_after=attempt.started_at - skew)
             except AccountingUnavailable as exc:
                 log.warning("Factory %s: slurmdbd lookup failed: %s", factory.id, _describe(exc))
         return Evidence(listed=listed, accounted=accounted, health=await adapter.health())

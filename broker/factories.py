@@ -18,6 +18,7 @@ Example (YAML; JSON works too)::
         job_root: /leonardo_scratch/conveyor      # jobs without a working directory run (and log) here
         accounting: true                           # slurmdbd keeps finished jobs
         min_job_age_s: 300                         # Slurm's MinJobAge
+        clock_skew_s: 10                           # how far its clock and the broker's may disagree
         partitions:
           - {name: boost_usr_prod, default: true, max_time_min: 1440, default_time_min: 60, nodes: 3456,
              cpus_per_node: 32, memory_mb_per_node: 491520, gpus_per_node: {a100: 4}}
@@ -126,6 +127,13 @@ class Factory(_Strict):
     accounting: bool = Field(False, description="the cluster keeps finished jobs in slurmdbd (sacct works)")
     min_job_age_s: int = Field(
         300, ge=0, description="Slurm's MinJobAge: how long slurmctld still lists a finished job"
+    )
+    clock_skew_s: float = Field(
+        10.0,
+        ge=1,
+        le=3600,
+        description="how far this cluster's clock and the broker's may disagree (at least 1: Slurm's times are "
+        "whole seconds); settling a submit in doubt allows this much, always in the safe direction",
     )
 
     @model_validator(mode="after")

@@ -55,12 +55,6 @@ class Settings(BaseSettings):
     retry_backoff_max_s: float = Field(
         60.0, gt=0, description="the longest a queued job waits between two tries when a Factory is unavailable"
     )
-    clock_skew_s: float = Field(
-        10.0,
-        ge=0,
-        description="how far the broker's and Slurm's clocks may disagree (NTP keeps it under a second); "
-        "settling a submit in doubt allows this much either way, always in the safe direction",
-    )
     oidc_issuers: OidcIssuers = Field(
         (),
         description="trusted OIDC issuers, a JSON list of {issuer, audience, jwks_uri (https), algorithms}; "

@@ -22,6 +22,9 @@ from slurm_adapters.factory import config_to_dict
 
 FILE_NAME = "factories.yaml"
 
+# The broker and the lab share this host's clock; Slurm's times are whole seconds.
+CLOCK_SKEW_S = 1.0
+
 
 def _partition(partition: dict[str, Any], nodes: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """One partition with per-node facts that hold for EVERY node in it (the smallest, if they differ)."""
@@ -56,6 +59,7 @@ def factory_entry(cluster: Cluster) -> dict[str, Any]:
         "job_root": raw["scratch_dir"],
         "accounting": bool(raw["accounting"]),
         "min_job_age_s": int(raw["min_job_age_s"]),
+        "clock_skew_s": CLOCK_SKEW_S,
         "partitions": [_partition(partition, nodes) for partition in raw["partitions"]],
     }
 

@@ -145,3 +145,17 @@ async def test_submit_and_cancel_events_say_who_and_from_where(broker: Broker, w
     for kind in ("created", "cancel_requested"):
         assert by_kind[kind]["actor"] == world.alice_id
         assert by_kind[kind]["detail"]["source"] == "127.0.0.1"  # httpx's ASGI transport's client address
+
+
+async def test_a_user_cannot_choose_the_slurm_account_or_qos(broker: Broker, world: World) -> None:
+    """The site account and QOS come from the broker's mapping, never from the job spec: asking is a 422 that
+    names the field (unknown fields are refused, not dropped)."""
+    async with broker.client(world.alice) as alice:
+        for where, body in [
+            ("account", job_body(account="ehpc-aif-other")),
+            ("qos", job_body(qos="high")),
+            ("resources.account", job_body(resources={"time_limit_min": 20, "account": "root"})),
+            ("resources.qos", job_body(resources={"time_limit_min": 20, "qos": "high"})),
+        ]:
+            problem = problem_of(await alice.post("/v1/jobs", json=body), 422, "validation_error")
+            assert where in (problem.detail or ""), (where, problem.detail)

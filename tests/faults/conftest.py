@@ -17,12 +17,15 @@ import secrets
 import shutil
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from dev.lab import procs
+from dev.lab.factories_config import CLOCK_SKEW_S
 from dev.lab.view import lab_json_path
+from slurm_adapters.cli.cluster import sdiag_facts
 from tests.db import conftest as database_fixtures
 from tests.faults.harness import BrokerProcess, Workspace, factories_file_with
 from tests.lab import Cluster, clusters
@@ -85,10 +88,20 @@ class CtldWatch:
         )
 
 
+def statistics_age_s(cluster: Cluster) -> float:
+    """How long ago slurmctld's statistics began (sdiag "Data since"): at least since its last start."""
+    since, _ = sdiag_facts(cluster.slurm("sdiag"))
+    return float("inf") if since is None else (datetime.now(UTC) - since).total_seconds()
+
+
 @pytest.fixture
 def echo_ctld(request: pytest.FixtureRequest, echo: Cluster) -> Iterator[CtldWatch]:
     watch = CtldWatch(echo, procs.recorded_pid(echo.host_path_of_pid_file()))
     assert watch.expected is not None, f"{echo.name}'s slurmctld is not running"
+    # A slurmctld started moments ago (the lab tests rebuild echo just before) cannot vouch for attempts made
+    # in its first second: the dispatcher would rightly call such a job lost (broker/doubt.py). Wait until
+    # it has run for longer than the lab Factory's clock skew.
+    assert procs.wait_for(lambda: statistics_age_s(echo) > CLOCK_SKEW_S + 1, 30), "echo's slurmctld never settled"
     yield watch
     if not request.node.stash.get(CALL_PASSED, True):
         problem = watch.foreign_restart()

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tests.faults.conftest import NewBroker, NewWorkspace
+from tests.faults.conftest import CtldWatch, NewBroker, NewWorkspace
 from tests.faults.harness import (
     BrokerProcess,
     Progress,
@@ -125,8 +125,10 @@ def crash_brokers(database: str, new_broker: NewBroker) -> dict[str, BrokerProce
 
 
 async def test_a_broker_killed_at_either_failpoint_or_mid_burst_loses_nothing_and_runs_nothing_twice(
-    database: str, crash_brokers: dict[str, BrokerProcess], new_workspace: NewWorkspace, run_id: str
-) -> None:
+    database: str, crash_brokers: dict[str, BrokerProcess], new_workspace: NewWorkspace, run_id: str,
+    echo_ctld: CtldWatch,
+) -> None:  # fmt: skip
+    del echo_ctld  # a settled slurmctld, and a note on failure if someone else restarts it
     runs = {name: f"{run_id}-{name}" for name in CRASHES}
     outcomes = await asyncio.gather(
         *(crash(crash_brokers[name], new_workspace(runs[name]), runs[name]) for name, crash in CRASHES.items()),

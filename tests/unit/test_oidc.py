@@ -365,9 +365,13 @@ async def test_a_token_without_kid_needs_exactly_one_candidate_key(
 # --- refusing --------------------------------------------------------------------------------------------------
 
 
+def at(offset_s: int) -> int:
+    """A Unix time ``offset_s`` from now, read when called."""
+    return int(time.time()) + offset_s
+
+
 def _negative_cases() -> list[tuple[str, Callable[[], str], Reason]]:
-    now = int(time.time())
-    good = RSA.sign(claims_for())
+    good = RSA.sign(claims_for())  # its age does not matter: every case using it fails before any time check
     impostor = SigningKey(RSA.kid, "RS256", rsa_key("impostor").private)  # our kid, someone else's key
     pem, jwk_text, root = RSA.public_pem(), json.dumps(RSA.jwk()).encode(), claims_for(sub="root")
     return [
@@ -380,9 +384,10 @@ def _negative_cases() -> list[tuple[str, Callable[[], str], Reason]]:
         ("HS256 keyed with the public PEM", lambda: forge_hs256(claims_for(), pem, RSA.kid), Reason.BAD_ALGORITHM),
         ("HS256 keyed with the JWK", lambda: forge_hs256(claims_for(), jwk_text, None), Reason.BAD_ALGORITHM),
         ("an algorithm the issuer does not use", lambda: RSA.sign(claims_for(), alg="PS256"), Reason.BAD_ALGORITHM),
-        ("expired", lambda: RSA.sign(claims_for(exp=now - 120, iat=now - 600)), Reason.EXPIRED),
-        ("not yet valid (nbf)", lambda: RSA.sign(claims_for(nbf=now + 600)), Reason.NOT_YET_VALID),
-        ("issued in the future", lambda: RSA.sign(claims_for(iat=now + 600, exp=now + 900)), Reason.NOT_YET_VALID),
+        # Times are taken when the token is made, not when the cases are collected (a long run would age them).
+        ("expired", lambda: RSA.sign(claims_for(exp=at(-120), iat=at(-600))), Reason.EXPIRED),
+        ("not yet valid (nbf)", lambda: RSA.sign(claims_for(nbf=at(600))), Reason.NOT_YET_VALID),
+        ("issued in the future", lambda: RSA.sign(claims_for(iat=at(600), exp=at(900))), Reason.NOT_YET_VALID),
         ("claims changed after signing", lambda: with_claims_swapped(good, root), Reason.BAD_SIGNATURE),
         ("signed by another key under our kid", lambda: impostor.sign(claims_for()), Reason.BAD_SIGNATURE),
         ("unknown kid", lambda: rsa_key("rsa-unknown").sign(claims_for()), Reason.UNKNOWN_KEY),
