@@ -14,10 +14,11 @@ from app.problems import Unauthenticated
 from broker.allocations import AllocationService
 from broker.db.engine import Database
 from broker.db.repositories import JobStats
-from broker.errors import Forbidden
+from broker.errors import Forbidden, TooManyRequests
 from broker.factories import FactoryRegistry
 from broker.factory_service import Capacity, FactoryService
 from broker.identity import Principal, Scope
+from broker.identity.limits import FailureLimiter
 from broker.identity.service import AuthenticationFailed, IdentityService
 from broker.jobs.service import JobService
 from broker.projects import ProjectService
@@ -43,6 +44,7 @@ class AppState:
     registry: FactoryRegistry
     authenticator: Authenticator
     identities: IdentityService
+    auth_failures: FailureLimiter
     projects: ProjectService
     allocations: AllocationService
     jobs: JobService
@@ -65,9 +67,14 @@ async def get_principal(
 ) -> Principal:
     if credentials is None:
         raise Unauthenticated("send 'Authorization: Bearer <token>'", challenge())
+    source = client_address(request)
+    retry_after = state.auth_failures.retry_after_s(source)
+    if retry_after is not None:
+        raise TooManyRequests("too many failed authentications from this address; wait and retry", retry_after)
     try:
-        return await state.authenticator.authenticate(credentials.credentials, source=client_address(request))
+        return await state.authenticator.authenticate(credentials.credentials, source=source)
     except AuthenticationFailed as exc:
+        state.auth_failures.failed(source)
         raise Unauthenticated(exc.message, challenge("invalid_token", exc.reason), reason=exc.reason) from None
 
 

@@ -26,6 +26,7 @@ from broker.db.migrate import schema_is_current
 from broker.db.repositories import JobStats
 from broker.factories import load_factories
 from broker.factory_service import FactoryService
+from broker.identity.limits import FailureLimiter
 from broker.identity.service import IdentityService
 from broker.jobs.service import JobService
 from broker.projects import ProjectService
@@ -41,6 +42,10 @@ log = logging.getLogger("conveyor.api")
 API_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "No or an invalid bearer token", "model": Problem},
     403: {"description": "The token's scopes or the caller's role do not allow this", "model": Problem},
+    429: {
+        "description": "Too many failed authentications from this address; retry after Retry-After",
+        "model": Problem,
+    },
     422: {"description": "Invalid request", "model": Problem},
     503: {"description": "The database is unavailable; retry after Retry-After", "model": Problem},
 }
@@ -130,6 +135,7 @@ async def _running(
                 registry=registry,
                 authenticator=authenticator or authenticator_from_settings(settings, database, oidc),
                 identities=IdentityService(database),
+                auth_failures=FailureLimiter(settings.auth_failures_per_minute, 60.0),
                 projects=ProjectService(database),
                 allocations=AllocationService(database, registry),
                 jobs=JobService(database, registry, adapters, on_new_job=runtime.notify_new_job if runtime else None),

@@ -28,6 +28,7 @@ from conveyor.problems import (
     OUTPUT_UNAVAILABLE,
     PLACEMENT_FAILED,
     PROBLEM_MEDIA_TYPE,
+    RATE_LIMITED,
     UNAUTHORIZED,
     UNAVAILABLE,
     VALIDATION_ERROR,
@@ -95,6 +96,8 @@ def domain_problem(error: errors.BrokerError, instance: str) -> Problem:  # noqa
         return UNAVAILABLE.problem(
             error.message, instance=instance, retry_after_s=error.retry_after_s, factory=error.factory
         )
+    if isinstance(error, errors.TooManyRequests):
+        return RATE_LIMITED.problem(error.message, instance=instance, retry_after_s=error.retry_after_s)
     if isinstance(error, errors.AlreadyExists):
         return ALREADY_EXISTS.problem(error.message, instance=instance)
     if isinstance(error, errors.IdentityProviderUnavailable):

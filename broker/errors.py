@@ -100,3 +100,11 @@ class IdentityProviderUnavailable(BrokerError):
 
 class AlreadyExists(BrokerError):
     """A thing with that id exists already (creating it again is refused, never merged)."""
+
+
+class TooManyRequests(BrokerError):
+    """The caller must slow down (e.g. too many failed authentications from its address)."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
         "a caller's identity is (issuer, subject)",
     )
     oidc_ca_file: Path | None = Field(None, description="CA bundle for the issuers' JWKS (default: the system's)")
+    auth_failures_per_minute: int = Field(
+        30, ge=1, description="failed authentications allowed per client address and minute before 429"
+    )
     host: str = Field("127.0.0.1", description="the address `python -m app` listens on")
     port: int = Field(8000, ge=1, le=65535, description="the port `python -m app` listens on")
     run_loops: bool = Field(

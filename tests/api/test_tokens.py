@@ -167,3 +167,14 @@ async def test_the_dev_token_is_no_user_and_cannot_mint_personal_tokens(api: Api
     response = await api.client.post("/v1/tokens", json={"name": "x", "scopes": ["read"]})
     problem = problem_of(response, 403, "forbidden")
     assert "create-admin" in (problem.detail or "")
+
+
+async def test_too_many_failed_authentications_from_one_address_are_429_with_retry_after(broker: Broker) -> None:
+    limit = 30  # the default CONVEYOR_AUTH_FAILURES_PER_MINUTE
+    async with broker.client("cvy_aaaaaaaaaa_" + "C" * 43) as guesser:
+        answers = [(await guesser.get("/v1/jobs")).status_code for _ in range(limit + 1)]
+    assert answers == [401] * limit + [429]
+    async with broker.client(broker.admin_token) as admin:  # the same address: held back, even with a good token
+        response = await admin.get("/v1/jobs")
+    problem_of(response, 429, "rate_limited")
+    assert 1 <= int(response.headers["retry-after"]) <= 60
