@@ -23,6 +23,7 @@ from broker.identity.service import AuthenticationFailed, IdentityService
 from broker.jobs.service import JobService
 from broker.projects import ProjectService
 from broker.settings import Settings
+from broker.site_accounts import SiteAccountService
 
 
 class RuntimeLike(Protocol):
@@ -47,6 +48,7 @@ class AppState:
     auth_failures: FailureLimiter
     projects: ProjectService
     allocations: AllocationService
+    site_accounts: SiteAccountService
     jobs: JobService
     factories: FactoryService
     stats: JobStats
@@ -116,6 +118,10 @@ def get_allocations(state: StateDep) -> AllocationService:
     return state.allocations
 
 
+def get_site_accounts(state: StateDep) -> SiteAccountService:
+    return state.site_accounts
+
+
 def get_database(state: StateDep) -> Database:
     return state.database
 
@@ -130,3 +136,4 @@ DbDep = Annotated[Database, Depends(get_database)]
 IdentitiesDep = Annotated[IdentityService, Depends(get_identities)]
 ProjectsDep = Annotated[ProjectService, Depends(get_projects)]
 AllocationsDep = Annotated[AllocationService, Depends(get_allocations)]
+SiteAccountsDep = Annotated[SiteAccountService, Depends(get_site_accounts)]

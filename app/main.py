@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from app import problems
 from app.auth import Authenticator, authenticator_from_settings, oidc_verifier
 from app.deps import AppState, RuntimeLike
-from app.routes import admin, allocations, factories, health, jobs, projects, tokens
+from app.routes import admin, allocations, factories, health, jobs, projects, site_accounts, tokens
 from broker.adapters import AdapterPool
 from broker.allocations import AllocationService
 from broker.db.engine import database_from_settings
@@ -32,6 +32,7 @@ from broker.jobs.service import JobService
 from broker.projects import ProjectService
 from broker.runtime import Runtime
 from broker.settings import Settings
+from broker.site_accounts import SiteAccountService
 from conveyor.models import API_ROOT
 from conveyor.problems import Problem
 
@@ -75,7 +76,15 @@ def create_app(
         lifespan=lifespan,
     )
     problems.install(app)
-    for router in (jobs.router, factories.router, admin.router, tokens.router, projects.router, allocations.router):
+    for router in (
+        jobs.router,
+        factories.router,
+        admin.router,
+        tokens.router,
+        projects.router,
+        allocations.router,
+        site_accounts.router,
+    ):
         app.include_router(router, prefix=API_ROOT, responses=API_ERRORS)
     app.include_router(health.router)
 
@@ -138,6 +147,7 @@ async def _running(
                 auth_failures=FailureLimiter(settings.auth_failures_per_minute, 60.0),
                 projects=ProjectService(database),
                 allocations=AllocationService(database, registry),
+                site_accounts=SiteAccountService(database, registry),
                 jobs=JobService(database, registry, adapters, on_new_job=runtime.notify_new_job if runtime else None),
                 factories=FactoryService(database, registry, runtime.capacity if runtime else None),
                 stats=JobStats(database),

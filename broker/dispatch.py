@@ -45,7 +45,8 @@ from broker.factories import Factory, FactoryRegistry
 from broker.health import factory_statuses
 from broker.placement import FactoryStatus, PlacementError, place
 from broker.settings import Settings
-from broker.translate import TranslationError, site_user, to_slurm_spec
+from broker.site_accounts import SiteAccountService
+from broker.translate import TranslationError, to_slurm_spec
 from conveyor.spec import JobSpec, JobState
 from slurm_adapters.base import (
     AccountingUnavailable,
@@ -113,6 +114,7 @@ class Dispatcher:
         self._jobs = JobRepository(database, clock)
         self._states = FactoryStateRepository(database, clock)
         self._allocations = AllocationRepository(database, clock)
+        self._site_accounts = SiteAccountService(database, registry, clock)
         self._failpoints = active_failpoints() if failpoints is None else failpoints
         self.errors_by_factory: dict[str, int] = {}
 
@@ -169,12 +171,13 @@ class Dispatcher:
                 await self._reject(job.id, exc.message, code=exc.code.value)
             return
         factory = placement.factory
+        run_as = await self._site_accounts.run_as(factory, job.owner, job.project)
         try:
-            slurm_spec = to_slurm_spec(job.id, spec, placement, factory)
+            slurm_spec = to_slurm_spec(job.id, spec, placement, factory, account=run_as.account)
         except TranslationError as exc:
             await self._reject(job.id, str(exc))
             return
-        user = site_user(factory)
+        user = run_as.user
         attempt = await self._jobs.record_attempt(
             job.id, lease_owner=self.worker_id, factory=factory.id, slurm_user=user,
             partition=placement.partition.name, placement_reason=placement.reason, actor=ACTOR,

@@ -22,7 +22,7 @@ class TranslationError(ValueError):
 
 
 def site_user(factory: Factory) -> str:
-    """The site account jobs run as on ``factory`` (per-user mappings come with identities, issue #4)."""
+    """The site user jobs run as on ``factory`` unless a mapping says otherwise (broker.site_accounts)."""
     return factory.mapping.default_user
 
 
@@ -50,10 +50,13 @@ def working_directory(spec: JobSpec, factory: Factory) -> str:
     return directory
 
 
-def to_slurm_spec(job_id: str, spec: JobSpec, placement: Placement, factory: Factory) -> SlurmJobSpec:
+def to_slurm_spec(
+    job_id: str, spec: JobSpec, placement: Placement, factory: Factory, *, account: str | None = None
+) -> SlurmJobSpec:
     """The adapter's job spec for broker job ``job_id`` placed by ``placement`` on ``factory``.
 
-    The tag is the broker's job id: the only way to find the Slurm job again after a crash.
+    The tag is the broker's job id: the only way to find the Slurm job again after a crash. ``account`` is the
+    site account mapped for the job (broker.site_accounts); None: the Factory's default account.
     """
     if placement.factory.id != factory.id:
         raise ValueError(f"placement is on {placement.factory.id!r}, not on {factory.id!r}")
@@ -69,7 +72,7 @@ def to_slurm_spec(job_id: str, spec: JobSpec, placement: Placement, factory: Fac
         stderr=f"{log_stem}.err",
         environment=dict(spec.environment),
         partition=placement.partition.name,
-        account=factory.mapping.default_account,
+        account=account or factory.mapping.default_account,
         nodes=resources.nodes,
         tasks=resources.tasks_per_node * resources.nodes,
         cpus_per_task=resources.cpus_per_task,

@@ -299,3 +299,29 @@ class JobCharge(Base):
     settled_at: Mapped[datetime | None]
 
     __table_args__ = (Index(None, "allocation_id"),)
+
+
+class FactoryOperator(Base):
+    """A user who operates a Factory: it maps the broker's users and projects to that site's accounts."""
+
+    __tablename__ = "factory_operators"
+
+    factory_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    added_at: Mapped[datetime]
+
+
+class SiteAccount(Base):
+    """Which Slurm user and account a broker user's (or a whole project's) jobs run as on one Factory.
+
+    Only the Factory's operators and admins set these; a job spec can never choose them."""
+
+    __tablename__ = "site_accounts"
+
+    factory_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # "user" or "project"
+    subject: Mapped[str] = mapped_column(String(64), primary_key=True)  # a user id or a project id
+    slurm_user: Mapped[str] = mapped_column(String(64))
+    slurm_account: Mapped[str | None] = mapped_column(String(64))
+    set_by: Mapped[str] = mapped_column(String(255))
+    set_at: Mapped[datetime]

@@ -53,6 +53,7 @@ from broker.jobs.idempotency import MAX_KEY_LENGTH, request_hash
 from broker.jobs.ids import new_job_id
 from broker.placement import NOT_CHECKED, FactoryStatus, Placement, PlacementError, place
 from broker.projects import ProjectService
+from broker.site_accounts import SiteAccountService
 from conveyor.models import (
     DryRun,
     DryRunRendering,
@@ -180,6 +181,7 @@ class JobService:
         self._factory_states = FactoryStateRepository(database)
         self._projects = ProjectService(database)
         self._allocations = AllocationService(database, registry)
+        self._site_accounts = SiteAccountService(database, registry)
         self._registry = registry
         self._adapters = adapters
         self._on_new_job = on_new_job
@@ -349,7 +351,7 @@ class JobService:
         but every Factory it fits is unavailable, the answer still shows where it would go once one is back
         (and says so), since such a job would be accepted and wait.
         """
-        del caller  # every caller may ask; nothing is stored or revealed about other jobs
+        # Every caller may ask; nothing is stored or revealed about other jobs. The rendering uses its mapping.
         note = ""
         try:
             placement = place(spec, self._registry, await self._statuses())
@@ -361,8 +363,9 @@ class JobService:
         factory = placement.factory
         try:
             # The dispatcher's own translation, so this is exactly what it would send (the id is illustrative).
+            run_as = await self._site_accounts.run_as(factory, caller.id, spec.project)
             rendering = self._adapters.get(factory.id).render(
-                translate.to_slurm_spec(new_job_id(), spec, placement, factory), translate.site_user(factory)
+                translate.to_slurm_spec(new_job_id(), spec, placement, factory, account=run_as.account), run_as.user
             )
         except translate.TranslationError as exc:
             raise InvalidInput([Invalid(("body",), str(exc), "translation_failed")]) from None

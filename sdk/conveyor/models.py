@@ -589,3 +589,30 @@ class AllocationView(WireAnswer):
     jobs: int = Field(description="Jobs that reserved or were charged on it.")
     starts_at: UtcDatetime
     ends_at: UtcDatetime
+
+
+# ---------------------------------------------------------------------------------------------------
+# Site accounts: the Slurm user and account a user's (or a project's) jobs run as on a Factory
+# ---------------------------------------------------------------------------------------------------
+
+SiteAccountKind = Literal["user", "project"]
+SlurmName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z_][a-z0-9_.-]*$")]
+
+
+class SiteAccountRequest(WireRequest):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"slurm_user": "a08trb12", "slurm_account": "EUHPC_A01_001"}]}
+    )
+
+    slurm_user: SlurmName
+    slurm_account: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+class SiteAccountView(WireAnswer):
+    factory: FactoryId
+    kind: SiteAccountKind
+    subject: str = Field(description="The user id or project id this mapping is for.")
+    slurm_user: str
+    slurm_account: str | None = None
+    set_by: str
+    set_at: UtcDatetime

@@ -9,9 +9,13 @@ import pytest
 
 from broker.db.models import AttemptOutcome
 from broker.db.repositories import FactoryStateRepository
+from broker.db.repositories.identity import IdentityRepository
+from broker.errors import InvalidInput
 from broker.factories import parse_factories
 from broker.health import factory_statuses
+from broker.identity import DEV_PRINCIPAL
 from broker.placement import place
+from broker.site_accounts import SiteAccountService
 from broker.translate import site_user, to_slurm_spec
 from conveyor.spec import JobSpec, JobState
 from slurm_adapters.base import ClusterUnavailable, JobNotFound, JobRecord, SlurmAdapter
@@ -288,3 +292,25 @@ async def test_an_ambiguous_submit_failure_is_settled_by_tag_not_by_a_second_sub
     job = await broker.job(job_id)
     assert job.state is JobState.SUBMITTED
     assert await slurm_jobs_tagged(broker, "alpha", job_id) == [int(job.slurm_job_id or 0)]
+
+
+async def test_each_user_runs_as_its_mapped_site_user(broker: Broker) -> None:
+    """Two broker users mapped to alice and bob on bravo: Slurm's own UserId of each job says so."""
+    identities = IdentityRepository(broker.db)
+    first, second = await identities.create_user("first"), await identities.create_user("second")
+    accounts = SiteAccountService(broker.db, broker.registry)
+    for user, slurm_name in ((first, "alice"), (second, "bob")):
+        await accounts.set(DEV_PRINCIPAL, "bravo", "user", user.id, slurm_user=slurm_name, slurm_account=None,
+                           source=None)  # fmt: skip
+    with pytest.raises(InvalidInput, match="system account"):  # uid 1 on the lab's passwd
+        await accounts.set(DEV_PRINCIPAL, "bravo", "user", first.id, slurm_user="daemon", slurm_account=None,
+                           source=None)  # fmt: skip
+    jobs = {
+        slurm_name: await broker.queue(owner=user.id, command=["true"], placement={"factory": "bravo"})
+        for user, slurm_name in ((first, "alice"), (second, "bob"))
+    }
+    bravo = lab_cluster("bravo")
+    for slurm_name, job_id in jobs.items():
+        job = await broker.reach(job_id, JobState.SUBMITTED, JobState.RUNNING, JobState.COMPLETED)
+        assert job.slurm_user == slurm_name
+        assert bravo.show_job(int(job.slurm_job_id or 0))["UserId"].startswith(f"{slurm_name}(")
