@@ -257,8 +257,11 @@ class Reconciler:
     async def _charge(self, job: Job, record: JobRecord) -> None:
         """An ended job pays what Slurm says it held (elapsed x allocated GPUs or nodes), not what it asked."""
         unit = await self._allocations.unit_of_charge(job.id)
-        if unit is not None and await self._allocations.settle(job.id, charge_s(record, unit)):
-            _log(logging.INFO, job.id, "charged %d %s-seconds", charge_s(record, unit), unit.value.split("_")[0])
+        if unit is None:
+            return
+        charged = charge_s(record, unit)
+        if await self._allocations.settle(job.id, charged):
+            _log(logging.INFO, job.id, "charged %d %s-seconds", charged, unit.value.split("_")[0])
 
     def figures(self, now: datetime | None = None) -> dict[str, dict[str, float]]:
         """Per-Factory figures for /metrics, each a mapping Factory -> number (absent: not measured yet)."""
