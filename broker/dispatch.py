@@ -262,6 +262,14 @@ class Dispatcher:
             if await self._jobs.record_submission(job.id, attempt.attempt, slurm_job_id, actor=ACTOR):
                 _job_log(logging.INFO, job.id, "found by tag on %s as Slurm job %s", factory.id, slurm_job_id)
             return False
+        if verdict.later:
+            await self._retry(
+                job.id,
+                attempt.attempt,
+                f"whether attempt {attempt.attempt} reached {factory.id} cannot be told yet ({verdict.reason}); "
+                "it is looked up again before any new submission",
+            )
+            return False
         if verdict.absent:
             await self._jobs.finish_attempt(
                 job.id, attempt.attempt, outcome=AttemptOutcome.NOT_APPLIED, error=verdict.reason, actor=ACTOR

@@ -18,7 +18,9 @@ a job may even have started), and then either
   since: each carries another tag, or slurmctld lists it. slurmdbd writes a job's tag only when the job ends,
   so a job it holds without one and slurmctld no longer lists cannot be told apart from ours.
 
-Anything else cannot be proven: the job becomes ``lost`` with the reason, never submitted twice.
+A slurmdbd that is merely behind cannot prove absence yet, but will once it catches up: that verdict is
+``later`` (the job stays queued with the reason and is looked up again). Anything else cannot be proven: the
+job becomes ``lost`` with the reason, never submitted twice.
 """
 
 from __future__ import annotations
@@ -51,11 +53,13 @@ class Evidence:
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """``found``: the Slurm job the attempt created. ``absent``: proven never created, so it may be submitted.
-    Neither: cannot tell, and ``reason`` says why (the job becomes lost)."""
+    ``later``: cannot tell yet, ask again. None of these: cannot tell, and ``reason`` says why (the job becomes
+    lost)."""
 
     found: JobRecord | None
     absent: bool
     reason: str
+    later: bool = False
 
 
 def matches(record: JobRecord, attempt: Attempt, skew: timedelta) -> bool:
@@ -110,7 +114,9 @@ def _settle_by_accounting(attempt: Attempt, evidence: Evidence, age: str, min_jo
         return _unknown(f"the attempt is {age} old, beyond MinJobAge ({min_job_age_s} s), and no slurmdbd record "
                         "could be read")  # fmt: skip
     if evidence.health.accounting_backlog != 0:
-        return _unknown(f"slurmdbd is behind: slurmctld holds {evidence.health.accounting_backlog} messages for it")
+        backlog = evidence.health.accounting_backlog
+        return Verdict(found=None, absent=False, later=True,
+                       reason=f"slurmdbd is behind: slurmctld holds {backlog} messages for it")  # fmt: skip
     listed_ids = {r.job_id for r in evidence.listed}
     unexplained = sorted(
         r.job_id

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from broker.db.models import AttemptOutcome
+from broker.db.models import AttemptOutcome, Job
 from broker.db.repositories import FactoryStateRepository
 from broker.db.repositories.identity import IdentityRepository
 from broker.errors import InvalidInput
@@ -152,6 +154,19 @@ async def _attempt_then_crash(broker: Broker, job_id: str, *, submit: bool) -> t
     return factory.id, slurm_id
 
 
+async def _dispatch_until_told(broker: Broker, job_id: str, timeout_s: float = 60) -> Job:
+    """Dispatch cycles until the doubt is settled: while slurmdbd is behind, the job waits for its retry."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        await broker.dispatcher.run_once()
+        job = await broker.job(job_id)
+        if job.state is not JobState.QUEUED or "cannot be told yet" not in (job.state_reason or ""):
+            return job
+        assert time.monotonic() < deadline, f"still in doubt after {timeout_s} s: {job.state_reason}"
+        broker.clock.offset += timedelta(seconds=broker.settings.retry_backoff_max_s)  # its retry is due
+        await asyncio.sleep(0.2)  # slurmdbd drains its backlog meanwhile
+
+
 async def test_after_a_crash_after_submit_the_job_is_found_by_tag_and_not_submitted_twice(broker: Broker) -> None:
     job_id = await broker.queue(command=["true"])
     factory_id, slurm_id = await _attempt_then_crash(broker, job_id, submit=True)
@@ -197,8 +212,7 @@ async def test_beyond_minjobage_slurmdbd_proves_absence_and_the_job_is_submitted
     factory_id, _ = await _attempt_then_crash(broker, job_id, submit=False)
     assert broker.registry[factory_id].accounting
     broker.clock.offset = timedelta(seconds=broker.registry[factory_id].min_job_age_s + 120)
-    await broker.dispatcher.run_once()
-    job = await broker.job(job_id)
+    job = await _dispatch_until_told(broker, job_id)
     assert job.state is JobState.SUBMITTED, job.state_reason
     attempts = await broker.jobs.attempts(job_id)
     assert [a.outcome for a in attempts] == [AttemptOutcome.NOT_APPLIED, AttemptOutcome.SUBMITTED]

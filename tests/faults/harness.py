@@ -419,7 +419,10 @@ async def wait_all_terminal(
         if time.monotonic() > deadline:
             states = collections.Counter(job["state"] for job in jobs)
             active = [job for job in jobs if job["state"] not in TERMINAL]
-            waiting = [(job["id"], job["state"], job["state_reason"]) for job in active[:5]]
+            waiting = [
+                (job["id"], job["state"], job["state_reason"], job.get("slurm_state"), job.get("slurm_reason"))
+                for job in active[:5]
+            ]
             raise AssertionError(
                 f"after {timeout_s} s: {len(jobs)}/{expected} jobs, states {dict(states)}; e.g. {waiting}\n{context()}"
             )
@@ -437,6 +440,18 @@ def resume_drained(cluster: Cluster, reason: str, resumed: list[str]) -> None:
         if node and reason in why:
             cluster.slurm("scontrol", "update", f"nodename={node}", "state=resume")
             resumed.append(f"{node}: {why}")
+
+
+def release_launch_failures(cluster: Cluster, released: list[str]) -> None:
+    """Do what the site's operator does: release the jobs Slurm requeued and held because their launch failed
+    (appended to ``released``). A job that drew a reused id whose old job a slurmd still runs fails to launch
+    there ("Duplicate jobid"), and Slurm holds it ("launch failed requeued held") until someone releases it."""
+    out = cluster.slurm("squeue", "-h", "-t", "PD", "-o", "%i|%r")
+    for line in out.splitlines():
+        job, _, why = line.partition("|")
+        if job and "launch failed" in why.replace("_", " ").lower():
+            cluster.slurm("scontrol", "release", job)
+            released.append(f"{job}: {why}")
 
 
 def slurm_jobs_by_comment(cluster: Cluster) -> dict[str, list[dict[str, str]]]:

@@ -32,6 +32,7 @@ from tests.faults.harness import (
     Workspace,
     burst,
     check_exactly_once,
+    release_launch_failures,
     resume_drained,
     run_with,
     submissions,
@@ -76,10 +77,14 @@ async def test_slurmctld_killed_mid_burst_loses_no_job_and_runs_none_twice(
             assert all(item.last == "201" for item in items), summary(items)
             assert outage["accepted_while_down"] >= 50, outage
             resumed: list[str] = []
+
+            def operator_repairs() -> None:
+                resume_drained(echo, "Duplicate jobid", resumed)
+                release_launch_failures(echo, resumed)
+
             await wait_all_terminal(
-                client, run_id, len(items), timeout_s=180, context=broker.log_tail,
-                on_poll=lambda: resume_drained(echo, "Duplicate jobid", resumed),
-            )  # fmt: skip
+                client, run_id, len(items), timeout_s=180, context=broker.log_tail, on_poll=operator_repairs
+            )
             found = await check_exactly_once(client, workspace, run_id, items, amnesia=SlurmAmnesia(killed_at[0]))
             print(
                 f"outcome: {dict(found.states)}; accepted {outage}; resumed {resumed}; "

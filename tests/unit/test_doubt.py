@@ -71,13 +71,13 @@ def test_a_restart_since_the_attempt_or_not_knowing_makes_absence_unprovable(
 ) -> None:
     health = Health(ok=True, detail="", up_since=up_since, accounting_backlog=0)
     verdict = verdict_at(60, Evidence(listed=[], accounted=[], health=health))
-    assert (verdict.found, verdict.absent) == (None, False)
+    assert (verdict.found, verdict.absent, verdict.later) == (None, False, False)
     assert words in verdict.reason
 
 
 def test_beyond_minjobage_without_slurmdbd_absence_is_unprovable() -> None:
     verdict = verdict_at(MIN_JOB_AGE_S + 1, Evidence(listed=[], accounted=None, health=UP_BEFORE))
-    assert not verdict.absent
+    assert (verdict.absent, verdict.later) == (False, False)
     assert "beyond MinJobAge" in verdict.reason
 
 
@@ -93,15 +93,15 @@ def test_beyond_minjobage_a_caught_up_slurmdbd_that_explains_every_job_proves_ab
     assert "slurmdbd (caught up)" in verdict.reason
 
 
-def test_a_lagging_slurmdbd_proves_nothing() -> None:
+def test_a_lagging_slurmdbd_proves_nothing_yet_and_is_asked_again() -> None:
     lagging = Health(ok=True, detail="", up_since=T0 - timedelta(hours=1), accounting_backlog=3)
     verdict = verdict_at(MIN_JOB_AGE_S + 60, Evidence(listed=[], accounted=[], health=lagging))
-    assert not verdict.absent
+    assert (verdict.absent, verdict.later, verdict.found) == (False, True, None)
     assert "holds 3 messages" in verdict.reason
 
 
 def test_an_untagged_slurmdbd_job_slurmctld_no_longer_lists_could_be_ours() -> None:
     evidence = Evidence(listed=[], accounted=[record(11, tag=None)], health=UP_BEFORE)
     verdict = verdict_at(MIN_JOB_AGE_S + 60, evidence)
-    assert not verdict.absent
+    assert (verdict.absent, verdict.later) == (False, False)
     assert "untagged jobs of that user since the attempt: [11]" in verdict.reason
