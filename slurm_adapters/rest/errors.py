@@ -14,6 +14,7 @@ and a fast one a rejected credential.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
 from typing import Literal
 
@@ -45,10 +46,13 @@ _AUTH = frozenset(
         *range(6000, 6100),  # ESLURM_AUTH_*
     }
 )
-# slurmctld not reachable, or slurmrestd lost it; the request never reached the controller.
-_UNREACHABLE = frozenset({1001, 1002, 1004, 1014, 1019, 1021, 1025, 1800, 1801, 1803, 1804, 1805, 2027, 2131})
-# Lost after the request was sent: it may have been applied.
-_LOST_AFTER_SEND = frozenset({1003, 1022, 1023, 1024, 1802, 5003, 5004})
+# slurmctld not reachable, or slurmrestd lost it; the request never reached the controller. Slurm passes the
+# OS's errno on as the error number where a socket call failed (Linux numbers: slurmrestd runs on Linux).
+_UNREACHABLE = frozenset(
+    {1001, 1002, 1004, 1014, 1019, 1021, 1025, 1800, 1801, 1803, 1804, 1805, 2027, 2131, errno.ECONNREFUSED}
+)
+# Lost after the request was sent: it may have been applied (e.g. slurmctld killed mid-call resets the line).
+_LOST_AFTER_SEND = frozenset({1003, 1022, 1023, 1024, 1802, 5003, 5004, errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT})
 _AMBIGUOUS = frozenset({-1, 5005})
 
 _UNREACHABLE_WORDS = (
@@ -57,7 +61,13 @@ _UNREACHABLE_WORDS = (
     "communication connection failure",
     "standby mode",
 )
-_LOST_WORDS = ("socket timed out", "communication receive failure")
+_LOST_WORDS = (
+    "socket timed out",
+    "communication receive failure",
+    "connection reset by peer",
+    "broken pipe",
+    "connection timed out",
+)
 _AUTH_WORDS = ("authentication", "invalid user id", "rejecting thread config token")
 
 Kind = Literal["unreachable", "lost", "auth", "ambiguous", "not_found", "denied", "other"]

@@ -229,6 +229,11 @@ def test_ambiguous_22_05_answers_that_took_long_mean_unreachable() -> None:
         (5004, "Socket timed out on send/recv operation", True),
         (1802, "Communication receive failure", True),
         (None, "Connection refused", False),
+        (111, "Connection refused", False),
+        # slurmctld killed while it held the request (seen in the fault tests): it may have taken the job.
+        (104, "Connection reset by peer", True),
+        (None, "Connection reset by peer", True),
+        (32, "Broken pipe", True),
     ],
 )
 def test_unreachable_controller(number: int | None, text: str, maybe_applied: bool) -> None:
