@@ -12,6 +12,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from app.auth import Authenticator, challenge
 from app.problems import Unauthenticated
 from broker.allocations import AllocationService
+from broker.antennas.assertion import SCHEME, BoundRequest
+from broker.antennas.service import AntennaService
 from broker.db.engine import Database
 from broker.db.repositories import JobStats
 from broker.errors import Forbidden, TooManyRequests
@@ -49,6 +51,7 @@ class AppState:
     projects: ProjectService
     allocations: AllocationService
     site_accounts: SiteAccountService
+    antennas: AntennaService
     jobs: JobService
     factories: FactoryService
     stats: JobStats
@@ -67,17 +70,35 @@ _bearer = HTTPBearer(auto_error=False, description="A personal access token (cvy
 async def get_principal(
     request: Request, state: StateDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Principal:
-    if credentials is None:
+    assertion = _antenna_assertion(request)
+    if credentials is None and assertion is None:
         raise Unauthenticated("send 'Authorization: Bearer <token>'", challenge())
     source = client_address(request)
     retry_after = state.auth_failures.retry_after_s(source)
     if retry_after is not None:
         raise TooManyRequests("too many failed authentications from this address; wait and retry", retry_after)
     try:
+        if assertion is not None:
+            return await state.antennas.authenticate(assertion, await bound_request(request), source=source)
+        assert credentials is not None
         return await state.authenticator.authenticate(credentials.credentials, source=source)
     except AuthenticationFailed as exc:
         state.auth_failures.failed(source)
         raise Unauthenticated(exc.message, challenge("invalid_token", exc.reason), reason=exc.reason) from None
+
+
+def _antenna_assertion(request: Request) -> str | None:
+    """The assertion of ``Authorization: Antenna <JWS>`` (an Antenna gateway's request), else None."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == SCHEME.lower() else None
+
+
+async def bound_request(request: Request) -> BoundRequest:
+    """The request as an Antenna assertion is bound to it: method, the raw path and query, the body bytes."""
+    raw_path = request.scope.get("raw_path") or request.url.path.encode()
+    query = request.scope.get("query_string", b"")
+    target = raw_path.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else "")
+    return BoundRequest(method=request.method, target=target, body=await request.body())
 
 
 def client_address(request: Request) -> str | None:

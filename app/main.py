@@ -18,9 +18,10 @@ from fastapi import FastAPI
 from app import problems
 from app.auth import Authenticator, authenticator_from_settings, oidc_verifier
 from app.deps import AppState, RuntimeLike
-from app.routes import admin, allocations, factories, health, jobs, projects, site_accounts, tokens
+from app.routes import admin, allocations, antennas, factories, health, jobs, projects, site_accounts, tokens
 from broker.adapters import AdapterPool
 from broker.allocations import AllocationService
+from broker.antennas.service import AntennaService
 from broker.db.engine import database_from_settings
 from broker.db.migrate import schema_is_current
 from broker.db.repositories import JobStats
@@ -84,6 +85,7 @@ def create_app(
         projects.router,
         allocations.router,
         site_accounts.router,
+        antennas.router,
     ):
         app.include_router(router, prefix=API_ROOT, responses=API_ERRORS)
     app.include_router(health.router)
@@ -148,6 +150,7 @@ async def _running(
                 projects=ProjectService(database),
                 allocations=AllocationService(database, registry),
                 site_accounts=SiteAccountService(database, registry),
+                antennas=AntennaService(database, registry, audience=settings.antenna_audience),
                 jobs=JobService(database, registry, adapters, on_new_job=runtime.notify_new_job if runtime else None),
                 factories=FactoryService(database, registry, runtime.capacity if runtime else None),
                 stats=JobStats(database),

@@ -97,7 +97,8 @@ def domain_problem(error: errors.BrokerError, instance: str) -> Problem:  # noqa
             error.message, instance=instance, retry_after_s=error.retry_after_s, factory=error.factory
         )
     if isinstance(error, errors.TooManyRequests):
-        return RATE_LIMITED.problem(error.message, instance=instance, retry_after_s=error.retry_after_s)
+        code = f"{RATE_LIMITED.code}.{error.kind}" if error.kind else None
+        return RATE_LIMITED.problem(error.message, code=code, instance=instance, retry_after_s=error.retry_after_s)
     if isinstance(error, errors.AlreadyExists):
         return ALREADY_EXISTS.problem(error.message, instance=instance)
     if isinstance(error, errors.IdentityProviderUnavailable):

@@ -105,6 +105,7 @@ class AlreadyExists(BrokerError):
 class TooManyRequests(BrokerError):
     """The caller must slow down (e.g. too many failed authentications from its address)."""
 
-    def __init__(self, message: str, retry_after_s: int) -> None:
+    def __init__(self, message: str, retry_after_s: int, *, kind: str | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.kind = kind  # which limit: None for failed authentications, else e.g. "antenna"

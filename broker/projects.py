@@ -14,6 +14,7 @@ from datetime import datetime
 
 from broker.db.engine import Database
 from broker.db.models import Project, ProjectMember, ProjectRole, User
+from broker.db.repositories.antennas import AntennaRepository, national_antenna
 from broker.db.repositories.identity import Audit, IdentityRepository
 from broker.db.repositories.pagination import Visibility
 from broker.db.repositories.projects import ProjectRepository
@@ -47,6 +48,7 @@ class ProjectService:
     def __init__(self, database: Database, clock: Callable[[], datetime] = utc_now) -> None:
         self._projects = ProjectRepository(database, clock)
         self._identities = IdentityRepository(database, clock)
+        self._antennas = AntennaRepository(database, clock)
 
     async def tenancy(self, caller: Principal) -> Tenancy:
         roles = {} if caller.any_project else await self._projects.roles_of(caller.id)
@@ -71,11 +73,18 @@ class ProjectService:
     async def set_member(
         self, caller: Principal, project_id: str, user_id: str, role: ProjectRole, *, source: str | None = None
     ) -> None:
-        """Admins grant any role; a PI adds or changes researchers of their own project."""
-        await self._project_for(caller, project_id, manage=True)
+        """Admins grant any role; a PI adds or changes researchers of their own project; an Antenna's
+        operator adds that Antenna's national users as researchers (to a project it names, which the user's
+        PI may later remove them from)."""
+        user = await self._identities.user(user_id)
+        if user is not None and await self._antennas.operates(caller.id, national_antenna(user) or ""):
+            if await self._projects.get(project_id) is None:
+                raise NotFound("project", project_id)
+        else:
+            await self._project_for(caller, project_id, manage=True)
         if not caller.admin and role is not ProjectRole.RESEARCHER:
             raise Forbidden("only broker admins make PIs")
-        if await self._identities.user(user_id) is None:
+        if user is None:
             raise NotFound("user", user_id)
         if await self._projects.set_member(project_id, user_id, role):
             await self._audit(caller, "project.member_set", project_id, source, user=user_id, role=role.value)

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     retry_backoff_max_s: float = Field(
         60.0, gt=0, description="the longest a queued job waits between two tries when a Factory is unavailable"
     )
+    antenna_audience: str = Field(
+        "conveyor", min_length=1, description="the aud every Antenna assertion must carry: this broker's name"
+    )
     oidc_issuers: OidcIssuers = Field(
         (),
         description="trusted OIDC issuers, a JSON list of {issuer, audience, jwks_uri (https), algorithms}; "

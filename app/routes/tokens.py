@@ -29,7 +29,8 @@ def token_view(token: ApiToken) -> TokenView:
 async def whoami(caller: Reader) -> Me:
     return Me(
         id=caller.id, name=caller.name, admin=caller.admin, scopes=sorted(s.value for s in caller.scopes),
-        token_id=caller.token_id,
+        token_id=caller.token_id, antenna=caller.antenna, subject=caller.subject,
+        factories=None if caller.factories is None else sorted(caller.factories),
     )  # fmt: skip
 
 

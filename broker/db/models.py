@@ -66,7 +66,11 @@ class AllocationUnit(enum.StrEnum):
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), dict[str, Any]: json_document()}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: json_document(),
+        list[str]: json_document(),
+    }
 
 
 class Job(Base):
@@ -325,3 +329,44 @@ class SiteAccount(Base):
     slurm_account: Mapped[str | None] = mapped_column(String(64))
     set_by: Mapped[str] = mapped_column(String(255))
     set_at: Mapped[datetime]
+
+
+class Antenna(Base):
+    """An AI Factory Antenna: a remote gateway that acts for its national users on the Factories it is linked
+    to. Its public keys are a JWKS an admin uploaded (the broker fetches nothing); a new upload replaces them."""
+
+    __tablename__ = "antennas"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    country: Mapped[str] = mapped_column(String(2))
+    title: Mapped[str] = mapped_column(String(255))
+    factories: Mapped[list[str]]
+    jwks: Mapped[dict[str, Any]]
+    requests_per_minute: Mapped[int]
+    max_active_jobs: Mapped[int | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    disabled_at: Mapped[datetime | None]
+
+
+class AntennaOperator(Base):
+    """A user who operates an Antenna: it registers the Antenna's national users and adds them to projects."""
+
+    __tablename__ = "antenna_operators"
+
+    antenna_id: Mapped[str] = mapped_column(ForeignKey("antennas.id"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    added_at: Mapped[datetime]
+
+
+class AntennaAssertionSeen(Base):
+    """Each (Antenna, jti) is accepted once, by whichever broker replica sees it first; a row may go once its
+    assertion has expired, since an expired assertion is refused anyway."""
+
+    __tablename__ = "antenna_assertions_seen"
+
+    antenna_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    jti: Mapped[str] = mapped_column(String(255), primary_key=True)
+    expires_at: Mapped[datetime]
+
+    __table_args__ = (Index(None, "expires_at"),)

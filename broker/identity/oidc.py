@@ -253,7 +253,7 @@ class _KeySet:
         return InvalidToken(Reason.UNKNOWN_KEY, f"the issuer has no key {_short(kid)}")
 
 
-def _verifies_signatures(jwk: dict[str, Any], issuer: str) -> bool:
+def verifies_signatures(jwk: dict[str, Any], issuer: str) -> bool:
     """Whether a published key is a public key meant for verifying signatures."""
     if jwk.get("kty") == "oct" or "d" in jwk or "k" in jwk:
         # A symmetric or private key has no place in a public JWKS; using it would be the mistake.
@@ -265,7 +265,7 @@ def _verifies_signatures(jwk: dict[str, Any], issuer: str) -> bool:
     return bool(jwk.get("use", "sig") == "sig")
 
 
-def _verifier_for(jwk: dict[str, Any], alg: str, issuer: str) -> jwt.PyJWK | None:
+def verifier_for(jwk: dict[str, Any], alg: str, issuer: str) -> jwt.PyJWK | None:
     """The key as a verifier for ``alg``, or None if it cannot be one (another type or alg, or too weak)."""
     if jwk.get("alg", alg) != alg:
         return None
@@ -293,10 +293,10 @@ def _prepare_keys(document: Any, config: IssuerConfig) -> _KeySet:
             continue
         if kid is not None:
             listed.add(kid)
-        if not _verifies_signatures(jwk, config.issuer):
+        if not verifies_signatures(jwk, config.issuer):
             continue
         for alg in config.algorithms:
-            key = _verifier_for(jwk, alg, config.issuer)
+            key = verifier_for(jwk, alg, config.issuer)
             if key is None:
                 continue
             by_algorithm.setdefault(alg, []).append(key)
@@ -321,7 +321,7 @@ class _IssuerState:
     generation: int = 0  # bumped by every attempt, so waiters on the lock know one just happened
 
 
-def _map_pyjwt_error(exc: jwt.PyJWTError) -> InvalidToken:
+def map_pyjwt_error(exc: jwt.PyJWTError) -> InvalidToken:
     """PyJWT's refusal, in this module's reasons; subclasses are tested before their bases."""
     mapping: tuple[tuple[type[jwt.PyJWTError], Reason], ...] = (
         (jwt.InvalidSignatureError, Reason.BAD_SIGNATURE),
@@ -431,7 +431,7 @@ class OidcVerifier:
                 },
             )
         except jwt.PyJWTError as exc:
-            raise _map_pyjwt_error(exc) from None
+            raise map_pyjwt_error(exc) from None
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject or len(subject) > MAX_SUBJECT_CHARS:
             raise InvalidToken(Reason.BAD_CLAIM, "sub must be a string of 1 to 255 characters")

@@ -110,6 +110,8 @@ class IdentityService:
         source: str | None = None,
     ) -> IssuedToken:  # fmt: skip
         """A new token for the caller, with no scope the caller's own credential lacks."""
+        if caller.antenna is not None:
+            raise Forbidden("national users act through their Antenna and hold no broker credentials")
         if await self._repo.user(caller.id) is None:
             raise Forbidden(
                 "personal access tokens belong to users, and this caller is none (the dev token?): "

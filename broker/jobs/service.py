@@ -35,6 +35,7 @@ from broker.db.models import Job as JobRow
 from broker.db.models import JobEvent as EventRow
 from broker.db.repositories import FactoryStateRepository, IdempotencyConflict, InvalidCursor, JobRepository, NewJob
 from broker.db.repositories.allocations import OverBudget
+from broker.db.repositories.antennas import AntennaRepository
 from broker.db.repositories.pagination import JobFilter
 from broker.errors import (
     CancelNotPossible,
@@ -46,6 +47,7 @@ from broker.errors import (
     NotFound,
     OutputUnavailable,
     PlacementImpossible,
+    TooManyRequests,
 )
 from broker.factories import FactoryRegistry
 from broker.identity import Principal
@@ -76,6 +78,7 @@ _KEY = re.compile(rf"^[\x20-\x7e]{{1,{MAX_KEY_LENGTH}}}$")
 _EVENT_CURSOR_VERSION = 1
 OUTPUT_TIMEOUT_S = 10.0  # the adapter's own deadline is 8 s; this bounds the caller's wait whatever it does
 MAX_OUTPUT_BYTES = 1024 * 1024
+QUOTA_RETRY_AFTER_S = 60  # an Antenna over its quota of active jobs: jobs end on the scale of minutes
 
 
 class AdapterSource(Protocol):
@@ -165,6 +168,14 @@ def _labels(selectors: list[str]) -> dict[str, str]:
     return labels
 
 
+def _linked_only(caller: Principal, spec: JobSpec) -> None:
+    """An Antenna's national user may name only a Factory the Antenna is linked to (403, not a placement
+    failure: the Factory exists and fits, the caller may not use it)."""
+    wanted = spec.placement.factory
+    if wanted is not None and caller.factories is not None and wanted not in caller.factories:
+        raise Forbidden(f"Antenna {caller.antenna} is not linked to Factory {wanted!r}")
+
+
 class JobService:
     """Everything the API does with jobs, for one authenticated caller at a time."""
 
@@ -182,6 +193,7 @@ class JobService:
         self._projects = ProjectService(database)
         self._allocations = AllocationService(database, registry)
         self._site_accounts = SiteAccountService(database, registry)
+        self._antennas = AntennaRepository(database)
         self._registry = registry
         self._adapters = adapters
         self._on_new_job = on_new_job
@@ -208,12 +220,18 @@ class JobService:
             )
         if not (await self._projects.tenancy(caller)).may_submit_to(spec.project):
             raise Forbidden(f"you are not a member of project {spec.project!r}; its PI or an admin can add you")
+        if caller.antenna is not None:
+            _linked_only(caller, spec)
+            await self._within_antenna_quota(caller.antenna)
         reservation = None
         if caller.any_project:  # a dev-mode principal: no user, no project, no allocation
             placement = self._check_feasible(spec)
         else:
             budget = await self._allocations.budget(spec.project)
-            placement = self._check_feasible(spec, allowed=budget.factories)
+            allowed = set(budget.factories)
+            if caller.factories is not None:  # an Antenna's national user: only its linked Factories
+                allowed &= caller.factories
+            placement = self._check_feasible(spec, allowed=allowed)
             reservation = budget.reservation(spec, placement)
         new = NewJob.from_spec(caller.id, spec, source, reservation)
         try:
@@ -231,6 +249,17 @@ class JobService:
         if created and self._on_new_job is not None:
             self._on_new_job()
         return job_to_wire(row), created
+
+    async def _within_antenna_quota(self, antenna_id: str) -> None:
+        """An Antenna's national users together have at most its quota of jobs not yet ended."""
+        antenna = await self._antennas.get(antenna_id)
+        if antenna is not None and antenna.max_active_jobs is not None:
+            active = await self._antennas.active_jobs(antenna.id)
+            if active >= antenna.max_active_jobs:
+                raise TooManyRequests(
+                    f"Antenna {antenna.id} has {active} active jobs, its quota is {antenna.max_active_jobs}; "
+                    "retry when some have ended", QUOTA_RETRY_AFTER_S, kind="antenna_quota",
+                )  # fmt: skip
 
     def _check_feasible(self, spec: JobSpec, allowed: Collection[str] | None = None) -> Placement:
         """Placement as if every Factory were up: refuses only what can never run anywhere (or on the
@@ -353,12 +382,13 @@ class JobService:
         """
         # Every caller may ask; nothing is stored or revealed about other jobs. The rendering uses its mapping.
         note = ""
+        _linked_only(caller, spec)
         try:
-            placement = place(spec, self._registry, await self._statuses())
+            placement = place(spec, self._registry, await self._statuses(), allowed=caller.factories)
         except PlacementError as exc:
             if not exc.transient:
                 raise _impossible(exc) from None
-            placement = self._check_feasible(spec)
+            placement = self._check_feasible(spec, allowed=caller.factories)
             note = f"; not available now ({exc.message}): the job would be accepted and wait"
         factory = placement.factory
         try:

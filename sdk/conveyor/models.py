@@ -451,6 +451,9 @@ class Me(WireAnswer):
     admin: bool = Field(description="Whether the caller has the broker admin role.")
     scopes: list[Scope] = Field(description="What the credential used for this call allows.")
     token_id: str | None = Field(None, description="The personal access token used for this call, if one was.")
+    antenna: str | None = Field(None, description="The Antenna acting for this national user (None: a direct caller).")
+    subject: str | None = Field(None, description="A national user's id at its Antenna.")
+    factories: list[str] | None = Field(None, description="The only Factories this caller's jobs may go to.")
 
 
 class TokenRequest(WireRequest):
@@ -616,3 +619,64 @@ class SiteAccountView(WireAnswer):
     slurm_account: str | None = None
     set_by: str
     set_at: UtcDatetime
+
+
+# ---------------------------------------------------------------------------------------------------
+# Antennas: remote gateways that act for their national users on the Factories they are linked to
+# ---------------------------------------------------------------------------------------------------
+
+AntennaId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+NationalSubject = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f/]+$")]
+
+
+class AntennaRequest(WireRequest):
+    """Register an Antenna (admins only). ``jwks``: its public keys; each names its ``kid`` and ``alg``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "be",
+                    "country": "BE",
+                    "title": "AI Factory Antenna Belgium",
+                    "factories": ["lumi"],
+                    "jwks": {
+                        "keys": [
+                            {"kty": "EC", "crv": "P-256", "kid": "be-2026-11", "alg": "ES256", "x": "...", "y": "..."}
+                        ]
+                    },
+                    "requests_per_minute": 600,
+                    "max_active_jobs": 200,
+                }
+            ]
+        }
+    )
+
+    id: AntennaId
+    country: Country
+    title: str = Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")
+    factories: list[FactoryId] = Field(min_length=1, max_length=64, description="The Factories it is linked to.")
+    jwks: dict[str, Any] = Field(description="A JWK Set of its public signing keys (asymmetric; kid and alg set).")
+    requests_per_minute: int = Field(600, ge=1, le=1_000_000, description="Its rate limit (per broker process).")
+    max_active_jobs: int | None = Field(None, ge=0, description="Its quota of jobs not yet ended (None: no quota).")
+
+
+class AntennaUpdate(WireRequest):
+    """Change an Antenna (admins only); omitted fields stay as they are. Keys change through their own route."""
+
+    title: str | None = Field(None, min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")
+    factories: list[FactoryId] | None = Field(None, min_length=1, max_length=64)
+    requests_per_minute: int | None = Field(None, ge=1, le=1_000_000)
+    max_active_jobs: int | None = Field(None, ge=0)
+
+
+class AntennaView(WireAnswer):
+    id: AntennaId
+    country: Country
+    title: str
+    factories: list[FactoryId]
+    kids: list[str] = Field(description="The key ids of its registered keys.")
+    requests_per_minute: int
+    max_active_jobs: int | None
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
