@@ -39,18 +39,18 @@ class Server:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
 
-    def wait_ready(self, timeout_s: float) -> None:
+    def wait_ready(self, timeout_s: float, path: str = "/readyz") -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                pytest.fail(f"the broker exited with {self.process.returncode}:\n{self.log.read_text()}")
+                pytest.fail(f"the server exited with {self.process.returncode}:\n{self.log.read_text()}")
             try:
-                if httpx.get(f"{self.base_url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.base_url}{path}", timeout=1).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.05)  # a poll interval, not a wait for something to happen
-        pytest.fail(f"/readyz not ready within {timeout_s} s:\n{self.log.read_text()}")
+        pytest.fail(f"{path} not ready within {timeout_s} s:\n{self.log.read_text()}")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -63,17 +63,18 @@ class Server:
 
 
 def start_server(
-    tmp_path: Path, database: Path, factories: Path, *, run_loops: bool, env: Mapping[str, str] | None = None
-) -> Server:
-    """Start the broker; ``env`` adds or overrides CONVEYOR_* settings (e.g. the loops' intervals)."""
+    tmp_path: Path, database: Path, factories: Path, *, run_loops: bool, env: Mapping[str, str] | None = None,
+    dev: bool = True,
+) -> Server:  # fmt: skip
+    """Start the broker; ``env`` adds or overrides CONVEYOR_* settings (e.g. the loops' intervals). Without
+    ``dev``, no static token exists: callers need real identities (e.g. a first admin made in the database)."""
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")},
         "CONVEYOR_DATA_DIR": str(tmp_path),
         "CONVEYOR_DATABASE_URL": f"sqlite+aiosqlite:///{database}",
         "CONVEYOR_FACTORIES_FILE": str(factories),
-        "CONVEYOR_DEV_MODE": "true",
-        "CONVEYOR_DEV_TOKEN": TOKEN,
+        **({"CONVEYOR_DEV_MODE": "true", "CONVEYOR_DEV_TOKEN": TOKEN} if dev else {}),
         "CONVEYOR_HOST": "127.0.0.1",
         "CONVEYOR_PORT": str(port),
         "CONVEYOR_RUN_LOOPS": "true" if run_loops else "false",
@@ -81,7 +82,7 @@ def start_server(
         "CONVEYOR_RECONCILER_INTERVAL_S": "0.5",
         **(env or {}),
     }
-    log = tmp_path / "server.log"
+    log = tmp_path / f"server-{port}.log"
     with log.open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO, env=env, stdout=out, stderr=out)
     return Server(process, f"http://127.0.0.1:{port}", log)
