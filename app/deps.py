@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
@@ -20,7 +21,7 @@ from broker.errors import Forbidden, TooManyRequests
 from broker.factories import FactoryRegistry
 from broker.factory_service import Capacity, FactoryService
 from broker.identity import Principal, Scope
-from broker.identity.limits import FailureLimiter
+from broker.identity.limits import FailureLimiter, RequestRate
 from broker.identity.service import AuthenticationFailed, IdentityService
 from broker.jobs.service import JobService
 from broker.projects import ProjectService
@@ -48,6 +49,7 @@ class AppState:
     authenticator: Authenticator
     identities: IdentityService
     auth_failures: FailureLimiter
+    caller_rate: RequestRate
     projects: ProjectService
     allocations: AllocationService
     site_accounts: SiteAccountService
@@ -79,12 +81,19 @@ async def get_principal(
         raise TooManyRequests("too many failed authentications from this address; wait and retry", retry_after)
     try:
         if assertion is not None:
-            return await state.antennas.authenticate(assertion, await bound_request(request), source=source)
-        assert credentials is not None
-        return await state.authenticator.authenticate(credentials.credentials, source=source)
+            caller = await state.antennas.authenticate(assertion, await bound_request(request), source=source)
+        else:
+            assert credentials is not None
+            caller = await state.authenticator.authenticate(credentials.credentials, source=source)
     except AuthenticationFailed as exc:
         state.auth_failures.failed(source)
         raise Unauthenticated(exc.message, challenge("invalid_token", exc.reason), reason=exc.reason) from None
+    per_minute = state.settings.requests_per_minute
+    wait_s = state.caller_rate.take(caller.id, per_minute) if per_minute else None
+    if wait_s is not None:
+        raise TooManyRequests(f"more than {per_minute} requests per minute; slow down", math.ceil(wait_s),
+                              kind="caller")  # fmt: skip
+    return caller
 
 
 def _antenna_assertion(request: Request) -> str | None:

@@ -27,7 +27,7 @@ from broker.db.migrate import schema_is_current
 from broker.db.repositories import JobStats
 from broker.factories import load_factories
 from broker.factory_service import FactoryService
-from broker.identity.limits import FailureLimiter
+from broker.identity.limits import FailureLimiter, RequestRate
 from broker.identity.service import IdentityService
 from broker.jobs.service import JobService
 from broker.projects import ProjectService
@@ -147,6 +147,7 @@ async def _running(
                 authenticator=authenticator or authenticator_from_settings(settings, database, oidc),
                 identities=IdentityService(database),
                 auth_failures=FailureLimiter(settings.auth_failures_per_minute, 60.0),
+                caller_rate=RequestRate(),
                 projects=ProjectService(database),
                 allocations=AllocationService(database, registry),
                 site_accounts=SiteAccountService(database, registry),

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     auth_failures_per_minute: int = Field(
         30, ge=1, description="failed authentications allowed per client address and minute before 429"
     )
+    requests_per_minute: int = Field(
+        0, ge=0, description="requests allowed per caller and minute (bursts up to as many) before 429; 0: no limit"
+    )
     host: str = Field("127.0.0.1", description="the address `python -m app` listens on")
     port: int = Field(8000, ge=1, le=65535, description="the port `python -m app` listens on")
     run_loops: bool = Field(

@@ -25,7 +25,6 @@ from broker.antennas.assertion import (
     unverified_antenna,
     verify,
 )
-from broker.antennas.limits import RequestRate
 from broker.db.engine import Database
 from broker.db.models import Antenna, User
 from broker.db.repositories.antennas import AntennaRepository, national_antenna, national_issuer
@@ -34,6 +33,7 @@ from broker.db.types import utc_now
 from broker.errors import AlreadyExists, Forbidden, Invalid, InvalidInput, NotFound, TooManyRequests
 from broker.factories import FactoryRegistry
 from broker.identity import Principal, Scope
+from broker.identity.limits import RequestRate
 from broker.identity.service import AuthenticationFailed
 
 NATIONAL_SCOPES = frozenset({Scope.READ, Scope.SUBMIT})  # never admin, whatever the assertion says

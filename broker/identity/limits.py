@@ -1,5 +1,8 @@
-"""Slowing down credential guessing: after too many failed authentications from one address in a window,
-that address gets 429 with Retry-After until the window has moved on.
+"""Request limits, answered 429 with Retry-After.
+
+Slowing down credential guessing (:class:`FailureLimiter`): after too many failed authentications from one
+address in a window, that address gets 429 with Retry-After until the window has moved on. Request rates
+(:class:`RequestRate`): per Antenna, and per caller where the broker is configured with one.
 
 Kept in memory, per broker process (a guessing client meets each replica's own limit); the check costs a
 dictionary lookup, so successful requests stay cheap. Failures are counted by the client's address only,
@@ -12,6 +15,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 
 class FailureLimiter:
@@ -63,4 +67,32 @@ class FailureLimiter:
             del self._failures[source]
 
 
-__all__ = ["FailureLimiter"]
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    at: float
+
+
+class RequestRate:
+    """At most ``per_minute`` requests per minute per key (an Antenna, a caller), with bursts up to
+    ``per_minute``: a token bucket per key, refilled continuously. In memory, per broker process, like
+    :class:`FailureLimiter`: with N replicas a key may reach N times its rate, which an operator sizes for."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._buckets: dict[str, _Bucket] = {}
+
+    def take(self, key: str, per_minute: int) -> float | None:
+        """Spend one request of ``key``; None if allowed, else the seconds until one is available."""
+        now = self._clock()
+        bucket = self._buckets.setdefault(key, _Bucket(tokens=float(per_minute), at=now))
+        rate = per_minute / 60.0
+        bucket.tokens = min(float(per_minute), bucket.tokens + (now - bucket.at) * rate)
+        bucket.at = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return None
+        return (1.0 - bucket.tokens) / rate if rate > 0 else 60.0
+
+
+__all__ = ["FailureLimiter", "RequestRate"]

@@ -20,7 +20,7 @@ from broker.antennas.assertion import (
     unverified_antenna,
     verify,
 )
-from broker.antennas.limits import RequestRate
+from broker.identity.limits import RequestRate
 
 NOW = 1_800_000_000.0
 REQUEST = BoundRequest("POST", "/v1/jobs?dry_run=true", b'{"name": "x"}')
