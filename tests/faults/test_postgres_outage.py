@@ -16,19 +16,14 @@ broker runs; a SQLite that cannot be written is a broken disk, not an outage the
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from conveyor.problems import PROBLEM_MEDIA_TYPE
-from tests.db.conftest import postgres_server_url
+from tests.db.postgres_control import dev_postgres, ensure_postgres_up
 from tests.faults.harness import (
-    REPO,
     BrokerProcess,
     Progress,
     Workspace,
@@ -43,38 +38,6 @@ from tests.faults.harness import (
 from tests.lab import Cluster
 
 pytestmark = [pytest.mark.lab, pytest.mark.postgresql, pytest.mark.timeout(300)]
-
-
-def _dev_postgres(command: str) -> None:
-    """``python -m dev.postgres start|stop``: the project's own way (stop: SIGINT to the recorded PID)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "dev.postgres", command],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, f"dev.postgres {command} failed:\n{result.stdout}{result.stderr}"
-
-
-async def _postgres_answers() -> bool:
-    engine = create_async_engine(postgres_server_url())
-    try:
-        async with engine.connect() as connection:
-            return bool((await connection.execute(text("SELECT 1"))).scalar() == 1)
-    except Exception:  # any failure to connect is "not up yet"
-        return False
-    finally:
-        await engine.dispose()
-
-
-async def _ensure_postgres_up() -> None:
-    await asyncio.to_thread(_dev_postgres, "start")  # fast when it is already up
-    deadline = time.monotonic() + 60
-    while not await _postgres_answers():
-        assert time.monotonic() < deadline, "PostgreSQL does not accept connections 60 s after start"
-        await asyncio.sleep(0.2)  # a poll interval
 
 
 async def _wait_ready(client: httpx.AsyncClient, ready: bool, timeout_s: float) -> None:
@@ -103,13 +66,13 @@ async def test_postgres_stopped_mid_burst_answers_503_and_loses_no_201(
 
     async def stop_then_start_postgres(client: httpx.AsyncClient) -> None:
         await progress.until(lambda c: c["201"] >= 40, 60, "40 jobs accepted")
-        await asyncio.to_thread(_dev_postgres, "stop")
+        await asyncio.to_thread(dev_postgres, "stop")
         try:
             await _wait_ready(client, ready=False, timeout_s=15)
             # The clients keep submitting meanwhile: wait until the outage has been answered a few times.
             await progress.until(lambda c: c["503"] >= 10 or c["answered"] + c["unanswered"] == len(items), 30, "503s")
         finally:
-            await _ensure_postgres_up()
+            await ensure_postgres_up()
         await _wait_ready(client, ready=True, timeout_s=60)
 
     try:
@@ -132,4 +95,4 @@ async def test_postgres_stopped_mid_burst_answers_503_and_loses_no_201(
             await check_exactly_once(client, workspace, run_id, items)
     finally:
         broker.stop()
-        await _ensure_postgres_up()
+        await ensure_postgres_up()
