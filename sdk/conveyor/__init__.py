@@ -1,8 +1,12 @@
-"""The Conveyor client package: the wire models the broker itself uses, so client and server cannot drift.
+"""The Conveyor client package: ``Client`` and ``AsyncClient``, and the wire models the broker itself uses, so
+client and server cannot drift.
 
 It depends only on httpx and pydantic; importing it never pulls in the broker, FastAPI or SQLAlchemy.
 """
 
+from conveyor.calls import Backoff, RetryPolicy, WaitTimeout
+from conveyor.client import AsyncClient, AsyncRemoteJob, Client, RemoteJob
+from conveyor.config import ConfigError, Connection
 from conveyor.models import (
     API_ROOT,
     DrainRequest,
@@ -50,9 +54,15 @@ __all__ = [
     "API_ROOT",
     "PROBLEM_MEDIA_TYPE",
     "TERMINAL_STATES",
+    "AsyncClient",
+    "AsyncRemoteJob",
     "AuthError",
+    "Backoff",
     "CancelNotPossible",
+    "Client",
+    "ConfigError",
     "Conflict",
+    "Connection",
     "ConveyorError",
     "DrainRequest",
     "DryRun",
@@ -84,9 +94,12 @@ __all__ = [
     "Problem",
     "ProblemType",
     "RateLimited",
+    "RemoteJob",
     "Resources",
+    "RetryPolicy",
     "Unavailable",
     "UtcDatetime",
     "ValidationFailed",
+    "WaitTimeout",
     "error_from_problem",
 ]

@@ -1,0 +1,1 @@
+"""Tests of the SDK package (conveyor) and its CLI."""
