@@ -612,12 +612,16 @@ def _forgotten(job: dict[str, Any], amnesia: SlurmAmnesia, ran: list[str], in_sl
     if not job["state_reason"]:
         problems.append("lost without a reason")
     submitted_at = job["submitted_at"]
-    # A submit in flight when slurmctld died: the dispatcher may not resubmit once slurmctld has restarted,
-    # because the controller may have dropped (or started) it unsaved (broker/doubt.py). Lost, never twice.
-    in_doubt = submitted_at is None and "(re)started since the attempt" in (job["state_reason"] or "")
-    if not in_doubt and (
-        submitted_at is None or datetime.fromisoformat(submitted_at) > amnesia.killed_at + amnesia.slack
-    ):
+    # A submit in flight when slurmctld died: the dispatcher may not resubmit once slurmctld has restarted (or
+    # cannot say since when it runs, as just after a start), because the controller may have dropped (or
+    # started) it unsaved (broker/doubt.py). Lost, never twice.
+    reason = job["state_reason"] or ""
+    in_doubt = submitted_at is None and any(
+        words in reason for words in ("(re)started since the attempt", "cannot say since when it has run")
+    )
+    if submitted_at is None and not in_doubt:
+        problems.append(f"lost before Slurm took it, for a reason that is not slurmctld's restart: {reason}")
+    elif submitted_at is not None and datetime.fromisoformat(submitted_at) > amnesia.killed_at + amnesia.slack:
         problems.append(f"lost, but Slurm took it at {submitted_at}, after slurmctld was killed ({amnesia.killed_at})")
     if in_slurm:
         problems.append(f"lost, yet Slurm still holds {in_slurm} carrying its id: it could tell")

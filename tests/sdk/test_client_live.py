@@ -30,10 +30,10 @@ RUN = uuid.uuid4().hex[:8]  # this module's jobs carry the label run=RUN
 FAST = Backoff(first_s=0.2, cap_s=1.0)  # the lab's jobs take seconds: poll often
 
 
-def spec(*command: str, minutes: int = 5, **labels: str) -> JobSpec:
+def spec(*command: str, minutes: int = 5, project: str = PROJECT, factory: str = "bravo", **labels: str) -> JobSpec:
     return JobSpec.model_validate({
-        "name": f"sdk-{command[0]}", "project": PROJECT, "command": list(command),
-        "resources": {"time_limit_min": minutes}, "placement": {"factory": "bravo"},
+        "name": f"sdk-{command[0]}", "project": project, "command": list(command),
+        "resources": {"time_limit_min": minutes}, "placement": {"factory": factory},
         "labels": {"run": RUN, **labels},
     })  # fmt: skip
 
@@ -52,7 +52,7 @@ class Live:
 def _broker(directory: Path, template: Path, **env: str) -> Server:
     database = directory / "conveyor.db"
     shutil.copyfile(template, database)
-    return start_server(directory, database, lab_factories(directory, only=["bravo"]), run_loops=True,
+    return start_server(directory, database, lab_factories(directory, only=["alpha", "bravo"]), run_loops=True,
                         env={"CONVEYOR_DATABASE_URL": f"sqlite+aiosqlite:///{database}", **env})  # fmt: skip
 
 
@@ -118,6 +118,21 @@ async def test_the_async_client_from_submit_to_every_end(live: Live, timed_out: 
         assert sorted(listed) == sorted([done.id, failed.id, long.id])
         # The shared timed-out job, seen through this client too.
         assert (await (await client.job(timed_out)).wait(timeout=240)).state is JobState.TIMEOUT
+
+
+def test_a_job_slurm_refuses_ends_rejected_with_slurms_reason(live: Live) -> None:
+    """alpha has slurmdbd and enforces accounts: a project mapped to an account Slurm does not know is refused."""
+    project = "EHPC-SDK-REJECT-1"
+    with httpx.Client(base_url=live.server.base_url, headers={"Authorization": f"Bearer {TOKEN}"}) as admin:
+        made = admin.post("/v1/admin/projects", json={"id": project, "title": "refused by Slurm"})
+        assert made.status_code == 201, made.text
+        mapped = admin.put(f"/v1/factories/alpha/accounts/project/{project}",
+                           json={"slurm_user": "alice", "slurm_account": "no-such-account"})  # fmt: skip
+        assert mapped.status_code == 200, mapped.text
+    with live.client() as client:
+        job = client.submit(spec("true", project=project, factory="alpha")).wait(timeout=120)
+    assert job.state is JobState.REJECTED
+    assert "account" in (job.state_reason or "").lower(), job.state_reason
 
 
 def test_the_timed_out_job_as_the_blocking_client_sees_it(live: Live, timed_out: str) -> None:
