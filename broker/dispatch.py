@@ -140,7 +140,9 @@ class Dispatcher:
             await self._retry(job.id, job.attempt_count + 1, f"internal error while dispatching: {exc!r}")
 
     async def _dispatch(self, job: Job, statuses: Mapping[str, FactoryStatus]) -> None:
-        attempts = await self._jobs.attempts(job.id)
+        # attempt_count grows in the transaction that adds an attempt, and this claim's lease stops anyone
+        # else adding one: a job claimed with none has none (skips a read per new job; bench/forwarding.py).
+        attempts = await self._jobs.attempts(job.id) if job.attempt_count else []
         latest = attempts[-1] if attempts else None
         if latest is not None and latest.finished_at is None and not await self._settle_doubt(job, latest):
             return
