@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Protocol
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -25,6 +25,7 @@ from broker.identity.limits import FailureLimiter, RequestRate
 from broker.identity.service import AuthenticationFailed, IdentityService
 from broker.jobs.service import JobService
 from broker.projects import ProjectService
+from broker.runtime import RuntimeFigures
 from broker.settings import Settings
 from broker.site_accounts import SiteAccountService
 
@@ -36,7 +37,7 @@ class RuntimeLike(Protocol):
     async def stop(self) -> None: ...
     def capacity(self, factory_id: str) -> Capacity | None: ...
     def notify_new_job(self) -> None: ...
-    def metrics(self) -> dict[str, Any]: ...
+    def metrics(self) -> RuntimeFigures: ...
 
 
 @dataclass

@@ -61,48 +61,50 @@ def _number_or_none(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
+def _per_factory(figures: Mapping[str, Any], key: str) -> list[tuple[dict[str, str], float]]:
+    values = figures.get(key)
+    if not isinstance(values, Mapping):
+        return []
+    return [
+        ({"factory": str(factory)}, number)
+        for factory, value in sorted(values.items())
+        if (number := _number_or_none(value)) is not None
+    ]
+
+
 def _runtime(out: Exposition, figures: Mapping[str, Any]) -> None:
-    """The figures of ``broker.runtime.Runtime.metrics()`` as Prometheus families (absent ones are skipped)."""
-    lag = _number_or_none(figures.get("dispatch_lag_s"))
+    """The figures of :meth:`broker.runtime.Runtime.metrics` (:class:`RuntimeFigures`) as Prometheus families;
+    anything absent or not a number is skipped, so a partial figure never breaks /metrics."""
+    lag = _number_or_none(figures.get("dispatch_lag_seconds"))
     if lag is not None:
         out.gauge(
             "dispatch_lag_seconds", "How long the oldest due queued job has waited for the dispatcher.", [({}, lag)]
         )
-    cycle = _number_or_none(figures.get("dispatch_cycle_s"))
+    cycle = _number_or_none(figures.get("dispatch_cycle_seconds"))
     if cycle is not None:
         out.gauge("dispatch_cycle_seconds", "Duration of the last dispatcher cycle.", [({}, cycle)])
-    reconcile: Mapping[str, Any] = figures.get("reconcile") or {}
-    for field, name, help_text in (
-        ("seconds_since_success", "reconcile_lag_seconds", "Seconds since the Factory's last successful reconcile."),
-        ("last_cycle_duration_s", "reconcile_cycle_seconds", "Duration of the Factory's last reconcile cycle."),
-    ):
-        samples = [
-            ({"factory": str(factory)}, value)
-            for factory, each in sorted(reconcile.items())
-            if isinstance(each, Mapping) and (value := _number_or_none(each.get(field))) is not None
-        ]
-        out.gauge(name, help_text, samples)
-    errors: Mapping[str, Any] = figures.get("errors") or {}
+    out.gauge("reconcile_lag_seconds", "Seconds since the Factory's last successful reconcile.",
+              _per_factory(figures, "reconcile_lag_seconds"))  # fmt: skip
+    out.gauge("reconcile_cycle_seconds", "Duration of the Factory's last reconcile cycle.",
+              _per_factory(figures, "reconcile_cycle_seconds"))  # fmt: skip
     out.family(
         "errors_total",
         "counter",
         "Failed dispatch and reconcile calls per Factory, since this process started.",
         [
-            ({"factory": str(factory), "loop": str(loop)}, value)
-            for factory, by_loop in sorted(errors.items())
-            if isinstance(by_loop, Mapping)
-            for loop, count in sorted(by_loop.items())
-            if (value := _number_or_none(count)) is not None
+            ({**labels, "loop": loop}, value)
+            for loop in ("dispatch", "reconcile")
+            for labels, value in _per_factory(figures, f"{loop}_errors")
         ],
     )
-    loops: Mapping[str, Any] = figures.get("loop_errors") or {}
+    loops = figures.get("loop_errors")
     out.family(
         "loop_errors_total",
         "counter",
         "Cycles of a background loop that failed as a whole, since this process started.",
         [
             ({"loop": str(loop)}, value)
-            for loop, n in sorted(loops.items())
+            for loop, n in sorted(loops.items() if isinstance(loops, Mapping) else [])
             if (value := _number_or_none(n)) is not None
         ],
     )

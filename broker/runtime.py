@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypedDict
 
 from broker.adapters import AdapterProvider
 from broker.db.engine import Database
@@ -33,6 +33,21 @@ log = logging.getLogger(__name__)
 
 # How long stop() lets a cycle in flight finish (a Slurm call's deadline is 8 s) before cancelling it.
 STOP_GRACE_S = 15.0
+
+
+class RuntimeFigures(TypedDict):
+    """The loops' figures, as :meth:`Runtime.metrics` gives them and ``app/metrics.py`` renders them."""
+
+    worker_id: str
+    dispatch_queue_depth: int
+    dispatch_lag_seconds: float
+    dispatch_cycle_seconds: float | None
+    dispatch_errors: dict[str, float]  # per Factory
+    reconcile_cycle_seconds: dict[str, float]
+    reconcile_last_cycle_timestamp_seconds: dict[str, float]
+    reconcile_lag_seconds: dict[str, float]
+    reconcile_errors: dict[str, float]
+    loop_errors: dict[str, int]  # per loop: cycles that failed as a whole
 
 
 class Runtime:
@@ -104,21 +119,26 @@ class Runtime:
         """A job was committed: dispatch now rather than at the end of the interval."""
         self._wake.set()
 
-    def metrics(self) -> dict[str, Any]:
-        """What the loops last measured: numbers, or mappings Factory -> number (the app's /metrics shape).
+    def metrics(self) -> RuntimeFigures:
+        """What the loops last measured: numbers, or mappings Factory (or loop) -> number; app/metrics.py
+        renders exactly this shape.
 
         ``reconcile_lag_seconds`` is the time since a Factory's last successful cycle: how stale the broker's
         view of it may be. ``dispatch_lag_seconds`` is how long the oldest due queued job has waited.
         """
         ids = self.registry.ids
+        reconcile = self.reconciler.figures()
         return {
             "worker_id": self.worker_id,
             "dispatch_queue_depth": self._queue.depth,
             "dispatch_lag_seconds": round(self._queue.oldest_due_wait_s, 3),
             "dispatch_cycle_seconds": self._last_dispatch_cycle_s,
             "dispatch_errors": {f: float(self.dispatcher.errors_by_factory.get(f, 0)) for f in ids},
-            **self.reconciler.figures(),
-            "loop_errors": sum(self._loop_errors.values()),
+            "reconcile_cycle_seconds": reconcile["reconcile_cycle_seconds"],
+            "reconcile_last_cycle_timestamp_seconds": reconcile["reconcile_last_cycle_timestamp_seconds"],
+            "reconcile_lag_seconds": reconcile["reconcile_lag_seconds"],
+            "reconcile_errors": reconcile["reconcile_errors"],
+            "loop_errors": dict(self._loop_errors),
         }
 
     # --- the loops ------------------------------------------------------------------------------------

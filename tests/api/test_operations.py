@@ -67,20 +67,27 @@ async def test_probes_and_metrics(api: Api) -> None:
 
 def test_runtime_figures_become_prometheus_families() -> None:
     from app.metrics import render
+    from broker.runtime import RuntimeFigures
 
-    figures = {
+    figures: RuntimeFigures = {
         "worker_id": "w1",
-        "queue_depth": 3,
-        "dispatch_lag_s": 1.5,
-        "dispatch_cycle_s": None,
-        "reconcile": {"alpha": {"seconds_since_success": 4.25, "last_cycle_duration_s": 0.02, "errors": 1}},
-        "errors": {"alpha": {"dispatch": 2, "reconcile": 1}},
-        "loop_errors": {"health": 0},
+        "dispatch_queue_depth": 3,
+        "dispatch_lag_seconds": 1.5,
+        "dispatch_cycle_seconds": None,
+        "dispatch_errors": {"alpha": 2.0},
+        "reconcile_cycle_seconds": {"alpha": 0.02},
+        "reconcile_last_cycle_timestamp_seconds": {"alpha": 1_800_000_000.0},
+        "reconcile_lag_seconds": {"alpha": 4.25},
+        "reconcile_errors": {"alpha": 1.0},
+        "loop_errors": {"health": 3},
     }
     lines = render({}, [], figures).splitlines()
     assert "conveyor_dispatch_lag_seconds 1.5" in lines
     assert 'conveyor_reconcile_lag_seconds{factory="alpha"} 4.25' in lines
+    assert 'conveyor_reconcile_cycle_seconds{factory="alpha"} 0.02' in lines
     assert 'conveyor_errors_total{factory="alpha",loop="dispatch"} 2' in lines
+    assert 'conveyor_errors_total{factory="alpha",loop="reconcile"} 1' in lines
+    assert 'conveyor_loop_errors_total{loop="health"} 3' in lines
     assert "# TYPE conveyor_errors_total counter" in lines
     assert not any(line.startswith("conveyor_dispatch_cycle_seconds") for line in lines)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from app.metrics import render
 from broker.adapters import AdapterPool
 from broker.db.engine import Database
 from broker.factories import FactoryRegistry
@@ -97,6 +98,10 @@ async def test_the_runtime_dispatches_a_new_job_at_once_when_notified_and_stops_
         assert set(metrics["reconcile_cycle_seconds"]) <= set(registry.ids)
         assert "alpha" in metrics["reconcile_lag_seconds"]
         assert metrics["dispatch_errors"]["alpha"] == 0
+        # What /metrics renders is this very shape (it once read another one and showed no reconcile figure).
+        rendered = render({}, [], metrics).splitlines()
+        assert any(line.startswith('conveyor_reconcile_lag_seconds{factory="alpha"}') for line in rendered)
+        assert any(line.startswith("conveyor_reconcile_cycle_seconds{") for line in rendered)
     finally:
         await asyncio.wait_for(runtime.stop(), timeout=30)
         await adapters.aclose()
