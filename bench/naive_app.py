@@ -24,7 +24,6 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -34,6 +33,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry
+
+from app.serving import serve
 
 TABLE = "naive_jobs"
 
@@ -119,15 +120,10 @@ def create_app(url: str) -> FastAPI:
 
 
 def main() -> None:
-    uvicorn.run(
+    serve(  # exactly as the broker is served
         create_app(os.environ["NAIVE_DATABASE_URL"]),
         host=os.environ.get("NAIVE_HOST", "127.0.0.1"),
         port=int(os.environ.get("NAIVE_PORT", "8001")),
-        workers=1,
-        lifespan="on",
-        proxy_headers=False,
-        server_header=False,
-        log_level="info",
     )
 
 

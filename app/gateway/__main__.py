@@ -13,12 +13,12 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from app.gateway.main import create_app
 from app.gateway.settings import GatewayConfigError, GatewaySettings, explain_settings, load_signing_key
+from app.serving import serve
 
 EXIT_CONFIG = 2
 
@@ -43,16 +43,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _refuse(explain_settings(exc))
     except (GatewayConfigError, SettingsError) as exc:
         _refuse(str(exc))
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        workers=1,
-        lifespan="on",
-        proxy_headers=False,
-        server_header=False,
-        log_level="info",
-    )
+    serve(app, host=settings.host, port=settings.port)
 
 
 def _refuse(message: str) -> NoReturn:
