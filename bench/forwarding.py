@@ -48,6 +48,7 @@ import httpx
 
 from bench.adapters import _sbatch, _trivial
 from broker.db.migrate import upgrade
+from dev.lab import procs
 from dev.lab.view import SUBMIT_USER, Cluster, clusters_of, job_dir, make_adapter, read_lab
 from slurm_adapters.base import SlurmAdapter
 
@@ -155,13 +156,7 @@ class Broker:
         raise TimeoutError(f"the broker was not ready within {timeout_s} s:\n{self.log.read_text()}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        procs.terminate(self.process)
 
 
 def _healthy(factory: Mapping[str, Any], required: bool) -> bool:

@@ -32,7 +32,6 @@ import dataclasses
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,7 @@ from broker.db.engine import Database, create_database
 from broker.db.migrate import upgrade_async
 from broker.db.repositories import JobRepository, NewJob
 from broker.jobs.ids import JOB_ID_PREFIX
+from dev.lab import procs
 from dev.lab.commands import run_slurm
 from dev.lab.view import SUBMIT_USER, Cluster, clusters_of, job_dir, lab_json_path, make_adapter, read_lab
 from slurm_adapters.base import JobSpec as SlurmJobSpec
@@ -70,10 +70,10 @@ HISTORY_ROUTE = "/bench/reconcile"
 
 def serve() -> None:
     """The broker exactly as ``python -m app`` runs it, plus a read-only route with every reconcile cycle."""
-    import uvicorn
     from fastapi.responses import JSONResponse
 
     from app.main import create_app
+    from app.serving import serve
     from broker.reconcile import Reconciler, ReconcileStats
     from broker.settings import Settings
 
@@ -96,16 +96,7 @@ def serve() -> None:
     async def cycles() -> JSONResponse:
         return JSONResponse(history)
 
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        workers=1,
-        lifespan="on",
-        proxy_headers=False,
-        server_header=False,
-        log_level="warning",
-    )
+    serve(app, host=settings.host, port=settings.port, log_level="warning")
 
 
 @dataclass
@@ -121,13 +112,7 @@ class BrokerProcess:
         return found["VmRSS"], found["VmHWM"]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        procs.terminate(self.process)
 
 
 def free_port() -> int:

@@ -77,6 +77,19 @@ def stop(pid_file: Path, grace_s: float = 5.0) -> bool:
     return True
 
 
+def terminate(process: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
+    """End a child this process started (a broker or gateway under test or benchmark): SIGTERM, then SIGKILL
+    if it has not ended after ``grace_s``; nothing if it has already ended."""
+    if process.poll() is not None:
+        return
+    os.kill(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
 def kill(pid_file: Path) -> int | None:
     """SIGKILL the recorded process at once (fault tests); returns the PID killed."""
     pid = recorded_pid(pid_file)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from dev.lab import procs
 from tests.api.conftest import TOKEN
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,13 +53,7 @@ class Server:
         pytest.fail(f"{path} not ready within {timeout_s} s:\n{self.log.read_text()}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        procs.terminate(self.process)
 
 
 def start_server(

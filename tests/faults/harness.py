@@ -34,6 +34,7 @@ from typing import Any
 import httpx
 
 from conveyor.spec import TERMINAL_STATES
+from dev.lab import procs
 from dev.lab.view import Cluster
 from slurm_adapters.convert import parse_key_values
 
@@ -155,14 +156,8 @@ class BrokerProcess:
 
     def stop(self) -> None:
         """SIGTERM (a graceful stop), SIGKILL if it does not end in time; nothing if it already ended."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.kill(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        if self.process is not None:
+            procs.terminate(self.process)
 
     def log_tail(self, chars: int = 4000) -> str:
         """The end of each incarnation's log, without uvicorn's access lines (the polling drowns the rest)."""
