@@ -8,7 +8,9 @@ load generator (bench/loadgen.py, a separate process) against: the naive ``POST 
 ``POST /v1/jobs`` as a researcher of a project with a large GPU-hour allocation, with a unique
 Idempotency-Key per request (so authentication, tenancy, validation, placement, idempotency and the
 allocation compare-and-set all run); and the broker's cheapest authenticated call, ``GET /v1/me``, with the
-same token: the practical ceiling of this box for an authenticated request.
+same token: the practical ceiling of this box for an authenticated request. A second broker process on the
+same database runs with ``CONVEYOR_ACCEPT_BATCH=0`` (every accept its own transaction, as before group
+commit came): its ``POST /v1/jobs`` beside the first's is the group commit's before/after.
 
     .venv/bin/python -m bench.accept                                   # sqlite and postgresql, 1/16/64 clients
     .venv/bin/python -m bench.accept --seconds 5 --databases sqlite --clients 16
@@ -63,7 +65,8 @@ JOB: dict[str, Any] = {
 TARGET_CLIENTS = 16
 TARGET_RATIO = {"sqlite": 1.8, "postgresql": 1.6}
 TARGET_P99_MS = 50.0
-KINDS = ("naive", "post", "get")
+KINDS = ("naive", "post", "unbatched", "get")
+ACCEPTING = ("naive", "post", "unbatched")
 READY_TIMEOUT_S = 60.0
 
 
@@ -73,6 +76,7 @@ class Side:
 
     database: str
     broker: Server
+    unbatched: Server  # the same broker, same database, without group commit (CONVEYOR_ACCEPT_BATCH=0)
     naive: Server
     broker_url: str
     naive_url: str
@@ -180,17 +184,21 @@ def side(kind: str, directory: Path) -> Iterator[Side]:
     with databases(kind, directory) as (broker_url, naive_url):
         upgrade(broker_url)
         admin_token = _create_admin(broker_url, directory)
-        broker = start_server(directory, directory / "conveyor.db", LAB_FACTORIES, run_loops=False,
-                              env={"CONVEYOR_DATABASE_URL": broker_url}, dev=False)  # fmt: skip
+        broker, unbatched = (
+            start_server(directory, directory / "conveyor.db", LAB_FACTORIES, run_loops=False,
+                         env={"CONVEYOR_DATABASE_URL": broker_url, "CONVEYOR_ACCEPT_BATCH": batch}, dev=False)
+            for batch in ("256", "0")
+        )  # fmt: skip
         naive = _start_naive(directory, naive_url)
         try:
-            broker.wait_ready(READY_TIMEOUT_S)
+            for server in (broker, unbatched):
+                server.wait_ready(READY_TIMEOUT_S)
             naive.wait_ready(READY_TIMEOUT_S, path="/healthz")
             token = _researcher(broker.base_url, admin_token)
-            yield Side(kind, broker, naive, broker_url, naive_url, token)
+            yield Side(kind, broker, unbatched, naive, broker_url, naive_url, token)
         finally:
-            broker.stop()
-            naive.stop()
+            for server in (broker, unbatched, naive):
+                server.stop()
 
 
 # --- measuring --------------------------------------------------------------------------------------------
@@ -201,9 +209,10 @@ def loadgen(target: Side, kind: str, clients: int, load: Load) -> dict[str, Any]
     auth = ["--header", f"Authorization: Bearer {target.token}"]
     if kind == "naive":
         argv = ["--url", f"{target.naive.base_url}/jobs", "--method", "POST", "--body-file", str(load.body)]
-    elif kind == "post":
-        argv = ["--url", f"{target.broker.base_url}/v1/jobs", "--method", "POST", "--body-file", str(load.body), *auth,
-                "--idempotency-prefix", f"bench-{clients}-{time.monotonic_ns()}"]  # fmt: skip
+    elif kind in ("post", "unbatched"):
+        server = target.broker if kind == "post" else target.unbatched
+        argv = ["--url", f"{server.base_url}/v1/jobs", "--method", "POST", "--body-file", str(load.body), *auth,
+                "--idempotency-prefix", f"bench-{kind}-{clients}-{time.monotonic_ns()}"]  # fmt: skip
     else:
         argv = ["--url", f"{target.broker.base_url}/v1/me", "--method", "GET", *auth]
     argv += ["--connections", str(clients), "--seconds", str(load.seconds), "--warmup", str(load.warmup)]
@@ -215,8 +224,8 @@ def loadgen(target: Side, kind: str, clients: int, load: Load) -> dict[str, Any]
     if result.returncode != 0:
         raise RuntimeError(f"loadgen {kind} x{clients} failed: {result.stderr}")
     figures: dict[str, Any] = json.loads(result.stdout)
-    if kind != "get":
-        target.accepted[kind] += int(figures["all_statuses"].get("201", 0))
+    if kind in ACCEPTING:
+        target.accepted["naive" if kind == "naive" else "broker"] += int(figures["all_statuses"].get("201", 0))
     return figures
 
 
@@ -246,7 +255,7 @@ def check(target: Side, rows: list[Row]) -> list[str]:
     """Problems found: lost accepts (201s without a row, or rows without a 201) and any non-2xx answer."""
     problems = []
     # The setup made no job; every row in either table came from a 201 the load generator counted.
-    stored = {"post": asyncio.run(_count(target.broker_url, "jobs")),
+    stored = {"broker": asyncio.run(_count(target.broker_url, "jobs")),
               "naive": asyncio.run(_count(target.naive_url, NAIVE_TABLE))}  # fmt: skip
     for kind, rows_in_db in stored.items():
         if rows_in_db != target.accepted[kind]:
@@ -269,15 +278,18 @@ def _cell(row: Row, kind: str) -> str:
 
 HEADER = (
     f"{'database':10} {'clients':>7} | {'naive POST/s (p50, p99 ms)':>28} | {'broker POST/s (p50, p99 ms)':>28} | "
-    f"{'broker/naive':>12} | {'GET /v1/me/s (p50, p99 ms)':>28} | {'POST/GET':>8}"
+    f"{'broker/naive':>12} | {'unbatched POST/s (p50, p99)':>28} | {'group commit':>12} | "
+    f"{'GET /v1/me/s (p50, p99 ms)':>28} | {'POST/GET':>8}"
 )
 
 
 def table(database: str, rows: list[Row]) -> list[str]:
-    """Medians over the rounds (one round: the figures themselves)."""
+    """Medians over the rounds (one round: the figures themselves). "group commit" is broker POST/s over the
+    unbatched broker's: the fix's before/after."""
     return [
         f"{database:10} {row.clients:7d} | {_cell(row, 'naive'):>28} | {_cell(row, 'post'):>28} | "
-        f"{row.ratio('post', 'naive'):11.2f}x | {_cell(row, 'get'):>28} | {row.ratio('post', 'get'):7.2f}x"
+        f"{row.ratio('post', 'naive'):11.2f}x | {_cell(row, 'unbatched'):>28} | "
+        f"{row.ratio('post', 'unbatched'):11.2f}x | {_cell(row, 'get'):>28} | {row.ratio('post', 'get'):7.2f}x"
         for row in rows
     ]
 
@@ -441,8 +453,8 @@ def main() -> int:
     clients = [int(c) for c in args.clients.split(",")]
     print(machine())
     print(
-        f"{args.seconds:g} s per run after {args.warmup:g} s warm-up, {args.rounds} round(s); naive, broker POST "
-        "and GET interleaved; medians over the rounds"
+        f"{args.seconds:g} s per run after {args.warmup:g} s warm-up, {args.rounds} round(s); naive, broker POST, "
+        "unbatched broker POST and GET interleaved; medians over the rounds"
     )
     results: dict[str, list[Row]] = {}
     problems: list[str] = []

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     reconciler_interval_s: float = Field(5.0, gt=0, description="pause between reconciler cycles")
     lease_s: float = Field(120.0, ge=MIN_LEASE_S, description="how long a dispatcher owns a claimed job")
     claim_batch: int = Field(20, ge=1, le=1000, description="jobs a dispatcher claims per cycle")
+    accept_batch: int = Field(
+        256,
+        ge=0,
+        le=5000,
+        description="most accepted jobs written in one transaction (group commit); 0: each in its own transaction",
+    )
     health_interval_s: float = Field(15.0, gt=0, description="pause between health checks of every Factory")
     capacity_interval_s: float = Field(
         0.0,

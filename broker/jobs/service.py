@@ -25,7 +25,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Hashable, Mapping
 from typing import Protocol
 
 from broker import translate
@@ -36,6 +36,7 @@ from broker.db.models import JobEvent as EventRow
 from broker.db.repositories import FactoryStateRepository, IdempotencyConflict, InvalidCursor, JobRepository, NewJob
 from broker.db.repositories.allocations import OverBudget
 from broker.db.repositories.antennas import AntennaRepository
+from broker.db.repositories.jobs import Created, Creation, KeyUse
 from broker.db.repositories.pagination import JobFilter
 from broker.errors import (
     CancelNotPossible,
@@ -51,6 +52,7 @@ from broker.errors import (
 )
 from broker.factories import FactoryRegistry
 from broker.identity import Principal
+from broker.jobs.group_commit import GroupCommit
 from broker.jobs.idempotency import MAX_KEY_LENGTH, request_hash
 from broker.jobs.ids import new_job_id
 from broker.placement import NOT_CHECKED, FactoryStatus, Placement, PlacementError, place
@@ -78,6 +80,7 @@ _KEY = re.compile(rf"^[\x20-\x7e]{{1,{MAX_KEY_LENGTH}}}$")
 _EVENT_CURSOR_VERSION = 1
 OUTPUT_TIMEOUT_S = 10.0  # the adapter's own deadline is 8 s; this bounds the caller's wait whatever it does
 MAX_OUTPUT_BYTES = 1024 * 1024
+DEFAULT_ACCEPT_BATCH = 256  # the most accepts one group commit writes (Settings.accept_batch)
 QUOTA_RETRY_AFTER_S = 60  # an Antenna over its quota of active jobs: jobs end on the scale of minutes
 
 
@@ -168,6 +171,11 @@ def _labels(selectors: list[str]) -> dict[str, str]:
     return labels
 
 
+def _key_of(creation: Creation) -> Hashable | None:
+    """A group commit keeps two uses of one caller's key apart: the second is answered from the first's row."""
+    return creation.key.pair if creation.key is not None else None
+
+
 def _linked_only(caller: Principal, spec: JobSpec) -> None:
     """An Antenna's national user may name only a Factory the Antenna is linked to (403, not a placement
     failure: the Factory exists and fits, the caller may not use it)."""
@@ -187,8 +195,12 @@ class JobService:
         *,
         on_new_job: Callable[[], None] | None = None,
         output_timeout_s: float = OUTPUT_TIMEOUT_S,
+        accept_batch: int = DEFAULT_ACCEPT_BATCH,
     ) -> None:
         self._jobs = JobRepository(database)
+        self._accepts: GroupCommit[Creation, Created] | None = (
+            GroupCommit(self._jobs.create_together, max_batch=accept_batch, identity=_key_of) if accept_batch else None
+        )
         self._factory_states = FactoryStateRepository(database)
         self._projects = ProjectService(database)
         self._allocations = AllocationService(database, registry)
@@ -204,7 +216,8 @@ class JobService:
     async def submit(
         self, caller: Principal, spec: JobSpec, idempotency_key: str | None, *, source: str | None = None
     ) -> tuple[Job, bool]:
-        """Validate, then store the job and its ``created`` event in one committed transaction.
+        """Validate, then store the job and its ``created`` event in one committed transaction, shared with the
+        accepts that arrived meanwhile (:mod:`broker.jobs.group_commit`).
 
         Returns ``(job, created)``; ``created`` is False when ``idempotency_key`` replays an earlier request.
         """
@@ -234,21 +247,29 @@ class JobService:
             placement = self._check_feasible(spec, allowed=allowed)
             reservation = budget.reservation(spec, placement)
         new = NewJob.from_spec(caller.id, spec, source, reservation)
-        try:
-            if idempotency_key is None:
-                row, created = await self._jobs.insert_job_with_event(new, actor=caller.id), True
-            else:
-                fingerprint = request_hash(spec.model_dump(mode="json"))
-                row, created = await self._jobs.create_or_get(
-                    caller.id, idempotency_key, fingerprint, new, actor=caller.id
-                )
-        except IdempotencyConflict as exc:
-            raise IdempotencyKeyReused(idempotency_key or "", exc.job_id) from None
-        except OverBudget as exc:
-            raise over_budget(exc, spec, placement) from None
+        key = None
+        if idempotency_key is not None:
+            key = KeyUse(caller.id, idempotency_key, request_hash(spec.model_dump(mode="json")))
+        row, created = await self._store(Creation(new, caller.id, key), spec, placement)
         if created and self._on_new_job is not None:
             self._on_new_job()
         return job_to_wire(row), created
+
+    async def _store(self, creation: Creation, spec: JobSpec, placement: Placement) -> tuple[JobRow, bool]:
+        """Write the job through the group commit (or alone); its refusals as the API's errors."""
+        try:
+            result: Created
+            if self._accepts is not None:
+                result = await self._accepts.submit(creation)  # a refusal comes raised
+            else:
+                (result,) = await self._jobs.create_many([creation])
+            if isinstance(result, Exception):
+                raise result
+        except IdempotencyConflict as exc:
+            raise IdempotencyKeyReused(exc.key, exc.job_id) from None
+        except OverBudget as exc:
+            raise over_budget(exc, spec, placement) from None
+        return result
 
     async def _within_antenna_quota(self, antenna_id: str) -> None:
         """An Antenna's national users together have at most its quota of jobs not yet ended."""

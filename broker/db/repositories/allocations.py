@@ -36,23 +36,57 @@ class Usage:
     jobs: int
 
 
-async def reserve(session: AsyncSession, job_id: str, allocation_id: str, need_s: int) -> None:
-    """Inside the transaction that stores the job: take ``need_s`` from the allocation, or raise OverBudget
-    (and the whole transaction, job included, rolls back)."""
-    await session.flush()  # the job row first: the charge refers to it
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """What one job is to take from an allocation when it is stored."""
+
+    job_id: str
+    allocation_id: str
+    need_s: int
+
+
+async def reserve_all(session: AsyncSession, holds: Sequence[Hold]) -> dict[str, OverBudget]:
+    """Inside the transaction that stores the jobs: take each hold from its allocation, and say which jobs
+    could not be held (job id -> why); those must not be stored.
+
+    An allocation's holds are taken in one compare-and-set when they fit together, else one by one in the
+    given (arrival) order, so a refusal is exact and nothing is ever overspent. Allocations are updated in
+    id order, so two transactions holding several never wait on each other crosswise. Charges are added
+    separately (:func:`add_charges`), once the jobs' rows exist.
+    """
+    by_allocation: dict[str, list[Hold]] = {}
+    for hold in holds:
+        by_allocation.setdefault(hold.allocation_id, []).append(hold)
+    refused: dict[str, OverBudget] = {}
+    for allocation_id in sorted(by_allocation):
+        group = by_allocation[allocation_id]
+        if len(group) > 1 and await _take(session, allocation_id, sum(hold.need_s for hold in group)):
+            continue
+        for hold in group:
+            if not await _take(session, allocation_id, hold.need_s):
+                allocation = await session.get(Allocation, allocation_id, populate_existing=True)
+                assert allocation is not None
+                refused[hold.job_id] = OverBudget(allocation, hold.need_s)
+    return refused
+
+
+async def _take(session: AsyncSession, allocation_id: str, need_s: int) -> bool:
     taken = await session.scalar(
         update(Allocation)
         .where(Allocation.id == allocation_id, Allocation.used_s + need_s <= Allocation.granted_s)
         .values(used_s=Allocation.used_s + need_s)
         .returning(Allocation.id)
     )
-    if taken is None:
-        allocation = await session.get(Allocation, allocation_id, populate_existing=True)
-        assert allocation is not None
-        raise OverBudget(allocation, need_s)
-    session.add(
-        JobCharge(job_id=job_id, allocation_id=allocation_id, reserved_s=need_s, charged_s=None, settled_at=None)
-    )
+    return taken is not None
+
+
+def add_charges(session: AsyncSession, holds: Sequence[Hold]) -> None:
+    """The open charge of each held job (after its row: the charge refers to it)."""
+    session.add_all(
+        JobCharge(job_id=hold.job_id, allocation_id=hold.allocation_id, reserved_s=hold.need_s, charged_s=None,
+                  settled_at=None)
+        for hold in holds
+    )  # fmt: skip
 
 
 class AllocationRepository:

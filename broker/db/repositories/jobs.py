@@ -19,17 +19,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, literal, or_, select, tuple_, update
+from sqlalchemy import and_, delete, func, literal, or_, select, tuple_, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.accounting import Reservation
 from broker.db.engine import Database
 from broker.db.models import AttemptOutcome, DispatchAttempt, IdempotencyKey, Job, JobEvent
 from broker.db.repositories import job_writes
-from broker.db.repositories.allocations import reserve
+from broker.db.repositories.allocations import Hold, OverBudget, add_charges, reserve_all
 from broker.db.repositories.errors import IdempotencyConflict
 from broker.db.repositories.pagination import MAX_PAGE, JobFilter, JobPage, Position, decode_cursor, encode_cursor
-from broker.db.repositories.sql import insert_ignoring_conflict, is_sqlite
+from broker.db.repositories.sql import insert_ignoring_conflict, is_sqlite, refused_a_row
 from broker.db.types import utc_now
 from broker.jobs.events import EventKind
 from broker.jobs.ids import new_job_id
@@ -80,6 +81,32 @@ class NewJob:
         )  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class KeyUse:
+    """A caller's Idempotency-Key and the fingerprint of the request that came with it."""
+
+    caller: str
+    key: str
+    request_hash: str
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        return self.caller, self.key
+
+
+@dataclass(frozen=True, slots=True)
+class Creation:
+    """One accepted job to store: what was decided about it, who asked, and its Idempotency-Key if any."""
+
+    new: NewJob
+    actor: str
+    key: KeyUse | None = None
+
+
+# Per creation: the job and whether this call created it (False: a replay of the key), or why not.
+Created = tuple[Job, bool] | IdempotencyConflict | OverBudget
+
+
 class JobRepository:
     """Every read and write of jobs, their events and their dispatch attempts."""
 
@@ -91,78 +118,93 @@ class JobRepository:
 
     async def insert_job_with_event(self, new: NewJob, *, actor: str, now: datetime | None = None) -> Job:
         """Store a queued job and its ``created`` event in one transaction (committed when this returns)."""
-        now = now or self._clock()
-        async with self._db.write() as session:
-            job = self._add_job(session, new, new_job_id(), actor=actor, now=now, detail=_source(new.source))
-            await _reserve(session, job.id, new)
-            return job
+        (result,) = await self.create_many([Creation(new, actor)], now=now)
+        if isinstance(result, Exception):
+            raise result
+        return result[0]
 
     async def create_or_get(
         self, caller: str, key: str, request_hash: str, new: NewJob, *, actor: str, now: datetime | None = None
     ) -> tuple[Job, bool]:
-        """The job this caller's ``key`` names, creating it on first use: ``(job, created)``.
+        """The job this caller's ``key`` names, creating it on first use: ``(job, created)``. Raises
+        :class:`IdempotencyConflict` when the key was used with another request (see :meth:`create_many`)."""
+        (result,) = await self.create_many([Creation(new, actor, KeyUse(caller, key, request_hash))], now=now)
+        if isinstance(result, Exception):
+            raise result
+        return result
 
-        The key row is inserted first with ``ON CONFLICT DO NOTHING`` and is the arbiter of a race: on
-        PostgreSQL a second transaction's insert waits for the first to commit and then inserts nothing,
-        and the read that follows (READ COMMITTED: a fresh snapshot per statement) sees the winner's row;
-        on SQLite the single writer serializes them. The key's foreign key to the job is deferred to commit,
-        which is why the key can be written before its job. Raises :class:`IdempotencyConflict` when the
-        key was used with another request.
+    async def create_many(self, creations: Sequence[Creation], *, now: datetime | None = None) -> list[Created]:
+        """Store many accepted jobs in one transaction, committed when this returns: per creation, in order,
+        ``(job, created)`` or the exception its caller is to get (:class:`IdempotencyConflict`,
+        :class:`OverBudget`); the others are stored regardless.
+
+        Keys are claimed first, all at once, with ``INSERT ... ON CONFLICT DO NOTHING``: the key row is the
+        arbiter of a race. On PostgreSQL an insert of a key that another transaction holds uncommitted waits
+        for it, then inserts nothing, and the read that follows (READ COMMITTED: a fresh snapshot per
+        statement) sees the winner's row; on SQLite the single writer serializes them. Keys are inserted in
+        sorted order, so two batches never wait on each other crosswise. The key's foreign key to its job is
+        deferred to commit, which is why the key can be written before its job. Two creations with the same
+        caller and key must not share a call (the group commit keeps them apart).
+
+        A statement's failure fails the whole call and writes nothing; when the database refused one row's
+        values (:func:`~broker.db.repositories.sql.refused_a_row`), the others may be tried again without it.
         """
         now = now or self._clock()
-        job_id = new_job_id()
+        ids = [new_job_id() for _ in creations]
+        results: list[Created | None] = [None] * len(creations)
         async with self._db.write() as session:
-            claimed = await session.scalar(
-                insert_ignoring_conflict(
-                    session,
-                    IdempotencyKey,
-                    caller=caller,
-                    key=key,
-                    request_hash=request_hash,
-                    job_id=job_id,
-                    created_at=now,
-                ).returning(IdempotencyKey.job_id)
-            )
-            if claimed is not None:
-                job = self._add_job(
-                    session, new, job_id, actor=actor, now=now, detail={"idempotency_key": key, **_source(new.source)}
-                )
-                await _reserve(session, job.id, new)
-                return job, True
-            existing = (
-                await session.execute(
-                    select(IdempotencyKey.request_hash, IdempotencyKey.job_id).where(
-                        IdempotencyKey.caller == caller, IdempotencyKey.key == key
-                    )
-                )
-            ).one()
-            if existing.request_hash != request_hash:
-                raise IdempotencyConflict(caller, key, existing.job_id)
-            job = await session.get_one(Job, existing.job_id)
-            return job, False
+            fresh = await _claim_keys(session, creations, ids, now, results)
+            holds = [
+                Hold(ids[i], reservation.allocation_id, reservation.need_s)
+                for i in fresh
+                if (reservation := creations[i].new.reservation) is not None
+            ]
+            refused = await reserve_all(session, holds)
+            await _release_keys(session, [key for i in fresh if ids[i] in refused and (key := creations[i].key)])
+            for i in fresh:
+                if ids[i] in refused:
+                    results[i] = refused[ids[i]]
+                else:
+                    results[i] = (self._add_job(session, creations[i], ids[i], now), True)
+            await session.flush()  # the jobs' rows first: their charges refer to them
+            add_charges(session, [hold for hold in holds if hold.job_id not in refused])
+        return [result for result in results if result is not None]
 
-    def _add_job(
-        self, session: AsyncSession, new: NewJob, job_id: str, *, actor: str, now: datetime, detail: dict[str, Any]
-    ) -> Job:
+    async def create_together(self, creations: Sequence[Creation]) -> Sequence[Created | Exception]:
+        """:meth:`create_many` for creations of unrelated callers (a group commit). Should the database refuse
+        one row's values, that call wrote nothing: each creation is then tried alone, so only its own caller
+        gets the error. Any other failure is every caller's (the database is down, say) and is raised."""
+        try:
+            return await self.create_many(creations)
+        except DBAPIError as exc:
+            if len(creations) == 1 or not refused_a_row(exc):
+                raise
+        return [await self._create_alone(creation) for creation in creations]
+
+    async def _create_alone(self, creation: Creation) -> Created | Exception:
+        try:
+            (result,) = await self.create_many([creation])
+        except DBAPIError as exc:
+            if not refused_a_row(exc):
+                raise
+            return exc
+        return result
+
+    def _add_job(self, session: AsyncSession, creation: Creation, job_id: str, now: datetime) -> Job:
+        new = creation.new
         job = Job(
-            id=job_id,
-            owner=new.owner,
-            project=new.project,
-            name=new.name,
-            spec=dict(new.spec),
-            labels=dict(new.labels),
-            state=JobState.QUEUED,
-            created_at=now,
-            updated_at=now,
-            attempt_count=0,
+            id=job_id, owner=new.owner, project=new.project, name=new.name, spec=dict(new.spec),
+            labels=dict(new.labels), state=JobState.QUEUED, created_at=now, updated_at=now, attempt_count=0,
             next_attempt_at=now,
-        )
+        )  # fmt: skip
+        detail = {**({"idempotency_key": creation.key.key} if creation.key else {}), **_source(new.source)}
         session.add(job)
         session.add(
             JobEvent(
-                job_id=job_id, at=now, kind=EventKind.CREATED, to_state=JobState.QUEUED, actor=actor, detail=detail
+                job_id=job_id, at=now, kind=EventKind.CREATED, to_state=JobState.QUEUED, actor=creation.actor,
+                detail=detail,
             )
-        )
+        )  # fmt: skip
         return job
 
     # --- reads ------------------------------------------------------------------------------------------
@@ -479,6 +521,63 @@ def _source(address: str | None) -> dict[str, Any]:
     return {"source": address} if address else {}
 
 
-async def _reserve(session: AsyncSession, job_id: str, new: NewJob) -> None:
-    if new.reservation is not None:
-        await reserve(session, job_id, new.reservation.allocation_id, new.reservation.need_s)
+async def _claim_keys(
+    session: AsyncSession,
+    creations: Sequence[Creation],
+    ids: Sequence[str],
+    now: datetime,
+    results: list[Created | None],
+) -> list[int]:
+    """Insert the creations' idempotency keys; the indexes of the creations that are to create a job (no key,
+    or a key first used now). A key used before answers its job (a replay) or a conflict, in ``results``."""
+    keyed = sorted(
+        ((i, creation.key) for i, creation in enumerate(creations) if creation.key is not None),
+        key=lambda keyed_creation: keyed_creation[1].pair,
+    )
+    if not keyed:
+        return list(range(len(creations)))
+    rows = [
+        {"caller": key.caller, "key": key.key, "request_hash": key.request_hash, "job_id": ids[i], "created_at": now}
+        for i, key in keyed
+    ]
+    inserted = await session.execute(
+        insert_ignoring_conflict(session, IdempotencyKey)
+        .values(rows)
+        .returning(IdempotencyKey.caller, IdempotencyKey.key)
+    )
+    claimed = {(caller, key) for caller, key in inserted}
+    used_before = [(i, key) for i, key in keyed if key.pair not in claimed]
+    if used_before:
+        await _answer_replays(session, used_before, results)
+    replayed = {i for i, _ in used_before}
+    return [i for i in range(len(creations)) if i not in replayed]
+
+
+async def _answer_replays(
+    session: AsyncSession, used_before: Sequence[tuple[int, KeyUse]], results: list[Created | None]
+) -> None:
+    """For keys used before: the job each names when the request is the same (a replay), else a conflict."""
+    pairs = [key.pair for _, key in used_before]
+    stored = {
+        (caller, key): (request_hash, job_id)
+        for caller, key, request_hash, job_id in await session.execute(
+            select(IdempotencyKey.caller, IdempotencyKey.key, IdempotencyKey.request_hash, IdempotencyKey.job_id)
+            .where(tuple_(IdempotencyKey.caller, IdempotencyKey.key).in_(pairs))
+        )
+    }  # fmt: skip
+    replays = [stored[key.pair][1] for _, key in used_before if stored[key.pair][0] == key.request_hash]
+    jobs = {job.id: job for job in await session.scalars(select(Job).where(Job.id.in_(replays)))} if replays else {}
+    for index, key in used_before:
+        request_hash, job_id = stored[key.pair]
+        same = request_hash == key.request_hash
+        results[index] = (jobs[job_id], False) if same else IdempotencyConflict(key.caller, key.key, job_id)
+
+
+async def _release_keys(session: AsyncSession, keys: Sequence[KeyUse]) -> None:
+    """Withdraw keys claimed in this transaction for jobs not stored after all (over budget): the same
+    request may be made again once the budget allows."""
+    if keys:
+        pairs = [key.pair for key in keys]
+        await session.execute(
+            delete(IdempotencyKey).where(tuple_(IdempotencyKey.caller, IdempotencyKey.key).in_(pairs))
+        )

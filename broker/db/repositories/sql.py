@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db.models import Base
@@ -14,11 +15,28 @@ def insert_ignoring_conflict(
     session: AsyncSession, model: type[Base], **values: Any
 ) -> postgresql.Insert | sqlite.Insert:
     """``INSERT ... ON CONFLICT DO NOTHING`` for the session's database (both speak it; SQLAlchemy spells it
-    per dialect). Add ``.returning(...)`` to learn whether the row was inserted."""
-    if session.get_bind().dialect.name == "postgresql":
-        return postgresql.insert(model).values(**values).on_conflict_do_nothing()
-    return sqlite.insert(model).values(**values).on_conflict_do_nothing()
+    per dialect). Add ``.returning(...)`` to learn whether the row was inserted; without ``values``, add
+    ``.values(rows)`` for several rows."""
+    insert = postgresql.insert(model) if session.get_bind().dialect.name == "postgresql" else sqlite.insert(model)
+    return (insert.values(**values) if values else insert).on_conflict_do_nothing()
 
 
 def is_sqlite(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "sqlite"
+
+
+# SQLSTATE classes of a row the database refused: 22 data exception (a NUL in JSON text, a value too long),
+# 23 integrity constraint violation. asyncpg's errors of class 22 reach SQLAlchemy as a plain DBAPIError.
+_ROW_REFUSED_SQLSTATE_CLASSES = ("22", "23")
+
+
+def refused_a_row(error: DBAPIError) -> bool:
+    """Did the database refuse a row's values (so that the same statement without that row may succeed), as
+    opposed to failing as a whole (connection lost, server down, lock timeout)?"""
+    if isinstance(error, IntegrityError | DataError):
+        return True
+    for cause in (error.orig, getattr(error.orig, "__cause__", None)):
+        sqlstate = getattr(cause, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(_ROW_REFUSED_SQLSTATE_CLASSES):
+            return True
+    return False
