@@ -145,6 +145,21 @@ class JobSpec(_Strict):
             raise ValueError("script is empty")
         return self
 
+    @field_validator("script")
+    @classmethod
+    def _script_text(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("the script contains a NUL byte")
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _command_words(cls, value: list[str] | None) -> list[str] | None:
+        for index, word in enumerate(value or []):
+            if "\x00" in word:  # an argv word cannot carry one (C strings end there)
+                raise ValueError(f"command word {index} contains a NUL byte")
+        return value
+
     @field_validator("environment")
     @classmethod
     def _environment_names(cls, value: dict[str, str]) -> dict[str, str]:

@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import update
 
 from broker.db.models import Job as JobRow
@@ -83,6 +84,23 @@ async def test_planned_features_are_refused_by_name(api: Api) -> None:
         problem = problem_of(response, 422, "validation_error")
         assert problem.detail is not None
         assert words in problem.detail
+
+
+@pytest.mark.parametrize(
+    ("payload", "words"),
+    [
+        ({"command": ["python", "a\x00b"]}, "command word 1 contains a NUL byte"),
+        ({"command": None, "script": "#!/bin/bash\necho \x00\n"}, "the script contains a NUL byte"),
+        ({"environment": {"X": "\x00"}}, "environment variable 'X' contains a NUL byte"),
+    ],
+    ids=["command", "script", "environment"],
+)
+async def test_a_nul_byte_anywhere_is_a_422_not_a_database_error(api: Api, payload: dict[str, Any], words: str) -> None:
+    """PostgreSQL cannot store NUL in JSON text (it answered 500 before), and Slurm could not run it anyway."""
+    body = {key: value for key, value in {**job_body(), **payload}.items() if value is not None}
+    problem = problem_of(await api.client.post("/v1/jobs", json=body), 422, "validation_error")
+    assert problem.detail is not None
+    assert words in problem.detail
 
 
 async def test_malformed_json_is_a_422_problem(api: Api) -> None:
