@@ -15,7 +15,6 @@ import math
 from collections.abc import Mapping
 from typing import Protocol
 
-from broker.db.engine import Database
 from broker.errors import IdentityProviderUnavailable
 from broker.identity import DEV_PRINCIPAL, Principal
 from broker.identity.oidc import InvalidToken, IssuerUnavailable, OidcVerifier
@@ -86,13 +85,14 @@ class Tokens:
 
 
 def authenticator_from_settings(
-    settings: Settings, database: Database, oidc: OidcVerifier | None = None
+    settings: Settings, identities: IdentityService, oidc: OidcVerifier | None = None
 ) -> Authenticator:
-    """Personal tokens always; OIDC when ``oidc`` is given; the dev token as well in dev mode."""
+    """Personal tokens always (through ``identities``, the process's one identity service); OIDC when ``oidc``
+    is given; the dev token as well in dev mode."""
     static = None
     if settings.dev_mode and settings.dev_token is not None:
         static = StaticTokens({settings.dev_token.get_secret_value(): DEV_PRINCIPAL})
-    return Tokens(IdentityService(database), static, oidc)
+    return Tokens(identities, static, oidc)
 
 
 def oidc_verifier(settings: Settings) -> OidcVerifier | None:

@@ -34,6 +34,7 @@ from broker.projects import ProjectService
 from broker.runtime import Runtime
 from broker.settings import Settings
 from broker.site_accounts import SiteAccountService
+from broker.ttl_cache import TtlCache
 from conveyor.models import API_ROOT
 from conveyor.problems import Problem
 
@@ -135,6 +136,7 @@ async def _running(
             oidc = oidc_verifier(settings)
             if oidc is not None:
                 stack.push_async_callback(oidc.aclose)
+            identities = IdentityService(database, credentials=TtlCache(settings.auth_cache_s))
             runtime: RuntimeLike | None = None
             if settings.run_loops:
                 runtime = Runtime(settings, database, registry, adapters)
@@ -144,8 +146,8 @@ async def _running(
                 settings=settings,
                 database=database,
                 registry=registry,
-                authenticator=authenticator or authenticator_from_settings(settings, database, oidc),
-                identities=IdentityService(database),
+                authenticator=authenticator or authenticator_from_settings(settings, identities, oidc),
+                identities=identities,
                 auth_failures=FailureLimiter(settings.auth_failures_per_minute, 60.0),
                 caller_rate=RequestRate(),
                 projects=ProjectService(database),

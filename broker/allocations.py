@@ -42,6 +42,21 @@ class Budget:
         return Reservation(allocation.id, reservation_s(spec, allocation.unit, placement.time_limit_min))
 
 
+def budget_of(project_id: str, in_force: Sequence[Allocation]) -> Budget:
+    """The project's allocations in force, one per Factory (the one ending first, as given first); a 422 if
+    there is none."""
+    by_factory: dict[str, Allocation] = {}
+    for allocation in in_force:
+        by_factory.setdefault(allocation.factory_id, allocation)
+    if not by_factory:
+        raise PlacementImpossible(
+            PlacementCode.NO_ALLOCATION.value,
+            f"project {project_id!r} has no allocation in force on any Factory; ask an admin for one",
+            {"project": project_id},
+        )
+    return Budget(by_factory)
+
+
 class AllocationService:
     def __init__(self, database: Database, registry: FactoryRegistry, clock: Callable[[], datetime] = utc_now) -> None:
         self._allocations = AllocationRepository(database, clock)
@@ -74,19 +89,6 @@ class AllocationService:
                   detail={"factory": factory_id, "unit": unit.value, "hours": granted_hours, "id": allocation.id})
         )  # fmt: skip
         return allocation
-
-    async def budget(self, project_id: str) -> Budget:
-        """The project's allocations in force now, one per Factory (the one ending first); a 422 if none."""
-        by_factory: dict[str, Allocation] = {}
-        for allocation in await self._allocations.active(project_id, self._clock()):
-            by_factory.setdefault(allocation.factory_id, allocation)
-        if not by_factory:
-            raise PlacementImpossible(
-                PlacementCode.NO_ALLOCATION.value,
-                f"project {project_id!r} has no allocation in force on any Factory; ask an admin for one",
-                {"project": project_id},
-            )
-        return Budget(by_factory)
 
     async def usage(self, caller: Principal, project_id: str) -> Sequence[Usage]:
         """For the project's members and admins (anyone else: 404, as for a project that does not exist)."""

@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     auth_failures_per_minute: int = Field(
         30, ge=1, description="failed authentications allowed per client address and minute before 429"
     )
+    auth_cache_s: float = Field(
+        5.0,
+        ge=0,
+        description="how long a personal token that passed is remembered; a revocation or a disabled user made on "
+        "another replica takes this long to apply here; 0: read the database on every request",
+    )
     requests_per_minute: int = Field(
         0, ge=0, description="requests allowed per caller and minute (bursts up to as many) before 429; 0: no limit"
     )

@@ -1,8 +1,9 @@
 """Personal access tokens end to end: the first admin, issuing, checking, listing and revoking tokens.
 
-Checking a token is one indexed read and a constant-time digest comparison; its failures are audited (who
-tried what, from where), its successes are not (reads must stay cheap). Every failure tells the caller only
-"invalid token" with a reason code, never whether a prefix exists.
+Checking a token is one indexed read and a constant-time digest comparison, and a token that passed is
+remembered for a few seconds, so a busy client's next requests make no read at all. Failures are audited
+(who tried what, from where); successes are not (reads must stay cheap). Every failure tells the caller
+only "invalid token" with a reason code, never whether a prefix exists.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from broker.errors import BrokerError, Forbidden, NotFound
 from broker.identity import Principal
 from broker.identity.oidc import OidcIdentity
 from broker.identity.tokens import ALL_SCOPES, Scope, digest_matches, mint, parse_scopes, prefix_of, scope_names
+from broker.ttl_cache import TtlCache
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +49,35 @@ class IssuedToken:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class Remembered:
+    """What a token's last successful check found."""
+
+    digest: str
+    principal: Principal
+    expires_at: datetime  # the token's own expiry
+
+
 class IdentityService:
-    def __init__(self, database: Database, clock: Callable[[], datetime] = utc_now) -> None:
+    """Tokens and users. One instance per process authenticates and revokes.
+
+    ``credentials`` remembers the tokens that passed (off unless given). The presented secret is still
+    compared with the remembered digest, in constant time, and the expiry with the clock, on every request,
+    so a forged secret or an expired token never passes through it. What it can delay is news from another
+    replica: a token revoked or a user disabled there is honoured here after at most ``credentials.ttl_s``.
+    A token revoked through this instance is forgotten at once.
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        clock: Callable[[], datetime] = utc_now,
+        *,
+        credentials: TtlCache[str, Remembered] | None = None,
+    ) -> None:
         self._repo = IdentityRepository(database, clock)
         self._clock = clock
+        self._credentials: TtlCache[str, Remembered] = credentials if credentials is not None else TtlCache(0)
 
     async def create_first_admin(self, name: str, *, days: int = DEFAULT_TOKEN_DAYS) -> tuple[User, IssuedToken]:
         """The broker's first admin and a token with every scope; refused once any admin exists."""
@@ -67,6 +94,9 @@ class IdentityService:
         prefix = prefix_of(text)
         if prefix is None:
             raise await self._failed("malformed", "the token is not a Conveyor personal access token", source)
+        remembered = self._credentials.get(prefix)
+        if remembered is not None and remembered.expires_at > self._clock() and digest_matches(text, remembered.digest):
+            return remembered.principal
         found = await self._repo.token_with_user(prefix)
         if found is None or not digest_matches(text, found[0].digest):
             raise await self._failed("unknown", "the token is not valid", source, prefix=prefix)
@@ -77,9 +107,11 @@ class IdentityService:
             raise await self._failed("expired", "the token has expired", source, prefix=prefix, actor=user.id)
         if user.disabled_at is not None:
             raise await self._failed("disabled", "the token's user is disabled", source, prefix=prefix, actor=user.id)
-        return Principal(
+        principal = Principal(
             id=user.id, admin=user.is_admin, scopes=parse_scopes(token.scopes), name=user.name, token_id=token.id
         )
+        self._credentials.put(prefix, Remembered(token.digest, principal, token.expires_at))
+        return principal
 
     async def oidc_principal(self, identity: OidcIdentity) -> Principal:
         """The user of a verified OIDC identity, made on first sight (not an admin, member of nothing)."""
@@ -159,6 +191,7 @@ class IdentityService:
         token = await self._repo.revoke_token(caller.id, token_id)
         if token is None:
             raise NotFound("token", token_id)
+        self._credentials.forget(token.prefix)
         await self._repo.audit(
             Audit(action="token.revoked", outcome="ok", actor=caller.id, target=token_id, source=source)
         )

@@ -29,7 +29,7 @@ from collections.abc import Callable, Collection, Hashable, Mapping
 from typing import Protocol
 
 from broker import translate
-from broker.allocations import AllocationService, over_budget
+from broker.allocations import budget_of, over_budget
 from broker.db.engine import Database
 from broker.db.models import Job as JobRow
 from broker.db.models import JobEvent as EventRow
@@ -38,6 +38,7 @@ from broker.db.repositories.allocations import OverBudget
 from broker.db.repositories.antennas import AntennaRepository
 from broker.db.repositories.jobs import Created, Creation, KeyUse
 from broker.db.repositories.pagination import JobFilter
+from broker.db.repositories.submissions import SubmissionRepository
 from broker.errors import (
     CancelNotPossible,
     FactoryUnreachable,
@@ -56,7 +57,7 @@ from broker.jobs.group_commit import GroupCommit
 from broker.jobs.idempotency import MAX_KEY_LENGTH, request_hash
 from broker.jobs.ids import new_job_id
 from broker.placement import NOT_CHECKED, FactoryStatus, Placement, PlacementError, place
-from broker.projects import ProjectService
+from broker.projects import ProjectService, Tenancy
 from broker.site_accounts import SiteAccountService
 from conveyor.models import (
     DryRun,
@@ -203,7 +204,7 @@ class JobService:
         )
         self._factory_states = FactoryStateRepository(database)
         self._projects = ProjectService(database)
-        self._allocations = AllocationService(database, registry)
+        self._submissions = SubmissionRepository(database)
         self._site_accounts = SiteAccountService(database, registry)
         self._antennas = AntennaRepository(database)
         self._registry = registry
@@ -231,16 +232,17 @@ class JobService:
                     )
                 ]
             )
-        if not (await self._projects.tenancy(caller)).may_submit_to(spec.project):
+        facts = None if caller.any_project else await self._submissions.facts(caller.id, spec.project)
+        if facts is not None and not Tenancy(caller, facts.roles).may_submit_to(spec.project):
             raise Forbidden(f"you are not a member of project {spec.project!r}; its PI or an admin can add you")
         if caller.antenna is not None:
             _linked_only(caller, spec)
             await self._within_antenna_quota(caller.antenna)
         reservation = None
-        if caller.any_project:  # a dev-mode principal: no user, no project, no allocation
+        if facts is None:  # a dev-mode principal: no user, no project, no allocation
             placement = self._check_feasible(spec)
         else:
-            budget = await self._allocations.budget(spec.project)
+            budget = budget_of(spec.project, facts.allocations)
             allowed = set(budget.factories)
             if caller.factories is not None:  # an Antenna's national user: only its linked Factories
                 allowed &= caller.factories

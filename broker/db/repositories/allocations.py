@@ -89,6 +89,17 @@ def add_charges(session: AsyncSession, holds: Sequence[Hold]) -> None:
     )  # fmt: skip
 
 
+async def read_in_force(session: AsyncSession, project_id: str, now: datetime) -> Sequence[Allocation]:
+    """The project's allocations in force at ``now``, the one ending first first (inside a caller's
+    transaction)."""
+    query = (
+        select(Allocation)
+        .where(Allocation.project_id == project_id, Allocation.starts_at <= now, Allocation.ends_at > now)
+        .order_by(Allocation.ends_at, Allocation.id)
+    )
+    return (await session.scalars(query)).all()
+
+
 class AllocationRepository:
     def __init__(self, database: Database, clock: Callable[[], datetime] = utc_now) -> None:
         self._db = database
@@ -105,16 +116,6 @@ class AllocationRepository:
         async with self._db.write() as session:
             session.add(allocation)
         return allocation
-
-    async def active(self, project_id: str, now: datetime) -> Sequence[Allocation]:
-        """The project's allocations in force at ``now``, the one ending first first."""
-        async with self._db.read() as session:
-            query = (
-                select(Allocation)
-                .where(Allocation.project_id == project_id, Allocation.starts_at <= now, Allocation.ends_at > now)
-                .order_by(Allocation.ends_at, Allocation.id)
-            )
-            return (await session.scalars(query)).all()
 
     async def reserved_factory(self, job_id: str) -> str | None:
         """The Factory whose allocation the job holds (the dispatcher places it there only)."""

@@ -7,11 +7,20 @@ from datetime import datetime
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db.engine import Database
 from broker.db.models import Project, ProjectMember, ProjectRole, User
 from broker.db.repositories.sql import insert_ignoring_conflict
 from broker.db.types import utc_now
+
+
+async def read_roles(session: AsyncSession, user_id: str) -> dict[str, ProjectRole]:
+    """Project id -> the user's role there, inside a caller's transaction."""
+    rows = await session.execute(
+        select(ProjectMember.project_id, ProjectMember.role).where(ProjectMember.user_id == user_id)
+    )
+    return {project_id: role for project_id, role in rows}
 
 
 class ProjectRepository:
@@ -36,10 +45,7 @@ class ProjectRepository:
     async def roles_of(self, user_id: str) -> Mapping[str, ProjectRole]:
         """Project id -> the user's role there: one indexed read, made on every job request."""
         async with self._db.read() as session:
-            rows = await session.execute(
-                select(ProjectMember.project_id, ProjectMember.role).where(ProjectMember.user_id == user_id)
-            )
-            return {project_id: role for project_id, role in rows}
+            return await read_roles(session, user_id)
 
     async def set_member(self, project_id: str, user_id: str, role: ProjectRole) -> bool:
         """Add the member or change its role; False when it already had exactly that role."""
