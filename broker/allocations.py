@@ -112,4 +112,4 @@ def over_budget(error: OverBudget, spec: JobSpec, placement: Placement) -> Place
     )  # fmt: skip
 
 
-__all__ = ["AllocationService", "Budget", "over_budget"]
+__all__ = ["AllocationService", "Budget", "budget_of", "over_budget"]

@@ -36,9 +36,10 @@ from broker.db.models import JobEvent as EventRow
 from broker.db.repositories import FactoryStateRepository, IdempotencyConflict, InvalidCursor, JobRepository, NewJob
 from broker.db.repositories.allocations import OverBudget
 from broker.db.repositories.antennas import AntennaRepository
+from broker.db.repositories.errors import AllocationNotInForce, NotAMember
 from broker.db.repositories.jobs import Created, Creation, KeyUse
 from broker.db.repositories.pagination import JobFilter
-from broker.db.repositories.submissions import SubmissionRepository
+from broker.db.repositories.submissions import SubmissionFacts, SubmissionRepository
 from broker.errors import (
     CancelNotPossible,
     FactoryUnreachable,
@@ -59,6 +60,7 @@ from broker.jobs.ids import new_job_id
 from broker.placement import NOT_CHECKED, FactoryStatus, Placement, PlacementError, place
 from broker.projects import ProjectService, Tenancy
 from broker.site_accounts import SiteAccountService
+from broker.ttl_cache import TtlCache
 from conveyor.models import (
     DryRun,
     DryRunRendering,
@@ -73,6 +75,7 @@ from conveyor.models import (
     OutputStream,
     PlacementCandidate,
 )
+from conveyor.problems import PlacementCode
 from conveyor.spec import JobSpec, JobState
 from slurm_adapters import base as slurm
 
@@ -82,6 +85,10 @@ _EVENT_CURSOR_VERSION = 1
 OUTPUT_TIMEOUT_S = 10.0  # the adapter's own deadline is 8 s; this bounds the caller's wait whatever it does
 MAX_OUTPUT_BYTES = 1024 * 1024
 DEFAULT_ACCEPT_BATCH = 256  # the most accepts one group commit writes (Settings.accept_batch)
+# How long a caller's roles and its project's allocations are remembered between its submissions. Nothing is
+# accepted on stale facts: the write checks membership and the allocation's period again at commit.
+DEFAULT_FACTS_TTL_S = 5.0
+_NOT_A_MEMBER = "you are not a member of project {project!r}; its PI or an admin can add you"
 QUOTA_RETRY_AFTER_S = 60  # an Antenna over its quota of active jobs: jobs end on the scale of minutes
 
 
@@ -197,6 +204,7 @@ class JobService:
         on_new_job: Callable[[], None] | None = None,
         output_timeout_s: float = OUTPUT_TIMEOUT_S,
         accept_batch: int = DEFAULT_ACCEPT_BATCH,
+        facts_ttl_s: float = DEFAULT_FACTS_TTL_S,
     ) -> None:
         self._jobs = JobRepository(database)
         self._accepts: GroupCommit[Creation, Created] | None = (
@@ -205,6 +213,7 @@ class JobService:
         self._factory_states = FactoryStateRepository(database)
         self._projects = ProjectService(database)
         self._submissions = SubmissionRepository(database)
+        self._remembered_facts: TtlCache[tuple[str, str], SubmissionFacts] = TtlCache(facts_ttl_s)
         self._site_accounts = SiteAccountService(database, registry)
         self._antennas = AntennaRepository(database)
         self._registry = registry
@@ -232,12 +241,57 @@ class JobService:
                     )
                 ]
             )
-        facts = None if caller.any_project else await self._submissions.facts(caller.id, spec.project)
+        key = None
+        if idempotency_key is not None:
+            key = KeyUse(caller.id, idempotency_key, request_hash(spec.model_dump(mode="json")))
+        facts, remembered = await self._facts(caller, spec.project)
         if facts is not None and not Tenancy(caller, facts.roles).may_submit_to(spec.project):
-            raise Forbidden(f"you are not a member of project {spec.project!r}; its PI or an admin can add you")
+            raise Forbidden(_NOT_A_MEMBER.format(project=spec.project))
         if caller.antenna is not None:
             _linked_only(caller, spec)
             await self._within_antenna_quota(caller.antenna)
+        try:
+            try:
+                result = await self._place_and_store(caller, spec, key, source, facts)
+            except (PlacementImpossible, AllocationNotInForce) as exc:
+                if not remembered or getattr(exc, "code", None) == PlacementCode.ALLOCATION_EXHAUSTED.value:
+                    raise  # decided on what the database said now (over budget: at commit)
+                # Decided on roles and allocations remembered from seconds ago (a new grant, an ended one):
+                # decide once more on what the database says now.
+                facts, _ = await self._facts(caller, spec.project, fresh=True)
+                result = await self._place_and_store(caller, spec, key, source, facts)
+        except AllocationNotInForce:  # it ended between the read and the commit
+            raise PlacementImpossible(
+                PlacementCode.NO_ALLOCATION.value,
+                f"project {spec.project!r} has no allocation in force for this job: it ended as the job was stored",
+                {"project": spec.project},
+            ) from None
+        row, created = result
+        if created and self._on_new_job is not None:
+            self._on_new_job()
+        return job_to_wire(row), created
+
+    async def _facts(
+        self, caller: Principal, project: str, *, fresh: bool = False
+    ) -> tuple[SubmissionFacts | None, bool]:
+        """The caller's roles and the project's allocations in force (None for a dev-mode principal), and
+        whether they were remembered rather than read now. Only a membership is remembered, never its
+        absence (someone just added may submit at once); the write checks both again at commit."""
+        if caller.any_project:
+            return None, False
+        remembered = None if fresh else self._remembered_facts.get((caller.id, project))
+        if remembered is not None:
+            return remembered, True
+        facts = await self._submissions.facts(caller.id, project)
+        if project in facts.roles:
+            self._remembered_facts.put((caller.id, project), facts)
+        return facts, False
+
+    async def _place_and_store(
+        self, caller: Principal, spec: JobSpec, key: KeyUse | None, source: str | None, facts: SubmissionFacts | None
+    ) -> tuple[JobRow, bool]:
+        """Place the job on its project's allocations and store it: its refusals as the API's errors, except
+        an allocation found ended at commit, raised for :meth:`submit` to decide again."""
         reservation = None
         if facts is None:  # a dev-mode principal: no user, no project, no allocation
             placement = self._check_feasible(spec)
@@ -249,16 +303,7 @@ class JobService:
             placement = self._check_feasible(spec, allowed=allowed)
             reservation = budget.reservation(spec, placement)
         new = NewJob.from_spec(caller.id, spec, source, reservation)
-        key = None
-        if idempotency_key is not None:
-            key = KeyUse(caller.id, idempotency_key, request_hash(spec.model_dump(mode="json")))
-        row, created = await self._store(Creation(new, caller.id, key), spec, placement)
-        if created and self._on_new_job is not None:
-            self._on_new_job()
-        return job_to_wire(row), created
-
-    async def _store(self, creation: Creation, spec: JobSpec, placement: Placement) -> tuple[JobRow, bool]:
-        """Write the job through the group commit (or alone); its refusals as the API's errors."""
+        creation = Creation(new, caller.id, key, owner_must_be_member=facts is not None)
         try:
             result: Created
             if self._accepts is not None:
@@ -271,6 +316,9 @@ class JobService:
             raise IdempotencyKeyReused(exc.key, exc.job_id) from None
         except OverBudget as exc:
             raise over_budget(exc, spec, placement) from None
+        except NotAMember:
+            self._remembered_facts.forget((caller.id, spec.project))
+            raise Forbidden(_NOT_A_MEMBER.format(project=spec.project)) from None
         return result
 
     async def _within_antenna_quota(self, antenna_id: str) -> None:

@@ -8,7 +8,10 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import update
+
 from broker.accounting import charge_s
+from broker.db.models import Allocation
 from broker.db.repositories.allocations import AllocationRepository
 from broker.db.repositories.jobs import JobRepository
 from slurm_adapters.base import JobRecord
@@ -129,3 +132,30 @@ async def test_usage_is_for_the_projects_members_only(broker: Broker) -> None:
         body = {"project": PROJECT, "factory": "alpha", "unit": "gpu_hours", "hours": 1e6,
                 "starts_at": "2026-01-01T00:00:00Z", "ends_at": "2030-01-01T00:00:00Z"}  # fmt: skip
         problem_of(await client.post("/v1/admin/allocations", json=body), 403, "forbidden")
+
+
+async def test_a_grant_made_between_two_submissions_serves_the_second_at_once(broker: Broker) -> None:
+    """The broker remembers a member's allocations for a few seconds; a refusal made on that memory is
+    decided again on what the database says now."""
+    token = await researcher_with_budget(broker, gpu_hours=10)
+    h100_job = job_body(resources={"gpus_per_node": 1, "gpu_type": "h100", "time_limit_min": 60})
+    async with broker.client(token) as client:
+        assert (await client.post("/v1/jobs", json=gpu_job())).status_code == 201  # alpha's allocation, remembered
+        problem_of(await client.post("/v1/jobs", json=h100_job), 422, "placement_failed.gpu_type_unavailable")
+        await broker.grant(PROJECT, "bravo", 5)
+        accepted = await client.post("/v1/jobs", json=h100_job)
+        assert accepted.status_code == 201, accepted.text
+        assert accepted.json()["factory"] is None  # placed at dispatch; the reservation says where:
+        usage = {u["factory"]: u["reserved_hours"] for u in (await client.get(f"/v1/projects/{PROJECT}/usage")).json()}
+    assert usage == {"alpha": 1, "bravo": 1}
+
+
+async def test_an_allocation_that_ended_after_it_was_remembered_holds_no_new_job(broker: Broker) -> None:
+    token = await researcher_with_budget(broker, gpu_hours=10)
+    async with broker.client(token) as client:
+        assert (await client.post("/v1/jobs", json=gpu_job())).status_code == 201
+        async with broker.db.write() as session:  # the grant ends now (an admin's period ran out)
+            await session.execute(update(Allocation).values(ends_at=datetime.now(UTC) - timedelta(seconds=1)))
+        problem_of(await client.post("/v1/jobs", json=gpu_job()), 422, "placement_failed.no_allocation")
+        [usage] = (await client.get(f"/v1/projects/{PROJECT}/usage")).json()
+    assert (usage["reserved_hours"], usage["jobs"]) == (1, 1)

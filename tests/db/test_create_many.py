@@ -11,9 +11,11 @@ from sqlalchemy.exc import DBAPIError
 
 from broker.accounting import Reservation
 from broker.db.engine import Database
-from broker.db.models import Allocation, AllocationUnit, IdempotencyKey, Job, JobCharge, JobEvent
+from broker.db.models import Allocation, AllocationUnit, IdempotencyKey, Job, JobCharge, JobEvent, ProjectRole
 from broker.db.repositories import IdempotencyConflict, JobRepository
 from broker.db.repositories.allocations import AllocationRepository, OverBudget
+from broker.db.repositories.errors import AllocationNotInForce, NotAMember
+from broker.db.repositories.identity import IdentityRepository
 from broker.db.repositories.jobs import Creation, KeyUse
 from broker.db.repositories.projects import ProjectRepository
 from tests.db.helpers import at, new_job
@@ -89,10 +91,10 @@ async def test_holds_that_fit_together_take_the_allocation_in_one_go_and_exactly
     db: Database, jobs: JobRepository
 ) -> None:
     allocation = await _allocation(db, granted_s=6 * HOUR)
-    answers = await jobs.create_many([_held(allocation, 2 * HOUR, f"j{i}", key=f"k{i}") for i in range(3)])
+    answers = await jobs.create_many([_held(allocation, 2 * HOUR, f"j{i}", key=f"k{i}") for i in range(3)], now=at(0))
     assert all(not isinstance(answer, Exception) and answer[1] for answer in answers)
     assert await _used_s(db, allocation) == 6 * HOUR
-    more = await jobs.create_many([_held(allocation, 1, "one second more")])
+    more = await jobs.create_many([_held(allocation, 1, "one second more")], now=at(0))
     assert isinstance(more[0], OverBudget)
     assert more[0].left_s == 0
 
@@ -111,10 +113,10 @@ async def test_a_batch_the_database_refuses_writes_nothing_and_each_creation_is_
     ]
     if not db.is_sqlite:
         with pytest.raises(DBAPIError):
-            await jobs.create_many(creations)
+            await jobs.create_many(creations, now=at(0))
         assert (await _count(db, Job), await _used_s(db, allocation)) == (0, 0)
 
-    answers = await jobs.create_together(creations)
+    answers = await jobs.create_together(creations, now=at(0))
 
     first, middle, last = answers
     assert not isinstance(first, Exception)
@@ -128,3 +130,31 @@ async def test_a_batch_the_database_refuses_writes_nothing_and_each_creation_is_
         assert isinstance(middle, DBAPIError)
     assert await _used_s(db, allocation) == 2 * HOUR
     assert await _count(db, IdempotencyKey) == (3 if db.is_sqlite else 2)
+
+
+async def test_membership_and_the_allocations_period_are_checked_again_at_commit(
+    db: Database, jobs: JobRepository
+) -> None:
+    """The caller's roles and allocations may have been read seconds before: the write decides."""
+    allocation = await _allocation(db, granted_s=10 * HOUR)
+    projects, identities = ProjectRepository(db), IdentityRepository(db)
+    alice, mallory = (await identities.create_user("alice")).id, (await identities.create_user("mallory")).id
+    await projects.set_member(PROJECT, alice, ProjectRole.RESEARCHER)
+    held = _held(allocation, HOUR, "member")
+    member = Creation(dataclasses.replace(held.new, owner=alice), alice, KeyUse(alice, "m", "h"), True)
+    stranger = Creation(new_job(owner=mallory, name="stranger"), mallory, KeyUse(mallory, "s", "h"), True)
+    answers = await jobs.create_many([member, stranger], now=at(0))
+    assert not isinstance(answers[0], Exception)
+    assert isinstance(answers[1], NotAMember)
+
+    await projects.remove_member(PROJECT, alice)
+    again = dataclasses.replace(member, key=KeyUse(alice, "m2", "h"))
+    (refused,) = await jobs.create_many([again], now=at(0))
+    assert isinstance(refused, NotAMember)
+
+    (ended,) = await jobs.create_many([_held(allocation, HOUR, "too late")], now=at(HOUR))
+    assert isinstance(ended, AllocationNotInForce)
+    assert ended.allocation_id == allocation
+    # Nothing of the refused ones is stored, their keys included; the allocation holds the member's hour only.
+    assert (await _count(db, Job), await _count(db, IdempotencyKey)) == (1, 1)
+    assert await _used_s(db, allocation) == HOUR

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db.engine import Database
 from broker.db.models import Allocation, AllocationUnit, JobCharge
+from broker.db.repositories.errors import AllocationNotInForce
 from broker.db.types import utc_now
 from broker.ids import random_id
 
@@ -45,39 +46,50 @@ class Hold:
     need_s: int
 
 
-async def reserve_all(session: AsyncSession, holds: Sequence[Hold]) -> dict[str, OverBudget]:
-    """Inside the transaction that stores the jobs: take each hold from its allocation, and say which jobs
-    could not be held (job id -> why); those must not be stored.
+async def reserve_all(
+    session: AsyncSession, holds: Sequence[Hold], now: datetime
+) -> dict[str, OverBudget | AllocationNotInForce]:
+    """Inside the transaction that stores the jobs: take each hold from its allocation, if that is in force
+    at ``now``, and say which jobs could not be held (job id -> why); those must not be stored.
 
     An allocation's holds are taken in one compare-and-set when they fit together, else one by one in the
-    given (arrival) order, so a refusal is exact and nothing is ever overspent. Allocations are updated in
-    id order, so two transactions holding several never wait on each other crosswise. Charges are added
-    separately (:func:`add_charges`), once the jobs' rows exist.
+    given (arrival) order, so a refusal is exact and nothing is ever overspent. The allocation's period is
+    part of the compare-and-set, so a job chosen for it from a stale read can never hold an ended one.
+    Allocations are updated in id order, so two transactions holding several never wait on each other
+    crosswise. Charges are added separately (:func:`add_charges`), once the jobs' rows exist.
     """
     by_allocation: dict[str, list[Hold]] = {}
     for hold in holds:
         by_allocation.setdefault(hold.allocation_id, []).append(hold)
-    refused: dict[str, OverBudget] = {}
+    refused: dict[str, OverBudget | AllocationNotInForce] = {}
     for allocation_id in sorted(by_allocation):
         group = by_allocation[allocation_id]
-        if len(group) > 1 and await _take(session, allocation_id, sum(hold.need_s for hold in group)):
+        if len(group) > 1 and await _take(session, allocation_id, sum(hold.need_s for hold in group), now):
             continue
         for hold in group:
-            if not await _take(session, allocation_id, hold.need_s):
-                allocation = await session.get(Allocation, allocation_id, populate_existing=True)
-                assert allocation is not None
-                refused[hold.job_id] = OverBudget(allocation, hold.need_s)
+            if not await _take(session, allocation_id, hold.need_s, now):
+                refused[hold.job_id] = await _why_not(session, allocation_id, hold.need_s, now)
     return refused
 
 
-async def _take(session: AsyncSession, allocation_id: str, need_s: int) -> bool:
+async def _take(session: AsyncSession, allocation_id: str, need_s: int, now: datetime) -> bool:
     taken = await session.scalar(
         update(Allocation)
         .where(Allocation.id == allocation_id, Allocation.used_s + need_s <= Allocation.granted_s)
+        .where(Allocation.starts_at <= now, Allocation.ends_at > now)
         .values(used_s=Allocation.used_s + need_s)
         .returning(Allocation.id)
     )
     return taken is not None
+
+
+async def _why_not(
+    session: AsyncSession, allocation_id: str, need_s: int, now: datetime
+) -> OverBudget | AllocationNotInForce:
+    allocation = await session.get(Allocation, allocation_id, populate_existing=True)
+    if allocation is None or not allocation.starts_at <= now < allocation.ends_at:
+        return AllocationNotInForce(allocation_id)
+    return OverBudget(allocation, need_s)
 
 
 def add_charges(session: AsyncSession, holds: Sequence[Hold]) -> None:

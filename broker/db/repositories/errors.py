@@ -15,3 +15,20 @@ class IdempotencyConflict(Exception):
 
 class InvalidCursor(ValueError):
     """A page cursor that this broker did not issue, or that was altered (HTTP 400)."""
+
+
+class NotAMember(Exception):
+    """At commit, the job's owner is no member of its project (any more): nothing of the job was stored."""
+
+    def __init__(self, user_id: str, project_id: str) -> None:
+        super().__init__(f"{user_id!r} is not a member of project {project_id!r}")
+        self.user_id = user_id
+        self.project_id = project_id
+
+
+class AllocationNotInForce(Exception):
+    """At commit, the allocation the job was to hold has ended (or not begun): nothing of the job was stored."""
+
+    def __init__(self, allocation_id: str) -> None:
+        super().__init__(f"allocation {allocation_id} is not in force")
+        self.allocation_id = allocation_id

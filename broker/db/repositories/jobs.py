@@ -25,10 +25,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.accounting import Reservation
 from broker.db.engine import Database
-from broker.db.models import AttemptOutcome, DispatchAttempt, IdempotencyKey, Job, JobEvent
+from broker.db.models import AttemptOutcome, DispatchAttempt, IdempotencyKey, Job, JobEvent, ProjectMember
 from broker.db.repositories import job_writes
 from broker.db.repositories.allocations import Hold, OverBudget, add_charges, reserve_all
-from broker.db.repositories.errors import IdempotencyConflict
+from broker.db.repositories.errors import AllocationNotInForce, IdempotencyConflict, NotAMember
 from broker.db.repositories.pagination import MAX_PAGE, JobFilter, JobPage, Position, decode_cursor, encode_cursor
 from broker.db.repositories.sql import insert_ignoring_conflict, is_sqlite, refused_a_row
 from broker.db.types import utc_now
@@ -101,10 +101,11 @@ class Creation:
     new: NewJob
     actor: str
     key: KeyUse | None = None
+    owner_must_be_member: bool = False  # checked at commit: the caller's roles may have been read seconds ago
 
 
 # Per creation: the job and whether this call created it (False: a replay of the key), or why not.
-Created = tuple[Job, bool] | IdempotencyConflict | OverBudget
+Created = tuple[Job, bool] | IdempotencyConflict | OverBudget | AllocationNotInForce | NotAMember
 
 
 class JobRepository:
@@ -153,13 +154,14 @@ class JobRepository:
         ids = [new_job_id() for _ in creations]
         results: list[Created | None] = [None] * len(creations)
         async with self._db.write() as session:
+            await _check_members(session, creations, results)
             fresh = await _claim_keys(session, creations, ids, now, results)
             holds = [
                 Hold(ids[i], reservation.allocation_id, reservation.need_s)
                 for i in fresh
                 if (reservation := creations[i].new.reservation) is not None
             ]
-            refused = await reserve_all(session, holds)
+            refused = await reserve_all(session, holds, now)
             await _release_keys(session, [key for i in fresh if ids[i] in refused and (key := creations[i].key)])
             for i in fresh:
                 if ids[i] in refused:
@@ -170,20 +172,22 @@ class JobRepository:
             add_charges(session, [hold for hold in holds if hold.job_id not in refused])
         return [result for result in results if result is not None]
 
-    async def create_together(self, creations: Sequence[Creation]) -> Sequence[Created | Exception]:
+    async def create_together(
+        self, creations: Sequence[Creation], *, now: datetime | None = None
+    ) -> Sequence[Created | Exception]:
         """:meth:`create_many` for creations of unrelated callers (a group commit). Should the database refuse
         one row's values, that call wrote nothing: each creation is then tried alone, so only its own caller
         gets the error. Any other failure is every caller's (the database is down, say) and is raised."""
         try:
-            return await self.create_many(creations)
+            return await self.create_many(creations, now=now)
         except DBAPIError as exc:
             if len(creations) == 1 or not refused_a_row(exc):
                 raise
-        return [await self._create_alone(creation) for creation in creations]
+        return [await self._create_alone(creation, now) for creation in creations]
 
-    async def _create_alone(self, creation: Creation) -> Created | Exception:
+    async def _create_alone(self, creation: Creation, now: datetime | None) -> Created | Exception:
         try:
-            (result,) = await self.create_many([creation])
+            (result,) = await self.create_many([creation], now=now)
         except DBAPIError as exc:
             if not refused_a_row(exc):
                 raise
@@ -521,6 +525,23 @@ def _source(address: str | None) -> dict[str, Any]:
     return {"source": address} if address else {}
 
 
+async def _check_members(session: AsyncSession, creations: Sequence[Creation], results: list[Created | None]) -> None:
+    """Refuse, in ``results``, the creations whose owner must be, and is no longer, a member of the project."""
+    pairs = {(c.new.owner, c.new.project) for c in creations if c.owner_must_be_member}
+    if not pairs:
+        return
+    found = await session.execute(
+        select(ProjectMember.user_id, ProjectMember.project_id).where(
+            tuple_(ProjectMember.user_id, ProjectMember.project_id).in_(sorted(pairs))
+        )
+    )
+    members = {(user_id, project_id) for user_id, project_id in found}
+    for index, creation in enumerate(creations):
+        owner, project = creation.new.owner, creation.new.project
+        if creation.owner_must_be_member and (owner, project) not in members:
+            results[index] = NotAMember(owner, project)
+
+
 async def _claim_keys(
     session: AsyncSession,
     creations: Sequence[Creation],
@@ -528,14 +549,16 @@ async def _claim_keys(
     now: datetime,
     results: list[Created | None],
 ) -> list[int]:
-    """Insert the creations' idempotency keys; the indexes of the creations that are to create a job (no key,
-    or a key first used now). A key used before answers its job (a replay) or a conflict, in ``results``."""
+    """Insert the idempotency keys of the creations not refused yet; the indexes of those that are to create a
+    job (no key, or a key first used now). A key used before answers its job (a replay) or a conflict, in
+    ``results``."""
+    pending = [i for i in range(len(creations)) if results[i] is None]
     keyed = sorted(
-        ((i, creation.key) for i, creation in enumerate(creations) if creation.key is not None),
+        ((i, key) for i in pending if (key := creations[i].key) is not None),
         key=lambda keyed_creation: keyed_creation[1].pair,
     )
     if not keyed:
-        return list(range(len(creations)))
+        return pending
     rows = [
         {"caller": key.caller, "key": key.key, "request_hash": key.request_hash, "job_id": ids[i], "created_at": now}
         for i, key in keyed
@@ -550,7 +573,7 @@ async def _claim_keys(
     if used_before:
         await _answer_replays(session, used_before, results)
     replayed = {i for i, _ in used_before}
-    return [i for i in range(len(creations)) if i not in replayed]
+    return [i for i in pending if i not in replayed]
 
 
 async def _answer_replays(
