@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db.engine import Database
@@ -92,13 +92,12 @@ async def _why_not(
     return OverBudget(allocation, need_s)
 
 
-def add_charges(session: AsyncSession, holds: Sequence[Hold]) -> None:
+async def add_charges(session: AsyncSession, holds: Sequence[Hold]) -> None:
     """The open charge of each held job (after its row: the charge refers to it)."""
-    session.add_all(
-        JobCharge(job_id=hold.job_id, allocation_id=hold.allocation_id, reserved_s=hold.need_s, charged_s=None,
-                  settled_at=None)
-        for hold in holds
-    )  # fmt: skip
+    if holds:
+        rows = [{"job_id": hold.job_id, "allocation_id": hold.allocation_id, "reserved_s": hold.need_s,
+                 "charged_s": None, "settled_at": None} for hold in holds]  # fmt: skip
+        await session.execute(insert(JobCharge), rows)
 
 
 async def read_in_force(session: AsyncSession, project_id: str, now: datetime) -> Sequence[Allocation]:

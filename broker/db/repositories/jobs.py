@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, literal, or_, select, tuple_, update
+from sqlalchemy import and_, delete, func, insert, literal, or_, select, tuple_, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -163,13 +163,14 @@ class JobRepository:
             ]
             refused = await reserve_all(session, holds, now)
             await _release_keys(session, [key for i in fresh if ids[i] in refused and (key := creations[i].key)])
-            for i in fresh:
-                if ids[i] in refused:
-                    results[i] = refused[ids[i]]
-                else:
-                    results[i] = (self._add_job(session, creations[i], ids[i], now), True)
-            await session.flush()  # the jobs' rows first: their charges refer to them
-            add_charges(session, [hold for hold in holds if hold.job_id not in refused])
+            stored = [i for i in fresh if ids[i] not in refused]
+            jobs = await _insert_jobs(session, [(creations[i], ids[i]) for i in stored], now)
+            await add_charges(session, [hold for hold in holds if hold.job_id not in refused])  # after their jobs
+        for i in fresh:
+            if ids[i] in refused:
+                results[i] = refused[ids[i]]
+        for i, job in zip(stored, jobs, strict=True):
+            results[i] = (job, True)
         return [result for result in results if result is not None]
 
     async def create_together(
@@ -193,23 +194,6 @@ class JobRepository:
                 raise
             return exc
         return result
-
-    def _add_job(self, session: AsyncSession, creation: Creation, job_id: str, now: datetime) -> Job:
-        new = creation.new
-        job = Job(
-            id=job_id, owner=new.owner, project=new.project, name=new.name, spec=dict(new.spec),
-            labels=dict(new.labels), state=JobState.QUEUED, created_at=now, updated_at=now, attempt_count=0,
-            next_attempt_at=now,
-        )  # fmt: skip
-        detail = {**({"idempotency_key": creation.key.key} if creation.key else {}), **_source(new.source)}
-        session.add(job)
-        session.add(
-            JobEvent(
-                job_id=job_id, at=now, kind=EventKind.CREATED, to_state=JobState.QUEUED, actor=creation.actor,
-                detail=detail,
-            )
-        )  # fmt: skip
-        return job
 
     # --- reads ------------------------------------------------------------------------------------------
 
@@ -523,6 +507,27 @@ class JobRepository:
 def _source(address: str | None) -> dict[str, Any]:
     """An event's detail for a call made from ``address`` (events double as the audit trail: who, from where)."""
     return {"source": address} if address else {}
+
+
+async def _insert_jobs(session: AsyncSession, creations: Sequence[tuple[Creation, str]], now: datetime) -> list[Job]:
+    """Queued jobs (creation, new id) and their ``created`` events, as two bulk inserts; the stored jobs, in
+    order (a unit-of-work flush of the same rows cost half of a batch's time)."""
+    if not creations:
+        return []
+    jobs = [
+        {"id": job_id, "owner": c.new.owner, "project": c.new.project, "name": c.new.name, "spec": dict(c.new.spec),
+         "labels": dict(c.new.labels), "state": JobState.QUEUED, "created_at": now, "updated_at": now,
+         "attempt_count": 0, "next_attempt_at": now}
+        for c, job_id in creations
+    ]  # fmt: skip
+    stored = list(await session.scalars(insert(Job).returning(Job, sort_by_parameter_order=True), jobs))
+    events = [
+        {"job_id": job_id, "at": now, "kind": EventKind.CREATED, "from_state": None, "to_state": JobState.QUEUED,
+         "actor": c.actor, "detail": {**({"idempotency_key": c.key.key} if c.key else {}), **_source(c.new.source)}}
+        for c, job_id in creations
+    ]  # fmt: skip
+    await session.execute(insert(JobEvent), events)
+    return stored
 
 
 async def _check_members(session: AsyncSession, creations: Sequence[Creation], results: list[Created | None]) -> None:
