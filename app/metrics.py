@@ -119,8 +119,10 @@ def render(
     counts: Mapping[tuple[str | None, JobState], int],
     factories: Iterable[FactoryView],
     runtime: Mapping[str, Any] | None,
+    accept_batches: tuple[int, int] | None = None,
 ) -> str:
-    """Everything /metrics shows: database gauges (the same on every replica), then this process's loops."""
+    """Everything /metrics shows: database gauges (the same on every replica), then this process's group
+    commits of accepts and its loops."""
     out = Exposition()
     out.gauge(
         "jobs",
@@ -145,6 +147,12 @@ def render(
     )
     drained = (({"factory": v.id}, float(v.drained)) for v in views)
     out.gauge("factory_drained", "1 when operators drained the Factory.", drained)
+    if accept_batches is not None:
+        batches, jobs = accept_batches
+        out.family(
+            "accept_batches_total", "counter", "Group commits of accepted jobs by this process.", [({}, batches)]
+        )
+        out.family("accept_batched_jobs_total", "counter", "Jobs those group commits carried.", [({}, jobs)])
     if runtime is not None:
         _runtime(out, runtime)
     return out.render()

@@ -204,8 +204,19 @@ def side(kind: str, directory: Path) -> Iterator[Side]:
 # --- measuring --------------------------------------------------------------------------------------------
 
 
+def _batches(server: Server) -> tuple[float, float]:
+    """(group commits, jobs they carried) so far, from the broker's /metrics."""
+    found = {}
+    for line in httpx.get(f"{server.base_url}/metrics", timeout=30).text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("conveyor_accept_batches_total", "conveyor_accept_batched_jobs_total"):
+            found[name] = float(value)
+    return found.get("conveyor_accept_batches_total", 0.0), found.get("conveyor_accept_batched_jobs_total", 0.0)
+
+
 def loadgen(target: Side, kind: str, clients: int, load: Load) -> dict[str, Any]:
-    """One load-generator process against one endpoint; its JSON result."""
+    """One load-generator process against one endpoint; its JSON result (for the broker's POST, with the
+    mean number of jobs per group commit)."""
     auth = ["--header", f"Authorization: Bearer {target.token}"]
     if kind == "naive":
         argv = ["--url", f"{target.naive.base_url}/jobs", "--method", "POST", "--body-file", str(load.body)]
@@ -217,6 +228,7 @@ def loadgen(target: Side, kind: str, clients: int, load: Load) -> dict[str, Any]
         argv = ["--url", f"{target.broker.base_url}/v1/me", "--method", "GET", *auth]
     argv += ["--connections", str(clients), "--seconds", str(load.seconds), "--warmup", str(load.warmup)]
     argv += ["--label", kind]
+    before = _batches(target.broker) if kind == "post" else (0.0, 0.0)
     result = subprocess.run(
         [sys.executable, "-m", "bench.loadgen", *argv],
         cwd=REPO, capture_output=True, text=True, check=False, timeout=load.seconds + load.warmup + 300,
@@ -224,6 +236,9 @@ def loadgen(target: Side, kind: str, clients: int, load: Load) -> dict[str, Any]
     if result.returncode != 0:
         raise RuntimeError(f"loadgen {kind} x{clients} failed: {result.stderr}")
     figures: dict[str, Any] = json.loads(result.stdout)
+    if kind == "post":
+        after = _batches(target.broker)
+        figures["jobs_per_batch"] = _ratio(after[1] - before[1], after[0] - before[0])
     if kind in ACCEPTING:
         target.accepted["naive" if kind == "naive" else "broker"] += int(figures["all_statuses"].get("201", 0))
     return figures
@@ -238,6 +253,7 @@ def measure(target: Side, clients: list[int], load: Load, rounds: int) -> list[R
             figures = {kind: loadgen(target, kind, count, load) for kind in order}
             runs[count].append(figures)
             rates = ", ".join(f"{k} {figures[k]['rate']:.0f}/s" for k in KINDS)
+            rates += f" (broker: {figures['post']['jobs_per_batch']:.1f} jobs per group commit)"
             print(f"  {target.database} x{count} round {turn + 1}: {rates}", file=sys.stderr, flush=True)
     return [Row(count, runs[count]) for count in clients]
 

@@ -58,4 +58,5 @@ async def prometheus(state: StateDep) -> PlainTextResponse:
     counts = await state.stats.by_factory_and_state()
     views = await state.factories.views()
     runtime = state.runtime.metrics() if state.runtime is not None else None
-    return PlainTextResponse(metrics.render(counts, views, runtime), media_type=metrics.CONTENT_TYPE)
+    rendered = metrics.render(counts, views, runtime, state.jobs.accept_batches())
+    return PlainTextResponse(rendered, media_type=metrics.CONTENT_TYPE)

@@ -271,6 +271,10 @@ class JobService:
             self._on_new_job()
         return job_to_wire(row), created
 
+    def accept_batches(self) -> tuple[int, int] | None:
+        """(group commits written, jobs they carried) since start; None without group commit."""
+        return None if self._accepts is None else (self._accepts.batches, self._accepts.items)
+
     async def _facts(
         self, caller: Principal, project: str, *, fresh: bool = False
     ) -> tuple[SubmissionFacts | None, bool]:

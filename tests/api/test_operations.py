@@ -63,6 +63,8 @@ async def test_probes_and_metrics(api: Api) -> None:
     assert 'conveyor_jobs{factory="",state="queued"} 2' in lines
     assert 'conveyor_factory_drained{factory="bravo"} 1' in lines
     assert "# TYPE conveyor_queue_depth gauge" in lines
+    # One after the other, each accept was its own group commit.
+    assert {"conveyor_accept_batches_total 2", "conveyor_accept_batched_jobs_total 2"} <= set(lines)
 
 
 def test_runtime_figures_become_prometheus_families() -> None:
