@@ -29,9 +29,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import ValidationError
 
 from broker.identity.oidc import InvalidToken, IssuerConfig, IssuerUnavailable, OidcVerifier, Reason
+from tests.clocks import ManualClock
 from tests.unit.test_oidc import (
     AUDIENCE,
-    FakeClock,
     SigningKey,
     claims_for,
     ec_key,
@@ -223,12 +223,12 @@ def realm(server: JwksServer) -> Realm:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> ManualClock:
+    return ManualClock(10_000.0)  # any start: only differences count
 
 
 @pytest.fixture
-async def verifier(realm: Realm, pki: Pki, clock: FakeClock) -> AsyncIterator[OidcVerifier]:
+async def verifier(realm: Realm, pki: Pki, clock: ManualClock) -> AsyncIterator[OidcVerifier]:
     async with OidcVerifier([realm.config()], verify=pki.ca, clock=clock) as made:
         yield made
 
@@ -252,7 +252,7 @@ async def test_rs256_and_es256_tokens_verify_to_issuer_and_subject(
     assert server.requests(realm.jwks_path) == 1  # fetched once, then cached
 
 
-async def test_one_subject_at_two_issuers_is_two_identities(server: JwksServer, pki: Pki, clock: FakeClock) -> None:
+async def test_one_subject_at_two_issuers_is_two_identities(server: JwksServer, pki: Pki, clock: ManualClock) -> None:
     first, second = new_realm(server), new_realm(server)
     other = rsa_key("https-rsa-other")
     server.publish(first.jwks_path, [RSA.jwk()])
@@ -304,7 +304,7 @@ async def test_each_negative_case_is_refused_with_its_reason(
 
 
 async def test_an_unknown_kid_is_refused_after_one_rate_limited_refetch(
-    server: JwksServer, realm: Realm, verifier: OidcVerifier, clock: FakeClock
+    server: JwksServer, realm: Realm, verifier: OidcVerifier, clock: ManualClock
 ) -> None:
     await verifier.verify(RSA.sign(claims_for(realm.issuer)))
     clock.advance(60)
@@ -319,7 +319,7 @@ async def test_an_unknown_kid_is_refused_after_one_rate_limited_refetch(
 
 
 async def test_key_rotation_refetches_once_and_verifies(
-    server: JwksServer, realm: Realm, verifier: OidcVerifier, clock: FakeClock
+    server: JwksServer, realm: Realm, verifier: OidcVerifier, clock: ManualClock
 ) -> None:
     await verifier.verify(RSA.sign(claims_for(realm.issuer)))
     clock.advance(61)
@@ -335,7 +335,7 @@ async def test_key_rotation_refetches_once_and_verifies(
 
 
 async def test_an_unknown_kid_flood_refetches_at_most_once_per_interval(
-    server: JwksServer, realm: Realm, verifier: OidcVerifier, clock: FakeClock
+    server: JwksServer, realm: Realm, verifier: OidcVerifier, clock: ManualClock
 ) -> None:
     await verifier.verify(RSA.sign(claims_for(realm.issuer)))
     clock.advance(61)
@@ -361,7 +361,7 @@ def test_a_jwks_served_over_plain_http_is_refused_by_config_validation(server: J
 
 
 async def test_a_server_outside_the_configured_trust_is_refused(
-    server: JwksServer, realm: Realm, clock: FakeClock
+    server: JwksServer, realm: Realm, clock: ManualClock
 ) -> None:
     async with OidcVerifier([realm.config()], clock=clock) as system_trust:  # the test CA is not a system CA
         with pytest.raises(IssuerUnavailable, match="ConnectError") as caught:
@@ -370,7 +370,7 @@ async def test_a_server_outside_the_configured_trust_is_refused(
     assert server.requests(realm.jwks_path) == 0  # the TLS handshake failed: no request was ever sent
 
 
-async def test_a_missing_jwks_is_issuer_unavailable(server: JwksServer, pki: Pki, clock: FakeClock) -> None:
+async def test_a_missing_jwks_is_issuer_unavailable(server: JwksServer, pki: Pki, clock: ManualClock) -> None:
     nowhere = new_realm(server)  # nothing published at its path: 404
     async with OidcVerifier([nowhere.config()], verify=pki.ca, clock=clock) as verifier:
         with pytest.raises(IssuerUnavailable, match="HTTP 404"):

@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 from broker.identity.limits import FailureLimiter
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clocks import ManualClock
 
 
 def test_a_source_is_held_back_after_too_many_failures_until_its_window_moves_on() -> None:
-    clock = Clock()
+    clock = ManualClock(1000.0)
     limiter = FailureLimiter(3, 60.0, clock=clock)
     for _ in range(3):
         assert limiter.retry_after_s("10.0.0.1") is None
@@ -27,7 +20,7 @@ def test_a_source_is_held_back_after_too_many_failures_until_its_window_moves_on
 
 
 def test_unknown_sources_are_never_limited_and_quiet_sources_are_forgotten() -> None:
-    clock = Clock()
+    clock = ManualClock(1000.0)
     limiter = FailureLimiter(1, 10.0, clock=clock, max_sources=2)
     limiter.failed(None)
     assert limiter.retry_after_s(None) is None

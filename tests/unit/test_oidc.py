@@ -35,6 +35,7 @@ from broker.identity.oidc import (
     issuers_from_text,
     parse_issuers,
 )
+from tests.clocks import ManualClock
 
 ISSUER = "https://idp.example/realms/aif"
 OTHER_ISSUER = "https://login.other.example"
@@ -140,19 +141,6 @@ def with_claims_swapped(token: str, claims: dict[str, Any]) -> str:
     return f"{header}.{_segment(claims)}.{signature}"
 
 
-class FakeClock:
-    """Monotonic seconds that move only when a test says so: rate limits without sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 10_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 # --- an in-memory issuer ---------------------------------------------------------------------------------------
 
 
@@ -190,8 +178,8 @@ EC = ec_key()
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> ManualClock:
+    return ManualClock(10_000.0)  # any start: only differences count
 
 
 @pytest.fixture
@@ -203,7 +191,7 @@ VerifierFactory = Callable[..., OidcVerifier]
 
 
 @pytest.fixture
-async def make_verifier(issuer: FakeIssuer, clock: FakeClock) -> AsyncIterator[VerifierFactory]:
+async def make_verifier(issuer: FakeIssuer, clock: ManualClock) -> AsyncIterator[VerifierFactory]:
     made: list[OidcVerifier] = []
 
     def make(*configs: IssuerConfig, **options: Any) -> OidcVerifier:
@@ -457,7 +445,7 @@ async def test_secret_material_in_a_jwks_is_never_used(issuer: FakeIssuer, make_
 
 
 async def test_a_rotated_key_is_fetched_once_the_interval_has_passed(
-    issuer: FakeIssuer, make_verifier: VerifierFactory, clock: FakeClock
+    issuer: FakeIssuer, make_verifier: VerifierFactory, clock: ManualClock
 ) -> None:
     verifier = make_verifier()
     await verifier.verify(RSA.sign(claims_for()))
@@ -477,7 +465,7 @@ async def test_a_rotated_key_is_fetched_once_the_interval_has_passed(
 
 
 async def test_an_unknown_kid_flood_causes_at_most_one_refetch_per_interval(
-    issuer: FakeIssuer, make_verifier: VerifierFactory, clock: FakeClock
+    issuer: FakeIssuer, make_verifier: VerifierFactory, clock: ManualClock
 ) -> None:
     verifier = make_verifier()
     await verifier.verify(RSA.sign(claims_for()))
@@ -508,7 +496,7 @@ async def test_concurrent_first_verifications_fetch_once(issuer: FakeIssuer, mak
 
 
 async def test_keys_older_than_their_max_age_are_refetched_and_removed_keys_age_out(
-    issuer: FakeIssuer, make_verifier: VerifierFactory, clock: FakeClock
+    issuer: FakeIssuer, make_verifier: VerifierFactory, clock: ManualClock
 ) -> None:
     verifier = make_verifier(config(jwks_max_age_s=300))
     await verifier.verify(RSA.sign(claims_for()))
@@ -532,7 +520,7 @@ async def test_keys_older_than_their_max_age_are_refetched_and_removed_keys_age_
     ],
 )
 async def test_an_issuer_without_usable_keys_is_unavailable_not_a_bad_token(
-    issuer: FakeIssuer, make_verifier: VerifierFactory, clock: FakeClock, answer: tuple[int, bytes | None, str]
+    issuer: FakeIssuer, make_verifier: VerifierFactory, clock: ManualClock, answer: tuple[int, bytes | None, str]
 ) -> None:
     status, body, detail = answer
     issuer.status, issuer.body = status, body
@@ -554,7 +542,7 @@ async def test_an_issuer_without_usable_keys_is_unavailable_not_a_bad_token(
 
 
 async def test_an_issuer_outage_keeps_the_cached_keys(
-    issuer: FakeIssuer, make_verifier: VerifierFactory, clock: FakeClock
+    issuer: FakeIssuer, make_verifier: VerifierFactory, clock: ManualClock
 ) -> None:
     verifier = make_verifier(config(jwks_max_age_s=60))
     await verifier.verify(RSA.sign(claims_for()))
