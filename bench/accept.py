@@ -8,14 +8,17 @@ load generator (bench/loadgen.py, a separate process) against: the naive ``POST 
 ``POST /v1/jobs`` as a researcher of a project with a large GPU-hour allocation, with a unique
 Idempotency-Key per request (so authentication, tenancy, validation, placement, idempotency and the
 allocation compare-and-set all run); and the broker's cheapest authenticated call, ``GET /v1/me``, with the
-same token: the practical ceiling of this box for an authenticated request. A second broker process on the
-same database runs with ``CONVEYOR_ACCEPT_BATCH=0`` (every accept its own transaction, as before group
-commit came): its ``POST /v1/jobs`` beside the first's is the group commit's before/after.
+same token: the practical ceiling of this box for an authenticated request. A second, baseline broker
+process on the same database takes the same POSTs and GETs with one fix switched off: by default
+``CONVEYOR_ACCEPT_BATCH=0`` (every accept its own transaction, as before group commit came); with
+``--baseline-env CONVEYOR_AUTH_CACHE_S=0``, no remembered tokens. Its figures beside the first's are that
+fix's before/after.
 
     .venv/bin/python -m bench.accept                                   # sqlite and postgresql, 1/16/64 clients
     .venv/bin/python -m bench.accept --seconds 5 --databases sqlite --clients 16
     .venv/bin/python -m bench.accept --clients 16 --rounds 3                # medians of 3 rounds (a noisy box)
     .venv/bin/python -m bench.accept --clients 16 --profile /tmp/accept-profile   # then py-spy its POST (needs py-spy)
+    .venv/bin/python -m bench.accept --clients 16 --baseline-env CONVEYOR_AUTH_CACHE_S=0   # the token cache's gain
 
 Afterwards every 201 the load generator was given is checked against the rows in each database (no lost
 accepts) and any non-2xx answer is printed. Targets (issue): broker POST/s >= 1.6x naive on PostgreSQL and
@@ -65,8 +68,11 @@ JOB: dict[str, Any] = {
 TARGET_CLIENTS = 16
 TARGET_RATIO = {"sqlite": 1.8, "postgresql": 1.6}
 TARGET_P99_MS = 50.0
-KINDS = ("naive", "post", "unbatched", "get")
-ACCEPTING = ("naive", "post", "unbatched")
+KINDS = ("naive", "post", "baseline", "get", "baseline_get")
+ACCEPTING = ("naive", "post", "baseline")
+# The second broker's settings: by default the accept path before group commit (each accept its own
+# transaction); --baseline-env measures another fix against its absence, e.g. CONVEYOR_AUTH_CACHE_S=0.
+DEFAULT_BASELINE = {"CONVEYOR_ACCEPT_BATCH": "0"}
 READY_TIMEOUT_S = 60.0
 
 
@@ -76,7 +82,7 @@ class Side:
 
     database: str
     broker: Server
-    unbatched: Server  # the same broker, same database, without group commit (CONVEYOR_ACCEPT_BATCH=0)
+    baseline: Server  # the same broker on the same database, with the baseline's settings
     naive: Server
     broker_url: str
     naive_url: str
@@ -179,25 +185,25 @@ def databases(kind: str, directory: Path) -> Iterator[tuple[str, str]]:
 
 
 @contextlib.contextmanager
-def side(kind: str, directory: Path) -> Iterator[Side]:
+def side(kind: str, directory: Path, baseline_env: dict[str, str]) -> Iterator[Side]:
     """Both servers of one database, ready and configured; stopped (by PID) at the end."""
     with databases(kind, directory) as (broker_url, naive_url):
         upgrade(broker_url)
         admin_token = _create_admin(broker_url, directory)
-        broker, unbatched = (
+        broker, baseline = (
             start_server(directory, directory / "conveyor.db", LAB_FACTORIES, run_loops=False,
-                         env={"CONVEYOR_DATABASE_URL": broker_url, "CONVEYOR_ACCEPT_BATCH": batch}, dev=False)
-            for batch in ("256", "0")
+                         env={"CONVEYOR_DATABASE_URL": broker_url, **extra}, dev=False)
+            for extra in ({}, baseline_env)
         )  # fmt: skip
         naive = _start_naive(directory, naive_url)
         try:
-            for server in (broker, unbatched):
+            for server in (broker, baseline):
                 server.wait_ready(READY_TIMEOUT_S)
             naive.wait_ready(READY_TIMEOUT_S, path="/healthz")
             token = _researcher(broker.base_url, admin_token)
-            yield Side(kind, broker, unbatched, naive, broker_url, naive_url, token)
+            yield Side(kind, broker, baseline, naive, broker_url, naive_url, token)
         finally:
-            for server in (broker, unbatched, naive):
+            for server in (broker, baseline, naive):
                 server.stop()
 
 
@@ -220,12 +226,13 @@ def loadgen(target: Side, kind: str, clients: int, load: Load) -> dict[str, Any]
     auth = ["--header", f"Authorization: Bearer {target.token}"]
     if kind == "naive":
         argv = ["--url", f"{target.naive.base_url}/jobs", "--method", "POST", "--body-file", str(load.body)]
-    elif kind in ("post", "unbatched"):
-        server = target.broker if kind == "post" else target.unbatched
+    elif kind in ("post", "baseline"):
+        server = target.broker if kind == "post" else target.baseline
         argv = ["--url", f"{server.base_url}/v1/jobs", "--method", "POST", "--body-file", str(load.body), *auth,
                 "--idempotency-prefix", f"bench-{kind}-{clients}-{time.monotonic_ns()}"]  # fmt: skip
     else:
-        argv = ["--url", f"{target.broker.base_url}/v1/me", "--method", "GET", *auth]
+        server = target.broker if kind == "get" else target.baseline
+        argv = ["--url", f"{server.base_url}/v1/me", "--method", "GET", *auth]
     argv += ["--connections", str(clients), "--seconds", str(load.seconds), "--warmup", str(load.warmup)]
     argv += ["--label", kind]
     before = _batches(target.broker) if kind == "post" else (0.0, 0.0)
@@ -294,18 +301,20 @@ def _cell(row: Row, kind: str) -> str:
 
 HEADER = (
     f"{'database':10} {'clients':>7} | {'naive POST/s (p50, p99 ms)':>28} | {'broker POST/s (p50, p99 ms)':>28} | "
-    f"{'broker/naive':>12} | {'unbatched POST/s (p50, p99)':>28} | {'group commit':>12} | "
-    f"{'GET /v1/me/s (p50, p99 ms)':>28} | {'POST/GET':>8}"
+    f"{'broker/naive':>12} | {'baseline POST/s (p50, p99)':>28} | {'POST/baseline':>13} | "
+    f"{'GET /v1/me/s (p50, p99 ms)':>28} | {'POST/GET':>8} | {'baseline GET/s (p50, p99)':>28} | "
+    f"{'GET/baseline':>12}"
 )
 
 
 def table(database: str, rows: list[Row]) -> list[str]:
     """Medians over the rounds (one round: the figures themselves). "group commit" is broker POST/s over the
-    unbatched broker's: the fix's before/after."""
+    baseline broker's (the fix's after/before), and the GETs' likewise."""
     return [
         f"{database:10} {row.clients:7d} | {_cell(row, 'naive'):>28} | {_cell(row, 'post'):>28} | "
-        f"{row.ratio('post', 'naive'):11.2f}x | {_cell(row, 'unbatched'):>28} | "
-        f"{row.ratio('post', 'unbatched'):11.2f}x | {_cell(row, 'get'):>28} | {row.ratio('post', 'get'):7.2f}x"
+        f"{row.ratio('post', 'naive'):11.2f}x | {_cell(row, 'baseline'):>28} | "
+        f"{row.ratio('post', 'baseline'):12.2f}x | {_cell(row, 'get'):>28} | {row.ratio('post', 'get'):7.2f}x | "
+        f"{_cell(row, 'baseline_get'):>28} | {row.ratio('get', 'baseline_get'):11.2f}x"
         for row in rows
     ]
 
@@ -462,15 +471,21 @@ def main() -> int:
     parser.add_argument("--clients", default="1,16,64")
     parser.add_argument("--rounds", type=int, default=1, help="repeat every client count; the table shows medians")
     parser.add_argument("--profile", type=Path, help="afterwards, py-spy the broker's POST at 16 clients into DIR")
+    parser.add_argument(
+        "--baseline-env", action="append", default=[], metavar="KEY=VALUE",
+        help="the baseline broker's settings (default: CONVEYOR_ACCEPT_BATCH=0, the accept path before group commit)",
+    )  # fmt: skip
     args = parser.parse_args()
     kinds = [d.strip() for d in args.databases.split(",") if d.strip()]
     if unknown := set(kinds) - set(TARGET_RATIO):
         parser.error(f"unknown database {sorted(unknown)}: use sqlite, postgresql")
     clients = [int(c) for c in args.clients.split(",")]
+    baseline_env = dict(pair.split("=", 1) for pair in args.baseline_env) or DEFAULT_BASELINE
     print(machine())
+    print("baseline broker: " + " ".join(f"{key}={value}" for key, value in baseline_env.items()))
     print(
         f"{args.seconds:g} s per run after {args.warmup:g} s warm-up, {args.rounds} round(s); naive, broker POST, "
-        "unbatched broker POST and GET interleaved; medians over the rounds"
+        "GET, and the baseline broker's POST and GET interleaved; medians over the rounds"
     )
     results: dict[str, list[Row]] = {}
     problems: list[str] = []
@@ -479,7 +494,7 @@ def main() -> int:
         for kind in kinds:
             directory = Path(tmp) / kind
             directory.mkdir()
-            with side(kind, directory) as target:
+            with side(kind, directory, baseline_env) as target:
                 load = Load(args.seconds, args.warmup, _body(directory))
                 results[kind] = measure(target, clients, load, args.rounds)
                 if args.profile:
