@@ -28,7 +28,7 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,13 +39,15 @@ from broker.db.engine import Database
 from broker.db.models import AttemptOutcome, DispatchAttempt, Job
 from broker.db.repositories import FactoryStateRepository, JobRepository
 from broker.db.repositories.allocations import AllocationRepository
+from broker.db.repositories.jobs import AttemptStart, Submitted
 from broker.db.types import utc_now
 from broker.doubt import Attempt, Evidence, settle
 from broker.factories import Factory, FactoryRegistry
+from broker.group_commit import GroupCommit
 from broker.health import factory_statuses
 from broker.placement import FactoryStatus, PlacementError, place
 from broker.settings import Settings
-from broker.site_accounts import SiteAccountService
+from broker.site_accounts import RunAs, SiteAccountService
 from broker.translate import TranslationError, to_slurm_spec
 from conveyor.spec import JobSpec, JobState
 from slurm_adapters.base import (
@@ -66,6 +68,23 @@ FAILPOINTS = frozenset({"before_submit", "after_submit"})
 RETRY_BASE_S = 2.0
 # A job that fits but whose Factories are all drained or unhealthy looks again after this long.
 PLACEMENT_RETRY_S = 10.0
+GROUP_COMMIT_MAX = 1000  # Settings.claim_batch's ceiling: a claimed batch's records fit one transaction
+
+
+class _Batch:
+    """What the jobs of one claimed batch share, read once for all of them: the Factories' health, the
+    Factory each job's allocation is on, and the site account of each (Factory, owner, project)."""
+
+    def __init__(self, statuses: Mapping[str, FactoryStatus], reserved: Mapping[str, str]) -> None:
+        self.statuses = statuses
+        self.reserved = reserved
+        self._run_as: dict[tuple[str, str, str], asyncio.Future[RunAs]] = {}
+
+    def run_as(self, accounts: SiteAccountService, factory: Factory, owner: str, project: str) -> Awaitable[RunAs]:
+        key = (factory.id, owner, project)
+        if key not in self._run_as:  # the first job asking reads it; the others wait for that read
+            self._run_as[key] = asyncio.ensure_future(accounts.run_as(factory, owner, project))
+        return self._run_as[key]
 
 
 def active_failpoints(environ: Mapping[str, str] | None = None) -> frozenset[str]:
@@ -115,6 +134,14 @@ class Dispatcher:
         self._states = FactoryStateRepository(database, clock)
         self._allocations = AllocationRepository(database, clock)
         self._site_accounts = SiteAccountService(database, registry, clock)
+        # The jobs of a claimed batch reach these two writes together: one transaction for all that are
+        # ready, each still committed before its caller goes on (its Slurm call, or the next job).
+        self._attempt_starts: GroupCommit[AttemptStart, DispatchAttempt | None] = GroupCommit(
+            self._jobs.record_attempts, max_batch=GROUP_COMMIT_MAX
+        )
+        self._submissions: GroupCommit[Submitted, bool] = GroupCommit(
+            self._jobs.record_submissions, max_batch=GROUP_COMMIT_MAX
+        )
         self._failpoints = active_failpoints() if failpoints is None else failpoints
         self.errors_by_factory: dict[str, int] = {}
 
@@ -126,20 +153,21 @@ class Dispatcher:
         if not claimed:
             return 0
         statuses = await factory_statuses(self._states)
-        await asyncio.gather(*(self._guarded(job, statuses) for job in claimed))
+        batch = _Batch(statuses, await self._allocations.reserved_factories([job.id for job in claimed]))
+        await asyncio.gather(*(self._guarded(job, batch) for job in claimed))
         return len(claimed)
 
-    async def _guarded(self, job: Job, statuses: Mapping[str, FactoryStatus]) -> None:
+    async def _guarded(self, job: Job, batch: _Batch) -> None:
         """One job's dispatch; a bug on one job must not stop the batch, and the job must not vanish."""
         try:
-            await self._dispatch(job, statuses)
+            await self._dispatch(job, batch)
         except Exception as exc:
             _job_log(logging.ERROR, job.id, "dispatch failed unexpectedly: %r", exc)
             log.debug("traceback", exc_info=True)
             # Any open attempt stays open: the next claim settles it by tag before submitting again.
             await self._retry(job.id, job.attempt_count + 1, f"internal error while dispatching: {exc!r}")
 
-    async def _dispatch(self, job: Job, statuses: Mapping[str, FactoryStatus]) -> None:
+    async def _dispatch(self, job: Job, batch: _Batch) -> None:
         # attempt_count grows in the transaction that adds an attempt, and this claim's lease stops anyone
         # else adding one: a job claimed with none has none (skips a read per new job; bench/forwarding.py).
         attempts = await self._jobs.attempts(job.id) if job.attempt_count else []
@@ -159,9 +187,9 @@ class Dispatcher:
         except ValidationError as exc:
             await self._reject(job.id, f"the stored job spec is no longer valid: {exc.errors()[0]['msg']}")
             return
-        reserved = await self._allocations.reserved_factory(job.id)  # its allocation's Factory, and only that
+        reserved = batch.reserved.get(job.id)  # its allocation's Factory, and only that
         try:
-            placement = place(spec, self._registry, statuses, allowed=None if reserved is None else {reserved})
+            placement = place(spec, self._registry, batch.statuses, allowed=None if reserved is None else {reserved})
         except PlacementError as exc:
             if exc.transient:
                 at = self._clock() + timedelta(seconds=PLACEMENT_RETRY_S)
@@ -173,17 +201,16 @@ class Dispatcher:
                 await self._reject(job.id, exc.message, code=exc.code.value)
             return
         factory = placement.factory
-        run_as = await self._site_accounts.run_as(factory, job.owner, job.project)
+        run_as = await batch.run_as(self._site_accounts, factory, job.owner, job.project)
         try:
             slurm_spec = to_slurm_spec(job.id, spec, placement, factory, account=run_as.account)
         except TranslationError as exc:
             await self._reject(job.id, str(exc))
             return
         user = run_as.user
-        attempt = await self._jobs.record_attempt(
-            job.id, lease_owner=self.worker_id, factory=factory.id, slurm_user=user,
-            partition=placement.partition.name, placement_reason=placement.reason, actor=ACTOR,
-        )  # fmt: skip
+        attempt = await self._attempt_starts.submit(
+            AttemptStart(job.id, self.worker_id, factory.id, user, placement.partition.name, placement.reason, ACTOR)
+        )
         if attempt is None:
             _job_log(logging.WARNING, job.id, "lease lost before submission; another dispatcher has it")
             return
@@ -207,7 +234,8 @@ class Dispatcher:
             await self._in_doubt(job_id, attempt, factory.id, _describe(exc))
             return
         self._failpoint("after_submit")
-        if await self._jobs.record_submission(job_id, attempt, str(slurm_job_id), actor=ACTOR):
+        # Shielded: Slurm has the job, so its record is written even if this dispatcher is being stopped.
+        if await asyncio.shield(self._submissions.submit(Submitted(job_id, attempt, str(slurm_job_id), ACTOR))):
             _job_log(logging.INFO, job_id, "submitted to %s as Slurm job %s", factory.id, slurm_job_id)
         else:
             _job_log(logging.WARNING, job_id, "Slurm job %s submitted but the job had left queued", slurm_job_id)

@@ -53,8 +53,8 @@ from broker.errors import (
     TooManyRequests,
 )
 from broker.factories import FactoryRegistry
+from broker.group_commit import GroupCommit
 from broker.identity import Principal
-from broker.jobs.group_commit import GroupCommit
 from broker.jobs.idempotency import MAX_KEY_LENGTH, request_hash
 from broker.jobs.ids import new_job_id
 from broker.placement import NOT_CHECKED, FactoryStatus, Placement, PlacementError, place
@@ -227,7 +227,7 @@ class JobService:
         self, caller: Principal, spec: JobSpec, idempotency_key: str | None, *, source: str | None = None
     ) -> tuple[Job, bool]:
         """Validate, then store the job and its ``created`` event in one committed transaction, shared with the
-        accepts that arrived meanwhile (:mod:`broker.jobs.group_commit`).
+        accepts that arrived meanwhile (:mod:`broker.group_commit`).
 
         Returns ``(job, created)``; ``created`` is False when ``idempotency_key`` replays an earlier request.
         """

@@ -102,7 +102,7 @@ async def test_an_ended_job_pays_what_slurm_allocated_for_the_time_it_ran(broker
     async with broker.client(token) as client:
         job_id = (await client.post("/v1/jobs", json=gpu_job())).json()["id"]
     allocations = AllocationRepository(broker.db)
-    assert await allocations.reserved_factory(job_id) == "alpha"
+    assert await allocations.reserved_factories([job_id, "job_none"]) == {job_id: "alpha"}
     start = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
     record = JobRecord(
         job_id=1, tag=job_id, state=SlurmState.COMPLETED, raw_state="COMPLETED", reason=None, exit_code=0, signal=0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 from sqlalchemy import select, text
@@ -11,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from broker.db.engine import Database
 from broker.db.models import AttemptOutcome, DispatchAttempt, Job
 from broker.db.repositories import JobRepository
+from broker.db.repositories.jobs import AttemptStart, Submitted
 from broker.jobs.events import EventKind
 from conveyor.spec import JobState
 from tests.db.helpers import at, new_job, only_postgresql
@@ -117,6 +119,30 @@ async def test_a_submission_for_a_closed_attempt_changes_nothing(jobs: JobReposi
     job = await jobs.get(job_id)
     assert job is not None
     assert (job.state, job.slurm_job_id) == (JobState.QUEUED, None)  # the state change was rolled back too
+
+
+async def test_a_batch_of_records_answers_each_job_on_its_own(jobs: JobRepository) -> None:
+    """The dispatcher's group commits: one job's lost lease or closed attempt leaves the others' records be."""
+    first, second, third = await _queue(jobs, 3)
+    await jobs.claim_queued("d", 3, 60, now=at(1))
+    [stranger] = await _queue(jobs, 1)  # queued, never claimed
+    starts = [AttemptStart(job_id, "d", "alpha", "alice", "gpu", "fits", "d") for job_id in (first, second, third)]
+    attempts = await jobs.record_attempts([*starts, dataclasses.replace(starts[0], job_id=stranger)], now=at(2))
+    assert [attempt.attempt if attempt else None for attempt in attempts] == [1, 1, 1, None]
+    assert await jobs.attempts(stranger) == []  # not leased to "d": nothing written for it
+
+    assert await jobs.finish_attempt(second, 1, outcome=AttemptOutcome.AMBIGUOUS, actor="d", now=at(3))
+    recorded = await jobs.record_submissions(
+        [Submitted(job_id, 1, f"10{n}", "d") for n, job_id in enumerate((first, second, third))], now=at(4)
+    )
+    assert recorded == [True, False, True]
+    states = {
+        job_id: (job.state, job.slurm_job_id) for job_id in (first, second, third) if (job := await jobs.get(job_id))
+    }
+    assert states == {
+        first: (JobState.SUBMITTED, "100"), second: (JobState.QUEUED, None), third: (JobState.SUBMITTED, "102")
+    }  # fmt: skip
+    assert [e.kind for e in await jobs.events(second)][-1] == EventKind.ATTEMPT_FINISHED  # its own close, no more
 
 
 async def test_a_retry_waits_for_its_time_and_a_released_lease_frees_the_job(jobs: JobRepository) -> None:

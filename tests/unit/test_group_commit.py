@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from broker.jobs.group_commit import GroupCommit
+from broker.group_commit import GroupCommit
 
 
 class Refused(Exception):

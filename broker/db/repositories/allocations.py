@@ -128,13 +128,18 @@ class AllocationRepository:
             session.add(allocation)
         return allocation
 
-    async def reserved_factory(self, job_id: str) -> str | None:
-        """The Factory whose allocation the job holds (the dispatcher places it there only)."""
+    async def reserved_factories(self, job_ids: Sequence[str]) -> dict[str, str]:
+        """Job id -> the Factory whose allocation it holds, for those of ``job_ids`` that hold one (the
+        dispatcher reads it once per claimed batch)."""
+        if not job_ids:
+            return {}
         async with self._db.read() as session:
-            return await session.scalar(
-                select(Allocation.factory_id).join(JobCharge, JobCharge.allocation_id == Allocation.id)
-                .where(JobCharge.job_id == job_id)
-            )  # fmt: skip
+            rows = await session.execute(
+                select(JobCharge.job_id, Allocation.factory_id)
+                .join(Allocation, JobCharge.allocation_id == Allocation.id)
+                .where(JobCharge.job_id.in_(job_ids))
+            )
+            return {job_id: factory_id for job_id, factory_id in rows}
 
     async def unit_of_charge(self, job_id: str) -> AllocationUnit | None:
         async with self._db.read() as session:

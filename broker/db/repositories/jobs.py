@@ -104,6 +104,29 @@ class Creation:
     owner_must_be_member: bool = False  # checked at commit: the caller's roles may have been read seconds ago
 
 
+@dataclass(frozen=True, slots=True)
+class AttemptStart:
+    """A dispatcher's next attempt at a job it leases, to commit before the Slurm call."""
+
+    job_id: str
+    lease_owner: str
+    factory: str
+    slurm_user: str | None
+    partition: str | None
+    placement_reason: str | None
+    actor: str
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """Slurm took the job on this attempt, as this Slurm job."""
+
+    job_id: str
+    attempt: int
+    slurm_job_id: str
+    actor: str
+
+
 # Per creation: the job and whether this call created it (False: a replay of the key), or why not.
 Created = tuple[Job, bool] | IdempotencyConflict | OverBudget | AllocationNotInForce | NotAMember
 
@@ -395,35 +418,18 @@ class JobRepository:
         """Commit attempt number N+1 *before* the Slurm call; None if ``lease_owner`` no longer holds a live
         lease on the queued job (it expired and another dispatcher may have it), so the caller must not submit.
         """
+        start = AttemptStart(job_id, lease_owner, factory, slurm_user, partition, placement_reason, actor)
+        (attempt,) = await self.record_attempts([start], now=now)
+        return attempt
+
+    async def record_attempts(
+        self, starts: Sequence[AttemptStart], *, now: datetime | None = None
+    ) -> builtins.list[DispatchAttempt | None]:
+        """:meth:`record_attempt` for many jobs in one transaction (the dispatcher's claimed batch, through a
+        group commit): per job, its attempt or None. A job whose lease is gone gets None and writes nothing."""
         now = now or self._clock()
         async with self._db.write() as session:
-            number = await session.scalar(
-                update(Job)
-                .where(
-                    Job.id == job_id,
-                    Job.state == JobState.QUEUED,
-                    Job.lease_owner == lease_owner,
-                    Job.lease_until > job_writes.utc_literal(now),
-                )
-                .values(
-                    attempt_count=Job.attempt_count + 1,
-                    factory=factory,
-                    slurm_user=slurm_user,
-                    partition=partition,
-                    placement_reason=placement_reason,
-                    updated_at=now,
-                )
-                .returning(Job.attempt_count)
-            )
-            if number is None:
-                return None
-            attempt = DispatchAttempt(
-                job_id=job_id, attempt=number, factory=factory, slurm_user=slurm_user, started_at=now
-            )
-            session.add(attempt)
-            detail = {"attempt": number, "factory": factory, "slurm_user": slurm_user, "partition": partition}
-            job_writes.add_event(session, job_id, EventKind.ATTEMPT_STARTED, actor=actor, now=now, detail=detail)
-            return attempt
+            return [await _start_attempt(session, start, now) for start in starts]
 
     async def finish_attempt(
         self,
@@ -449,29 +455,27 @@ class JobRepository:
         """The dispatcher's happy path in one transaction: close the attempt as submitted and move the job
         ``queued`` -> ``submitted`` with its Slurm job id and no lease. False (and nothing written) if the
         job had left ``queued`` or the attempt was already closed."""
+        (recorded,) = await self.record_submissions([Submitted(job_id, attempt, slurm_job_id, actor)], now=now)
+        return recorded
+
+    async def record_submissions(
+        self, submitted: Sequence[Submitted], *, now: datetime | None = None
+    ) -> builtins.list[bool]:
+        """:meth:`record_submission` for many jobs in one transaction (submits that returned together, through
+        a group commit), each in a savepoint of its own: one that has nothing to do leaves the others be."""
         now = now or self._clock()
-        try:
-            async with self._db.write() as session:
-                moved = await job_writes.compare_and_set(
-                    session,
-                    job_id,
-                    JobState.QUEUED,
-                    JobState.SUBMITTED,
-                    actor=actor,
-                    kind=EventKind.STATE_CHANGED,
-                    detail={"cause": "dispatch", "attempt": attempt, "slurm_job_id": slurm_job_id},
-                    now=now,
-                    fields={"slurm_job_id": slurm_job_id},
-                )
-                closed = moved and await job_writes.finish_attempt(
-                    session, job_id, attempt, outcome=AttemptOutcome.SUBMITTED, actor=actor,
-                    slurm_job_id=slurm_job_id, error=None, now=now,
-                )  # fmt: skip
-                if not closed:
-                    raise _NothingToDo
-        except _NothingToDo:
-            return False
-        return True
+        recorded: builtins.list[bool] = []
+        async with self._db.write() as session:
+            for item in submitted:
+                try:
+                    async with session.begin_nested():
+                        if not await _move_to_submitted(session, item, now):
+                            raise _NothingToDo
+                except _NothingToDo:
+                    recorded.append(False)
+                else:
+                    recorded.append(True)
+        return recorded
 
     async def release_lease(self, job_id: str, owner: str, *, now: datetime | None = None) -> bool:
         """Give a claimed job back before the lease runs out (e.g. on shutdown); False if not ours."""
@@ -507,6 +511,46 @@ class JobRepository:
 def _source(address: str | None) -> dict[str, Any]:
     """An event's detail for a call made from ``address`` (events double as the audit trail: who, from where)."""
     return {"source": address} if address else {}
+
+
+async def _start_attempt(session: AsyncSession, start: AttemptStart, now: datetime) -> DispatchAttempt | None:
+    number = await session.scalar(
+        update(Job)
+        .where(
+            Job.id == start.job_id,
+            Job.state == JobState.QUEUED,
+            Job.lease_owner == start.lease_owner,
+            Job.lease_until > job_writes.utc_literal(now),
+        )
+        .values(
+            attempt_count=Job.attempt_count + 1, factory=start.factory, slurm_user=start.slurm_user,
+            partition=start.partition, placement_reason=start.placement_reason, updated_at=now,
+        )
+        .returning(Job.attempt_count)
+    )  # fmt: skip
+    if number is None:
+        return None
+    attempt = DispatchAttempt(
+        job_id=start.job_id, attempt=number, factory=start.factory, slurm_user=start.slurm_user, started_at=now
+    )
+    session.add(attempt)
+    detail = {"attempt": number, "factory": start.factory, "slurm_user": start.slurm_user, "partition": start.partition}
+    job_writes.add_event(session, start.job_id, EventKind.ATTEMPT_STARTED, actor=start.actor, now=now, detail=detail)
+    return attempt
+
+
+async def _move_to_submitted(session: AsyncSession, item: Submitted, now: datetime) -> bool:
+    """Close the attempt as submitted and move the job to ``submitted``; False when either had moved on
+    (the caller rolls back what was written)."""
+    moved = await job_writes.compare_and_set(
+        session, item.job_id, JobState.QUEUED, JobState.SUBMITTED, actor=item.actor, kind=EventKind.STATE_CHANGED,
+        detail={"cause": "dispatch", "attempt": item.attempt, "slurm_job_id": item.slurm_job_id}, now=now,
+        fields={"slurm_job_id": item.slurm_job_id},
+    )  # fmt: skip
+    return moved and await job_writes.finish_attempt(
+        session, item.job_id, item.attempt, outcome=AttemptOutcome.SUBMITTED, actor=item.actor,
+        slurm_job_id=item.slurm_job_id, error=None, now=now,
+    )  # fmt: skip
 
 
 async def _insert_jobs(session: AsyncSession, creations: Sequence[tuple[Creation, str]], now: datetime) -> list[Job]:
