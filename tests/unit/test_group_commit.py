@@ -33,6 +33,14 @@ class RecordingWriter:
         return [Refused(item) if item.startswith("bad") else item.upper() for item in items]
 
 
+async def _hold_a_batch(commit: GroupCommit[str, str], writer: RecordingWriter, item: str = "x") -> asyncio.Task[str]:
+    """Start a batch of ``item`` and keep it in its write, so that what is submitted next queues behind it."""
+    writer.release.clear()
+    held = asyncio.create_task(commit.submit(item))
+    await writer.writing.wait()
+    return held
+
+
 def _key(item: str) -> str | None:
     return item.split(":", 1)[0] if ":" in item else None
 
@@ -47,9 +55,7 @@ async def test_a_lone_item_is_written_at_once_in_a_batch_of_its_own() -> None:
 async def test_items_arriving_while_a_batch_is_written_share_the_next_batch_up_to_the_limit() -> None:
     writer = RecordingWriter()
     commit: GroupCommit[str, str] = GroupCommit(writer, max_batch=3)
-    writer.release.clear()
-    first = asyncio.create_task(commit.submit("first"))
-    await writer.writing.wait()
+    first = await _hold_a_batch(commit, writer, "first")
     others = [asyncio.create_task(commit.submit(f"n{i}")) for i in range(5)]
     await asyncio.sleep(0)  # let them queue
     writer.release.set()
@@ -62,9 +68,7 @@ async def test_items_arriving_while_a_batch_is_written_share_the_next_batch_up_t
 async def test_each_caller_gets_its_own_result_or_its_own_refusal() -> None:
     writer = RecordingWriter()
     commit: GroupCommit[str, str] = GroupCommit(writer, max_batch=10)
-    writer.release.clear()
-    blocker = asyncio.create_task(commit.submit("x"))
-    await writer.writing.wait()
+    blocker = await _hold_a_batch(commit, writer)
     good = asyncio.create_task(commit.submit("good"))
     bad = asyncio.create_task(commit.submit("bad"))
     await asyncio.sleep(0)
@@ -79,9 +83,7 @@ async def test_each_caller_gets_its_own_result_or_its_own_refusal() -> None:
 async def test_two_items_with_one_identity_never_share_a_batch_and_keep_their_order() -> None:
     writer = RecordingWriter()
     commit: GroupCommit[str, str] = GroupCommit(writer, max_batch=10, identity=_key)
-    writer.release.clear()
-    blocker = asyncio.create_task(commit.submit("x"))
-    await writer.writing.wait()
+    blocker = await _hold_a_batch(commit, writer)
     items = ["k1:a", "k1:b", "k2:a", "none", "k1:c"]
     tasks = [asyncio.create_task(commit.submit(item)) for item in items]
     await asyncio.sleep(0)
@@ -94,9 +96,7 @@ async def test_two_items_with_one_identity_never_share_a_batch_and_keep_their_or
 async def test_a_failed_batch_fails_every_caller_in_it_and_the_next_batch_still_runs() -> None:
     writer = RecordingWriter()
     commit: GroupCommit[str, str] = GroupCommit(writer, max_batch=2)
-    writer.release.clear()
-    blocker = asyncio.create_task(commit.submit("x"))
-    await writer.writing.wait()
+    blocker = await _hold_a_batch(commit, writer)
     writer.fail_with = ConnectionError("database down")
     doomed = [asyncio.create_task(commit.submit(f"d{i}")) for i in range(2)]
     later = asyncio.create_task(commit.submit("later"))
@@ -114,9 +114,7 @@ async def test_a_failed_batch_fails_every_caller_in_it_and_the_next_batch_still_
 async def test_a_caller_that_gave_up_before_its_turn_is_not_written() -> None:
     writer = RecordingWriter()
     commit: GroupCommit[str, str] = GroupCommit(writer, max_batch=10)
-    writer.release.clear()
-    blocker = asyncio.create_task(commit.submit("x"))
-    await writer.writing.wait()
+    blocker = await _hold_a_batch(commit, writer)
     gave_up = asyncio.create_task(commit.submit("gave-up"))
     kept = asyncio.create_task(commit.submit("kept"))
     await asyncio.sleep(0)
