@@ -12,6 +12,10 @@ Why it is shaped like this:
   and MinJobAge not yet passed or slurmdbd explaining every job since), so it may be submitted again.
   Otherwise Slurm can no longer tell, and the job becomes ``lost`` with that reason: never resubmitted
   blindly, so a job reaches Slurm at most once.
+- The jobs of a claimed batch share their writes: their attempts are one group commit
+  (:mod:`broker.group_commit`), each still committed before its own Slurm call, and the submissions that
+  return together another, each in a savepoint; what they read (health, reserved Factories, site accounts)
+  is read once per batch.
 - Only the job's own fault ends it ``rejected`` (placement that can never succeed, Slurm refusing the request).
   Site faults (authentication, availability) keep it queued with a visible reason, mark the Factory
   unhealthy, and retry with a bounded backoff.
