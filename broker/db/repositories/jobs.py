@@ -159,16 +159,18 @@ class JobRepository:
 
     async def create_many(self, creations: Sequence[Creation], *, now: datetime | None = None) -> list[Created]:
         """Store many accepted jobs in one transaction, committed when this returns: per creation, in order,
-        ``(job, created)`` or the exception its caller is to get (:class:`IdempotencyConflict`,
-        :class:`OverBudget`); the others are stored regardless.
+        ``(job, created)`` or the exception its caller is to get (:class:`NotAMember`,
+        :class:`IdempotencyConflict`, :class:`OverBudget`, :class:`AllocationNotInForce`); the others are
+        stored regardless, and nothing of a refused one is (its key included).
 
-        Keys are claimed first, all at once, with ``INSERT ... ON CONFLICT DO NOTHING``: the key row is the
-        arbiter of a race. On PostgreSQL an insert of a key that another transaction holds uncommitted waits
-        for it, then inserts nothing, and the read that follows (READ COMMITTED: a fresh snapshot per
-        statement) sees the winner's row; on SQLite the single writer serializes them. Keys are inserted in
-        sorted order, so two batches never wait on each other crosswise. The key's foreign key to its job is
-        deferred to commit, which is why the key can be written before its job. Two creations with the same
-        caller and key must not share a call (the group commit keeps them apart).
+        Membership is checked first, for the creations that ask for it. Keys are claimed next, all at once,
+        with ``INSERT ... ON CONFLICT DO NOTHING``: the key row is the arbiter of a race. On PostgreSQL an
+        insert of a key that another transaction holds uncommitted waits for it, then inserts nothing, and
+        the read that follows (READ COMMITTED: a fresh snapshot per statement) sees the winner's row; on
+        SQLite the single writer serializes them. Keys are inserted in sorted order, so two batches never
+        wait on each other crosswise. The key's foreign key to its job is deferred to commit, which is why
+        the key can be written before its job. Two creations with the same caller and key must not share a
+        call (the group commit keeps them apart).
 
         A statement's failure fails the whole call and writes nothing; when the database refused one row's
         values (:func:`~broker.db.repositories.sql.refused_a_row`), the others may be tried again without it.
