@@ -18,6 +18,7 @@ from sqlalchemy import exc as sa
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from broker import errors
+from broker.db.repositories.sql import sqlstate_starts_with
 from conveyor.problems import (
     ALREADY_EXISTS,
     CANCEL_NOT_POSSIBLE,
@@ -113,7 +114,9 @@ def domain_problem(error: errors.BrokerError, instance: str) -> Problem:  # noqa
 def _is_database_outage(exc: BaseException) -> bool:
     if isinstance(exc, sa.OperationalError | sa.InterfaceError | sa.TimeoutError):
         return True  # connection refused or lost, SQLite locked beyond busy_timeout, pool exhausted
-    if isinstance(exc, sa.DBAPIError) and (exc.connection_invalidated or _is_outage_sqlstate(exc.orig)):
+    if isinstance(exc, sa.DBAPIError) and (
+        exc.connection_invalidated or sqlstate_starts_with(exc.orig, _OUTAGE_SQLSTATE_PREFIXES)
+    ):
         return True
     return isinstance(exc, ConnectionError)  # asyncpg raises OSError subclasses unwrapped on connect
 
@@ -124,14 +127,6 @@ def _is_database_outage(exc: BaseException) -> bool:
 # wraps asyncpg's errors for these in a plain DBAPIError, without connection_invalidated when they come at
 # connect time: without this, a server being stopped or restarted would answer 500 for a moment.
 _OUTAGE_SQLSTATE_PREFIXES = ("08", "57P")
-
-
-def _is_outage_sqlstate(orig: BaseException | None) -> bool:
-    for error in (orig, getattr(orig, "__cause__", None)):
-        sqlstate = getattr(error, "sqlstate", None)
-        if isinstance(sqlstate, str) and sqlstate.startswith(_OUTAGE_SQLSTATE_PREFIXES):
-            return True
-    return False
 
 
 async def _on_domain_error(request: Request, exc: Exception) -> JSONResponse:

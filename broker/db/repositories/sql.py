@@ -30,13 +30,19 @@ def is_sqlite(session: AsyncSession) -> bool:
 _ROW_REFUSED_SQLSTATE_CLASSES = ("22", "23")
 
 
+def sqlstate_starts_with(orig: BaseException | None, prefixes: tuple[str, ...]) -> bool:
+    """Whether the driver error under a SQLAlchemy error (``.orig``, or what it wraps: SQLAlchemy's asyncpg
+    adapter keeps asyncpg's error as the cause) carries a SQLSTATE with one of ``prefixes``."""
+    for error in (orig, getattr(orig, "__cause__", None)):
+        sqlstate = getattr(error, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(prefixes):
+            return True
+    return False
+
+
 def refused_a_row(error: DBAPIError) -> bool:
     """Did the database refuse a row's values (so that the same statement without that row may succeed), as
     opposed to failing as a whole (connection lost, server down, lock timeout)?"""
-    if isinstance(error, IntegrityError | DataError):
-        return True
-    for cause in (error.orig, getattr(error.orig, "__cause__", None)):
-        sqlstate = getattr(cause, "sqlstate", None)
-        if isinstance(sqlstate, str) and sqlstate.startswith(_ROW_REFUSED_SQLSTATE_CLASSES):
-            return True
-    return False
+    return isinstance(error, IntegrityError | DataError) or sqlstate_starts_with(
+        error.orig, _ROW_REFUSED_SQLSTATE_CLASSES
+    )
