@@ -309,13 +309,12 @@ class JobService:
         new = NewJob.from_spec(caller.id, spec, source, reservation)
         creation = Creation(new, caller.id, key, owner_must_be_member=facts is not None)
         try:
-            result: Created
-            if self._accepts is not None:
-                result = await self._accepts.submit(creation)  # a refusal comes raised
-            else:
-                (result,) = await self._jobs.create_many([creation])
+            if self._accepts is None:
+                return await self._jobs.create_one(creation)
+            result = await self._accepts.submit(creation)  # a refusal comes raised
             if isinstance(result, Exception):
                 raise result
+            return result
         except IdempotencyConflict as exc:
             raise IdempotencyKeyReused(exc.key, exc.job_id) from None
         except OverBudget as exc:
@@ -323,7 +322,6 @@ class JobService:
         except NotAMember:
             self._remembered_facts.forget((caller.id, spec.project))
             raise Forbidden(_NOT_A_MEMBER.format(project=spec.project)) from None
-        return result
 
     async def _within_antenna_quota(self, antenna_id: str) -> None:
         """An Antenna's national users together have at most its quota of jobs not yet ended."""

@@ -142,17 +142,19 @@ class JobRepository:
 
     async def insert_job_with_event(self, new: NewJob, *, actor: str, now: datetime | None = None) -> Job:
         """Store a queued job and its ``created`` event in one transaction (committed when this returns)."""
-        (result,) = await self.create_many([Creation(new, actor)], now=now)
-        if isinstance(result, Exception):
-            raise result
-        return result[0]
+        job, _ = await self.create_one(Creation(new, actor), now=now)
+        return job
 
     async def create_or_get(
         self, caller: str, key: str, request_hash: str, new: NewJob, *, actor: str, now: datetime | None = None
     ) -> tuple[Job, bool]:
         """The job this caller's ``key`` names, creating it on first use: ``(job, created)``. Raises
         :class:`IdempotencyConflict` when the key was used with another request (see :meth:`create_many`)."""
-        (result,) = await self.create_many([Creation(new, actor, KeyUse(caller, key, request_hash))], now=now)
+        return await self.create_one(Creation(new, actor, KeyUse(caller, key, request_hash)), now=now)
+
+    async def create_one(self, creation: Creation, *, now: datetime | None = None) -> tuple[Job, bool]:
+        """:meth:`create_many` for one job, its refusal raised."""
+        (result,) = await self.create_many([creation], now=now)
         if isinstance(result, Exception):
             raise result
         return result
