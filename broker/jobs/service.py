@@ -241,9 +241,6 @@ class JobService:
                     )
                 ]
             )
-        key = None
-        if idempotency_key is not None:
-            key = KeyUse(caller.id, idempotency_key, request_hash(spec.model_dump(mode="json")))
         facts, remembered = await self._facts(caller, spec.project)
         if facts is not None and not Tenancy(caller, facts.roles).may_submit_to(spec.project):
             raise Forbidden(_NOT_A_MEMBER.format(project=spec.project))
@@ -252,14 +249,14 @@ class JobService:
             await self._within_antenna_quota(caller.antenna)
         try:
             try:
-                result = await self._place_and_store(caller, spec, key, source, facts)
+                result = await self._place_and_store(caller, spec, idempotency_key, source, facts)
             except (PlacementImpossible, AllocationNotInForce) as exc:
                 if not remembered or getattr(exc, "code", None) == PlacementCode.ALLOCATION_EXHAUSTED.value:
                     raise  # decided on what the database said now (over budget: at commit)
                 # Decided on roles and allocations remembered from seconds ago (a new grant, an ended one):
                 # decide once more on what the database says now.
                 facts, _ = await self._facts(caller, spec.project, fresh=True)
-                result = await self._place_and_store(caller, spec, key, source, facts)
+                result = await self._place_and_store(caller, spec, idempotency_key, source, facts)
         except AllocationNotInForce:  # it ended between the read and the commit
             raise PlacementImpossible(
                 PlacementCode.NO_ALLOCATION.value,
@@ -292,7 +289,12 @@ class JobService:
         return facts, False
 
     async def _place_and_store(
-        self, caller: Principal, spec: JobSpec, key: KeyUse | None, source: str | None, facts: SubmissionFacts | None
+        self,
+        caller: Principal,
+        spec: JobSpec,
+        idempotency_key: str | None,
+        source: str | None,
+        facts: SubmissionFacts | None,
     ) -> tuple[JobRow, bool]:
         """Place the job on its project's allocations and store it: its refusals as the API's errors, except
         an allocation found ended at commit, raised for :meth:`submit` to decide again."""
@@ -307,6 +309,8 @@ class JobService:
             placement = self._check_feasible(spec, allowed=allowed)
             reservation = budget.reservation(spec, placement)
         new = NewJob.from_spec(caller.id, spec, source, reservation)
+        # The fingerprint of the request is that of the spec as stored (dumped once, for both).
+        key = None if idempotency_key is None else KeyUse(caller.id, idempotency_key, request_hash(new.spec))
         creation = Creation(new, caller.id, key, owner_must_be_member=facts is not None)
         try:
             if self._accepts is None:
