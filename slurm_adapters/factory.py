@@ -225,7 +225,7 @@ def build_adapter(config: AdapterConfig) -> SlurmAdapter:
             as_root=config.as_root,
             timeout_s=config.timeout_s,
         )
-    from slurm_adapters.pyslurm_adapter import PyslurmAdapter
+    from slurm_adapters.pyslurm.adapter import PyslurmAdapter
 
     return PyslurmAdapter(
         cluster=config.cluster,

@@ -25,7 +25,7 @@ from slurm_adapters.factory import (
     config_to_dict,
     site_policy,
 )
-from slurm_adapters.pyslurm_adapter import PyslurmAdapter
+from slurm_adapters.pyslurm.adapter import PyslurmAdapter
 from slurm_adapters.rest import CODECS, RestAdapter
 from slurm_adapters.safety import local_uid
 

@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 
-from slurm_adapters import pyslurm_adapter
 from slurm_adapters.base import (
     AuthenticationError,
     ClusterUnavailable,
@@ -33,8 +32,9 @@ from slurm_adapters.base import (
     UnsafeRequest,
 )
 from slurm_adapters.convert import gpu_counts
-from slurm_adapters.pyslurm_adapter import PyslurmAdapter, package_root, worker_environment
-from slurm_adapters.pyslurm_mapping import map_error, tres_mapping
+from slurm_adapters.pyslurm import adapter as pyslurm_adapter
+from slurm_adapters.pyslurm.adapter import PyslurmAdapter, package_root, worker_environment
+from slurm_adapters.pyslurm.mapping import map_error, tres_mapping
 from slurm_adapters.safety import DIRECTIVE_FENCE, SitePolicy
 
 # ---------------------------------------------------------------------------------------------------
@@ -303,7 +303,7 @@ FULL_SPEC = JobSpec(
 
 
 def test_importing_the_adapter_imports_no_pyslurm() -> None:
-    code = "import sys, slurm_adapters.pyslurm_adapter; sys.exit('pyslurm' in sys.modules)"
+    code = "import sys, slurm_adapters.pyslurm.adapter; sys.exit('pyslurm' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 

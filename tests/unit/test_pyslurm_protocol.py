@@ -24,7 +24,7 @@ from slurm_adapters.base import (
     SlurmError,
     UnsafeRequest,
 )
-from slurm_adapters.pyslurm_protocol import (
+from slurm_adapters.pyslurm.protocol import (
     ERROR_TYPES,
     PROTOCOL,
     Hello,

@@ -26,8 +26,8 @@ from slurm_adapters.base import (
     SiteError,
     UnsafeRequest,
 )
-from slurm_adapters.pyslurm_mapping import submit_kwargs
-from slurm_adapters.pyslurm_protocol import (
+from slurm_adapters.pyslurm.mapping import submit_kwargs
+from slurm_adapters.pyslurm.protocol import (
     cluster_info_from_json,
     decode_response,
     encode_request,
@@ -35,7 +35,7 @@ from slurm_adapters.pyslurm_protocol import (
     record_from_json,
     records_from_json,
 )
-from slurm_adapters.pyslurm_worker import Operations, load_pyslurm
+from slurm_adapters.pyslurm.worker import Operations, load_pyslurm
 
 NOW = 1_795_600_000
 

@@ -3,9 +3,9 @@
 libslurm binds one slurm.conf per process (read at ``import pyslurm``; a missing config is fatal there),
 every call blocks, and pyslurm never releases the GIL around it: measured on the lab's 26.05, a call to an
 unreachable slurmctld freezes its whole process, event loop included, for about 10 s. So this process never
-imports pyslurm. Each adapter starts its own worker (:mod:`slurm_adapters.pyslurm_worker`) on first use, with
+imports pyslurm. Each adapter starts its own worker (:mod:`slurm_adapters.pyslurm.worker`) on first use, with
 a clean environment holding that cluster's ``SLURM_CONF``, and talks to it over newline-delimited JSON
-(:mod:`slurm_adapters.pyslurm_protocol`). Consequences:
+(:mod:`slurm_adapters.pyslurm.protocol`). Consequences:
 
 * any number of clusters per broker process, one worker each;
 * every call has a real deadline (``timeout_s``): a worker that has not answered is killed (SIGKILL) and
@@ -45,9 +45,9 @@ from slurm_adapters.base import (
     SlurmAdapter,
     SlurmError,
 )
-from slurm_adapters.pyslurm_mapping import submit_kwargs
-from slurm_adapters.pyslurm_process import WorkerFailed, WorkerProcess
-from slurm_adapters.pyslurm_protocol import (
+from slurm_adapters.pyslurm.mapping import submit_kwargs
+from slurm_adapters.pyslurm.process import WorkerFailed, WorkerProcess
+from slurm_adapters.pyslurm.protocol import (
     ProtocolError,
     cluster_info_from_json,
     health_from_json,
@@ -60,7 +60,7 @@ from slurm_adapters.safety import SitePolicy, check_spec
 
 T = TypeVar("T")
 
-WORKER_MODULE = "slurm_adapters.pyslurm_worker"
+WORKER_MODULE = "slurm_adapters.pyslurm.worker"
 # The worker's PATH (libslurm runs no helpers for the calls used here; this is root's usual PATH).
 WORKER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Below libslurm's own ~10 s MessageTimeout, so that a hung slurmctld is this adapter's call to make.

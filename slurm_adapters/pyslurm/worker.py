@@ -1,9 +1,9 @@
 """The pyslurm worker: the one process that loads libslurm for one cluster and serves its adapter.
 
-Started by :class:`~slurm_adapters.pyslurm_adapter.PyslurmAdapter` as
-``python -m slurm_adapters.pyslurm_worker --cluster NAME --fs-root DIR`` with a clean environment whose
+Started by :class:`~slurm_adapters.pyslurm.adapter.PyslurmAdapter` as
+``python -m slurm_adapters.pyslurm.worker --cluster NAME --fs-root DIR`` with a clean environment whose
 ``SLURM_CONF`` names the cluster's slurm.conf (libslurm reads it once, at ``import pyslurm``). It answers
-one newline-delimited JSON request at a time on stdin/stdout (:mod:`slurm_adapters.pyslurm_protocol`) and
+one newline-delimited JSON request at a time on stdin/stdout (:mod:`slurm_adapters.pyslurm.protocol`) and
 exits at end of input. libslurm blocks and keeps the GIL, so all of that is done here, where the parent can
 kill it on a deadline, and never in the broker's own process.
 
@@ -36,8 +36,8 @@ from slurm_adapters.base import (
     UnsafeRequest,
 )
 from slurm_adapters.convert import read_tail
-from slurm_adapters.pyslurm_mapping import job_record, map_error, node_info, partition_infos, with_gpus_in_use
-from slurm_adapters.pyslurm_protocol import (
+from slurm_adapters.pyslurm.mapping import job_record, map_error, node_info, partition_infos, with_gpus_in_use
+from slurm_adapters.pyslurm.protocol import (
     PROTOCOL,
     Hello,
     ProtocolError,
@@ -140,7 +140,7 @@ class Operations:
     # -- the contract, one request each -------------------------------------------------------------
 
     def submit(self, args: dict[str, Any]) -> int:
-        """``args["description"]`` is :func:`~slurm_adapters.pyslurm_mapping.submit_kwargs`'s output.
+        """``args["description"]`` is :func:`~slurm_adapters.pyslurm.mapping.submit_kwargs`'s output.
 
         The parent applied the site policy; the worker still refuses the two omissions that would turn a
         root process's submit into something else: no ``user_id`` (the job would run as root) and no
@@ -273,7 +273,7 @@ def serve(wire: IO[bytes], requests: IO[bytes], operations: Operations) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m slurm_adapters.pyslurm_worker", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m slurm_adapters.pyslurm.worker", description=__doc__)
     parser.add_argument("--cluster", required=True)
     parser.add_argument("--fs-root", default="/")
     options = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""The wire format between :class:`~slurm_adapters.pyslurm_adapter.PyslurmAdapter` and its worker process.
+"""The wire format between :class:`~slurm_adapters.pyslurm.adapter.PyslurmAdapter` and its worker process.
 
 Newline-delimited JSON, one request then one response, over the worker's stdin and stdout:
 

@@ -1,6 +1,6 @@
 """One pyslurm worker process as its parent sees it: spawn, handshake, one request at a time, kill.
 
-Knows the protocol (:mod:`slurm_adapters.pyslurm_protocol`) and nothing about pyslurm. Everything that
+Knows the protocol (:mod:`slurm_adapters.pyslurm.protocol`) and nothing about pyslurm. Everything that
 goes wrong with the process itself (it could not start, it died, it wrote something that is not protocol)
 is a :class:`WorkerFailed`; a typed error the worker *answered* is raised as that error and leaves the
 worker usable. Deadlines are the caller's: it wraps calls in ``asyncio.timeout`` and calls :meth:`kill`.
@@ -14,7 +14,7 @@ import signal
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from slurm_adapters.pyslurm_protocol import (
+from slurm_adapters.pyslurm.protocol import (
     MAX_LINE_BYTES,
     PROTOCOL,
     Hello,

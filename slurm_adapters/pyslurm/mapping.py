@@ -1,7 +1,7 @@
 """pyslurm's objects and errors to and from the adapter contract, without importing pyslurm.
 
-Used on both sides of the process boundary: :mod:`slurm_adapters.pyslurm_adapter` renders the submit
-description with :func:`submit_kwargs`, :mod:`slurm_adapters.pyslurm_worker` converts pyslurm's objects and
+Used on both sides of the process boundary: :mod:`slurm_adapters.pyslurm.adapter` renders the submit
+description with :func:`submit_kwargs`, :mod:`slurm_adapters.pyslurm.worker` converts pyslurm's objects and
 errors. Every function here reads pyslurm objects by attribute name only (pyslurm 25.11's ``Job``, ``Node``,
 ``Partition``, ``RPCError``), so it can be tested on any host, and the one place that knows those names
 stays small.
