@@ -23,7 +23,9 @@ from pathlib import Path
 from dev.lab.chroot_run import run_python
 from dev.lab.commands import run_slurm
 from dev.lab.view import SUBMIT_USER, Cluster, clusters_of, job_dir, make_adapter, new_tag, read_lab, wait_for_job
-from slurm_adapters.base import JobNotFound, JobSpec, JobState, SlurmAdapter
+from slurm_adapters.errors import JobNotFound
+from slurm_adapters.interface import SlurmAdapter
+from slurm_adapters.records import SlurmJobSpec, SlurmJobState
 
 POLL_S = 0.02  # the same polling interval for the adapters and the baseline
 
@@ -35,10 +37,10 @@ class Figures:
     burst_s: float = 0.0
 
 
-def _trivial(cluster: Cluster, label: str) -> JobSpec:
+def _trivial(cluster: Cluster, label: str) -> SlurmJobSpec:
     tag = new_tag(label)
     workdir = job_dir(cluster, tag)
-    return JobSpec(
+    return SlurmJobSpec(
         name=f"bench-{label}",
         script="true\n",
         working_directory=workdir,
@@ -49,7 +51,7 @@ def _trivial(cluster: Cluster, label: str) -> JobSpec:
     )
 
 
-def _sbatch_argv(cluster: Cluster, spec: JobSpec) -> list[str]:
+def _sbatch_argv(cluster: Cluster, spec: SlurmJobSpec) -> list[str]:
     return [
         "runuser", "-u", SUBMIT_USER, "--", "sbatch", "--parsable", f"--job-name={spec.name}",
         f"--chdir={spec.working_directory}", f"--output={spec.stdout}", f"--partition={spec.partition}",
@@ -57,7 +59,7 @@ def _sbatch_argv(cluster: Cluster, spec: JobSpec) -> list[str]:
     ]  # fmt: skip
 
 
-def _sbatch(cluster: Cluster, spec: JobSpec) -> int:
+def _sbatch(cluster: Cluster, spec: SlurmJobSpec) -> int:
     result = run_slurm(cluster.exec_prefix, cluster.slurm_conf, _sbatch_argv(cluster, spec))
     if result.returncode != 0:
         raise RuntimeError(result.stderr)
@@ -112,7 +114,7 @@ async def adapter_trial(adapter: SlurmAdapter, cluster: Cluster, figures: Figure
         return True
 
     async def completed() -> bool:
-        return (await adapter.get_job(job_id)).state is JobState.COMPLETED
+        return (await adapter.get_job(job_id)).state is SlurmJobState.COMPLETED
 
     await _poll(visible)
     figures.visible_s.append(time.perf_counter() - started)

@@ -50,7 +50,7 @@ from bench.adapters import _sbatch, _trivial
 from broker.db.migrate import upgrade
 from dev.lab import procs
 from dev.lab.view import SUBMIT_USER, Cluster, clusters_of, job_dir, make_adapter, read_lab
-from slurm_adapters.base import SlurmAdapter
+from slurm_adapters.interface import SlurmAdapter
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = "charlie"  # the only lab cluster these benchmarks touch

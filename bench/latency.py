@@ -34,7 +34,9 @@ import httpx
 from bench.adapters import _trivial
 from bench.forwarding import Broker, broker_body, cancel_by_name, cancel_ids, charlie, migrated_template, parse_time
 from dev.lab.view import SUBMIT_USER, Cluster, job_dir, make_adapter
-from slurm_adapters.base import JobNotFound, JobState, SlurmAdapter
+from slurm_adapters.errors import JobNotFound
+from slurm_adapters.interface import SlurmAdapter
+from slurm_adapters.records import SlurmJobState
 
 POLL_S = 0.02  # the same polling interval for both paths
 JOB_S = 2  # the job sleeps this long: RUNNING is observable, and trials do not pile up on the node
@@ -107,7 +109,7 @@ async def direct_trial(trials: Trials) -> None:
     while True:
         with contextlib.suppress(JobNotFound):
             record = await trials.adapter.get_job(job_id)
-            if record.state in {JobState.RUNNING, JobState.COMPLETED}:
+            if record.state in {SlurmJobState.RUNNING, SlurmJobState.COMPLETED}:
                 break
             if record.state.is_terminal:
                 raise RuntimeError(f"Slurm job {job_id} ended {record.state}: {record.reason}")

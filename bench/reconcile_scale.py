@@ -52,7 +52,7 @@ from broker.jobs.ids import JOB_ID_PREFIX
 from dev.lab import procs
 from dev.lab.commands import run_slurm
 from dev.lab.view import SUBMIT_USER, Cluster, clusters_of, job_dir, lab_json_path, make_adapter, read_lab
-from slurm_adapters.base import JobSpec as SlurmJobSpec
+from slurm_adapters.records import SlurmJobSpec
 from slurm_adapters.rest.client import CODECS_BY_VERSION, RestAdapter
 from slurm_adapters.tokens import TokenMinter
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from broker.db.models import AllocationUnit
 from conveyor.spec import JobSpec
-from slurm_adapters.base import JobRecord
+from slurm_adapters.records import JobRecord
 
 SECONDS_PER_HOUR = 3600
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from broker.factories import FactoryRegistry
-from slurm_adapters.base import SlurmAdapter
 from slurm_adapters.factory import AdapterConfig, build_adapter
+from slurm_adapters.interface import SlurmAdapter
 
 log = logging.getLogger(__name__)
 

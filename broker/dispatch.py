@@ -54,7 +54,7 @@ from broker.settings import Settings
 from broker.site_accounts import RunAs, SiteAccountService
 from broker.translate import TranslationError, to_slurm_spec
 from conveyor.spec import JobSpec, JobState
-from slurm_adapters.base import (
+from slurm_adapters.errors import (
     AccountingUnavailable,
     AuthenticationError,
     ClusterUnavailable,
@@ -62,7 +62,7 @@ from slurm_adapters.base import (
     SiteError,
     SlurmError,
 )
-from slurm_adapters.base import JobSpec as SlurmJobSpec
+from slurm_adapters.records import SlurmJobSpec
 
 log = logging.getLogger(__name__)
 

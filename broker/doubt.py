@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from slurm_adapters.base import Health, JobRecord
+from slurm_adapters.records import Health, JobRecord
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from broker.config_files import ConfigFileError, Location, dotted, explain_all, read_document
 from conveyor.spec import MAX_TIME_LIMIT_MIN, Country, FactoryId, GpuType
-from slurm_adapters.base import UnsafeRequest
+from slurm_adapters.errors import UnsafeRequest
 from slurm_adapters.factory import AdapterConfig, site_policy
 from slurm_adapters.safety import is_user_name
 

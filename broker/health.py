@@ -24,7 +24,8 @@ from broker.db.types import utc_now
 from broker.factories import FactoryRegistry
 from broker.factory_service import Capacity
 from broker.placement import FactoryStatus
-from slurm_adapters.base import ClusterInfo, Health, SlurmError
+from slurm_adapters.errors import SlurmError
+from slurm_adapters.records import ClusterInfo, Health
 
 log = logging.getLogger(__name__)
 ACTOR = "health-monitor"

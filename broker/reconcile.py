@@ -35,7 +35,9 @@ from broker.jobs.states import can_move, from_slurm
 from broker.settings import Settings
 from broker.translate import site_user
 from conveyor.spec import JobState
-from slurm_adapters.base import JobNotFound, JobRecord, SlurmAdapter, SlurmError
+from slurm_adapters.errors import JobNotFound, SlurmError
+from slurm_adapters.interface import SlurmAdapter
+from slurm_adapters.records import JobRecord
 
 log = logging.getLogger(__name__)
 

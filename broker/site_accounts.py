@@ -22,7 +22,7 @@ from broker.db.types import utc_now
 from broker.errors import Forbidden, Invalid, InvalidInput, NotFound
 from broker.factories import Factory, FactoryRegistry
 from broker.identity import Principal
-from slurm_adapters.base import UnsafeRequest
+from slurm_adapters.errors import UnsafeRequest
 from slurm_adapters.factory import site_policy
 
 KINDS = ("user", "project")

@@ -12,7 +12,7 @@ from pathlib import PurePosixPath
 from broker.factories import Factory
 from broker.placement import Placement
 from conveyor.spec import JobSpec
-from slurm_adapters.base import JobSpec as SlurmJobSpec
+from slurm_adapters.records import SlurmJobSpec
 
 DEFAULT_SHELL = "#!/bin/bash"
 

@@ -23,7 +23,7 @@ from pathlib import PurePosixPath
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from slurm_adapters.base import SlurmAdapter
+from slurm_adapters.interface import SlurmAdapter
 from slurm_adapters.safety import SitePolicy, is_user_name, local_uid, passwd_resolver
 from slurm_adapters.tokens import DEFAULT_LIFETIME_S, MAX_LIFETIME_S
 

@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slurm_adapters.base import JobSpec, UnsafeRequest
+from slurm_adapters.errors import UnsafeRequest
+from slurm_adapters.records import SlurmJobSpec
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED_ENV_PREFIXES = ("SLURM_", "SBATCH_", "SALLOC_", "SRUN_")
@@ -99,7 +100,7 @@ def check_environment(environment: Mapping[str, str], *, cluster: str | None = N
             raise UnsafeRequest(f"environment variable {name!r} contains a NUL byte", cluster=cluster)
 
 
-def check_spec(spec: JobSpec, *, cluster: str | None = None) -> None:
+def check_spec(spec: SlurmJobSpec, *, cluster: str | None = None) -> None:
     """Refuse user strings that could smuggle options: control characters in names and paths."""
     for label, value in (
         ("name", spec.name),
@@ -123,7 +124,7 @@ def check_spec(spec: JobSpec, *, cluster: str | None = None) -> None:
     check_environment(spec.environment, cluster=cluster)
 
 
-def job_environment(spec: JobSpec) -> dict[str, str]:
+def job_environment(spec: SlurmJobSpec) -> dict[str, str]:
     """The full environment the job starts with: the base one with the spec's variables over it."""
     return {**BASE_ENVIRONMENT, **spec.environment}
 

@@ -77,7 +77,8 @@ from conveyor.models import (
 )
 from conveyor.problems import PlacementCode
 from conveyor.spec import JobSpec, JobState
-from slurm_adapters import base as slurm
+from slurm_adapters import errors as slurm_errors
+from slurm_adapters.interface import SlurmAdapter
 
 # Printable ASCII, as the IETF Idempotency-Key draft's examples (UUIDs, random tokens); no control characters.
 _KEY = re.compile(rf"^[\x20-\x7e]{{1,{MAX_KEY_LENGTH}}}$")
@@ -95,7 +96,7 @@ QUOTA_RETRY_AFTER_S = 60  # an Antenna over its quota of active jobs: jobs end o
 class AdapterSource(Protocol):
     """Where the service finds the adapter of a Factory (``broker.adapters.AdapterPool`` in production)."""
 
-    def get(self, factory_id: str) -> slurm.SlurmAdapter: ...
+    def get(self, factory_id: str) -> SlurmAdapter: ...
 
 
 def _all_available(registry: FactoryRegistry) -> dict[str, FactoryStatus]:
@@ -417,7 +418,7 @@ class JobService:
         try:
             async with asyncio.timeout(self._output_timeout_s):
                 text = await self._adapters.get(row.factory).read_output(slurm_job_id, stream, max_bytes + 1)
-        except slurm.OutputUnavailable as exc:
+        except slurm_errors.OutputUnavailable as exc:
             if row.state is JobState.SUBMITTED:
                 raise OutputUnavailable(
                     "not_started", f"job {job_id} is pending in Slurm on Factory {row.factory}; no {stream} yet"
@@ -425,9 +426,9 @@ class JobService:
             raise OutputUnavailable(
                 "not_readable", f"Factory {row.factory} cannot serve the {stream} of job {job_id}: {exc.message}"
             ) from None
-        except (slurm.SiteError, TimeoutError) as exc:
+        except (slurm_errors.SiteError, TimeoutError) as exc:
             waited = f"no answer within {self._output_timeout_s:g} s"
-            detail = exc.message if isinstance(exc, slurm.SlurmError) else waited
+            detail = exc.message if isinstance(exc, slurm_errors.SlurmError) else waited
             raise FactoryUnreachable(
                 row.factory, f"Factory {row.factory} could not be reached to read the {stream}: {detail}"
             ) from None
@@ -476,7 +477,7 @@ class JobService:
             )
         except translate.TranslationError as exc:
             raise InvalidInput([Invalid(("body",), str(exc), "translation_failed")]) from None
-        except slurm.JobError as exc:
+        except slurm_errors.JobError as exc:
             raise InvalidInput(
                 [Invalid(("body",), f"Factory {factory.id} would refuse this job: {exc.message}", "adapter_refused")]
             ) from None

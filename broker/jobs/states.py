@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from conveyor.spec import TERMINAL_STATES, JobState
-from slurm_adapters.base import JobState as SlurmState
+from slurm_adapters.records import SlurmJobState as SlurmState
 
 _FORWARD: Mapping[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset(

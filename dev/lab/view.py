@@ -18,9 +18,10 @@ from typing import Any
 
 from dev.lab import procs
 from dev.lab.commands import launch_ctld, run_slurm
-from slurm_adapters.base import JobRecord, JobState, SlurmAdapter
 from slurm_adapters.convert import parse_key_values
 from slurm_adapters.factory import AdapterConfig, CliConfig, PyslurmConfig, RestConfig, build_adapter
+from slurm_adapters.interface import SlurmAdapter
+from slurm_adapters.records import JobRecord, SlurmJobState
 from slurm_adapters.safety import SitePolicy, passwd_resolver
 
 DEFAULT_LAB_JSON = Path(os.environ.get("CONVEYOR_LAB_DIR", "/var/lib/conveyor-lab")) / "lab.json"
@@ -172,7 +173,7 @@ def make_adapter(kind: str, cluster: Cluster) -> SlurmAdapter:
 async def wait_for_job(
     adapter: SlurmAdapter,
     job_id: int,
-    states: Collection[JobState],
+    states: Collection[SlurmJobState],
     timeout_s: float = 60.0,
 ) -> JobRecord:
     """Poll the adapter until the job reaches one of ``states`` (or any terminal state); no fixed sleeps."""

@@ -12,28 +12,23 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from slurm_adapters.base import (
-    AccountingUnavailable,
-    ClusterInfo,
-    ClusterUnavailable,
-    Health,
-    JobNotFound,
-    JobRecord,
-    JobSpec,
-    OutputStream,
-    OutputUnavailable,
-    Rendering,
-    SiteError,
-    SlurmAdapter,
-    SlurmError,
-)
 from slurm_adapters.cli.cluster import partitions_from_key_values, sdiag_facts
 from slurm_adapters.cli.errors import classify, error_lines, slurm_messages
 from slurm_adapters.cli.jobs import CliJob, from_key_values, jobs_from_json, json_errors
 from slurm_adapters.cli.render import SBATCH_ENV, export_file, parse_submit, sbatch_argv
 from slurm_adapters.cli.runner import TOOL_PATH, Outcome, Runner
 from slurm_adapters.convert import parse_key_values, read_tail
+from slurm_adapters.errors import (
+    AccountingUnavailable,
+    ClusterUnavailable,
+    JobNotFound,
+    OutputUnavailable,
+    SiteError,
+    SlurmError,
+)
 from slurm_adapters.formats import DATA_PARSER_RELEASE, RecordFormat, for_release
+from slurm_adapters.interface import SlurmAdapter
+from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec
 from slurm_adapters.safety import SitePolicy, check_spec, fenced_script, job_environment
 
 log = logging.getLogger(__name__)
@@ -123,7 +118,7 @@ class CliAdapter(SlurmAdapter):
 
     # -- submit -------------------------------------------------------------------------------------
 
-    def render(self, spec: JobSpec, user: str) -> Rendering:
+    def render(self, spec: SlurmJobSpec, user: str) -> Rendering:
         self.policy.check_user(user, cluster=self.cluster)
         check_spec(spec, cluster=self.cluster)
         return Rendering(
@@ -137,7 +132,7 @@ class CliAdapter(SlurmAdapter):
             },
         )
 
-    async def submit(self, spec: JobSpec, user: str) -> int:
+    async def submit(self, spec: SlurmJobSpec, user: str) -> int:
         rendering = self.render(spec, user)
         outcome = await self.runner.run(
             sbatch_argv(spec),

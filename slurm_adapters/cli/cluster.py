@@ -11,9 +11,9 @@ import re
 from collections.abc import Iterable
 from datetime import datetime
 
-from slurm_adapters.base import NodeInfo, PartitionInfo
 from slurm_adapters.convert import from_epoch, parse_duration_min, parse_key_values
 from slurm_adapters.formats.common import partition_info
+from slurm_adapters.records import NodeInfo, PartitionInfo
 
 
 def partitions_from_key_values(output: str, nodes: Iterable[NodeInfo]) -> list[PartitionInfo]:

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from slurm_adapters.base import JobRecord, JobState
 from slurm_adapters.convert import parse_duration_min, parse_exit_code, parse_tres
 from slurm_adapters.formats import RecordFormat
 from slurm_adapters.formats.common import errors_of, number, output_path, parse_each, text
+from slurm_adapters.records import JobRecord, SlurmJobState
 
 _USER_ID = re.compile(r"^(?P<name>[^()]*)\((?P<uid>\d+)\)$")
 
@@ -42,7 +42,7 @@ def from_key_values(kv: Mapping[str, str]) -> CliJob:
     """One line of ``scontrol show job -o``."""
     job_id = int(kv["JobId"])
     raw_state = kv.get("JobState", "")
-    state = JobState.parse(raw_state or None)
+    state = SlurmJobState.parse(raw_state or None)
     user, uid = _user_and_uid(kv.get("UserId"))
     name = text(kv.get("JobName"))
     host = text(kv.get("BatchHost"))

@@ -1,4 +1,4 @@
-"""A JobSpec as sbatch's argv, the job's environment as an ``--export-file``, and sbatch's answer.
+"""A SlurmJobSpec as sbatch's argv, the job's environment as an ``--export-file``, and sbatch's answer.
 
 Every field of the spec becomes one ``--option=value`` argv element: no shell ever sees it, a value that
 starts with ``-`` cannot become an option, and the script (read from stdin) is fenced so that no
@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from slurm_adapters.base import JobSpec
 from slurm_adapters.cli.runner import EXPORT_FILE_PLACEHOLDER
 from slurm_adapters.convert import gres_request
+from slurm_adapters.records import SlurmJobSpec
 
 SBATCH_ENV: Mapping[str, str] = {"SLURM_EXPORT_ENV": "ALL"}
 
 
-def sbatch_argv(spec: JobSpec) -> list[str]:
+def sbatch_argv(spec: SlurmJobSpec) -> list[str]:
     """sbatch's argv for ``spec`` (the script goes to stdin, the environment to the export file)."""
     options: list[tuple[str, str | int | None]] = [
         ("job-name", spec.name),

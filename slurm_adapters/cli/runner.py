@@ -19,7 +19,7 @@ import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from slurm_adapters.base import ClusterUnavailable, SiteError
+from slurm_adapters.errors import ClusterUnavailable, SiteError
 
 # Where Slurm's clients and runuser are looked up (root's PATH on Debian, plus /usr/local).
 TOOL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -24,9 +24,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from slurm_adapters.base import JobRecord, NodeInfo, PartitionInfo
 from slurm_adapters.formats import v0038, v0042
 from slurm_adapters.formats.common import Json
+from slurm_adapters.records import JobRecord, NodeInfo, PartitionInfo
 
 # The first release whose tools and slurmrestd write data_parser JSON (23.02: v0.0.39).
 DATA_PARSER_RELEASE = (23, 2)

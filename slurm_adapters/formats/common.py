@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from slurm_adapters.base import JobRecord, JobState, NodeInfo, PartitionInfo
 from slurm_adapters.convert import expand_output_path, from_epoch, parse_gres, parse_tres
+from slurm_adapters.records import JobRecord, NodeInfo, PartitionInfo, SlurmJobState
 
 Json = Mapping[str, Any]
 T = TypeVar("T")
@@ -106,7 +106,9 @@ def output_files(raw: Json, job_id: int, user: str | None, name: str | None) -> 
     return stdout, stderr or stdout
 
 
-def job_record(raw: Json, *, raw_state: str, state: JobState, exit_status: tuple[int | None, int | None]) -> JobRecord:
+def job_record(
+    raw: Json, *, raw_state: str, state: SlurmJobState, exit_status: tuple[int | None, int | None]
+) -> JobRecord:
     """One job from the keys every format shares; the state and exit code are each format's own."""
     job_id = int(raw["job_id"])
     user = text(raw.get("user_name"))
@@ -176,10 +178,10 @@ def accounted_job(raw: Json) -> JobRecord:
     times, state_raw, tres = (_object(raw, key) for key in ("time", "state", "tres"))
     comment = raw.get("comment")
     flags = list(words(state_raw.get("current")))
-    state = JobState.parse(flags or None)
+    state = SlurmJobState.parse(flags or None)
     reason = text(state_raw.get("reason"))
     exit_code, signal = _accounted_exit_status(raw.get("exit_code")) if state.is_terminal else (None, None)
-    if state is JobState.FAILED and not exit_code and not signal:
+    if state is SlurmJobState.FAILED and not exit_code and not signal:
         # 22.05's dbv0.0.38 writes {"status": "SUCCESS", "return_code": 0} for every job (measured: a job that
         # exited 3 shows 3:0 in sacct's text, 0 in its JSON); a FAILED job's code is then unknown, not 0.
         exit_code, signal = None, None

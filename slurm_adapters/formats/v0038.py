@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from slurm_adapters.base import JobRecord, JobState, NodeInfo, PartitionInfo
 from slurm_adapters.convert import split_wait_status
 from slurm_adapters.formats import common
 from slurm_adapters.formats.common import Json
+from slurm_adapters.records import JobRecord, NodeInfo, PartitionInfo, SlurmJobState
 
 __all__ = ["parse_accounted_jobs", "parse_job", "parse_jobs", "parse_nodes", "parse_partitions", "release"]
 
@@ -34,7 +34,7 @@ def parse_job(raw: Json) -> JobRecord:
     return common.job_record(
         raw,
         raw_state=raw_state,
-        state=JobState.parse(raw_state or None),
+        state=SlurmJobState.parse(raw_state or None),
         exit_status=split_wait_status(common.number(raw.get("exit_code"))),
     )
 

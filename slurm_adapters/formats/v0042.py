@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from slurm_adapters.base import JobRecord, JobState, NodeInfo, PartitionInfo
 from slurm_adapters.formats import common
 from slurm_adapters.formats.common import Json
+from slurm_adapters.records import JobRecord, NodeInfo, PartitionInfo, SlurmJobState
 
 __all__ = [
     "exit_status",
@@ -66,7 +66,7 @@ def parse_job(raw: Json) -> JobRecord:
     return common.job_record(
         raw,
         raw_state=",".join(flags),
-        state=JobState.parse(flags or None),
+        state=SlurmJobState.parse(flags or None),
         exit_status=exit_status(raw.get("exit_code")),
     )
 

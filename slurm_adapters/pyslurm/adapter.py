@@ -34,17 +34,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import slurm_adapters
-from slurm_adapters.base import (
-    ClusterInfo,
-    ClusterUnavailable,
-    Health,
-    JobRecord,
-    JobSpec,
-    OutputStream,
-    Rendering,
-    SlurmAdapter,
-    SlurmError,
-)
+from slurm_adapters.errors import ClusterUnavailable, SlurmError
+from slurm_adapters.interface import SlurmAdapter
 from slurm_adapters.pyslurm.mapping import submit_kwargs
 from slurm_adapters.pyslurm.process import WorkerFailed, WorkerProcess
 from slurm_adapters.pyslurm.protocol import (
@@ -56,6 +47,7 @@ from slurm_adapters.pyslurm.protocol import (
     records_from_json,
     str_from_json,
 )
+from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec
 from slurm_adapters.safety import SitePolicy, check_spec
 
 T = TypeVar("T")
@@ -229,13 +221,13 @@ class PyslurmAdapter(SlurmAdapter):
         except KeyError:
             return None
 
-    def render(self, spec: JobSpec, user: str) -> Rendering:
+    def render(self, spec: SlurmJobSpec, user: str) -> Rendering:
         self.policy.check_user(user, cluster=self.cluster)
         check_spec(spec, cluster=self.cluster)
         kwargs = submit_kwargs(spec, user, self._gid(user))
         return Rendering(adapter=self.kind, user=user, script=kwargs["script"], payload=kwargs)
 
-    async def submit(self, spec: JobSpec, user: str) -> int:
+    async def submit(self, spec: SlurmJobSpec, user: str) -> int:
         description = self.render(spec, user).payload
         return await self._call("submit", {"description": description}, _job_id, submitting=True)
 

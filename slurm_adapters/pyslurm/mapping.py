@@ -13,29 +13,25 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from slurm_adapters.base import (
+from slurm_adapters.convert import expand_output_path, from_epoch, gpu_counts
+from slurm_adapters.errors import (
     AuthenticationError,
     ClusterUnavailable,
     InvalidRequest,
     JobNotFound,
-    JobRecord,
-    JobSpec,
-    JobState,
-    NodeInfo,
-    PartitionInfo,
     SiteError,
     SlurmError,
 )
-from slurm_adapters.convert import expand_output_path, from_epoch, gpu_counts
+from slurm_adapters.records import JobRecord, NodeInfo, PartitionInfo, SlurmJobSpec, SlurmJobState
 from slurm_adapters.safety import fenced_script, job_environment
 
 # ---------------------------------------------------------------------------------------------------
-# JobSpec -> JobSubmitDescription keyword arguments
+# SlurmJobSpec -> JobSubmitDescription keyword arguments
 # ---------------------------------------------------------------------------------------------------
 
 
-def submit_kwargs(spec: JobSpec, user: str, gid: int | None) -> dict[str, Any]:
-    """Every JobSpec field as pyslurm 25.11 ``JobSubmitDescription`` keywords.
+def submit_kwargs(spec: SlurmJobSpec, user: str, gid: int | None) -> dict[str, Any]:
+    """Every SlurmJobSpec field as pyslurm 25.11 ``JobSubmitDescription`` keywords.
 
     ``environment`` is always a dict: left out, pyslurm would export the adapter process's own (root's)
     environment into the job. ``time_limit`` stays an int (pyslurm rejects digit strings). ``user_id``
@@ -111,7 +107,7 @@ def tres_mapping(tres: Any) -> dict[str, str]:
 def job_record(job: Any) -> JobRecord:
     """A pyslurm ``Job`` as the broker's :class:`JobRecord`."""
     raw_state = _text(job.state) or "UNKNOWN"
-    state = JobState.parse(raw_state)
+    state = SlurmJobState.parse(raw_state)
     name = _text(job.name)
     user = _text(job.user_name)
     nodes = _text(job.allocated_nodes)
@@ -156,7 +152,7 @@ def node_info(node: Any) -> NodeInfo:
     )
 
 
-_HOLDS_NODES = frozenset({JobState.RUNNING, JobState.SUSPENDED, JobState.COMPLETING})
+_HOLDS_NODES = frozenset({SlurmJobState.RUNNING, SlurmJobState.SUSPENDED, SlurmJobState.COMPLETING})
 
 
 def with_gpus_in_use(
@@ -170,7 +166,7 @@ def with_gpus_in_use(
     """
     used: dict[str, dict[str, int]] = {}
     for job in jobs:
-        if JobState.parse(_text(job.state)) not in _HOLDS_NODES or not _text(job.allocated_nodes):
+        if SlurmJobState.parse(_text(job.state)) not in _HOLDS_NODES or not _text(job.allocated_nodes):
             continue
         per_node = gpu_counts(job.gres_per_node or {})
         if not per_node:

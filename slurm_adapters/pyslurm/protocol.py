@@ -23,24 +23,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from slurm_adapters.base import (
+from slurm_adapters.errors import (
     AccountingUnavailable,
     AuthenticationError,
-    ClusterInfo,
     ClusterUnavailable,
-    Health,
     InvalidRequest,
     JobError,
     JobNotFound,
-    JobRecord,
-    JobState,
-    NodeInfo,
     OutputUnavailable,
-    PartitionInfo,
     SiteError,
     SlurmError,
     UnsafeRequest,
 )
+from slurm_adapters.records import ClusterInfo, Health, JobRecord, NodeInfo, PartitionInfo, SlurmJobState
 
 PROTOCOL: Final = 1
 # One response is one line: a list_jobs over tens of thousands of jobs is tens of MB, so the reader's
@@ -330,12 +325,12 @@ class _Reader:
 def record_from_json(data: object) -> JobRecord:
     r = _Reader(data, "JobRecord")
     state = r.text("state")
-    if state not in JobState.__members__:
+    if state not in SlurmJobState.__members__:
         raise ProtocolError(f"JobRecord.state: unknown state {state!r:.80}")
     return JobRecord(
         job_id=r.integer("job_id"),
         tag=r.opt_text("tag"),
-        state=JobState(state),
+        state=SlurmJobState(state),
         raw_state=r.text("raw_state"),
         reason=r.opt_text("reason"),
         exit_code=r.opt_integer("exit_code"),

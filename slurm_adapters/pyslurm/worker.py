@@ -25,17 +25,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from slurm_adapters.base import (
-    ClusterInfo,
+from slurm_adapters.convert import read_tail
+from slurm_adapters.errors import (
     ClusterUnavailable,
-    Health,
     InvalidRequest,
     OutputUnavailable,
     SiteError,
     SlurmError,
     UnsafeRequest,
 )
-from slurm_adapters.convert import read_tail
 from slurm_adapters.pyslurm.mapping import job_record, map_error, node_info, partition_infos, with_gpus_in_use
 from slurm_adapters.pyslurm.protocol import (
     PROTOCOL,
@@ -50,6 +48,7 @@ from slurm_adapters.pyslurm.protocol import (
     hello_to_json,
     record_to_json,
 )
+from slurm_adapters.records import ClusterInfo, Health
 
 # ---------------------------------------------------------------------------------------------------
 # Loading libslurm

@@ -19,23 +19,18 @@ from typing import Any
 
 import httpx
 
-from slurm_adapters.base import (
+from slurm_adapters.convert import read_tail
+from slurm_adapters.errors import (
     AccountingUnavailable,
     AuthenticationError,
-    ClusterInfo,
     ClusterUnavailable,
-    Health,
     JobNotFound,
-    JobRecord,
-    JobSpec,
-    OutputStream,
     OutputUnavailable,
-    Rendering,
-    SlurmAdapter,
     SlurmError,
 )
-from slurm_adapters.convert import read_tail
 from slurm_adapters.formats.common import Json, controller_uptime_facts, default_partition_names, errors_of
+from slurm_adapters.interface import SlurmAdapter
+from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec
 from slurm_adapters.rest.codec import Codec
 from slurm_adapters.rest.errors import Operation, classify
 from slurm_adapters.rest.v0038 import V0038
@@ -201,18 +196,18 @@ class RestAdapter(SlurmAdapter):
 
     # -- the adapter contract ----------------------------------------------------------------------
 
-    def _render(self, codec: Codec, spec: JobSpec, user: str) -> Rendering:
+    def _render(self, codec: Codec, spec: SlurmJobSpec, user: str) -> Rendering:
         self.policy.check_user(user, cluster=self.cluster)
         check_spec(spec, cluster=self.cluster)
         script = fenced_script(spec.script)
         payload = codec.render_submit(spec, script, job_environment(spec))
         return Rendering(adapter=self.kind, user=user, script=script, payload=payload)
 
-    def render(self, spec: JobSpec, user: str) -> Rendering:
+    def render(self, spec: SlurmJobSpec, user: str) -> Rendering:
         """The JSON body for the negotiated version (the newest supported one before any call)."""
         return self._render(self._codec or CODECS[0], spec, user)
 
-    async def submit(self, spec: JobSpec, user: str) -> int:
+    async def submit(self, spec: SlurmJobSpec, user: str) -> int:
         self.policy.check_user(user, cluster=self.cluster)  # refuse before anything reaches slurmrestd
         check_spec(spec, cluster=self.cluster)
         codec = await self._negotiated()

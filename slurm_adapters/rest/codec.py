@@ -12,9 +12,9 @@ import abc
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from slurm_adapters.base import JobSpec
 from slurm_adapters.formats import RecordFormat
 from slurm_adapters.formats.common import Json, SlurmMessage, int_or_none
+from slurm_adapters.records import SlurmJobSpec
 
 
 class Codec(abc.ABC):
@@ -42,11 +42,11 @@ class Codec(abc.ABC):
         return f"{self.prefix}/job/{int(job_id)}"
 
     @abc.abstractmethod
-    def render_submit(self, spec: JobSpec, script: str, environment: Mapping[str, str]) -> dict[str, Any]:
+    def render_submit(self, spec: SlurmJobSpec, script: str, environment: Mapping[str, str]) -> dict[str, Any]:
         """The submit body. ``script`` is already fenced, ``environment`` already complete."""
 
     @staticmethod
-    def job_fields(spec: JobSpec, **version_fields: Any) -> dict[str, Any]:
+    def job_fields(spec: SlurmJobSpec, **version_fields: Any) -> dict[str, Any]:
         """The submit body's ``job``: the fields every version names and writes alike, then ``version_fields``;
         unset options are left out, for Slurm's defaults."""
         fields: dict[str, Any] = {

@@ -18,7 +18,7 @@ import errno
 from collections.abc import Sequence
 from typing import Literal
 
-from slurm_adapters.base import (
+from slurm_adapters.errors import (
     AuthenticationError,
     ClusterUnavailable,
     InvalidRequest,

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from slurm_adapters.base import JobSpec
 from slurm_adapters.convert import gres_request
 from slurm_adapters.formats import RecordFormat, v0038
+from slurm_adapters.records import SlurmJobSpec
 from slurm_adapters.rest.codec import Codec
 
 
@@ -33,7 +33,7 @@ class V0038(Codec):
     accounting_prefix = "/slurmdb/v0.0.38"
     records: ClassVar[RecordFormat] = v0038
 
-    def render_submit(self, spec: JobSpec, script: str, environment: Mapping[str, str]) -> dict[str, Any]:
+    def render_submit(self, spec: SlurmJobSpec, script: str, environment: Mapping[str, str]) -> dict[str, Any]:
         job = self.job_fields(
             spec,
             environment=dict(environment),

@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from slurm_adapters.base import JobSpec
 from slurm_adapters.convert import gres_request
 from slurm_adapters.formats import RecordFormat, v0042
 from slurm_adapters.formats.common import Json, SlurmMessage
+from slurm_adapters.records import SlurmJobSpec
 from slurm_adapters.rest.codec import Codec
 
 
@@ -40,7 +40,7 @@ class V0042(Codec):
     partition_flags_path = "/slurm/v0.0.45/partitions/"
     records: ClassVar[RecordFormat] = v0042
 
-    def render_submit(self, spec: JobSpec, script: str, environment: Mapping[str, str]) -> dict[str, Any]:
+    def render_submit(self, spec: SlurmJobSpec, script: str, environment: Mapping[str, str]) -> dict[str, Any]:
         gres = gres_request(spec.gpus_per_node, spec.gpu_type)
         job = self.job_fields(
             spec,

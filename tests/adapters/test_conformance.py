@@ -26,18 +26,17 @@ import pytest
 
 from dev.lab import procs
 from dev.lab.commands import munged_argv
-from slurm_adapters.base import (
+from slurm_adapters.convert import parse_duration_min, parse_gres
+from slurm_adapters.errors import (
     AccountingUnavailable,
     AuthenticationError,
     ClusterUnavailable,
     InvalidRequest,
     JobNotFound,
-    JobSpec,
-    JobState,
-    SlurmAdapter,
     UnsafeRequest,
 )
-from slurm_adapters.convert import parse_duration_min, parse_gres
+from slurm_adapters.interface import SlurmAdapter
+from slurm_adapters.records import SlurmJobSpec, SlurmJobState
 from tests.lab import SUBMIT_USER, Cluster, clusters, job_dir, make_adapter, new_tag, wait_for_job, wait_until
 
 pytestmark = pytest.mark.lab
@@ -72,10 +71,10 @@ def cluster(case: tuple[str, Cluster]) -> Cluster:
     return case[1]
 
 
-def simple_spec(cluster: Cluster, script: str, label: str = "t", **overrides: Any) -> JobSpec:
+def simple_spec(cluster: Cluster, script: str, label: str = "t", **overrides: Any) -> SlurmJobSpec:
     tag = new_tag(label)
     workdir = job_dir(cluster, tag)
-    spec = JobSpec(
+    spec = SlurmJobSpec(
         name=f"conformance-{label}",
         script=script,
         working_directory=workdir,
@@ -91,8 +90,8 @@ def simple_spec(cluster: Cluster, script: str, label: str = "t", **overrides: An
 async def test_job_completes_and_output_is_readable(adapter: SlurmAdapter, cluster: Cluster) -> None:
     spec = simple_spec(cluster, "echo conformance-says-hello\necho to-stderr >&2\n", "ok")
     job_id = await adapter.submit(spec, SUBMIT_USER)
-    record = await wait_for_job(adapter, job_id, {JobState.COMPLETED})
-    assert record.state is JobState.COMPLETED, record
+    record = await wait_for_job(adapter, job_id, {SlurmJobState.COMPLETED})
+    assert record.state is SlurmJobState.COMPLETED, record
     assert record.exit_code == 0
     assert record.tag == spec.tag
     assert record.user == SUBMIT_USER
@@ -107,8 +106,8 @@ async def test_job_completes_and_output_is_readable(adapter: SlurmAdapter, clust
 
 async def test_failing_job_ends_failed_with_its_exit_code(adapter: SlurmAdapter, cluster: Cluster) -> None:
     job_id = await adapter.submit(simple_spec(cluster, "echo about-to-fail\nexit 3\n", "fail"), SUBMIT_USER)
-    record = await wait_for_job(adapter, job_id, {JobState.FAILED})
-    assert record.state is JobState.FAILED, record
+    record = await wait_for_job(adapter, job_id, {SlurmJobState.FAILED})
+    assert record.state is SlurmJobState.FAILED, record
     assert record.exit_code == 3
     independent = cluster.show_job(job_id)
     assert independent["JobState"] == "FAILED"
@@ -148,8 +147,8 @@ async def test_every_spec_field_reaches_slurm(adapter: SlurmAdapter, cluster: Cl
     assert shown["Comment"] == spec.tag
     assert shown["UserId"].startswith(f"{SUBMIT_USER}(")
 
-    record = await wait_for_job(adapter, job_id, {JobState.COMPLETED})
-    assert record.state is JobState.COMPLETED, record
+    record = await wait_for_job(adapter, job_id, {SlurmJobState.COMPLETED})
+    assert record.state is SlurmJobState.COMPLETED, record
     output = await adapter.read_output(job_id)
     assert "FOO=foo value with spaces" in output
     assert "BAR=b=a=r" in output
@@ -173,8 +172,8 @@ async def test_gpu_request_lands_on_a_gpu_node(adapter: SlurmAdapter, cluster: C
     job_id = await adapter.submit(spec, SUBMIT_USER)
     shown = cluster.show_job(job_id)
     assert parse_gres(shown.get("TresPerNode")) == {gpu_type: 2}, shown.get("TresPerNode")
-    record = await wait_for_job(adapter, job_id, {JobState.COMPLETED})
-    assert record.state is JobState.COMPLETED, record
+    record = await wait_for_job(adapter, job_id, {SlurmJobState.COMPLETED})
+    assert record.state is SlurmJobState.COMPLETED, record
     assert record.nodes in partition["nodes"]
     output = await adapter.read_output(job_id)
     assert "CVD=0,1" in output, output
@@ -194,7 +193,7 @@ async def test_accounting_keeps_finished_jobs_with_tag_and_tres(adapter: SlurmAd
     """slurmdbd's record (read with the test's own sacct) outlives MinJobAge; the broker will rely on it."""
     spec = simple_spec(cluster, "true\n", "sacct", gpus_per_node=0)
     job_id = await adapter.submit(spec, SUBMIT_USER)
-    await wait_for_job(adapter, job_id, {JobState.COMPLETED})
+    await wait_for_job(adapter, job_id, {SlurmJobState.COMPLETED})
 
     def recorded() -> list[str]:
         out = cluster.slurm("sacct", "-X", "-n", "-P", "-j", str(job_id), "-o", "State,Comment,AllocTRES")
@@ -207,7 +206,9 @@ async def test_accounting_keeps_finished_jobs_with_tag_and_tres(adapter: SlurmAd
 
     # The adapter reads the same record, by id and by submit time, once slurmdbd has it.
     by_id = await adapter.accounted_jobs(job_ids=[job_id])
-    assert [(r.job_id, r.tag, r.state, r.user) for r in by_id] == [(job_id, spec.tag, JobState.COMPLETED, SUBMIT_USER)]
+    assert [(r.job_id, r.tag, r.state, r.user) for r in by_id] == [
+        (job_id, spec.tag, SlurmJobState.COMPLETED, SUBMIT_USER)
+    ]
     assert by_id[0].elapsed_s is not None
     assert by_id[0].allocated_tres == dict(item.split("=", 1) for item in tres.split(","))
     submitted = by_id[0].submit_time
@@ -259,7 +260,7 @@ async def test_time_over_max_time(adapter: SlurmAdapter, cluster: Cluster) -> No
     try:
         wait_until(lambda: cluster.show_job(job_id).get("Reason") == "PartitionTimeLimit", 30, "PartitionTimeLimit")
         record = await adapter.get_job(job_id)
-        assert record.state is JobState.PENDING
+        assert record.state is SlurmJobState.PENDING
         assert record.reason == "PartitionTimeLimit"
         assert record.never_starts
     finally:
@@ -269,11 +270,11 @@ async def test_time_over_max_time(adapter: SlurmAdapter, cluster: Cluster) -> No
 async def test_running_job_is_cancelled(adapter: SlurmAdapter, cluster: Cluster) -> None:
     spec = simple_spec(cluster, "echo started\nsleep 300\n", "cancel")
     job_id = await adapter.submit(spec, SUBMIT_USER)
-    running = await wait_for_job(adapter, job_id, {JobState.RUNNING})
-    assert running.state is JobState.RUNNING, running
+    running = await wait_for_job(adapter, job_id, {SlurmJobState.RUNNING})
+    assert running.state is SlurmJobState.RUNNING, running
     await adapter.cancel(job_id, SUBMIT_USER)
-    record = await wait_for_job(adapter, job_id, {JobState.CANCELLED}, timeout_s=30)
-    assert record.state is JobState.CANCELLED
+    record = await wait_for_job(adapter, job_id, {SlurmJobState.CANCELLED}, timeout_s=30)
+    assert record.state is SlurmJobState.CANCELLED
     assert cluster.show_job(job_id)["JobState"] == "CANCELLED"
     await adapter.cancel(job_id, SUBMIT_USER)  # cancelling a finished job is not an error
 
@@ -284,12 +285,12 @@ async def test_list_finds_jobs_by_tag_finished_ones_included(adapter: SlurmAdapt
     finished_id = await adapter.submit(finished, SUBMIT_USER)
     live_id = await adapter.submit(pending, SUBMIT_USER)
     try:
-        await wait_for_job(adapter, finished_id, {JobState.COMPLETED})
+        await wait_for_job(adapter, finished_id, {SlurmJobState.COMPLETED})
         listed = await adapter.list_jobs(tags={finished.tag, pending.tag})
         by_tag = {r.tag: r for r in listed}
         assert set(by_tag) == {finished.tag, pending.tag}
         assert by_tag[finished.tag].job_id == finished_id
-        assert by_tag[finished.tag].state is JobState.COMPLETED
+        assert by_tag[finished.tag].state is SlurmJobState.COMPLETED
         assert by_tag[pending.tag].job_id == live_id
         prefixed = await adapter.list_jobs(tag_prefix="cvy-test-list-")
         assert {finished_id, live_id} <= {r.job_id for r in prefixed}
@@ -327,8 +328,8 @@ async def test_directives_in_the_user_script_are_inert(adapter: SlurmAdapter, cl
     """A user's ``#SBATCH --hold`` must not hold the job: the spec alone sets Slurm's options."""
     spec = simple_spec(cluster, "#!/bin/bash\n#SBATCH --hold\n#SBATCH --job-name=evil\necho ran\n", "fence")
     job_id = await adapter.submit(spec, SUBMIT_USER)
-    record = await wait_for_job(adapter, job_id, {JobState.COMPLETED})
-    assert record.state is JobState.COMPLETED, record
+    record = await wait_for_job(adapter, job_id, {SlurmJobState.COMPLETED})
+    assert record.state is SlurmJobState.COMPLETED, record
     assert record.name == spec.name
     assert "ran" in await adapter.read_output(job_id)
 
@@ -415,7 +416,7 @@ async def test_cluster_down_is_unavailable_then_recovers(adapter: SlurmAdapter, 
         health = await adapter.health()
     assert health.up_since >= restarted_at
     job_id = await adapter.submit(simple_spec(cluster, "true\n", "back"), SUBMIT_USER)
-    assert (await wait_for_job(adapter, job_id, {JobState.COMPLETED})).state is JobState.COMPLETED
+    assert (await wait_for_job(adapter, job_id, {SlurmJobState.COMPLETED})).state is SlurmJobState.COMPLETED
 
 
 # --- helpers for the wrong-credential test ----------------------------------------------------------

@@ -31,8 +31,10 @@ from broker.factories import FactoryRegistry, load_factories
 from broker.identity import DEV_PRINCIPAL, Principal
 from broker.identity.service import IdentityService
 from broker.settings import Settings
-from slurm_adapters import base
+from slurm_adapters.errors import OutputUnavailable, SlurmError
 from slurm_adapters.factory import AdapterConfig, build_adapter
+from slurm_adapters.interface import SlurmAdapter
+from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec
 from tests.db.conftest import (  # noqa: F401 - fixtures shared with the database tests
     database_url,
     db,
@@ -84,7 +86,7 @@ FACTORIES = {
 }
 
 
-class FakeAdapter(base.SlurmAdapter):
+class FakeAdapter(SlurmAdapter):
     """Renders like the real adapter of its config; serves canned output; refuses every other Slurm call."""
 
     kind = "fake"
@@ -93,39 +95,37 @@ class FakeAdapter(base.SlurmAdapter):
         super().__init__(config.cluster)
         self._real = build_adapter(config)
         self.outputs: dict[tuple[int, str], str] = {}
-        self.output_error: base.SlurmError | None = None
+        self.output_error: SlurmError | None = None
         self.output_calls = 0
 
-    def render(self, spec: base.JobSpec, user: str) -> base.Rendering:
+    def render(self, spec: SlurmJobSpec, user: str) -> Rendering:
         return self._real.render(spec, user)
 
-    async def read_output(self, job_id: int, stream: base.OutputStream = "stdout", max_bytes: int = 65536) -> str:
+    async def read_output(self, job_id: int, stream: OutputStream = "stdout", max_bytes: int = 65536) -> str:
         self.output_calls += 1
         if self.output_error is not None:
             raise self.output_error
         text = self.outputs.get((job_id, stream))
         if text is None:
-            raise base.OutputUnavailable(f"no {stream} for job {job_id}", cluster=self.cluster)
+            raise OutputUnavailable(f"no {stream} for job {job_id}", cluster=self.cluster)
         return text.encode()[-max_bytes:].decode(errors="replace")
 
-    async def submit(self, spec: base.JobSpec, user: str) -> int:
+    async def submit(self, spec: SlurmJobSpec, user: str) -> int:
         raise AssertionError("the API must never submit to Slurm")
 
-    async def get_job(self, job_id: int) -> base.JobRecord:
+    async def get_job(self, job_id: int) -> JobRecord:
         raise AssertionError("the API must never read jobs from Slurm")
 
-    async def list_jobs(
-        self, *, tags: Collection[str] | None = None, tag_prefix: str | None = None
-    ) -> list[base.JobRecord]:
+    async def list_jobs(self, *, tags: Collection[str] | None = None, tag_prefix: str | None = None) -> list[JobRecord]:
         raise AssertionError("the API must never list Slurm jobs")
 
     async def cancel(self, job_id: int, user: str) -> None:
         raise AssertionError("the API must never cancel in Slurm itself")
 
-    async def cluster_info(self) -> base.ClusterInfo:
+    async def cluster_info(self) -> ClusterInfo:
         raise AssertionError("the API must never ask Slurm for cluster info")
 
-    async def health(self) -> base.Health:
+    async def health(self) -> Health:
         raise AssertionError("the API must never run health checks itself")
 
 

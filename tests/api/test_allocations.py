@@ -14,8 +14,8 @@ from broker.accounting import charge_s
 from broker.db.models import Allocation
 from broker.db.repositories.allocations import AllocationRepository
 from broker.db.repositories.jobs import JobRepository
-from slurm_adapters.base import JobRecord
-from slurm_adapters.base import JobState as SlurmState
+from slurm_adapters.records import JobRecord
+from slurm_adapters.records import SlurmJobState as SlurmState
 from tests.api.conftest import PROJECT, Broker, job_body
 from tests.api.test_jobs import problem_of
 

@@ -15,7 +15,7 @@ import pytest
 from app.main import create_app
 from broker.db.types import utc_now
 from conveyor.models import FactoryView
-from slurm_adapters.base import JobSpec, JobState
+from slurm_adapters.records import SlurmJobSpec, SlurmJobState
 from tests.api.conftest import TOKEN, api_settings, client_for
 from tests.api.server import lab_factories
 from tests.db.helpers import only_sqlite, wait_until
@@ -26,9 +26,9 @@ pytestmark = pytest.mark.lab
 JOB_GPUS = 2
 
 
-def gpu_job(cluster: Cluster) -> JobSpec:
+def gpu_job(cluster: Cluster) -> SlurmJobSpec:
     tag = new_tag("capacity")
-    return JobSpec(
+    return SlurmJobSpec(
         name="capacity",
         script="sleep 300\n",
         working_directory=job_dir(cluster, tag),
@@ -68,8 +68,8 @@ async def test_factories_show_observed_capacity_and_free_gpus_drop_while_a_gpu_j
 
             job_id = await adapter.submit(gpu_job(alpha), SUBMIT_USER)
             try:
-                record = await wait_for_job(adapter, job_id, {JobState.RUNNING})
-                assert record.state is JobState.RUNNING, record
+                record = await wait_for_job(adapter, job_id, {SlurmJobState.RUNNING})
+                assert record.state is SlurmJobState.RUNNING, record
                 running_since = utc_now()
                 seen: list[FactoryView] = []
 
@@ -85,6 +85,6 @@ async def test_factories_show_observed_capacity_and_free_gpus_drop_while_a_gpu_j
                 assert during.free_gpus["a100"] <= 8 - JOB_GPUS, during
             finally:
                 await adapter.cancel(job_id, SUBMIT_USER)
-                await wait_for_job(adapter, job_id, {JobState.CANCELLED})
+                await wait_for_job(adapter, job_id, {SlurmJobState.CANCELLED})
     finally:
         await adapter.aclose()

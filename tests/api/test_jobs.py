@@ -15,7 +15,7 @@ from broker.db.repositories import JobRepository
 from conveyor.models import DryRun, EventList, Job, JobList, JobOutput
 from conveyor.problems import PROBLEM_MEDIA_TYPE, Problem
 from conveyor.spec import JobState
-from slurm_adapters import base
+from slurm_adapters.errors import ClusterUnavailable, OutputUnavailable
 from tests.api.conftest import Api, job_body
 
 
@@ -311,12 +311,12 @@ async def test_output_is_read_through_the_factorys_adapter(api: Api) -> None:
 async def test_output_the_factory_cannot_read_or_reach_is_a_clear_problem(api: Api) -> None:
     job = await submit(api.client)
     await place_on(api, job.id, "bravo", "7", JobState.COMPLETED)
-    api.adapter("bravo").output_error = base.OutputUnavailable("output files are not reachable from the broker")
+    api.adapter("bravo").output_error = OutputUnavailable("output files are not reachable from the broker")
     problem = problem_of(await api.client.get(f"/v1/jobs/{job.id}/output"), 409, "output_unavailable.not_readable")
     assert problem.detail is not None
     assert "bravo" in problem.detail
     assert "not reachable" in problem.detail
-    api.adapter("bravo").output_error = base.ClusterUnavailable("slurmrestd did not answer", cluster="bravo")
+    api.adapter("bravo").output_error = ClusterUnavailable("slurmrestd did not answer", cluster="bravo")
     response = await api.client.get(f"/v1/jobs/{job.id}/output")
     problem = problem_of(response, 503, "unavailable")
     assert response.headers["retry-after"] == str(problem.retry_after_s)

@@ -20,8 +20,9 @@ from broker.placement import place
 from broker.site_accounts import SiteAccountService
 from broker.translate import site_user, to_slurm_spec
 from conveyor.spec import JobSpec, JobState
-from slurm_adapters.base import ClusterUnavailable, JobNotFound, JobRecord, SlurmAdapter
-from slurm_adapters.base import JobSpec as SlurmJobSpec
+from slurm_adapters.errors import ClusterUnavailable, JobNotFound
+from slurm_adapters.interface import SlurmAdapter
+from slurm_adapters.records import JobRecord, SlurmJobSpec
 from tests.broker.conftest import Broker
 from tests.db.helpers import wait_until
 from tests.lab import Cluster, clusters, job_dir, new_tag

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from broker.accounting import charge_s, elapsed_s, reservation_s, units_allocated
 from broker.db.models import AllocationUnit
 from conveyor.spec import JobSpec
-from slurm_adapters.base import JobRecord, JobState
+from slurm_adapters.records import JobRecord, SlurmJobState
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 GPU, NODE = AllocationUnit.GPU_HOURS, AllocationUnit.NODE_HOURS
@@ -23,7 +23,7 @@ def record(tres: dict[str, str], *, ran_s: int | None = 100, elapsed: int | None
     start = None if ran_s is None else T0
     end = None if ran_s is None else T0 + timedelta(seconds=ran_s)
     return JobRecord(
-        job_id=1, tag="job_x", state=JobState.COMPLETED, raw_state="COMPLETED", reason=None, exit_code=0, signal=0,
+        job_id=1, tag="job_x", state=SlurmJobState.COMPLETED, raw_state="COMPLETED", reason=None, exit_code=0, signal=0,
         submit_time=T0, start_time=start, end_time=end, nodes="gn1", user="alice", allocated_tres=tres,
         elapsed_s=elapsed,
     )  # fmt: skip

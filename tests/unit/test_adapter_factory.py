@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from dev.lab.view import Cluster, adapter_config, make_adapter
-from slurm_adapters.base import ClusterUnavailable, JobSpec, UnsafeRequest
 from slurm_adapters.cli import CliAdapter
+from slurm_adapters.errors import ClusterUnavailable, UnsafeRequest
 from slurm_adapters.factory import (
     REST_API_VERSIONS,
     AdapterConfig,
@@ -26,6 +26,7 @@ from slurm_adapters.factory import (
     site_policy,
 )
 from slurm_adapters.pyslurm.adapter import PyslurmAdapter
+from slurm_adapters.records import SlurmJobSpec
 from slurm_adapters.rest import CODECS, RestAdapter
 from slurm_adapters.safety import local_uid
 
@@ -43,8 +44,8 @@ def fs_root(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def spec() -> JobSpec:
-    return JobSpec(name="t", script="true\n", working_directory="/tmp", tag="cvy-1")
+def spec() -> SlurmJobSpec:
+    return SlurmJobSpec(name="t", script="true\n", working_directory="/tmp", tag="cvy-1")
 
 
 def rest_config(**changes: Any) -> RestConfig:

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from broker.health import CapacitySnapshots
-from slurm_adapters.base import ClusterInfo, ClusterUnavailable, Health, NodeInfo
+from slurm_adapters.errors import ClusterUnavailable
+from slurm_adapters.records import ClusterInfo, Health, NodeInfo
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 OK = Health(ok=True, detail="answered", release="22.05.8")

@@ -19,18 +19,6 @@ from typing import Any
 
 import pytest
 
-from slurm_adapters.base import (
-    AuthenticationError,
-    ClusterInfo,
-    ClusterUnavailable,
-    InvalidRequest,
-    JobNotFound,
-    JobSpec,
-    JobState,
-    OutputUnavailable,
-    SiteError,
-    UnsafeRequest,
-)
 from slurm_adapters.cli import CliAdapter
 from slurm_adapters.cli.adapter import parse_release, release_text
 from slurm_adapters.cli.cluster import partitions_from_key_values, sdiag_facts
@@ -39,7 +27,17 @@ from slurm_adapters.cli.jobs import CliJob, from_key_values, jobs_from_json
 from slurm_adapters.cli.render import export_file, parse_submit, sbatch_argv
 from slurm_adapters.cli.runner import EXPORT_FILE_PLACEHOLDER, Outcome, Runner
 from slurm_adapters.convert import parse_key_values
+from slurm_adapters.errors import (
+    AuthenticationError,
+    ClusterUnavailable,
+    InvalidRequest,
+    JobNotFound,
+    OutputUnavailable,
+    SiteError,
+    UnsafeRequest,
+)
 from slurm_adapters.formats import RecordFormat, for_release, v0038, v0042
+from slurm_adapters.records import ClusterInfo, SlurmJobSpec, SlurmJobState
 from slurm_adapters.safety import DIRECTIVE_FENCE, SitePolicy
 from tests.unit.captures import cli_json, cli_text
 
@@ -63,7 +61,7 @@ def json_jobs(name: str) -> dict[int, CliJob]:
     return {job.record.job_id: job for job in jobs_from_json(cli_json(name), json_format(name))}
 
 
-def spec(**overrides: Any) -> JobSpec:
+def spec(**overrides: Any) -> SlurmJobSpec:
     fields: dict[str, Any] = {
         "name": "train",
         "script": "#!/bin/bash\n#SBATCH --partition=evil\necho hi\n",
@@ -71,7 +69,7 @@ def spec(**overrides: Any) -> JobSpec:
         "tag": "cvy-0001",
     }
     fields.update(overrides)
-    return JobSpec(**fields)
+    return SlurmJobSpec(**fields)
 
 
 def adapter(**overrides: Any) -> CliAdapter:
@@ -331,18 +329,18 @@ def test_scontrol_key_values_22_05() -> None:
     jobs = kv_jobs()
     assert sorted(jobs) == [25, 26, 27, 28, 29]
     ok, fail, cancelled, running, pending = (jobs[i].record for i in (25, 26, 27, 28, 29))
-    assert (ok.state, ok.exit_code, ok.signal, ok.tag) == (JobState.COMPLETED, 0, 0, "cv-fx-ok")
+    assert (ok.state, ok.exit_code, ok.signal, ok.tag) == (SlurmJobState.COMPLETED, 0, 0, "cv-fx-ok")
     assert ok.submit_time == datetime(2026, 11, 25, 17, 58, 22, tzinfo=UTC)  # printed in UTC (TZ=UTC)
-    assert (fail.state, fail.reason, fail.exit_code, fail.signal) == (JobState.FAILED, "NonZeroExitCode", 3, 0)
+    assert (fail.state, fail.reason, fail.exit_code, fail.signal) == (SlurmJobState.FAILED, "NonZeroExitCode", 3, 0)
     assert fail.stdout == "/var/lib/conveyor-lab/bravo/scratch/fx-26.out"
     assert fail.stderr == "/var/lib/conveyor-lab/bravo/scratch/fx-26.err"
     assert ok.stderr == ok.stdout == "/var/lib/conveyor-lab/bravo/scratch/slurm-25.out"
-    assert cancelled.state is JobState.CANCELLED
-    assert (running.state, running.nodes, running.end_time) == (JobState.RUNNING, "hn1", None)
+    assert cancelled.state is SlurmJobState.CANCELLED
+    assert (running.state, running.nodes, running.end_time) == (SlurmJobState.RUNNING, "hn1", None)
     assert running.exit_code is None  # not finished: no exit code yet
     assert running.allocated_tres["cpu"] == "8"
     assert (pending.state, pending.reason, pending.start_time, pending.nodes) == (
-        JobState.PENDING,
+        SlurmJobState.PENDING,
         "Resources",
         None,
         None,
@@ -372,16 +370,16 @@ def test_squeue_json_data_parser_releases(name: str, first: int) -> None:
     jobs = json_jobs(name)
     assert sorted(jobs) == list(range(first, first + 5))
     ok, fail, cancelled, running, pending = (jobs[first + i].record for i in range(5))
-    assert (ok.state, ok.raw_state, ok.exit_code, ok.signal) == (JobState.COMPLETED, "COMPLETED", 0, 0)
-    assert (fail.state, fail.exit_code, fail.reason) == (JobState.FAILED, 3, "NonZeroExitCode")
+    assert (ok.state, ok.raw_state, ok.exit_code, ok.signal) == (SlurmJobState.COMPLETED, "COMPLETED", 0, 0)
+    assert (fail.state, fail.exit_code, fail.reason) == (SlurmJobState.FAILED, 3, "NonZeroExitCode")
     assert fail.stdout is not None
     assert fail.stdout.endswith(f"/scratch/fx-{first + 1}.out")  # 26.05 leaves %j in the JSON
     assert fail.stderr is not None
     assert fail.stderr.endswith(f"/scratch/fx-{first + 1}.err")
-    assert (cancelled.state, cancelled.signal) == (JobState.CANCELLED, 15)
-    assert (running.state, running.end_time, running.exit_code) == (JobState.RUNNING, None, None)
+    assert (cancelled.state, cancelled.signal) == (SlurmJobState.CANCELLED, 15)
+    assert (running.state, running.end_time, running.exit_code) == (SlurmJobState.RUNNING, None, None)
     assert running.start_time is not None
-    assert (pending.state, pending.reason, pending.start_time) == (JobState.PENDING, "Resources", None)
+    assert (pending.state, pending.reason, pending.start_time) == (SlurmJobState.PENDING, "Resources", None)
     assert ok.tag == "cv-fx-ok"
     assert ok.time_limit_min == 5
     assert ok.submit_time is not None

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from broker.doubt import Attempt, Evidence, Verdict, matches, settle
-from slurm_adapters.base import Health, JobRecord, JobState
+from slurm_adapters.records import Health, JobRecord, SlurmJobState
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 SKEW = timedelta(seconds=10)
@@ -22,7 +22,7 @@ UP_BEFORE = Health(ok=True, detail="", up_since=T0 - timedelta(hours=1), account
 
 def record(job_id: int, tag: str | None = "job_abc", *, user: str | None = "alice", at: datetime = T0) -> JobRecord:
     return JobRecord(
-        job_id=job_id, tag=tag, state=JobState.COMPLETED, raw_state="COMPLETED", reason=None, exit_code=0,
+        job_id=job_id, tag=tag, state=SlurmJobState.COMPLETED, raw_state="COMPLETED", reason=None, exit_code=0,
         signal=0, submit_time=at, start_time=None, end_time=None, nodes=None, user=user,
     )  # fmt: skip
 

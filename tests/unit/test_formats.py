@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from slurm_adapters.base import JobState
 from slurm_adapters.formats import RecordFormat, for_release, v0038, v0042
 from slurm_adapters.formats.common import (
     controller_uptime_facts,
@@ -20,6 +19,7 @@ from slurm_adapters.formats.common import (
     node_state,
     number,
 )
+from slurm_adapters.records import SlurmJobState
 from slurm_adapters.rest.v0038 import V0038
 from slurm_adapters.rest.v0042 import V0042
 from tests.unit.captures import cli_json, rest_body
@@ -43,7 +43,7 @@ def test_the_tools_and_slurmrestd_share_the_parser(release: tuple[int, int, int]
 def test_parse_v0038_sample_job() -> None:
     (record,) = v0038.parse_jobs(rest_body("job-get-v0.0.38.json"))
     assert record.job_id == 2065
-    assert record.state is JobState.COMPLETED
+    assert record.state is SlurmJobState.COMPLETED
     assert record.raw_state == "COMPLETED"
     assert (record.exit_code, record.signal) == (0, 0)
     assert record.reason is None
@@ -64,7 +64,7 @@ def test_parse_v0038_sample_job() -> None:
 def test_parse_v0042_sample_job() -> None:
     (record,) = v0042.parse_jobs(rest_body("job-get-v0.0.42.json"))
     assert record.job_id == 2
-    assert record.state is JobState.COMPLETED
+    assert record.state is SlurmJobState.COMPLETED
     assert record.raw_state == "COMPLETED"
     assert (record.exit_code, record.signal) == (0, 0)
     assert record.user == "alice"
@@ -76,7 +76,7 @@ def test_parse_v0042_sample_job() -> None:
 
 def test_parse_v0042_cancelled_job_reports_the_signal() -> None:
     (record,) = v0042.parse_jobs(rest_body("v0042-job-cancelled.json"))
-    assert record.state is JobState.CANCELLED
+    assert record.state is SlurmJobState.CANCELLED
     assert (record.exit_code, record.signal) == (0, 15)
     assert (record.tag or "").startswith("adhoc-")
 
@@ -99,7 +99,7 @@ def _v38_job(**fields: Any) -> dict[str, Any]:
 )
 def test_v0038_exit_code_is_a_wait_status(state: str, raw_status: int, expected: tuple[int | None, ...]) -> None:
     record = v0038.parse_job(_v38_job(job_state=state, exit_code=raw_status))
-    assert record.state is JobState[state]
+    assert record.state is SlurmJobState[state]
     assert (record.exit_code, record.signal) == expected
 
 
@@ -133,12 +133,12 @@ def test_v0042_state_flags_and_wrapped_numbers() -> None:
     raw["time_limit"] = {"set": True, "infinite": False, "number": 30}
     raw["end_time"] = {"set": False, "infinite": False, "number": 0}
     record = v0042.parse_job(raw)
-    assert record.state is JobState.COMPLETING  # as scontrol says: the exit code is not final yet
+    assert record.state is SlurmJobState.COMPLETING  # as scontrol says: the exit code is not final yet
     assert record.exit_code is None
     assert record.raw_state == "CANCELLED,COMPLETING"
     raw["job_state"] = ["CANCELLED"]
     record = v0042.parse_job(raw)
-    assert record.state is JobState.CANCELLED
+    assert record.state is SlurmJobState.CANCELLED
     assert record.time_limit_min == 30
     assert record.end_time is None
     raw["job_state"] = ["RUNNING"]
@@ -286,21 +286,25 @@ def test_sacct_json_of_22_05_is_one_record_per_job_with_its_tag_tres_and_run_tim
     records = {r.job_id: r for r in v0038.parse_accounted_jobs(cli_json("sacct-22.05.json"))}
     assert sorted(records) == [2, 107]
     requeued = records[2]  # requeued once: sacct shows the job as it ended
-    assert (requeued.state, requeued.tag, requeued.user) == (JobState.COMPLETED, "job_rvc47u3zcehvzmccbrj3", "alice")
+    assert (requeued.state, requeued.tag, requeued.user) == (
+        SlurmJobState.COMPLETED,
+        "job_rvc47u3zcehvzmccbrj3",
+        "alice",
+    )
     assert requeued.allocated_tres == {"cpu": "1", "mem": "500M", "node": "1", "billing": "1"}
     assert requeued.elapsed_s is not None
     assert requeued.submit_time is not None
     assert requeued.end_time is not None
     assert requeued.start_time is not None
     failed = records[107]  # exited 3; 22.05's JSON says return_code 0, so the code is unknown, never 0
-    assert (failed.state, failed.exit_code, failed.signal, failed.tag) == (JobState.FAILED, None, None, None)
+    assert (failed.state, failed.exit_code, failed.signal, failed.tag) == (SlurmJobState.FAILED, None, None, None)
 
 
 def test_slurmdbd_records_served_by_slurmrestd_keep_every_run_of_a_requeued_job_parsed_once() -> None:
     body = rest_body("v0038-slurmdb-job-requeued.json")
     assert [job["state"]["current"] for job in body["jobs"]] == ["REQUEUED", "COMPLETED"]
     [record] = v0038.parse_accounted_jobs(body)
-    assert record.state is JobState.COMPLETED
+    assert record.state is SlurmJobState.COMPLETED
     assert v0038.parse_accounted_jobs(rest_body("v0038-slurmdb-job-unknown.json")) == []
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from broker.jobs.states import IllegalTransition, can_move, check_move, from_slurm, is_exception
 from conveyor.spec import TERMINAL_STATES, JobState
-from slurm_adapters.base import JobState as SlurmState
+from slurm_adapters.records import SlurmJobState as SlurmState
 
 
 @pytest.mark.parametrize("terminal", sorted(TERMINAL_STATES - {JobState.LOST}))

@@ -21,20 +21,19 @@ from typing import Any
 
 import pytest
 
-from slurm_adapters.base import (
+from slurm_adapters.convert import gpu_counts
+from slurm_adapters.errors import (
     AuthenticationError,
     ClusterUnavailable,
     InvalidRequest,
     JobNotFound,
-    JobSpec,
-    JobState,
     SiteError,
     UnsafeRequest,
 )
-from slurm_adapters.convert import gpu_counts
 from slurm_adapters.pyslurm import adapter as pyslurm_adapter
 from slurm_adapters.pyslurm.adapter import PyslurmAdapter, package_root, worker_environment
 from slurm_adapters.pyslurm.mapping import map_error, tres_mapping
+from slurm_adapters.records import SlurmJobSpec, SlurmJobState
 from slurm_adapters.safety import DIRECTIVE_FENCE, SitePolicy
 
 # ---------------------------------------------------------------------------------------------------
@@ -271,17 +270,17 @@ async def eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> N
         await asyncio.sleep(0.01)
 
 
-def spec(name: str = "train", **overrides: Any) -> JobSpec:
+def spec(name: str = "train", **overrides: Any) -> SlurmJobSpec:
     fields: dict[str, Any] = {"name": name, "script": "echo hi\n", "working_directory": "/scratch", "tag": "t-1"}
     fields.update(overrides)
-    return JobSpec(**fields)
+    return SlurmJobSpec(**fields)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Rendering, in the parent and without a worker
 # ---------------------------------------------------------------------------------------------------
 
-FULL_SPEC = JobSpec(
+FULL_SPEC = SlurmJobSpec(
     name="train",
     script="#!/bin/sh\n#SBATCH --partition=evil\necho hi\n",
     working_directory="/scratch",
@@ -351,7 +350,7 @@ def test_render_carries_every_field_without_a_worker(conf: Path) -> None:
 
 
 def test_render_minimal_spec_still_sets_environment(conf: Path) -> None:
-    minimal = JobSpec(name="x", script="true", working_directory="/tmp", tag="t", gpus_per_node=1)
+    minimal = SlurmJobSpec(name="x", script="true", working_directory="/tmp", tag="t", gpus_per_node=1)
     payload = PyslurmAdapter("delta", conf, policy=_policy()).render(minimal, "alice").payload
     assert payload["environment"] == {"PATH": "/usr/local/bin:/usr/bin:/bin"}
     assert payload["gres_per_node"] == {"gpu": 1}
@@ -394,14 +393,14 @@ async def test_submit_and_read_back_through_the_worker(real: Callable[..., Pyslu
     assert pid is not None
     assert pid != os.getpid()
     record = await adapter.get_job(job_id)
-    assert (record.job_id, record.state, record.user) == (101, JobState.PENDING, "alice")
+    assert (record.job_id, record.state, record.user) == (101, SlurmJobState.PENDING, "alice")
     assert [r.job_id for r in await adapter.list_jobs()] == [101]
     health = await adapter.health()
     assert health.ok
     assert health.release == "26.05.5"
     assert adapter.worker_pid == pid  # one worker serves every call
     await adapter.cancel(job_id, "alice")
-    assert (await adapter.get_job(job_id)).state is JobState.CANCELLED
+    assert (await adapter.get_job(job_id)).state is SlurmJobState.CANCELLED
 
 
 async def test_jobs_see_none_of_the_parents_environment(

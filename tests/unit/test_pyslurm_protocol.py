@@ -8,18 +8,12 @@ from typing import Any
 
 import pytest
 
-from slurm_adapters.base import (
+from slurm_adapters.errors import (
     AuthenticationError,
-    ClusterInfo,
     ClusterUnavailable,
-    Health,
     InvalidRequest,
     JobNotFound,
-    JobRecord,
-    JobState,
-    NodeInfo,
     OutputUnavailable,
-    PartitionInfo,
     SiteError,
     SlurmError,
     UnsafeRequest,
@@ -44,11 +38,12 @@ from slurm_adapters.pyslurm.protocol import (
     record_to_json,
     records_from_json,
 )
+from slurm_adapters.records import ClusterInfo, Health, JobRecord, NodeInfo, PartitionInfo, SlurmJobState
 
 RECORD = JobRecord(
     job_id=42,
     tag="conveyor-42",
-    state=JobState.FAILED,
+    state=SlurmJobState.FAILED,
     raw_state="FAILED",
     reason="NonZeroExitCode",
     exit_code=3,
@@ -155,7 +150,7 @@ def test_every_contract_error_class_is_known() -> None:
     def subclasses(cls: type[SlurmError]) -> set[type[SlurmError]]:
         found = {cls}
         for sub in cls.__subclasses__():
-            if sub.__module__ == "slurm_adapters.base":
+            if sub.__module__ == "slurm_adapters.errors":
                 found |= subclasses(sub)
         return found
 

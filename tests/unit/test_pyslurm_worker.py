@@ -15,13 +15,11 @@ from typing import Any
 
 import pytest
 
-from slurm_adapters.base import (
+from slurm_adapters.errors import (
     AuthenticationError,
     ClusterUnavailable,
     InvalidRequest,
     JobNotFound,
-    JobSpec,
-    JobState,
     OutputUnavailable,
     SiteError,
     UnsafeRequest,
@@ -36,6 +34,7 @@ from slurm_adapters.pyslurm.protocol import (
     records_from_json,
 )
 from slurm_adapters.pyslurm.worker import Operations, load_pyslurm
+from slurm_adapters.records import SlurmJobSpec, SlurmJobState
 
 NOW = 1_795_600_000
 
@@ -170,7 +169,7 @@ def call(operations: Operations, op: str, **args: Any) -> Any:
     return decode_response(operations.handle(encode_request(op, args)), cluster="parent-view")
 
 
-SPEC = JobSpec(name="train", script="echo hi\n", working_directory="/scratch", tag="conveyor-42", time_limit_min=5)
+SPEC = SlurmJobSpec(name="train", script="echo hi\n", working_directory="/scratch", tag="conveyor-42", time_limit_min=5)
 DESCRIPTION = submit_kwargs(SPEC, "alice", 1001)
 
 
@@ -232,13 +231,13 @@ def test_get_job_maps_a_record(fake: FakePyslurm) -> None:
         7, state="PENDING", state_reason="Resources", start_time=None, end_time=None, allocated_nodes=None
     )
     record = record_from_json(call(ops(fake), "get_job", job_id=7))
-    assert record.state is JobState.PENDING
+    assert record.state is SlurmJobState.PENDING
     assert record.reason == "Resources"
     assert (record.exit_code, record.signal, record.start_time) == (None, None, None)
     assert record.tag == "tag-7"
     fake.jobs[8] = fake_job(8, state="FAILED", exit_code=3, standard_output="/s/%x-%j.out", standard_error="")
     record = record_from_json(call(ops(fake), "get_job", job_id=8))
-    assert (record.state, record.exit_code, record.reason) == (JobState.FAILED, 3, None)
+    assert (record.state, record.exit_code, record.reason) == (SlurmJobState.FAILED, 3, None)
     assert record.stdout == "/s/job8-8.out"
     assert record.stderr is None
     assert record.submit_time is not None

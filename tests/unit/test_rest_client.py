@@ -15,17 +15,16 @@ from typing import Any
 import httpx
 import pytest
 
-from slurm_adapters.base import (
+from slurm_adapters.errors import (
     AccountingUnavailable,
     AuthenticationError,
     ClusterUnavailable,
     InvalidRequest,
     JobNotFound,
-    JobSpec,
-    JobState,
     OutputUnavailable,
     UnsafeRequest,
 )
+from slurm_adapters.records import SlurmJobSpec, SlurmJobState
 from slurm_adapters.rest import RestAdapter
 from slurm_adapters.safety import SitePolicy
 from slurm_adapters.tokens import verify_token
@@ -93,10 +92,10 @@ def version(rest: RestAdapter) -> str | None:
     return rest.api_version  # (a function, so that mypy does not narrow the property for good)
 
 
-def spec(**overrides: Any) -> JobSpec:
+def spec(**overrides: Any) -> SlurmJobSpec:
     values: dict[str, Any] = {"name": "t", "script": "echo hi\n", "working_directory": "/scratch", "tag": "cvy-1"}
     values.update(overrides)
-    return JobSpec(**values)
+    return SlurmJobSpec(**values)
 
 
 V38_PING = ("GET", "/slurm/v0.0.38/ping")
@@ -112,7 +111,7 @@ async def test_negotiates_once_newest_first_and_falls_back_to_v0038(key_file: Pa
     )
     rest = adapter(fake, key_file)
     assert version(rest) is None
-    assert (await rest.get_job(2065)).state is JobState.COMPLETED
+    assert (await rest.get_job(2065)).state is SlurmJobState.COMPLETED
     await rest.get_job(2065)
     assert version(rest) == "v0.0.38"
     assert fake.paths() == [
@@ -390,8 +389,8 @@ async def test_accounted_jobs_reads_slurmdbd_through_slurmrestd(key_file: Path) 
     records = await rest.accounted_jobs(job_ids=[2, 107, 999999, 2])
     # The requeued job once, as it is now; "Nothing found" is an empty answer, not an error.
     assert [(r.job_id, r.state, r.tag) for r in records] == [
-        (2, JobState.COMPLETED, "job_rvc47u3zcehvzmccbrj3"),
-        (107, JobState.FAILED, None),
+        (2, SlurmJobState.COMPLETED, "job_rvc47u3zcehvzmccbrj3"),
+        (107, SlurmJobState.FAILED, None),
     ]
     assert fake.paths().count("GET /slurmdb/v0.0.38/job/2") == 1
     assert all(r.headers["X-SLURM-USER-NAME"] == "root" for r in fake.requests)

@@ -14,16 +14,16 @@ from typing import Any
 
 import pytest
 
-from slurm_adapters.base import (
+from slurm_adapters.errors import (
     AuthenticationError,
     ClusterUnavailable,
     InvalidRequest,
     JobNotFound,
-    JobSpec,
     SiteError,
     SlurmError,
 )
 from slurm_adapters.formats.common import SlurmMessage, errors_of
+from slurm_adapters.records import SlurmJobSpec
 from slurm_adapters.rest.errors import AMBIGUOUS_SLOW_S, Operation, classify
 from slurm_adapters.rest.v0038 import V0038
 from slurm_adapters.rest.v0042 import V0042
@@ -34,7 +34,7 @@ V38 = V0038()
 V42 = V0042()
 
 
-def full_spec(**overrides: Any) -> JobSpec:
+def full_spec(**overrides: Any) -> SlurmJobSpec:
     values: dict[str, Any] = {
         "name": "train",
         "script": "#!/bin/bash\n#SBATCH --hold\nsrun python train.py\n",
@@ -55,10 +55,10 @@ def full_spec(**overrides: Any) -> JobSpec:
         "time_limit_min": 90,
     }
     values.update(overrides)
-    return JobSpec(**values)
+    return SlurmJobSpec(**values)
 
 
-def render(codec: V0038 | V0042, spec: JobSpec) -> dict[str, Any]:
+def render(codec: V0038 | V0042, spec: SlurmJobSpec) -> dict[str, Any]:
     return codec.render_submit(spec, fenced_script(spec.script), job_environment(spec))
 
 
@@ -138,7 +138,7 @@ def test_rendering_follows_the_shape_of_the_real_samples() -> None:
 
 @pytest.mark.parametrize("codec", [V38, V42], ids=lambda c: c.version)
 def test_unset_options_are_left_to_slurm(codec: V0038 | V0042) -> None:
-    spec = JobSpec(name="n", script="true", working_directory="/w", tag="t")
+    spec = SlurmJobSpec(name="n", script="true", working_directory="/w", tag="t")
     job = render(codec, spec)["job"]
     for absent in ("partition", "account", "qos", "memory_per_node", "time_limit", "standard_output"):
         assert absent not in job

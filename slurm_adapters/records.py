@@ -1,27 +1,20 @@
-"""The adapter contract: one async interface over every way of reaching a Slurm cluster.
+"""What crosses the adapter boundary: the Slurm job an adapter submits and what Slurm says back.
 
-Everything Slurm-release-specific lives behind this module's types. The broker only ever sees a
-normalized :class:`JobSpec` going in, a normalized :class:`JobRecord` coming out, and the typed errors
-below, which separate what the *job* did wrong (the user must change it) from what the *site* did wrong
-(retry later, mark the Factory unhealthy).
+Release-independent: every adapter renders a :class:`SlurmJobSpec` and parses Slurm's answers into these records,
+so the broker and the agent never see a release's own shapes.
 """
 
 from __future__ import annotations
 
-import abc
 import enum
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
-# ---------------------------------------------------------------------------------------------------
-# The normalized job spec
-# ---------------------------------------------------------------------------------------------------
-
 
 @dataclass(frozen=True, slots=True)
-class JobSpec:
+class SlurmJobSpec:
     """What to run and on what, in Slurm's vocabulary but independent of any Slurm release.
 
     Paths are as seen by the cluster's compute nodes. ``memory_mb`` is per node; ``time_limit_min``
@@ -67,7 +60,7 @@ class Rendering:
 # ---------------------------------------------------------------------------------------------------
 
 
-class JobState(enum.StrEnum):
+class SlurmJobState(enum.StrEnum):
     """Slurm's base job states (``JOB_STATE_BASE`` plus the flags that matter to a broker)."""
 
     PENDING = "PENDING"
@@ -91,7 +84,7 @@ class JobState(enum.StrEnum):
         return self in _TERMINAL_STATES
 
     @classmethod
-    def parse(cls, raw: str | Collection[str] | None) -> JobState:
+    def parse(cls, raw: str | Collection[str] | None) -> SlurmJobState:
         """Map Slurm's state, a string on 22.05 and a list of flags on 24.11+, to one base state.
 
         A COMPLETING flag wins over the base state beside it (["CANCELLED", "COMPLETING"]), as scontrol and
@@ -108,15 +101,15 @@ class JobState(enum.StrEnum):
 
 _TERMINAL_STATES = frozenset(
     {
-        JobState.COMPLETED,
-        JobState.CANCELLED,
-        JobState.FAILED,
-        JobState.TIMEOUT,
-        JobState.NODE_FAIL,
-        JobState.PREEMPTED,
-        JobState.BOOT_FAIL,
-        JobState.DEADLINE,
-        JobState.OUT_OF_MEMORY,
+        SlurmJobState.COMPLETED,
+        SlurmJobState.CANCELLED,
+        SlurmJobState.FAILED,
+        SlurmJobState.TIMEOUT,
+        SlurmJobState.NODE_FAIL,
+        SlurmJobState.PREEMPTED,
+        SlurmJobState.BOOT_FAIL,
+        SlurmJobState.DEADLINE,
+        SlurmJobState.OUT_OF_MEMORY,
     }
 )
 
@@ -146,7 +139,7 @@ class JobRecord:
 
     job_id: int
     tag: str | None
-    state: JobState
+    state: SlurmJobState
     raw_state: str
     reason: str | None
     exit_code: int | None
@@ -168,18 +161,18 @@ class JobRecord:
         """This record without Slurm's projections: no start while pending, no end before the job ended,
         no TRES before it has any. A record says when things happened, whichever adapter made it."""
         changes: dict[str, Any] = {}
-        if self.state in {JobState.PENDING, JobState.UNKNOWN}:
+        if self.state in {SlurmJobState.PENDING, SlurmJobState.UNKNOWN}:
             changes["start_time"] = None
         if not self.state.is_terminal:
             changes["end_time"] = None
-        if self.state is JobState.PENDING:
+        if self.state is SlurmJobState.PENDING:
             changes["allocated_tres"] = {}
         return replace(self, **changes) if changes else self
 
     @property
     def never_starts(self) -> bool:
         """A pending job whose reason can never clear (e.g. over the partition's MaxTime)."""
-        return self.state is JobState.PENDING and self.reason in NEVER_CLEARING_REASONS
+        return self.state is SlurmJobState.PENDING and self.reason in NEVER_CLEARING_REASONS
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -250,137 +243,3 @@ class Health:
 OutputStream = Literal["stdout", "stderr"]
 
 # ---------------------------------------------------------------------------------------------------
-# Typed errors
-# ---------------------------------------------------------------------------------------------------
-
-
-class SlurmError(Exception):
-    """Base of everything an adapter raises on purpose. ``errors`` holds Slurm's own messages."""
-
-    def __init__(self, message: str, *, cluster: str | None = None, errors: Collection[str] = ()) -> None:
-        super().__init__(message)
-        self.message = message
-        self.cluster = cluster
-        self.errors = tuple(errors)
-
-    def __str__(self) -> str:
-        where = f"[{self.cluster}] " if self.cluster else ""
-        return f"{where}{self.message}"
-
-
-class JobError(SlurmError):
-    """The job itself is at fault: resubmitting it unchanged will fail the same way."""
-
-
-class InvalidRequest(JobError):
-    """Slurm (or the adapter's own checks) refused the job as specified."""
-
-
-class UnsafeRequest(InvalidRequest):
-    """The adapter refused to forward the request: a forbidden user or environment variable."""
-
-
-class SiteError(SlurmError):
-    """The site is at fault: the job may succeed later or elsewhere."""
-
-
-class AuthenticationError(SiteError):
-    """Slurm rejected our credential (bad key, expired token, unknown user)."""
-
-
-class ClusterUnavailable(SiteError):
-    """slurmctld (or slurmrestd) could not be reached or did not answer in time.
-
-    ``maybe_applied`` is True when the request may have reached Slurm before the failure (a timeout or
-    a connection lost after sending): for a submit, the job may exist, so look the tag up before retrying.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        cluster: str | None = None,
-        errors: Collection[str] = (),
-        maybe_applied: bool = False,
-    ) -> None:
-        super().__init__(message, cluster=cluster, errors=errors)
-        self.maybe_applied = maybe_applied
-
-
-class JobNotFound(SiteError):
-    """Slurm does not know the job id (never existed, or purged after MinJobAge)."""
-
-
-class AccountingUnavailable(SlurmError):
-    """slurmdbd cannot be asked: the cluster keeps no accounting, this adapter cannot reach it, or it failed."""
-
-
-class OutputUnavailable(SlurmError):
-    """The adapter cannot read the job's output files (not reachable from here, or not written yet)."""
-
-
-# ---------------------------------------------------------------------------------------------------
-# The interface
-# ---------------------------------------------------------------------------------------------------
-
-
-class SlurmAdapter(abc.ABC):
-    """One Slurm cluster, reached one way. Every method may raise the typed errors above.
-
-    ``user`` arguments are the *mapped site account* the job runs as; the adapter checks it against the
-    site policy (no root, no SlurmUser, no system accounts) before anything reaches Slurm.
-    """
-
-    kind: str  # "rest", "cli", "pyslurm"
-
-    def __init__(self, cluster: str) -> None:
-        self.cluster = cluster
-
-    @abc.abstractmethod
-    def render(self, spec: JobSpec, user: str) -> Rendering:
-        """What :meth:`submit` would send, without sending it. Applies the same safety checks."""
-
-    @abc.abstractmethod
-    async def submit(self, spec: JobSpec, user: str) -> int:
-        """Submit the job as ``user``; return Slurm's job id."""
-
-    @abc.abstractmethod
-    async def get_job(self, job_id: int) -> JobRecord:
-        """One job by id, with the operator's view. Raises :class:`JobNotFound`."""
-
-    @abc.abstractmethod
-    async def list_jobs(self, *, tags: Collection[str] | None = None, tag_prefix: str | None = None) -> list[JobRecord]:
-        """Every job the controller knows, finished ones included, in ONE call to Slurm.
-
-        ``tags`` keeps only jobs whose tag is in the collection; ``tag_prefix`` only those whose tag starts
-        with it (e.g. every job this broker submitted).
-        """
-
-    @abc.abstractmethod
-    async def cancel(self, job_id: int, user: str) -> None:
-        """Cancel as ``user``. Cancelling a job that already ended is not an error; an unknown id is."""
-
-    @abc.abstractmethod
-    async def read_output(self, job_id: int, stream: OutputStream = "stdout", max_bytes: int = 65536) -> str:
-        """The tail of the job's stdout or stderr. Raises :class:`OutputUnavailable` where it cannot."""
-
-    @abc.abstractmethod
-    async def cluster_info(self) -> ClusterInfo:
-        """Partitions with their limits, nodes, GPU types with total and free counts."""
-
-    @abc.abstractmethod
-    async def health(self) -> Health:
-        """An authenticated round trip to slurmctld; raises the typed error when it fails."""
-
-    async def accounted_jobs(
-        self, *, job_ids: Collection[int] = (), submitted_after: datetime | None = None
-    ) -> list[JobRecord]:
-        """Jobs as slurmdbd keeps them, after slurmctld has forgotten them too (sacct's view), in one call:
-        those in ``job_ids``, or every job submitted after ``submitted_after``.
-
-        Raises :class:`AccountingUnavailable` where the cluster has no slurmdbd or this adapter cannot ask it.
-        """
-        raise AccountingUnavailable(f"the {self.kind} adapter does not read slurmdbd", cluster=self.cluster)
-
-    async def aclose(self) -> None:  # noqa: B027 - optional hook, most adapters hold nothing
-        """Release connections and worker processes."""

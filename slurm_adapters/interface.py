@@ -1,0 +1,72 @@
+"""The adapter contract: one async interface over every way of reaching a Slurm cluster (rest, cli, pyslurm)."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Collection
+from datetime import datetime
+
+from slurm_adapters.errors import AccountingUnavailable
+from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec
+
+
+class SlurmAdapter(abc.ABC):
+    """One Slurm cluster, reached one way. Every method may raise the typed errors above.
+
+    ``user`` arguments are the *mapped site account* the job runs as; the adapter checks it against the
+    site policy (no root, no SlurmUser, no system accounts) before anything reaches Slurm.
+    """
+
+    kind: str  # "rest", "cli", "pyslurm"
+
+    def __init__(self, cluster: str) -> None:
+        self.cluster = cluster
+
+    @abc.abstractmethod
+    def render(self, spec: SlurmJobSpec, user: str) -> Rendering:
+        """What :meth:`submit` would send, without sending it. Applies the same safety checks."""
+
+    @abc.abstractmethod
+    async def submit(self, spec: SlurmJobSpec, user: str) -> int:
+        """Submit the job as ``user``; return Slurm's job id."""
+
+    @abc.abstractmethod
+    async def get_job(self, job_id: int) -> JobRecord:
+        """One job by id, with the operator's view. Raises :class:`JobNotFound`."""
+
+    @abc.abstractmethod
+    async def list_jobs(self, *, tags: Collection[str] | None = None, tag_prefix: str | None = None) -> list[JobRecord]:
+        """Every job the controller knows, finished ones included, in ONE call to Slurm.
+
+        ``tags`` keeps only jobs whose tag is in the collection; ``tag_prefix`` only those whose tag starts
+        with it (e.g. every job this broker submitted).
+        """
+
+    @abc.abstractmethod
+    async def cancel(self, job_id: int, user: str) -> None:
+        """Cancel as ``user``. Cancelling a job that already ended is not an error; an unknown id is."""
+
+    @abc.abstractmethod
+    async def read_output(self, job_id: int, stream: OutputStream = "stdout", max_bytes: int = 65536) -> str:
+        """The tail of the job's stdout or stderr. Raises :class:`OutputUnavailable` where it cannot."""
+
+    @abc.abstractmethod
+    async def cluster_info(self) -> ClusterInfo:
+        """Partitions with their limits, nodes, GPU types with total and free counts."""
+
+    @abc.abstractmethod
+    async def health(self) -> Health:
+        """An authenticated round trip to slurmctld; raises the typed error when it fails."""
+
+    async def accounted_jobs(
+        self, *, job_ids: Collection[int] = (), submitted_after: datetime | None = None
+    ) -> list[JobRecord]:
+        """Jobs as slurmdbd keeps them, after slurmctld has forgotten them too (sacct's view), in one call:
+        those in ``job_ids``, or every job submitted after ``submitted_after``.
+
+        Raises :class:`AccountingUnavailable` where the cluster has no slurmdbd or this adapter cannot ask it.
+        """
+        raise AccountingUnavailable(f"the {self.kind} adapter does not read slurmdbd", cluster=self.cluster)
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, most adapters hold nothing
+        """Release connections and worker processes."""
