@@ -12,26 +12,26 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.auth import Authenticator, challenge
 from app.problems import Unauthenticated
-from broker.allocations import AllocationService
 from broker.antennas.assertion import SCHEME, BoundRequest
 from broker.antennas.service import AntennaService
 from broker.db.engine import Database
 from broker.db.repositories import JobStats
 from broker.errors import Forbidden, TooManyRequests
-from broker.factories import FactoryRegistry
-from broker.factory_service import Capacity, FactoryService
+from broker.factories.registry import FactoryRegistry
+from broker.factories.service import Capacity, FactoryService
 from broker.identity import Principal, Scope
 from broker.identity.limits import FailureLimiter, RequestRate
 from broker.identity.service import AuthenticationFailed, IdentityService
 from broker.jobs.service import JobService
-from broker.projects import ProjectService
-from broker.runtime import RuntimeFigures
+from broker.loops.runtime import RuntimeFigures
 from broker.settings import Settings
-from broker.site_accounts import SiteAccountService
+from broker.tenancy.allocations import AllocationService
+from broker.tenancy.projects import ProjectService
+from broker.tenancy.site_accounts import SiteAccountService
 
 
 class RuntimeLike(Protocol):
-    """The background loops (``broker.runtime.Runtime``) as the HTTP edge uses them."""
+    """The background loops (``broker.loops.runtime.Runtime``) as the HTTP edge uses them."""
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...

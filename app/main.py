@@ -19,21 +19,21 @@ from app import problems
 from app.auth import Authenticator, authenticator_from_settings, oidc_verifier
 from app.deps import AppState, RuntimeLike
 from app.routes import admin, allocations, antennas, factories, health, jobs, projects, site_accounts, tokens
-from broker.adapters import AdapterPool
-from broker.allocations import AllocationService
 from broker.antennas.service import AntennaService
 from broker.db.engine import database_from_settings
 from broker.db.migrate import schema_is_current
 from broker.db.repositories import JobStats
-from broker.factories import load_factories
-from broker.factory_service import FactoryService
+from broker.factories.adapters import AdapterPool
+from broker.factories.registry import load_factories
+from broker.factories.service import FactoryService
 from broker.identity.limits import FailureLimiter, RequestRate
 from broker.identity.service import IdentityService
 from broker.jobs.service import JobService
-from broker.projects import ProjectService
-from broker.runtime import Runtime
+from broker.loops.runtime import Runtime
 from broker.settings import Settings
-from broker.site_accounts import SiteAccountService
+from broker.tenancy.allocations import AllocationService
+from broker.tenancy.projects import ProjectService
+from broker.tenancy.site_accounts import SiteAccountService
 from broker.ttl_cache import TtlCache
 from conveyor.models import API_ROOT
 from conveyor.problems import Problem

@@ -73,7 +73,7 @@ def _per_factory(figures: Mapping[str, Any], key: str) -> list[tuple[dict[str, s
 
 
 def _runtime(out: Exposition, figures: Mapping[str, Any]) -> None:
-    """The figures of :meth:`broker.runtime.Runtime.metrics` (:class:`RuntimeFigures`) as Prometheus families;
+    """The figures of :meth:`broker.loops.runtime.Runtime.metrics` (:class:`RuntimeFigures`) as Prometheus families;
     anything absent or not a number is skipped, so a partial figure never breaks /metrics."""
     lag = _number_or_none(figures.get("dispatch_lag_seconds"))
     if lag is not None:

@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from broker.accounting import Reservation
 from broker.db.engine import Database, create_database
 from broker.db.migrate import upgrade
 from broker.db.models import AllocationUnit
@@ -32,6 +31,7 @@ from broker.db.repositories import NewJob
 from broker.db.repositories.allocations import AllocationRepository
 from broker.db.repositories.jobs import Creation, JobRepository, KeyUse
 from broker.db.repositories.projects import ProjectRepository
+from broker.tenancy.accounting import Reservation
 from tests.db.conftest import PostgresDatabases, postgres_server_url
 
 PROJECT = "EHPC-AIF-2026PG01-1147"

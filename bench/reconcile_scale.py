@@ -74,7 +74,7 @@ def serve() -> None:
 
     from app.main import create_app
     from app.serving import serve
-    from broker.reconcile import Reconciler, ReconcileStats
+    from broker.loops.reconcile import Reconciler, ReconcileStats
     from broker.settings import Settings
 
     history: list[dict[str, Any]] = []

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Path, Request
 
 from app.deps import Admin, AllocationsDep, Reader, client_address
 from app.problems import BODY_UNREADABLE
-from broker.accounting import hours
 from broker.db.models import Allocation, AllocationUnit
+from broker.tenancy.accounting import hours
 from conveyor.models import AllocationRequest, AllocationView
 from conveyor.problems import Problem
 from conveyor.spec import ProjectId

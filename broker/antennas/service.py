@@ -31,7 +31,7 @@ from broker.db.repositories.antennas import AntennaRepository, national_antenna,
 from broker.db.repositories.identity import Audit, IdentityRepository
 from broker.db.types import utc_now
 from broker.errors import AlreadyExists, Forbidden, Invalid, InvalidInput, NotFound, TooManyRequests
-from broker.factories import FactoryRegistry
+from broker.factories.registry import FactoryRegistry
 from broker.identity import Principal, Scope
 from broker.identity.limits import RequestRate
 from broker.identity.service import AuthenticationFailed

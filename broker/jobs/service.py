@@ -10,7 +10,7 @@ Rules it keeps:
   undrained*. A job that no partition anywhere could ever run is refused now with placement's precise
   message (422); a job that fits but whose Factories are down or drained is accepted and waits: health is
   the dispatcher's business, and an outage must not turn into refused work.
-- Tenancy (:mod:`broker.projects`): a caller submits only to its projects and sees its own jobs there (a PI:
+- Tenancy (:mod:`broker.tenancy.projects`): a caller submits only to its projects and sees its own jobs there (a PI:
   all of the project's jobs). Any other job answers exactly like a missing one.
 - Idempotency: keys are scoped to the caller. The first request with a key creates the job (``created``
   True: 201); the same key with the same validated body returns that job (``created`` False: the API answers
@@ -28,9 +28,8 @@ import re
 from collections.abc import Callable, Collection, Hashable, Mapping
 from typing import Protocol
 
-from broker import translate
-from broker.allocations import budget_of, over_budget
 from broker.db.engine import Database
+from broker.db.group_commit import GroupCommit
 from broker.db.models import Job as JobRow
 from broker.db.models import JobEvent as EventRow
 from broker.db.repositories import FactoryStateRepository, IdempotencyConflict, InvalidCursor, JobRepository, NewJob
@@ -52,14 +51,15 @@ from broker.errors import (
     PlacementImpossible,
     TooManyRequests,
 )
-from broker.factories import FactoryRegistry
-from broker.group_commit import GroupCommit
+from broker.factories.placement import NOT_CHECKED, FactoryStatus, Placement, PlacementError, place
+from broker.factories.registry import FactoryRegistry
 from broker.identity import Principal
+from broker.jobs import translate
 from broker.jobs.idempotency import MAX_KEY_LENGTH, request_hash
 from broker.jobs.ids import new_job_id
-from broker.placement import NOT_CHECKED, FactoryStatus, Placement, PlacementError, place
-from broker.projects import ProjectService, Tenancy
-from broker.site_accounts import SiteAccountService
+from broker.tenancy.allocations import budget_of, over_budget
+from broker.tenancy.projects import ProjectService, Tenancy
+from broker.tenancy.site_accounts import SiteAccountService
 from broker.ttl_cache import TtlCache
 from conveyor.models import (
     DryRun,
@@ -94,7 +94,7 @@ QUOTA_RETRY_AFTER_S = 60  # an Antenna over its quota of active jobs: jobs end o
 
 
 class AdapterSource(Protocol):
-    """Where the service finds the adapter of a Factory (``broker.adapters.AdapterPool`` in production)."""
+    """Where the service finds the adapter of a Factory (``broker.factories.adapters.AdapterPool`` in production)."""
 
     def get(self, factory_id: str) -> SlurmAdapter: ...
 
@@ -228,7 +228,7 @@ class JobService:
         self, caller: Principal, spec: JobSpec, idempotency_key: str | None, *, source: str | None = None
     ) -> tuple[Job, bool]:
         """Validate, then store the job and its ``created`` event in one committed transaction, shared with the
-        accepts that arrived meanwhile (:mod:`broker.group_commit`).
+        accepts that arrived meanwhile (:mod:`broker.db.group_commit`).
 
         Returns ``(job, created)``; ``created`` is False when ``idempotency_key`` replays an earlier request.
         """

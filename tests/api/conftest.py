@@ -25,9 +25,9 @@ from fastapi import FastAPI
 
 from app.auth import StaticTokens
 from app.main import create_app
-from broker.adapters import AdapterPool
 from broker.db.engine import Database
-from broker.factories import FactoryRegistry, load_factories
+from broker.factories.adapters import AdapterPool
+from broker.factories.registry import FactoryRegistry, load_factories
 from broker.identity import DEV_PRINCIPAL, Principal
 from broker.identity.service import IdentityService
 from broker.settings import Settings

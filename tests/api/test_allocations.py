@@ -10,10 +10,10 @@ from typing import Any
 
 from sqlalchemy import update
 
-from broker.accounting import charge_s
 from broker.db.models import Allocation
 from broker.db.repositories.allocations import AllocationRepository
 from broker.db.repositories.jobs import JobRepository
+from broker.tenancy.accounting import charge_s
 from slurm_adapters.records import JobRecord
 from slurm_adapters.records import SlurmJobState as SlurmState
 from tests.api.conftest import PROJECT, Broker, job_body

@@ -12,10 +12,10 @@ import pytest
 from fastapi import FastAPI
 
 from app.main import create_app
-from broker.adapters import AdapterPool
 from broker.db.engine import Database
 from broker.db.repositories.identity import IdentityRepository
-from broker.factories import FactoryRegistry
+from broker.factories.adapters import AdapterPool
+from broker.factories.registry import FactoryRegistry
 from tests.api.conftest import FakeAdapter, api_settings, client_for
 from tests.api.test_jobs import problem_of
 from tests.identity.test_oidc_jwks_https import (  # noqa: F401 - pki and server are module-scoped fixtures

@@ -69,7 +69,7 @@ async def test_probes_and_metrics(api: Api) -> None:
 
 def test_runtime_figures_become_prometheus_families() -> None:
     from app.metrics import render
-    from broker.runtime import RuntimeFigures
+    from broker.loops.runtime import RuntimeFigures
 
     figures: RuntimeFigures = {
         "worker_id": "w1",

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from app.auth import StaticTokens
 from app.main import create_app
-from broker.adapters import AdapterPool
 from broker.db.engine import Database
-from broker.factories import FactoryRegistry
+from broker.factories.adapters import AdapterPool
+from broker.factories.registry import FactoryRegistry
 from broker.identity import DEV_PRINCIPAL
 from tests.api.conftest import OTHER, OTHER_TOKEN, TOKEN, FakeAdapter, api_settings, client_for
 from tests.api.test_jobs import problem_of

@@ -29,8 +29,8 @@ from schemathesis.python import asgi
 
 from app.auth import StaticTokens
 from app.main import create_app
-from broker.adapters import AdapterPool
-from broker.factories import load_factories
+from broker.factories.adapters import AdapterPool
+from broker.factories.registry import load_factories
 from broker.identity import DEV_PRINCIPAL
 from broker.settings import Settings
 from tests.api.conftest import FACTORIES, TOKEN, FakeAdapter, api_settings

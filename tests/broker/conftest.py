@@ -16,15 +16,15 @@ from typing import Any
 
 import pytest
 
-from broker.adapters import AdapterPool
 from broker.db.engine import Database
 from broker.db.models import Job
 from broker.db.repositories import JobRepository, NewJob
 from broker.db.types import utc_now
-from broker.dispatch import Dispatcher
-from broker.factories import FactoryRegistry, load_factories
-from broker.health import HealthMonitor
-from broker.reconcile import Reconciler
+from broker.factories.adapters import AdapterPool
+from broker.factories.health import HealthMonitor
+from broker.factories.registry import FactoryRegistry, load_factories
+from broker.loops.dispatch import Dispatcher
+from broker.loops.reconcile import Reconciler
 from broker.settings import Settings
 from conveyor.spec import JobSpec, JobState
 from dev.lab.view import lab_json_path

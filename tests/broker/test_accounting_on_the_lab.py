@@ -11,13 +11,13 @@ from datetime import timedelta
 
 import pytest
 
-from broker.accounting import Reservation, reservation_s
 from broker.db.models import AllocationUnit
 from broker.db.repositories import NewJob
 from broker.db.repositories.allocations import AllocationRepository
 from broker.db.repositories.identity import IdentityRepository
 from broker.db.repositories.projects import ProjectRepository
 from broker.db.types import utc_now
+from broker.tenancy.accounting import Reservation, reservation_s
 from conveyor.spec import JobSpec, JobState
 from tests.broker.conftest import PROJECT, Broker
 from tests.lab import Cluster, clusters

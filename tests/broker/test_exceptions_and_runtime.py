@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from app.metrics import render
-from broker.adapters import AdapterPool
 from broker.db.engine import Database
-from broker.factories import FactoryRegistry
+from broker.factories.adapters import AdapterPool
+from broker.factories.registry import FactoryRegistry
 from broker.jobs.events import EventKind
-from broker.runtime import Runtime
+from broker.loops.runtime import Runtime
 from conveyor.spec import JobState
 from tests.broker.conftest import Broker, make_broker
 from tests.broker.test_loops_on_the_lab import WAIT_FOR_GO, lab_cluster

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from broker.db.models import AttemptOutcome
-from broker.dispatch import FAILPOINTS_ENV, active_failpoints
+from broker.loops.dispatch import FAILPOINTS_ENV, active_failpoints
 from conveyor.spec import JobState
 from tests.broker.conftest import Broker, lab_factories_file
 
@@ -19,11 +19,11 @@ pytestmark = pytest.mark.lab
 CHILD = textwrap.dedent(
     """
     import asyncio, sys
-    from broker.adapters import AdapterPool
+    from broker.factories.adapters import AdapterPool
     from broker.db.engine import create_database
-    from broker.dispatch import Dispatcher
-    from broker.factories import load_factories
-    from broker.health import HealthMonitor
+    from broker.loops.dispatch import Dispatcher
+    from broker.factories.registry import load_factories
+    from broker.factories.health import HealthMonitor
     from broker.settings import Settings
 
     async def main() -> None:

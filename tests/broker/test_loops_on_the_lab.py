@@ -13,12 +13,12 @@ from broker.db.models import AttemptOutcome, Job
 from broker.db.repositories import FactoryStateRepository
 from broker.db.repositories.identity import IdentityRepository
 from broker.errors import InvalidInput
-from broker.factories import parse_factories
-from broker.health import factory_statuses
+from broker.factories.health import factory_statuses
+from broker.factories.placement import place
+from broker.factories.registry import parse_factories
 from broker.identity import DEV_PRINCIPAL
-from broker.placement import place
-from broker.site_accounts import SiteAccountService
-from broker.translate import site_user, to_slurm_spec
+from broker.jobs.translate import site_user, to_slurm_spec
+from broker.tenancy.site_accounts import SiteAccountService
 from conveyor.spec import JobSpec, JobState
 from slurm_adapters.errors import ClusterUnavailable, JobNotFound
 from slurm_adapters.interface import SlurmAdapter

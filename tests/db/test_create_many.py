@@ -9,7 +9,6 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
-from broker.accounting import Reservation
 from broker.db.engine import Database
 from broker.db.models import Allocation, AllocationUnit, IdempotencyKey, Job, JobCharge, JobEvent, ProjectRole
 from broker.db.repositories import IdempotencyConflict, JobRepository
@@ -18,6 +17,7 @@ from broker.db.repositories.errors import AllocationNotInForce, NotAMember
 from broker.db.repositories.identity import IdentityRepository
 from broker.db.repositories.jobs import Creation, KeyUse
 from broker.db.repositories.projects import ProjectRepository
+from broker.tenancy.accounting import Reservation
 from tests.db.helpers import at, new_job
 
 PROJECT = "EHPC-AIF-2026PG01-1147"

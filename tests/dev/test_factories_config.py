@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.factories import load_factories
+from broker.factories.registry import load_factories
 from dev.lab.factories_config import write_factories
 from slurm_adapters.factory import build_adapter
 from tests.lab import load_lab

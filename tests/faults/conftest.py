@@ -99,7 +99,7 @@ def echo_ctld(request: pytest.FixtureRequest, echo: Cluster) -> Iterator[CtldWat
     watch = CtldWatch(echo, procs.recorded_pid(echo.host_path_of_pid_file()))
     assert watch.expected is not None, f"{echo.name}'s slurmctld is not running"
     # A slurmctld started moments ago (the lab tests rebuild echo just before) cannot vouch for attempts made
-    # in its first second: the dispatcher would rightly call such a job lost (broker/doubt.py). Wait until
+    # in its first second: the dispatcher would rightly call such a job lost (broker/loops/doubt.py). Wait until
     # it has run for longer than the lab Factory's clock skew.
     assert procs.wait_for(lambda: statistics_age_s(echo) > CLOCK_SKEW_S + 1, 30), "echo's slurmctld never settled"
     yield watch

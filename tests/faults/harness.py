@@ -609,7 +609,7 @@ def _forgotten(job: dict[str, Any], amnesia: SlurmAmnesia, ran: list[str], in_sl
     submitted_at = job["submitted_at"]
     # A submit in flight when slurmctld died: the dispatcher may not resubmit once slurmctld has restarted (or
     # cannot say since when it runs, as just after a start), because the controller may have dropped (or
-    # started) it unsaved (broker/doubt.py). Lost, never twice.
+    # started) it unsaved (broker/loops/doubt.py). Lost, never twice.
     reason = job["state_reason"] or ""
     in_doubt = submitted_at is None and any(
         words in reason for words in ("(re)started since the attempt", "cannot say since when it has run")

@@ -1,11 +1,11 @@
-"""What a job reserves and what it is charged (broker.accounting): pure arithmetic on specs and Slurm records."""
+"""What a job reserves and what it is charged (broker.tenancy.accounting): arithmetic on specs and Slurm records."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from broker.accounting import charge_s, elapsed_s, reservation_s, units_allocated
 from broker.db.models import AllocationUnit
+from broker.tenancy.accounting import charge_s, elapsed_s, reservation_s, units_allocated
 from conveyor.spec import JobSpec
 from slurm_adapters.records import JobRecord, SlurmJobState
 

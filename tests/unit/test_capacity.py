@@ -1,11 +1,11 @@
-"""Capacity snapshots (broker/health.py): when one is taken, what it holds, and what a failure leaves behind."""
+"""Capacity snapshots (broker/factories/health.py): when one is taken, what it holds, what a failure leaves behind."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from broker.health import CapacitySnapshots
+from broker.factories.health import CapacitySnapshots
 from slurm_adapters.errors import ClusterUnavailable
 from slurm_adapters.records import ClusterInfo, Health, NodeInfo
 

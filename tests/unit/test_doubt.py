@@ -1,4 +1,4 @@
-"""The verdict on a submit in doubt (broker.doubt): pure logic over what Slurm said, so plain records here.
+"""The verdict on a submit in doubt (broker.loops.doubt): pure logic over what Slurm said, so plain records here.
 
 The lab tests (tests/broker/test_loops_on_the_lab.py) drive the same decisions through real clusters; these
 cover every branch, including the ones the lab cannot stage on demand (a lagging slurmdbd, an untagged job).
@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from broker.doubt import Attempt, Evidence, Verdict, matches, settle
+from broker.loops.doubt import Attempt, Evidence, Verdict, matches, settle
 from slurm_adapters.records import Health, JobRecord, SlurmJobState
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from broker import factories as factories_module
 from broker.config_files import ConfigFileError, parse_text
-from broker.factories import Factory, FactoryConfigError, FactoryRegistry, load_factories, parse_factories
+from broker.factories import registry as factories_module
+from broker.factories.registry import Factory, FactoryConfigError, FactoryRegistry, load_factories, parse_factories
 from dev.lab.describe import cluster_entry
 from dev.lab.factories_config import write_factories
 from dev.lab.layout import layout

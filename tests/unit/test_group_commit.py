@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from broker.group_commit import GroupCommit
+from broker.db.group_commit import GroupCommit
 
 
 class Refused(Exception):

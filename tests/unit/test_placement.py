@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
-from broker import placement as placement_module
-from broker.factories import FactoryRegistry, parse_factories
-from broker.placement import (
+from broker.factories import placement as placement_module
+from broker.factories.placement import (
     NOT_CHECKED,
     FactoryStatus,
     Placement,
@@ -18,6 +17,7 @@ from broker.placement import (
     Skipped,
     place,
 )
+from broker.factories.registry import FactoryRegistry, parse_factories
 from conveyor.problems import PLACEMENT_FAILED, PlacementCode, PlacementFailed, error_from_problem
 from conveyor.spec import JobSpec
 
@@ -405,7 +405,7 @@ FAILURES: list[tuple[JobSpec, dict[str, FactoryStatus] | None, set[str] | None]]
 
 
 def _codes_named_in_placement() -> set[str]:
-    """Every ``PlacementCode.X`` that broker/placement.py mentions: what it can emit."""
+    """Every ``PlacementCode.X`` that broker/factories/placement.py mentions: what it can emit."""
     tree = ast.parse(inspect.getsource(placement_module))
     return {
         node.attr

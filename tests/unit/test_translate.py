@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from broker.factories import Factory, parse_factories
-from broker.placement import FactoryStatus, place
-from broker.translate import TranslationError, batch_script, site_user, to_slurm_spec
+from broker.factories.placement import FactoryStatus, place
+from broker.factories.registry import Factory, parse_factories
+from broker.jobs.translate import TranslationError, batch_script, site_user, to_slurm_spec
 from conveyor.spec import JobSpec
 
 JOB_ID = "job_abcdefghijklmnopqrst"

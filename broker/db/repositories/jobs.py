@@ -23,7 +23,6 @@ from sqlalchemy import and_, delete, func, insert, literal, or_, select, tuple_,
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker.accounting import Reservation
 from broker.db.engine import Database
 from broker.db.models import AttemptOutcome, DispatchAttempt, IdempotencyKey, Job, JobEvent, ProjectMember
 from broker.db.repositories import job_writes
@@ -35,6 +34,7 @@ from broker.db.types import utc_now
 from broker.jobs.events import EventKind
 from broker.jobs.ids import new_job_id
 from broker.jobs.states import check_move, is_exception
+from broker.tenancy.accounting import Reservation
 from conveyor.spec import TERMINAL_STATES, JobSpec, JobState
 
 ACTIVE_STATES = frozenset({JobState.SUBMITTED, JobState.RUNNING})

@@ -22,18 +22,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from broker.accounting import charge_s
-from broker.adapters import AdapterProvider
 from broker.db.engine import Database
 from broker.db.models import Job
 from broker.db.repositories import JobRepository
 from broker.db.repositories.allocations import AllocationRepository
 from broker.db.types import utc_now
-from broker.factories import FactoryRegistry
+from broker.factories.adapters import AdapterProvider
+from broker.factories.registry import FactoryRegistry
 from broker.jobs.ids import JOB_ID_PREFIX
 from broker.jobs.states import can_move, from_slurm
+from broker.jobs.translate import site_user
 from broker.settings import Settings
-from broker.translate import site_user
+from broker.tenancy.accounting import charge_s
 from conveyor.spec import JobState
 from slurm_adapters.errors import JobNotFound, SlurmError
 from slurm_adapters.interface import SlurmAdapter

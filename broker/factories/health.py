@@ -6,7 +6,7 @@ not flood the log.
 
 Capacity (GPUs by type, total and free, and the Slurm release) is different: a display hint for
 ``GET /v1/factories`` that placement never reads, so it stays in this process's memory
-(:class:`CapacitySnapshots`, a :data:`~broker.factory_service.CapacitySource`): no schema, no writes, and a
+(:class:`CapacitySnapshots`, a :data:`~broker.factories.service.CapacitySource`): no schema, no writes, and a
 replica without loops shows it as unknown rather than guessed.
 """
 
@@ -17,13 +17,13 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 
-from broker.adapters import AdapterProvider
 from broker.db.engine import Database
 from broker.db.repositories import FactoryStateRepository
 from broker.db.types import utc_now
-from broker.factories import FactoryRegistry
-from broker.factory_service import Capacity
-from broker.placement import FactoryStatus
+from broker.factories.adapters import AdapterProvider
+from broker.factories.placement import FactoryStatus
+from broker.factories.registry import FactoryRegistry
+from broker.factories.service import Capacity
 from slurm_adapters.errors import SlurmError
 from slurm_adapters.records import ClusterInfo, Health
 

@@ -20,7 +20,7 @@ from broker.db.repositories.projects import ProjectRepository
 from broker.db.repositories.site_accounts import SiteAccountRepository
 from broker.db.types import utc_now
 from broker.errors import Forbidden, Invalid, InvalidInput, NotFound
-from broker.factories import Factory, FactoryRegistry
+from broker.factories.registry import Factory, FactoryRegistry
 from broker.identity import Principal
 from slurm_adapters.errors import UnsafeRequest
 from slurm_adapters.factory import site_policy

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from broker.factories import FactoryRegistry
+from broker.factories.registry import FactoryRegistry
 from slurm_adapters.factory import AdapterConfig, build_adapter
 from slurm_adapters.interface import SlurmAdapter
 

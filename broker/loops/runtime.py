@@ -18,15 +18,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypedDict
 
-from broker.adapters import AdapterProvider
 from broker.db.engine import Database
 from broker.db.repositories import JobRepository, QueueStats
 from broker.db.types import utc_now
-from broker.dispatch import Dispatcher
-from broker.factories import FactoryRegistry
-from broker.factory_service import Capacity
-from broker.health import HealthMonitor
-from broker.reconcile import Reconciler
+from broker.factories.adapters import AdapterProvider
+from broker.factories.health import HealthMonitor
+from broker.factories.registry import FactoryRegistry
+from broker.factories.service import Capacity
+from broker.loops.dispatch import Dispatcher
+from broker.loops.reconcile import Reconciler
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)

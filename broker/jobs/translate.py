@@ -9,8 +9,8 @@ from __future__ import annotations
 import shlex
 from pathlib import PurePosixPath
 
-from broker.factories import Factory
-from broker.placement import Placement
+from broker.factories.placement import Placement
+from broker.factories.registry import Factory
 from conveyor.spec import JobSpec
 from slurm_adapters.records import SlurmJobSpec
 
@@ -22,7 +22,7 @@ class TranslationError(ValueError):
 
 
 def site_user(factory: Factory) -> str:
-    """The site user jobs run as on ``factory`` unless a mapping says otherwise (broker.site_accounts)."""
+    """The site user jobs run as on ``factory`` unless a mapping says otherwise (broker.tenancy.site_accounts)."""
     return factory.mapping.default_user
 
 
@@ -56,7 +56,7 @@ def to_slurm_spec(
     """The adapter's job spec for broker job ``job_id`` placed by ``placement`` on ``factory``.
 
     The tag is the broker's job id: the only way to find the Slurm job again after a crash. ``account`` is the
-    site account mapped for the job (broker.site_accounts); None: the Factory's default account.
+    site account mapped for the job (broker.tenancy.site_accounts); None: the Factory's default account.
     """
     if placement.factory.id != factory.id:
         raise ValueError(f"placement is on {placement.factory.id!r}, not on {factory.id!r}")

@@ -15,7 +15,7 @@ from broker.db.engine import Database
 from broker.db.models import FactoryState
 from broker.db.repositories import FactoryStateRepository, JobStats
 from broker.errors import Forbidden, NotFound
-from broker.factories import Factory, FactoryRegistry
+from broker.factories.registry import Factory, FactoryRegistry
 from broker.identity import Principal
 from conveyor.models import FactoryView, PartitionView
 from conveyor.spec import JobState

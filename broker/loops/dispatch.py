@@ -8,12 +8,12 @@ Why it is shaped like this:
   died mid-call, or the call failed in a way that may have reached Slurm) is in doubt: before anything else
   the tag is looked up on that attempt's Factory (tag AND expected Slurm user AND submitted after the
   attempt), in slurmctld and, where the Factory has it, in slurmdbd. Found: it is recorded as submitted.
-  Not found: :mod:`broker.doubt` decides whether absence is proven (no slurmctld restart since the attempt,
+  Not found: :mod:`broker.loops.doubt` decides whether absence is proven (no slurmctld restart since the attempt,
   and MinJobAge not yet passed or slurmdbd explaining every job since), so it may be submitted again.
   Otherwise Slurm can no longer tell, and the job becomes ``lost`` with that reason: never resubmitted
   blindly, so a job reaches Slurm at most once.
 - The jobs of a claimed batch share their writes: their attempts are one group commit
-  (:mod:`broker.group_commit`), each still committed before its own Slurm call, and the submissions that
+  (:mod:`broker.db.group_commit`), each still committed before its own Slurm call, and the submissions that
   return together another, each in a savepoint; what they read (health, reserved Factories, site accounts)
   is read once per batch.
 - Only the job's own fault ends it ``rejected`` (placement that can never succeed, Slurm refusing the request).
@@ -38,21 +38,21 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from broker.adapters import AdapterProvider
 from broker.db.engine import Database
+from broker.db.group_commit import GroupCommit
 from broker.db.models import AttemptOutcome, DispatchAttempt, Job
 from broker.db.repositories import FactoryStateRepository, JobRepository
 from broker.db.repositories.allocations import AllocationRepository
 from broker.db.repositories.jobs import AttemptStart, Submitted
 from broker.db.types import utc_now
-from broker.doubt import Attempt, Evidence, settle
-from broker.factories import Factory, FactoryRegistry
-from broker.group_commit import GroupCommit
-from broker.health import factory_statuses
-from broker.placement import FactoryStatus, PlacementError, place
+from broker.factories.adapters import AdapterProvider
+from broker.factories.health import factory_statuses
+from broker.factories.placement import FactoryStatus, PlacementError, place
+from broker.factories.registry import Factory, FactoryRegistry
+from broker.jobs.translate import TranslationError, to_slurm_spec
+from broker.loops.doubt import Attempt, Evidence, settle
 from broker.settings import Settings
-from broker.site_accounts import RunAs, SiteAccountService
-from broker.translate import TranslationError, to_slurm_spec
+from broker.tenancy.site_accounts import RunAs, SiteAccountService
 from conveyor.spec import JobSpec, JobState
 from slurm_adapters.errors import (
     AccountingUnavailable,
@@ -319,7 +319,7 @@ class Dispatcher:
         return False
 
     async def _evidence(self, factory: Factory, attempt: DispatchAttempt) -> Evidence:
-        """What the Factory's Slurm says, in the order :mod:`broker.doubt` relies on (health last)."""
+        """What the Factory's Slurm says, in the order :mod:`broker.loops.doubt` relies on (health last)."""
         adapter = self._adapters.get(factory.id)
         listed = await adapter.list_jobs()
         accounted = None

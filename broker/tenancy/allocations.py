@@ -12,7 +12,6 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from broker.accounting import Reservation, hours, reservation_s, units_asked
 from broker.db.engine import Database
 from broker.db.models import Allocation, AllocationUnit
 from broker.db.repositories.allocations import AllocationRepository, OverBudget, Usage
@@ -20,9 +19,10 @@ from broker.db.repositories.identity import Audit, IdentityRepository
 from broker.db.repositories.projects import ProjectRepository
 from broker.db.types import utc_now
 from broker.errors import Forbidden, Invalid, InvalidInput, NotFound, PlacementImpossible
-from broker.factories import FactoryRegistry
+from broker.factories.placement import Placement
+from broker.factories.registry import FactoryRegistry
 from broker.identity import Principal
-from broker.placement import Placement
+from broker.tenancy.accounting import Reservation, hours, reservation_s, units_asked
 from conveyor.problems import PlacementCode
 from conveyor.spec import JobSpec
 

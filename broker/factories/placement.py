@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from broker.factories import Factory, FactoryRegistry, Partition
+from broker.factories.registry import Factory, FactoryRegistry, Partition
 from conveyor.problems import PlacementCode
 from conveyor.spec import JobSpec
 
