@@ -5,13 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 item 19: the README promises 'never run twice', which Slurm breaks")
 def test_defect_19_readme_promises_at_most_once_per_attempt_and_says_what_slurm_may_do() -> None:
     """Slurm itself may run a job again under one id (a controller crash, a requeue): the broker can promise only
     that each attempt is submitted at most once, and must say what Slurm may still do."""
