@@ -154,6 +154,24 @@ async def test_a_national_user_submits_reads_and_cancels_through_its_antenna(bro
     assert all(c.actor == me.json()["id"] for c in calls)
 
 
+@pytest.mark.xfail(strict=True, reason="issue 12 item 01: a national user's dry run skips the membership check")
+async def test_defect_01_a_national_users_dry_run_is_authorized_exactly_like_its_submit(
+    broker: Broker, setup: Setup
+) -> None:
+    impossible = job_body(resources={"time_limit_min": 500})  # refused before placement
+    async with broker.client(None) as client:
+        # be's user in no project; ch's user named like be's member (a stranger to the project): either body.
+        for kit, subject, body in ((setup.be, setup.outsider_sub, job_body()), (setup.ch, setup.member_sub, job_body()),
+                                   (setup.be, setup.outsider_sub, impossible)):  # fmt: skip
+            submitted = problem_of(await national(client, kit, subject, "POST", "/v1/jobs", body), 403, "forbidden")
+            dry = await national(client, kit, subject, "POST", "/v1/jobs?dry_run=true", body)
+            assert problem_of(dry, 403, "forbidden") == submitted, dry.text
+            assert "site_user" not in dry.text
+        member = await national(client, setup.be, setup.member_sub, "POST", "/v1/jobs?dry_run=true", job_body())
+    assert member.status_code == 200, member.text
+    assert member.json()["factory"] == "alpha"
+
+
 def _hs256_with_public_key(kit: AntennaKit, subject: str, target: str) -> str:
     """The classic forgery: HS256 keyed with the Antenna's public key (PyJWT refuses to make it, so by hand)."""
     public_pem = kit.key.public_key().public_bytes(
