@@ -154,7 +154,6 @@ async def test_a_national_user_submits_reads_and_cancels_through_its_antenna(bro
     assert all(c.actor == me.json()["id"] for c in calls)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 item 01: a national user's dry run skips the membership check")
 async def test_defect_01_a_national_users_dry_run_is_authorized_exactly_like_its_submit(
     broker: Broker, setup: Setup
 ) -> None:

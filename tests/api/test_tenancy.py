@@ -57,7 +57,6 @@ async def test_a_user_submits_only_to_projects_it_belongs_to(broker: Broker, wor
         problem_of(await admin.post("/v1/jobs", json=job_body()), 403, "forbidden")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 item 01: a dry run skips the membership check")
 async def test_defect_01_a_dry_run_is_authorized_exactly_like_a_submit(broker: Broker, world: World) -> None:
     impossible = job_body(project=OTHER_PROJECT, resources={"time_limit_min": 500})  # refused before placement
     async with broker.client(world.alice) as alice, broker.client(world.dave) as dave, \
