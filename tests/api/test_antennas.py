@@ -213,6 +213,36 @@ async def test_a_wrong_assertion_is_refused_with_its_reason(
     assert "invalid_token" in refused.headers["www-authenticate"]
 
 
+@pytest.mark.xfail(strict=True, reason="issue 12 item 05: a validly signed assertion with a string exp is a 500")
+async def test_defect_05_time_claims_are_json_numbers_and_iat_is_not_in_the_future(
+    broker: Broker, setup: Setup
+) -> None:
+    now = int(time.time())
+    refusals: list[tuple[dict[str, Any], str]] = [
+        ({"exp": str(now + 60)}, "bad_claim"),
+        ({"exp": "soon"}, "bad_claim"),
+        ({"exp": True}, "bad_claim"),  # a bool is no number, though Python's int(True) is 1
+        ({"exp": [now + 60]}, "bad_claim"),
+        ({"exp": float("inf")}, "bad_claim"),  # PyJWT writes Infinity, and Python's JSON reads it back
+        ({"exp": float("nan")}, "bad_claim"),
+        ({"nbf": str(now)}, "bad_claim"),
+        ({"nbf": False}, "bad_claim"),
+        ({"iat": str(now)}, "bad_claim"),
+        ({"iat": {"at": now}}, "bad_claim"),
+        ({"iat": now + 3600}, "not_yet_valid"),  # issued in the future, beyond the allowed clock skew
+        ({"nbf": now + 3600}, "not_yet_valid"),
+    ]
+    async with broker.client(None) as client:
+        for overrides, reason in refusals:
+            refused = await national(client, setup.be, setup.member_sub, "GET", "/v1/me", **overrides)
+            assert refused.status_code == 401, (overrides, refused.text)
+            problem_of(refused, 401, f"unauthorized.{reason}")
+        # JSON numbers are numbers, fractions included, and a clock a few seconds ahead is within the skew.
+        for overrides in ({"exp": now + 60.5, "nbf": now - 0.5}, {"iat": now + 5}, {"iat": None}):
+            accepted = await national(client, setup.be, setup.member_sub, "GET", "/v1/me", **overrides)
+            assert accepted.status_code == 200, (overrides, accepted.text)
+
+
 async def test_forged_none_and_hs256_assertions_are_refused(broker: Broker, setup: Setup) -> None:
     impostor = AntennaKit("be", key=ec.generate_private_key(ec.SECP256R1()))  # the registered kid, another key
     none_alg = _signed_by_hand(setup.be, setup.member_sub, "/v1/me", "none", lambda _: b"")
