@@ -9,7 +9,8 @@ This module is both halves of that contract, so the gateway and the broker canno
   registered key, and ``alg`` = the algorithm registered with that key (asymmetric only);
 * ``iss`` = the Antenna = ``act.sub`` (RFC 8693 actor: who acts), ``sub`` = the national user (on whose
   behalf), ``aud`` = this broker, ``exp`` at most :data:`MAX_LIFETIME_S` ahead, a ``jti`` (accepted once,
-  which the caller checks in the database);
+  which the caller checks in the database); ``exp``, ``nbf`` and ``iat`` are JSON numbers, and ``nbf`` and
+  ``iat`` are not ahead of the broker's clock by more than :data:`LEEWAY_S`;
 * ``htm``, ``htu`` and ``bh`` bind it to one request: method, path with query, and the SHA-256 of the body
   (base64url), so a captured assertion cannot be replayed against another request (after DPoP, RFC 9449).
 
@@ -22,6 +23,7 @@ import base64
 import enum
 import hashlib
 import json
+import math
 import secrets
 import time
 from collections.abc import Mapping
@@ -192,7 +194,15 @@ def verify(
             audience=audience,
             issuer=antenna,
             leeway=LEEWAY_S,
-            options={"require": ["iss", "sub", "aud", "exp", "jti"], "verify_sub": False, "verify_iat": False},
+            # The time claims are checked by _times on the broker's clock, types first (PyJWT takes "123" and
+            # true for numbers).
+            options={
+                "require": ["iss", "sub", "aud", "exp", "jti"],
+                "verify_sub": False,
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+            },
         )
     except jwt.MissingRequiredClaimError as exc:
         raise InvalidAssertion(Reason.MISSING_CLAIM, str(exc)) from None
@@ -203,11 +213,35 @@ def verify(
     return _checked(claims, antenna=antenna, request=request, now=now)
 
 
-def _checked(claims: dict[str, Any], *, antenna: str, request: BoundRequest, now: float) -> AssertionClaims:
-    """The claims PyJWT does not know: lifetime, actor, subject, jti and the request binding."""
-    exp = claims["exp"]
+def _number(claims: Mapping[str, Any], name: str) -> int | float | None:
+    """The time claim ``name`` (None when absent): a JSON number, never a string, a bool, NaN or an infinity."""
+    if name not in claims:
+        return None
+    value = claims[name]
+    finite = not isinstance(value, float) or math.isfinite(value)  # isfinite overflows on a huge int
+    if isinstance(value, int | float) and not isinstance(value, bool) and finite:
+        return value
+    raise InvalidAssertion(Reason.BAD_CLAIM, f"{name} must be a JSON number (seconds since the epoch)")
+
+
+def _times(claims: Mapping[str, Any], now: float) -> float:
+    """``exp``: not passed and at most :data:`MAX_LIFETIME_S` ahead; ``nbf`` and ``iat`` (optional): not in
+    the future; each within :data:`LEEWAY_S` of the broker's clock ``now``. Returns ``exp``."""
+    exp, nbf, iat = (_number(claims, name) for name in ("exp", "nbf", "iat"))
+    assert exp is not None  # required: PyJWT refused its absence
+    if exp <= now - LEEWAY_S:
+        raise InvalidAssertion(Reason.EXPIRED, "the assertion has expired")
     if exp > now + MAX_LIFETIME_S + LEEWAY_S:
         raise InvalidAssertion(Reason.TOO_LONG_LIVED, f"exp is more than {MAX_LIFETIME_S} s ahead of the broker")
+    for name, value in (("nbf", nbf), ("iat", iat)):
+        if value is not None and value > now + LEEWAY_S:
+            raise InvalidAssertion(Reason.NOT_YET_VALID, f"{name} is more than {LEEWAY_S} s ahead of the broker")
+    return float(exp)
+
+
+def _checked(claims: dict[str, Any], *, antenna: str, request: BoundRequest, now: float) -> AssertionClaims:
+    """The claims PyJWT does not check: times, actor, subject, jti and the request binding."""
+    exp = _times(claims, now)
     actor = claims.get("act")
     if not isinstance(actor, dict) or actor.get("sub") != antenna:
         raise InvalidAssertion(Reason.BAD_ACTOR, "act.sub must name the Antenna that signed (iss)")
@@ -218,7 +252,7 @@ def _checked(claims: dict[str, Any], *, antenna: str, request: BoundRequest, now
     for name, expected in request.claims().items():
         if claims.get(name) != expected:
             raise InvalidAssertion(Reason.WRONG_REQUEST, f"{name} does not match this request")
-    return AssertionClaims(antenna=antenna, subject=subject, jti=jti, expires_at=float(exp))
+    return AssertionClaims(antenna=antenna, subject=subject, jti=jti, expires_at=exp)
 
 
 def sign(

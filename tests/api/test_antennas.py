@@ -213,7 +213,6 @@ async def test_a_wrong_assertion_is_refused_with_its_reason(
     assert "invalid_token" in refused.headers["www-authenticate"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 item 05: a validly signed assertion with a string exp is a 500")
 async def test_defect_05_time_claims_are_json_numbers_and_iat_is_not_in_the_future(
     broker: Broker, setup: Setup
 ) -> None:
