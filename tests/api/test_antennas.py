@@ -13,16 +13,20 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import ValidationError
 from sqlalchemy import select
 
+from app.gateway.users import TokenEntry
 from broker.antennas.assertion import TYP, BoundRequest, body_hash, sign
-from broker.db.models import AuditEvent
+from broker.db.models import AuditEvent, User
+from broker.db.repositories.antennas import national_issuer
 from tests.api.conftest import PROJECT, Broker, job_body
 from tests.api.test_jobs import problem_of
 
@@ -240,6 +244,34 @@ async def test_defect_05_time_claims_are_json_numbers_and_iat_is_not_in_the_futu
         for overrides in ({"exp": now + 60.5, "nbf": now - 0.5}, {"iat": now + 5}, {"iat": None}):
             accepted = await national(client, setup.be, setup.member_sub, "GET", "/v1/me", **overrides)
             assert accepted.status_code == 200, (overrides, accepted.text)
+
+
+# What neither the gateway nor the broker takes for a national user's subject (a path segment of the broker's
+# API, a user's name in listings and audits): a slash, control, format (bidi, zero-width) or separator
+# characters, a lone surrogate, nothing, or more than 255 characters.
+BAD_SUBJECTS = ("a/b", "line\nbreak", "evil\u202egnp.exe", "zero\u200bwidth", "para\u2029graph", "lone\ud800", "",
+                "x" * 256)  # fmt: skip
+
+
+@pytest.mark.xfail(strict=True, reason="issue 12 item 07: subjects the gateway forbids (a/b) become user rows")
+async def test_defect_07_the_broker_refuses_every_subject_the_gateway_refuses(broker: Broker, setup: Setup) -> None:
+    async with broker.client(None) as client:
+        for subject in BAD_SUBJECTS:
+            refused = await national(client, setup.be, subject, "GET", "/v1/me")
+            assert refused.status_code == 401, (subject, refused.text)
+            problem_of(refused, 401, "unauthorized.bad_claim")
+            with pytest.raises(ValidationError):  # the gateway's users file refuses it too
+                TokenEntry(sha256="0" * 64, sub=subject)
+        for good in ("bob@uni.example.be", "login.example.be:f3c1-77", "Zoë Ñúñez"):
+            TokenEntry(sha256="0" * 64, sub=good)
+            assert (await national(client, setup.be, good, "GET", "/v1/me")).status_code == 200
+    async with broker.client(setup.operator) as operator:  # nor can an operator register one
+        for subject in ("evil\u202egnp.exe", "zero\u200bwidth", "bell\x07"):
+            registered = await operator.put(f"/v1/antennas/be/users/{quote(subject, safe='')}")
+            problem_of(registered, 422, "validation_error")
+    async with broker.db.read() as session:
+        subjects = set(await session.scalars(select(User.subject).where(User.issuer == national_issuer("be"))))
+    assert subjects == {setup.member_sub, "bob@uni.example.be", "login.example.be:f3c1-77", "Zoë Ñúñez"}
 
 
 async def test_forged_none_and_hs256_assertions_are_refused(broker: Broker, setup: Setup) -> None:
