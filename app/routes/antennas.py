@@ -10,10 +10,10 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from app.deps import Admin, Reader, StateDep, client_address
 from app.problems import BODY_UNREADABLE
 from app.routes.projects import user_view
-from broker.antennas.assertion import parse_jwks
+from broker.antennas.assertion import NationalSubject, parse_jwks
 from broker.antennas.service import AntennaService
 from broker.db.models import Antenna
-from conveyor.models import AntennaId, AntennaRequest, AntennaUpdate, AntennaView, NationalSubject, UserView
+from conveyor.models import AntennaId, AntennaRequest, AntennaUpdate, AntennaView, UserView
 from conveyor.problems import Problem
 
 router = APIRouter(tags=["antennas"])

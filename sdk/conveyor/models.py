@@ -626,7 +626,6 @@ class SiteAccountView(WireAnswer):
 # ---------------------------------------------------------------------------------------------------
 
 AntennaId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
-NationalSubject = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f/]+$")]
 
 
 class AntennaRequest(WireRequest):
