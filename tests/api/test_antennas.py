@@ -336,6 +336,16 @@ async def test_an_antenna_stays_within_its_factories_its_users_and_user_routes(b
             assert answer.status_code != 404 or target.startswith("/v1/projects"), answer.text
 
 
+@pytest.mark.xfail(strict=True, reason="issue 12 item 19: a national user's GET /v1/tokens answers 200 []")
+async def test_defect_19_national_user_tokens_forbidden(broker: Broker, setup: Setup) -> None:
+    """National users hold no personal tokens (README): listing or revoking them is 403, as making one is."""
+    async with broker.client(None) as client:
+        for method, target in (("GET", "/v1/tokens"), ("DELETE", "/v1/tokens/tok_aaaaaaaaaaaaaaaa")):
+            answer = await national(client, setup.be, setup.member_sub, method, target)
+            problem = problem_of(answer, 403, "forbidden")
+            assert "no broker credentials" in (problem.detail or ""), answer.text
+
+
 async def test_an_antenna_operator_adds_only_its_own_national_users(broker: Broker, setup: Setup) -> None:
     outsider_id = await national_user_id(broker, setup.operator, "be", setup.outsider_sub)
     ch_user_id = await national_user_id(broker, broker.admin_token, "ch", "carla@ethz.ch")
