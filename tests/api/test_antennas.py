@@ -336,7 +336,6 @@ async def test_an_antenna_stays_within_its_factories_its_users_and_user_routes(b
             assert answer.status_code != 404 or target.startswith("/v1/projects"), answer.text
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 item 19: a national user's GET /v1/tokens answers 200 []")
 async def test_defect_19_national_user_tokens_forbidden(broker: Broker, setup: Setup) -> None:
     """National users hold no personal tokens (README): listing or revoking them is 403, as making one is."""
     async with broker.client(None) as client:
