@@ -102,7 +102,6 @@ async def test_unknown_routes_and_methods_are_problems(api: Api) -> None:
     assert response.headers["content-type"] == "application/problem+json"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 item 19: a 405's Allow names the methods of one route only")
 async def test_defect_19_405_lists_every_allowed_method(api: Api) -> None:
     """For every path of the OpenAPI document, a method it does not serve is a 405 problem whose Allow header
     names every method the path serves (GET and POST on /v1/jobs are two routes)."""
