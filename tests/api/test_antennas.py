@@ -24,11 +24,12 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from app.gateway.users import TokenEntry
-from broker.antennas.assertion import TYP, BoundRequest, body_hash, sign
+from broker.antennas.assertion import MAX_KEYS, TYP, BoundRequest, body_hash, public_jwks, sign
 from broker.db.models import AuditEvent, User
 from broker.db.repositories.antennas import national_issuer
 from tests.api.conftest import PROJECT, Broker, job_body
 from tests.api.test_jobs import problem_of
+from tests.gateway.test_gateway import private_jwks
 
 AUDIENCE = "conveyor"  # the broker's default antenna_audience
 
@@ -405,6 +406,48 @@ async def test_keys_rotate_by_upload_and_bad_key_sets_are_refused(broker: Broker
         problem_of(old, 401, "unauthorized.unknown_key")
         new = AntennaKit("be", kid="k2", key=new_key)
         assert (await national(client, new, setup.member_sub, "GET", "/v1/me")).status_code == 200
+
+
+def _resolved(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema``, or what its $ref names in ``document``."""
+    ref = schema.get("$ref")
+    if ref is None:
+        return schema
+    resolved: dict[str, Any] = document["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+    return resolved
+
+
+@pytest.mark.xfail(strict=True, reason="issue 12 item 19: the Antenna JWKS is an untyped object in the schema")
+async def test_defect_19_antenna_jwks_is_typed(broker: Broker, setup: Setup) -> None:
+    document = broker.app.openapi()
+    registration = _resolved(document, document["components"]["schemas"]["AntennaRequest"]["properties"]["jwks"])
+    keys_route = document["paths"]["/v1/admin/antennas/{antenna_id}/keys"]["put"]["requestBody"]
+    rotation = _resolved(document, keys_route["content"]["application/json"]["schema"])
+    for jwks in (registration, rotation):
+        assert jwks.get("additionalProperties") is False, jwks
+        keys = jwks["properties"]["keys"]
+        assert (keys["minItems"], keys["maxItems"]) == (1, MAX_KEYS)
+        jwk = _resolved(document, keys["items"])
+        assert jwk.get("additionalProperties") is False, jwk
+        assert set(jwk["properties"]) == {"kty", "kid", "alg", "use", "crv", "x", "y", "n", "e"}
+        assert set(jwk["required"]) == {"kty", "kid", "alg"}
+        for name, member in jwk["properties"].items():  # each a bounded string or a closed set
+            for branch in member.get("anyOf", [member]):
+                assert branch.get("type") == "null" or "enum" in branch or "const" in branch or (
+                    branch.get("type") == "string" and 0 < branch.get("maxLength", 0) <= 4096
+                ), (name, member)  # fmt: skip
+    # It still takes the keys the gateway prints (an EC and an RSA key, as --public-jwks does) and the tests use.
+    gateway_jwks = public_jwks(private_jwks())
+    kit = AntennaKit("lu")
+    registered = await register(broker, kit, ["alpha"], jwks=gateway_jwks)
+    assert registered["kids"] == ["ec-1", "rsa-1"]
+    async with broker.client(broker.admin_token) as admin:
+        rotated = await admin.put("/v1/admin/antennas/lu/keys", json=kit.public_jwks())
+        assert rotated.json()["kids"] == [kit.kid], rotated.text
+        with_private = {"keys": [{**gateway_jwks["keys"][0], "d": private_jwks()["keys"][0]["d"]}]}
+        refused = problem_of(await admin.put("/v1/admin/antennas/lu/keys", json=with_private), 422,
+                             "validation_error")  # fmt: skip
+        assert ["body", "keys", 0, "d"] in [error.loc for error in refused.errors or []], refused
 
 
 async def test_the_gateways_signer_and_the_brokers_checker_agree(broker: Broker, setup: Setup) -> None:
