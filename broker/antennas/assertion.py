@@ -37,6 +37,7 @@ import jwt
 from pydantic import AfterValidator, StringConstraints
 
 from broker.identity.oidc import ASYMMETRIC_ALGORITHMS, InvalidToken, map_pyjwt_error, verifier_for, verifies_signatures
+from conveyor.models import MAX_JWKS_KEYS
 
 TYP = "conveyor-antenna+jwt"
 SCHEME = "Antenna"  # Authorization: Antenna <assertion>
@@ -45,7 +46,7 @@ DEFAULT_LIFETIME_S = 60  # what the gateway asks for: enough for a slow request,
 LEEWAY_S = 30  # clock skew tolerated between an Antenna and the broker
 MAX_ASSERTION_CHARS = 16_384
 MAX_CLAIM_CHARS = 255
-MAX_KEYS = 16  # a rotation keeps the old key and the new one; sixteen is plenty
+MAX_KEYS = MAX_JWKS_KEYS
 
 
 # Unicode categories no subject contains: controls, format characters (bidi overrides, zero-width, BOM),

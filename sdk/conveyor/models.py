@@ -626,6 +626,32 @@ class SiteAccountView(WireAnswer):
 # ---------------------------------------------------------------------------------------------------
 
 AntennaId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+MAX_JWKS_KEYS = 16  # an Antenna's keys: a rotation keeps the old key and the new one; sixteen is plenty
+_B64URL = r"^[A-Za-z0-9_-]+$"
+
+
+class PublicJwk(WireRequest):
+    """One public signing key (RFC 7517): EC (``crv``, ``x``, ``y``), RSA (``n``, ``e``) or OKP (``crv``,
+    ``x``). The broker also checks that it is usable for its ``alg``; private members are refused."""
+
+    kty: Literal["EC", "RSA", "OKP"]
+    kid: str = Field(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$", description="Its key id.")
+    alg: str = Field(
+        min_length=1, max_length=16, pattern=r"^[A-Za-z0-9]+$",
+        description="The one asymmetric algorithm it signs with: RS256/384/512, PS256/384/512, ES256/384/512, EdDSA.",
+    )  # fmt: skip
+    use: Literal["sig"] | None = None
+    crv: str | None = Field(None, min_length=1, max_length=16, pattern=r"^[A-Za-z0-9-]+$")
+    x: str | None = Field(None, min_length=1, max_length=128, pattern=_B64URL)
+    y: str | None = Field(None, min_length=1, max_length=128, pattern=_B64URL)
+    n: str | None = Field(None, min_length=1, max_length=4096, pattern=_B64URL, description="RSA modulus.")
+    e: str | None = Field(None, min_length=1, max_length=16, pattern=_B64URL, description="RSA public exponent.")
+
+
+class PublicJwks(WireRequest):
+    """A JWK Set (RFC 7517 section 5) of public signing keys, each naming its ``kid`` and ``alg``."""
+
+    keys: list[PublicJwk] = Field(min_length=1, max_length=MAX_JWKS_KEYS)
 
 
 class AntennaRequest(WireRequest):
@@ -641,7 +667,14 @@ class AntennaRequest(WireRequest):
                     "factories": ["lumi"],
                     "jwks": {
                         "keys": [
-                            {"kty": "EC", "crv": "P-256", "kid": "be-2026-11", "alg": "ES256", "x": "...", "y": "..."}
+                            {
+                                "kty": "EC",
+                                "crv": "P-256",
+                                "kid": "be-2026-11",
+                                "alg": "ES256",
+                                "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+                                "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0",
+                            }
                         ]
                     },
                     "requests_per_minute": 600,
@@ -655,7 +688,7 @@ class AntennaRequest(WireRequest):
     country: Country
     title: str = Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")
     factories: list[FactoryId] = Field(min_length=1, max_length=64, description="The Factories it is linked to.")
-    jwks: dict[str, Any] = Field(description="A JWK Set of its public signing keys (asymmetric; kid and alg set).")
+    jwks: PublicJwks = Field(description="A JWK Set of its public signing keys (asymmetric; kid and alg set).")
     requests_per_minute: int = Field(600, ge=1, le=1_000_000, description="Its rate limit (per broker process).")
     max_active_jobs: int | None = Field(None, ge=0, description="Its quota of jobs not yet ended (None: no quota).")
 

@@ -417,7 +417,6 @@ def _resolved(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any
     return resolved
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 item 19: the Antenna JWKS is an untyped object in the schema")
 async def test_defect_19_antenna_jwks_is_typed(broker: Broker, setup: Setup) -> None:
     document = broker.app.openapi()
     registration = _resolved(document, document["components"]["schemas"]["AntennaRequest"]["properties"]["jwks"])
