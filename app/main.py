@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from app import problems
 from app.auth import Authenticator, authenticator_from_settings, oidc_verifier
 from app.deps import AppState, RuntimeLike
+from app.limits import EdgeLimits, RequestLimits
 from app.routes import admin, allocations, antennas, factories, health, jobs, projects, site_accounts, tokens
 from broker.antennas.service import AntennaService
 from broker.db.engine import database_from_settings
@@ -49,6 +50,7 @@ API_ERRORS: dict[int | str, dict[str, Any]] = {
         "description": "Too many failed authentications from this address; retry after Retry-After",
         "model": Problem,
     },
+    413: {"description": "The request body is larger than the broker's limit; nothing was read", "model": Problem},
     422: {"description": "Invalid request", "model": Problem},
     503: {"description": "The database is unavailable; retry after Retry-After", "model": Problem},
 }
@@ -78,6 +80,7 @@ def create_app(
         lifespan=lifespan,
     )
     problems.install(app)
+    app.add_middleware(RequestLimits, limits=EdgeLimits.from_settings(settings))
     for router in (
         jobs.router,
         factories.router,

@@ -13,8 +13,12 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from broker.identity.oidc import OidcIssuers
+from conveyor.spec import MAX_SCRIPT_BYTES
 
 DEFAULT_DATA_DIR = Path("/var/lib/conveyor")
+# The largest job with room to spare: a 1 MiB script even where JSON escapes (newlines, quotes, tabs) grow it,
+# and the rest of the spec (name, labels, working directory, environment) in what is left.
+DEFAULT_MAX_BODY_BYTES = 2 * MAX_SCRIPT_BYTES
 # A dispatcher's Slurm call has an 8 s deadline; a lease shorter than a few of those would expire mid-call.
 MIN_LEASE_S = 30.0
 
@@ -81,6 +85,11 @@ class Settings(BaseSettings):
     )
     requests_per_minute: int = Field(
         0, ge=0, description="requests allowed per caller and minute (bursts up to as many) before 429; 0: no limit"
+    )
+    max_body_bytes: int = Field(
+        DEFAULT_MAX_BODY_BYTES,
+        ge=1024,
+        description="the largest request body read, in bytes; a larger one is refused 413 before it is parsed",
     )
     host: str = Field("127.0.0.1", description="the address `python -m app` listens on")
     port: int = Field(8000, ge=1, le=65535, description="the port `python -m app` listens on")

@@ -155,6 +155,8 @@ CANCEL_NOT_POSSIBLE: Final = ProblemType("cancel_not_possible", "The job can no 
 # The job's output cannot be read now: it has not reached Slurm yet, or its Factory's adapter cannot read files.
 # The sub-code says which (output_unavailable.not_submitted, output_unavailable.not_readable).
 OUTPUT_UNAVAILABLE: Final = ProblemType("output_unavailable", "The job's output cannot be read", 409)
+# Refused at the HTTP edge before any route read the request (the broker's settings name the limits).
+PAYLOAD_TOO_LARGE: Final = ProblemType("payload_too_large", "The request body is too large", 413)
 UNAUTHORIZED: Final = ProblemType("unauthorized", "Authentication is required", 401)
 FORBIDDEN: Final = ProblemType("forbidden", "Not allowed", 403)
 RATE_LIMITED: Final = ProblemType("rate_limited", "Too many requests", 429)
@@ -171,6 +173,7 @@ PROBLEM_TYPES: Final[Mapping[str, ProblemType]] = {
         PLACEMENT_FAILED,
         CANCEL_NOT_POSSIBLE,
         OUTPUT_UNAVAILABLE,
+        PAYLOAD_TOO_LARGE,
         UNAUTHORIZED,
         FORBIDDEN,
         RATE_LIMITED,
@@ -261,7 +264,7 @@ class ConveyorError(Exception):
 
 
 class ValidationFailed(ConveyorError):
-    """The request was refused as invalid (400/422); ``errors`` names each offending field."""
+    """The request was refused as invalid (400/422) or too large (413); ``errors`` names each offending field."""
 
     @property
     def errors(self) -> list[FieldError]:
@@ -329,6 +332,7 @@ _BY_CODE: Mapping[str, type[ConveyorError]] = {
     PLACEMENT_FAILED.code: PlacementFailed,
     CANCEL_NOT_POSSIBLE.code: CancelNotPossible,
     OUTPUT_UNAVAILABLE.code: OutputUnavailable,
+    PAYLOAD_TOO_LARGE.code: ValidationFailed,
     UNAUTHORIZED.code: AuthError,
     FORBIDDEN.code: AuthError,
     RATE_LIMITED.code: RateLimited,
@@ -342,6 +346,7 @@ _BY_STATUS: Mapping[int, type[ConveyorError]] = {
     404: NotFound,
     409: Conflict,
     410: NotFound,
+    413: ValidationFailed,
     422: ValidationFailed,
     429: RateLimited,
     502: Unavailable,

@@ -383,10 +383,12 @@ def test_problem_round_trips_and_keeps_extension_members() -> None:
         (PROBLEM_TYPES["unauthorized"].problem(), AuthError),
         (PROBLEM_TYPES["forbidden"].problem(), AuthError),
         (PROBLEM_TYPES["internal_error"].problem(), ConveyorError),
+        (PROBLEM_TYPES["payload_too_large"].problem(), ValidationFailed),
         # no code we know: the status family decides
         (Problem(status=400), ValidationFailed),
         (Problem(status=409, code="some_future_code"), Conflict),
         (Problem(status=410), NotFound),
+        (Problem(status=413), ValidationFailed),
         (Problem.from_status(502), Unavailable),
         (Problem.from_status(504), Unavailable),
         (Problem(status=418), ConveyorError),

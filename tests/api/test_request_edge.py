@@ -1,0 +1,54 @@
+"""The HTTP edge in-process, on SQLite and PostgreSQL: what the broker reads of a request before any route
+does (its size), and that its default limits admit the largest job."""
+
+from __future__ import annotations
+
+import json
+
+from conveyor.spec import MAX_SCRIPT_BYTES
+from tests.api.conftest import Api, job_body
+from tests.api.test_jobs import problem_of
+
+
+def largest_job() -> dict[str, object]:
+    """A job at the spec's bounds: a script of MAX_SCRIPT_BYTES characters of shell with quotes and newlines (which
+    JSON escapes), the longest name and working directory, every label at its longest, and some environment."""
+    line = 'echo "step $i of a long script" >> "$HOME/log.txt"\n'
+    script = "#!/bin/bash\n" + line * MAX_SCRIPT_BYTES
+    labels = {f"{'k' * 59}{index:04d}": "v" * 256 for index in range(64)}
+    return job_body(
+        name="n" * 128,
+        command=None,
+        script=script[:MAX_SCRIPT_BYTES],
+        working_directory="/" + "w" * 4095,
+        labels=labels,
+        environment={f"VARIABLE_{index}": "x" * 1024 for index in range(64)},
+    )
+
+
+def padded(body: dict[str, object], size: int) -> bytes:
+    """``body`` as JSON followed by spaces up to ``size`` bytes (still the same JSON document)."""
+    encoded = json.dumps({key: value for key, value in body.items() if value is not None}).encode()
+    assert len(encoded) <= size
+    return encoded + b" " * (size - len(encoded))
+
+
+async def test_the_default_body_limit_admits_the_largest_job(api: Api) -> None:
+    content = json.dumps({key: value for key, value in largest_job().items() if value is not None}).encode()
+    assert len(content) > MAX_SCRIPT_BYTES
+    response = await api.client.post("/v1/jobs", content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 201, response.text[:500]
+    assert len(content) <= api.settings.max_body_bytes
+
+
+async def test_a_body_at_the_limit_is_read_and_one_byte_more_is_a_413(api: Api) -> None:
+    limit = api.settings.max_body_bytes
+    kind = {"content-type": "application/json"}
+    at_limit = await api.client.post("/v1/jobs", content=padded(job_body(), limit), headers=kind)
+    assert at_limit.status_code == 201, at_limit.text
+    over = await api.client.post("/v1/jobs", content=padded(job_body(name="over"), limit + 1), headers=kind)
+    problem = problem_of(over, 413, "payload_too_large")
+    assert (problem.model_extra or {})["limit_bytes"] == limit
+    assert over.headers["connection"] == "close"
+    names = [job["name"] for job in (await api.client.get("/v1/jobs")).json()["items"]]
+    assert names == ["train"]
