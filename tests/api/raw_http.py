@@ -82,21 +82,24 @@ def _answer_waiting(sock: socket.socket) -> bool:
 
 def _read_answer(sock: socket.socket, sent: int) -> Exchange:
     data = bytearray()
-    try:
-        while True:
-            answer = _parse(bytes(data))
-            if answer is not None:
-                return Exchange(answer, sent)
+    closed, error = False, None
+    while True:
+        answer = _parse(bytes(data), closed=closed)
+        if answer is not None:
+            return Exchange(answer, sent)
+        if closed:
+            return Exchange(None, sent, f"{error or 'closed'} after {len(data)} bytes: {bytes(data[:200])!r}")
+        try:
             chunk = sock.recv(PIECE)
-            if not chunk:
-                return Exchange(None, sent, f"the server closed after {len(data)} bytes: {bytes(data[:200])!r}")
-            data += chunk
-    except OSError as exc:
-        return Exchange(None, sent, f"{exc!r} after {len(data)} bytes: {bytes(data[:200])!r}")
+        except OSError as exc:
+            chunk, error = b"", repr(exc)
+        closed = not chunk
+        data += chunk
 
 
-def _parse(data: bytes) -> Answer | None:
-    """The answer in ``data`` once it is complete (its head and Content-Length bytes of body), else None."""
+def _parse(data: bytes, *, closed: bool) -> Answer | None:
+    """The answer in ``data`` once it is complete, else None. Its body is framed by Content-Length, chunked
+    encoding, or else by the end of the connection (``closed``)."""
     end = data.find(b"\r\n\r\n")
     if end < 0:
         return None
@@ -105,8 +108,23 @@ def _parse(data: bytes) -> Answer | None:
     for line in lines:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0"))
-    body = data[end + 4 :]
-    if len(body) < length:
-        return None
-    return Answer(int(status_line.split()[1]), headers, body[:length])
+    status, rest = int(status_line.split()[1]), data[end + 4 :]
+    if "content-length" in headers:
+        length = int(headers["content-length"])
+        return Answer(status, headers, rest[:length]) if len(rest) >= length else None
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        body = _unchunked(rest)
+        return None if body is None else Answer(status, headers, body)
+    return Answer(status, headers, rest) if closed else None
+
+
+def _unchunked(data: bytes) -> bytes | None:
+    """The body of complete chunked framing in ``data``, or None while its last chunk has not arrived."""
+    body, at = bytearray(), 0
+    while (line_end := data.find(b"\r\n", at)) >= 0:
+        size = int(data[at:line_end].split(b";")[0], 16)
+        if size == 0:
+            return bytes(body)
+        body += data[line_end + 2 : line_end + 2 + size]
+        at = line_end + 2 + size + 2
+    return None

@@ -1,5 +1,6 @@
 """The broker's HTTP edge over a real socket (``python -m app`` under uvicorn, as in production): oversized
-requests are refused while they are read, with a problem, and the broker's memory stays bounded."""
+requests are refused while they are read, with a problem, and the broker's memory stays bounded; heads beyond
+the app's header limits or the server's parse limit, and requests the server cannot parse, get a problem too."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ from tests.api.raw_http import Answer, Exchange, chunked, exchange
 from tests.api.server import Server, start_server
 
 MIB = 1024 * 1024
-BODY_LIMIT = 2 * MIB  # set explicitly, so that the sizes below are relative to a known limit
+KIB = 1024
+BODY_LIMIT = 2 * MIB  # the limits are set explicitly, so that the sizes below are relative to known ones
+HEADER_LIMIT = 32 * KIB  # all header fields together: name, ": ", value and CRLF of each
+FIELD_LIMIT = 16 * KIB  # one header field: name and value
 CONCURRENT = 20
 UPLOAD_BYTES = 100 * MIB
 # What a refused upload may leave in the broker at once: the bytes read up to the limit (twice, while they are
@@ -27,7 +31,11 @@ MEMORY_ALLOWANCE = CONCURRENT * 2 * BODY_LIMIT + 64 * MIB
 
 @pytest.fixture
 def server(tmp_path: Path, sqlite_copy: Path) -> Iterator[Server]:
-    env = {"CONVEYOR_MAX_BODY_BYTES": str(BODY_LIMIT)}
+    env = {
+        "CONVEYOR_MAX_BODY_BYTES": str(BODY_LIMIT),
+        "CONVEYOR_MAX_HEADER_BYTES": str(HEADER_LIMIT),
+        "CONVEYOR_MAX_HEADER_FIELD_BYTES": str(FIELD_LIMIT),
+    }
     server = start_server(tmp_path, sqlite_copy, write_factories(tmp_path), run_loops=False, env=env)
     try:
         server.wait_ready(timeout_s=30)
@@ -116,3 +124,38 @@ def test_defect_03_oversized_bodies_are_refused_while_read_and_memory_stays_boun
         problem = problem_in(result, 413, "payload_too_large")
         assert str(BODY_LIMIT) in (problem.detail or ""), problem
         assert result.body_bytes_sent < UPLOAD_BYTES // 4, "refused only after most of the body was read"
+
+
+AUTH = ("Authorization", f"Bearer {TOKEN}")
+
+
+def padding(count: int, size: int) -> list[tuple[str, str]]:
+    """``count`` header fields of ``size`` bytes each (name and value)."""
+    return [(f"X-Padding-{index:03d}", "p" * (size - 14)) for index in range(count)]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12 item 09: the app sets no header limits of its own (a 20 KiB field is served), and a head "
+    "beyond h11's 16 KiB (a 1 MiB Authorization header) or one h11 cannot parse gets uvicorn's text/plain 400",
+)
+def test_defect_09_oversized_headers_get_a_431_problem_over_a_real_socket(server: Server) -> None:
+    """Beyond the app's limits (one field, all fields) but within the server's parse limit: the app's 431.
+    Far beyond every limit (a 1 MiB Authorization header): the server's 431, also a problem, and an answer
+    rather than a reset. A head the server cannot parse: a 400 problem, never uvicorn's text/plain. Heads just
+    within the limits are served."""
+    port = port_of(server)
+    for fields in (padding(1, FIELD_LIMIT - 64), padding(2, HEADER_LIMIT // 2 - 256)):
+        within = exchange(port, head("GET", "/v1/jobs", AUTH, *fields))
+        assert within.answer is not None, within.error
+        assert within.answer.status == 200, within.answer
+
+    one_field = exchange(port, head("GET", "/v1/jobs", AUTH, *padding(1, FIELD_LIMIT + 4 * KIB)))
+    problem_in(one_field, 431, "headers_too_large.field")
+    all_fields = exchange(port, head("GET", "/v1/jobs", AUTH, *padding(30, 1200)))
+    problem_in(all_fields, 431, "headers_too_large.total")
+    huge = exchange(port, head("GET", "/v1/jobs", ("Authorization", "Bearer " + "a" * MIB)))
+    problem_in(huge, 431, "headers_too_large")
+
+    unparsable = exchange(port, b"GET /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nno colon here\r\n\r\n")
+    problem_in(unparsable, 400, "malformed_request.http")
