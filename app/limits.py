@@ -1,32 +1,61 @@
 """The HTTP edge's limits, enforced before any route reads or parses a request: a pure ASGI middleware.
 
-A body larger than ``max_body_bytes`` is refused 413: on its Content-Length before a byte of it is read, or
-while it is read (chunked), at the first message past the limit. So no request ever holds more than the limit,
-however many arrive at once. A refusal is a problem (``application/problem+json``) and closes the connection:
-the rest of that request is never read.
+- Header fields larger than ``max_header_field_bytes`` one by one or ``max_header_bytes`` together: 431.
+- A body larger than ``max_body_bytes``: 413, on its Content-Length before a byte of it is read, or while it is
+  read (chunked), at the first message past the limit. So no request ever holds more than the limit, however
+  many arrive at once.
+
+A refusal is a problem (``application/problem+json``) and closes the connection: the rest of that request is
+never read. The server's own parse limit (:func:`EdgeLimits.server_head_bytes`, see app.serving) lies a little
+above the header limits, so that every head within them reaches this middleware whole.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.problems import problem_response
 from broker.settings import Settings
-from conveyor.problems import PAYLOAD_TOO_LARGE, Problem
+from conveyor.problems import HEADERS_TOO_LARGE, MALFORMED_REQUEST, PAYLOAD_TOO_LARGE, Problem
+
+# What the server's parse limit adds to the header limit: the request line (method, a target of up to ~8 KiB,
+# version) and the blank line that ends the head.
+REQUEST_LINE_BYTES = 8 * 1024
+FIELD_OVERHEAD_BYTES = 4  # ": " and CRLF, as each field is sent
+
+# The answers the edge may give to any request, for the OpenAPI document.
+EDGE_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": f"Not a valid HTTP/1.1 request ({MALFORMED_REQUEST.code}.http)", "model": Problem},
+    413: {"description": "The request body is larger than the broker's limit; nothing was read", "model": Problem},
+    431: {"description": "A header field, or all of them, larger than the broker's limits", "model": Problem},
+}
 
 
 @dataclass(frozen=True, slots=True)
 class EdgeLimits:
-    """What one request may be at most, in bytes."""
+    """What one request may be at most, in bytes; a field is never allowed more than the whole head."""
 
     max_body_bytes: int
+    max_header_bytes: int
+    max_header_field_bytes: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EdgeLimits:
-        return cls(max_body_bytes=settings.max_body_bytes)
+        return cls(
+            max_body_bytes=settings.max_body_bytes,
+            max_header_bytes=settings.max_header_bytes,
+            max_header_field_bytes=settings.max_header_field_bytes,
+        )
+
+    @property
+    def server_head_bytes(self) -> int:
+        """The server's parse limit for a request head: a little above the header limits, so that the app, not
+        the server, answers every head that is only somewhat too large."""
+        return self.max_header_bytes + REQUEST_LINE_BYTES
 
 
 class RequestLimits:
@@ -55,9 +84,30 @@ class RequestLimits:
         await self.app(scope, _replay(body, receive), send)
 
     def _refusal_of_head(self, scope: Scope) -> Problem | None:
+        problem = self._oversized_headers(scope)
+        if problem is not None:
+            return problem
         declared = _content_length(Headers(scope=scope))
         if declared is not None and declared > self.limits.max_body_bytes:
             return self._too_large(scope)
+        return None
+
+    def _oversized_headers(self, scope: Scope) -> Problem | None:
+        field_limit, total, total_limit = self.limits.max_header_field_bytes, 0, self.limits.max_header_bytes
+        for name, value in scope["headers"]:
+            size = len(name) + len(value)
+            if size > field_limit:
+                detail = (
+                    f"the header field {name[:64].decode('latin-1')!r} is {size} bytes, larger than this broker's "
+                    f"limit of {field_limit} bytes for one field (name and value)"
+                )
+                code = f"{HEADERS_TOO_LARGE.code}.field"
+                return HEADERS_TOO_LARGE.problem(detail, code=code, instance=scope["path"], limit_bytes=field_limit)
+            total += size + FIELD_OVERHEAD_BYTES
+        if total > total_limit:
+            detail = f"the header fields take {total} bytes, more than this broker's limit of {total_limit} bytes"
+            code = f"{HEADERS_TOO_LARGE.code}.total"
+            return HEADERS_TOO_LARGE.problem(detail, code=code, instance=scope["path"], limit_bytes=total_limit)
         return None
 
     def _too_large(self, scope: Scope) -> Problem:

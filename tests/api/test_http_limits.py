@@ -134,11 +134,6 @@ def padding(count: int, size: int) -> list[tuple[str, str]]:
     return [(f"X-Padding-{index:03d}", "p" * (size - 14)) for index in range(count)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 item 09: the app sets no header limits of its own (a 20 KiB field is served), and a head "
-    "beyond h11's 16 KiB (a 1 MiB Authorization header) or one h11 cannot parse gets uvicorn's text/plain 400",
-)
 def test_defect_09_oversized_headers_get_a_431_problem_over_a_real_socket(server: Server) -> None:
     """Beyond the app's limits (one field, all fields) but within the server's parse limit: the app's 431.
     Far beyond every limit (a 1 MiB Authorization header): the server's 431, also a problem, and an answer
