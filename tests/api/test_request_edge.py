@@ -1,9 +1,14 @@
 """The HTTP edge in-process, on SQLite and PostgreSQL: what the broker reads of a request before any route
-does (its size), and that its default limits admit the largest job."""
+does (its size, its encoding: plain UTF-8 JSON without duplicate keys), and that its default limits admit the
+largest job."""
 
 from __future__ import annotations
 
+import codecs
+import gzip
 import json
+
+import pytest
 
 from conveyor.spec import MAX_SCRIPT_BYTES
 from tests.api.conftest import Api, job_body
@@ -52,3 +57,58 @@ async def test_a_body_at_the_limit_is_read_and_one_byte_more_is_a_413(api: Api) 
     assert over.headers["connection"] == "close"
     names = [job["name"] for job in (await api.client.get("/v1/jobs")).json()["items"]]
     assert names == ["train"]
+
+
+JOB = json.dumps(job_body())
+JSON = "application/json"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12 item 06: the body is decoded leniently: a BOM, UTF-16 and UTF-32 are read, a declared charset "
+    "and Content-Encoding are ignored, a duplicate key keeps its last value, and a body that is not UTF-8 gets "
+    "FastAPI's 400 without a problem code",
+)
+@pytest.mark.parametrize(
+    ("content", "headers", "status", "code"),
+    [
+        (JOB[:-1] + ', "name": "again"}', {}, 400, "malformed_request.duplicate_key"),
+        (
+            JOB.replace('"time_limit_min": 20', '"time_limit_min": 20, "time_limit_min": 30'),
+            {},
+            400,
+            "malformed_request.duplicate_key",
+        ),
+        (codecs.BOM_UTF8 + JOB.encode(), {}, 400, "malformed_request.byte_order_mark"),
+        (JOB.encode("utf-16"), {}, 400, "malformed_request.not_utf8"),
+        (JOB.encode("utf-16-le"), {}, 400, "malformed_request.not_utf8"),
+        (JOB.encode("utf-32"), {}, 400, "malformed_request.not_utf8"),
+        (JOB.replace('"train"', '"tr\u00e9n"').encode("latin-1"), {}, 400, "malformed_request.not_utf8"),
+        (JOB.encode("utf-16"), {"content-type": f"{JSON}; charset=utf-16"}, 415, "unsupported_media_type.charset"),
+        (JOB, {"content-type": f"{JSON}; charset=iso-8859-1"}, 415, "unsupported_media_type.charset"),
+        (gzip.compress(JOB.encode()), {"content-encoding": "gzip"}, 415, "unsupported_media_type.content_encoding"),
+        (JOB, {"content-encoding": "br"}, 415, "unsupported_media_type.content_encoding"),
+    ],
+    ids=[
+        "duplicate-key",
+        "nested-duplicate-key",
+        "utf8-bom",
+        "utf16-bom",
+        "utf16le",
+        "utf32",
+        "latin1-bytes",
+        "charset-utf16",
+        "charset-latin1",
+        "gzip",
+        "br-declared",
+    ],
+)
+async def test_defect_06_raw_body_is_plain_utf8_json_without_duplicate_keys(
+    api: Api, content: str | bytes, headers: dict[str, str], status: int, code: str
+) -> None:
+    """A body the JSON parser would read only by guessing (a BOM, another encoding), by ignoring what the request
+    declares (its charset or Content-Encoding) or by dropping a value (a duplicate key) is refused: 400 when it is
+    malformed, 415 when its declared encoding is not supported. Nothing is stored."""
+    response = await api.client.post("/v1/jobs", content=content, headers={"content-type": JSON, **headers})
+    problem_of(response, status, code)
+    assert (await api.client.get("/v1/jobs")).json()["items"] == []
