@@ -1,13 +1,15 @@
 """The HTTP edge's limits, enforced before any route reads or parses a request: a pure ASGI middleware.
 
 - Header fields larger than ``max_header_field_bytes`` one by one or ``max_header_bytes`` together: 431.
+- A Content-Encoding other than identity or a charset other than utf-8: 415 (app.plain_json).
 - A body larger than ``max_body_bytes``: 413, on its Content-Length before a byte of it is read, or while it is
   read (chunked), at the first message past the limit. So no request ever holds more than the limit, however
   many arrive at once.
+- A JSON body that is not plain UTF-8 JSON with one value per key: 400 (app.plain_json).
 
-A refusal is a problem (``application/problem+json``) and closes the connection: the rest of that request is
-never read. The server's own parse limit (:func:`EdgeLimits.server_head_bytes`, see app.serving) lies a little
-above the header limits, so that every head within them reaches this middleware whole.
+A refusal is a problem (``application/problem+json``); one made before the body was read closes the connection,
+as the rest of that request is never read. The server's own parse limit (:func:`EdgeLimits.server_head_bytes`,
+see app.serving) lies a little above the header limits, so that every head within them reaches this middleware.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.plain_json import body_problem, encoding_problem
 from app.problems import problem_response
 from broker.settings import Settings
 from conveyor.problems import HEADERS_TOO_LARGE, MALFORMED_REQUEST, PAYLOAD_TOO_LARGE, Problem
@@ -29,8 +32,13 @@ FIELD_OVERHEAD_BYTES = 4  # ": " and CRLF, as each field is sent
 
 # The answers the edge may give to any request, for the OpenAPI document.
 EDGE_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": f"Not a valid HTTP/1.1 request ({MALFORMED_REQUEST.code}.http)", "model": Problem},
+    400: {
+        "description": f"Not a valid HTTP/1.1 request ({MALFORMED_REQUEST.code}.http), or a JSON body that is not "
+        "plain UTF-8 (a byte order mark, another encoding) or has a duplicate key",
+        "model": Problem,
+    },
     413: {"description": "The request body is larger than the broker's limit; nothing was read", "model": Problem},
+    415: {"description": "A Content-Encoding other than identity, or a charset other than utf-8", "model": Problem},
     431: {"description": "A header field, or all of them, larger than the broker's limits", "model": Problem},
 }
 
@@ -59,8 +67,8 @@ class EdgeLimits:
 
 
 class RequestLimits:
-    """Refuses a request beyond ``limits`` with a problem; hands every other one on, its body read once (and
-    never past the limit) and replayed to the app as one message."""
+    """Refuses a request beyond ``limits`` or not in plain JSON with a problem; hands every other one on, its
+    body read once (never past the limit), checked, and replayed to the app as one message."""
 
     def __init__(self, app: ASGIApp, limits: EdgeLimits) -> None:
         self.app = app
@@ -72,22 +80,27 @@ class RequestLimits:
             return
         problem = self._refusal_of_head(scope)
         if problem is not None:
-            await _refuse(problem, scope, receive, send)
+            await _refuse(problem, scope, receive, send, close=True)
             return
         try:
             body = await _read_body(receive, self.limits.max_body_bytes)
         except _TooLarge:
-            await _refuse(self._too_large(scope), scope, receive, send)
+            await _refuse(self._too_large(scope), scope, receive, send, close=True)
             return
         except _Disconnected:
             return  # the client went away mid-body: there is no one to answer
+        problem = body_problem(Headers(scope=scope), body, scope["path"])
+        if problem is not None:
+            await _refuse(problem, scope, receive, send, close=False)
+            return
         await self.app(scope, _replay(body, receive), send)
 
     def _refusal_of_head(self, scope: Scope) -> Problem | None:
-        problem = self._oversized_headers(scope)
+        headers = Headers(scope=scope)
+        problem = self._oversized_headers(scope) or encoding_problem(headers, scope["path"])
         if problem is not None:
             return problem
-        declared = _content_length(Headers(scope=scope))
+        declared = _content_length(headers)
         if declared is not None and declared > self.limits.max_body_bytes:
             return self._too_large(scope)
         return None
@@ -157,6 +170,6 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return receive_replayed
 
 
-async def _refuse(problem: Problem, scope: Scope, receive: Receive, send: Send) -> None:
-    """Answer ``problem`` and close the connection: what is left of the request is never read."""
-    await problem_response(problem, {"Connection": "close"})(scope, receive, send)
+async def _refuse(problem: Problem, scope: Scope, receive: Receive, send: Send, *, close: bool) -> None:
+    """Answer ``problem``; ``close`` the connection when what is left of the request is never read."""
+    await problem_response(problem, {"Connection": "close"} if close else None)(scope, receive, send)

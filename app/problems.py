@@ -203,10 +203,13 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 _PROBLEM_REF = "#/components/schemas/Problem"
-# What an operation with a JSON body may answer when the body cannot even be decoded (not UTF-8): FastAPI's own
-# 400, sent as a problem like every error. A body that decodes but is not valid JSON is a 422 (json_invalid).
+# What an operation with a JSON body may answer when the body is not plain UTF-8 JSON (app.plain_json): a 400
+# malformed_request problem. A body that decodes but is not valid JSON is a 422 (json_invalid).
 BODY_UNREADABLE: dict[int | str, dict[str, Any]] = {
-    400: {"description": "The request body could not be read (not UTF-8)", "model": Problem}
+    400: {
+        "description": "The request body could not be read: not UTF-8, a byte order mark, or a duplicate key",
+        "model": Problem,
+    }
 }
 
 

@@ -63,12 +63,6 @@ JOB = json.dumps(job_body())
 JSON = "application/json"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 item 06: the body is decoded leniently: a BOM, UTF-16 and UTF-32 are read, a declared charset "
-    "and Content-Encoding are ignored, a duplicate key keeps its last value, and a body that is not UTF-8 gets "
-    "FastAPI's 400 without a problem code",
-)
 @pytest.mark.parametrize(
     ("content", "headers", "status", "code"),
     [
@@ -112,3 +106,27 @@ async def test_defect_06_raw_body_is_plain_utf8_json_without_duplicate_keys(
     response = await api.client.post("/v1/jobs", content=content, headers={"content-type": JSON, **headers})
     problem_of(response, status, code)
     assert (await api.client.get("/v1/jobs")).json()["items"] == []
+
+
+@pytest.mark.parametrize(
+    ("content", "headers"),
+    [
+        (JOB, {"content-type": f"{JSON}; charset=utf-8"}),
+        (JOB, {"content-type": f'{JSON}; charset="UTF-8"'}),
+        (JOB, {"content-encoding": "identity"}),
+        (JOB.replace('"train"', '"tr\\u00e9n \\ud83d\\ude00"'), {}),
+        (JOB.replace('"train"', '"trén 😀"').encode(), {}),
+    ],
+    ids=["charset-utf8", "charset-quoted-upper", "identity", "escaped-non-ascii", "raw-utf8"],
+)
+async def test_plain_utf8_json_is_accepted_however_it_is_declared(
+    api: Api, content: str | bytes, headers: dict[str, str]
+) -> None:
+    response = await api.client.post("/v1/jobs", content=content, headers={"content-type": JSON, **headers})
+    assert response.status_code == 201, response.text
+
+
+async def test_json_nested_beyond_the_parser_is_a_400_not_a_500(api: Api) -> None:
+    depth = 200_000
+    response = await api.client.post("/v1/jobs", content="[" * depth + "]" * depth, headers={"content-type": JSON})
+    problem_of(response, 400, "malformed_request.nesting")

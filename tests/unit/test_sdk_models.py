@@ -386,11 +386,13 @@ def test_problem_round_trips_and_keeps_extension_members() -> None:
         (PROBLEM_TYPES["payload_too_large"].problem(), ValidationFailed),
         (PROBLEM_TYPES["headers_too_large"].problem(code="headers_too_large.field"), ValidationFailed),
         (PROBLEM_TYPES["malformed_request"].problem(code="malformed_request.http"), ValidationFailed),
+        (PROBLEM_TYPES["unsupported_media_type"].problem(code="unsupported_media_type.charset"), ValidationFailed),
         # no code we know: the status family decides
         (Problem(status=400), ValidationFailed),
         (Problem(status=409, code="some_future_code"), Conflict),
         (Problem(status=410), NotFound),
         (Problem(status=413), ValidationFailed),
+        (Problem(status=415), ValidationFailed),
         (Problem(status=431), ValidationFailed),
         (Problem.from_status(502), Unavailable),
         (Problem.from_status(504), Unavailable),
