@@ -7,8 +7,12 @@ string turn into a batch directive.
 
 from __future__ import annotations
 
+import errno
+import os
+import posixpath
 import pwd
 import re
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,3 +141,35 @@ def fenced_script(script: str) -> str:
     else:
         shebang, body = DEFAULT_SHEBANG, lines
     return "\n".join([shebang, DIRECTIVE_FENCE, *body]) + "\n"
+
+
+def site_path(fs_root: str | Path, cluster_path: str) -> Path:
+    """A path of the cluster's filesystem as seen from here: normalized first, so it never leaves ``fs_root``."""
+    relative = posixpath.normpath("/" + cluster_path).lstrip("/")
+    return Path(fs_root) / relative
+
+
+def read_owned_tail(path: Path, max_bytes: int, *, owner_uid: int) -> str:
+    """The last ``max_bytes`` of a regular file that ``owner_uid`` owns, decoded leniently.
+
+    Output paths are the user's choice and adapters read them privileged: the final component is opened
+    without following a symlink (O_NOFOLLOW) and every check runs on the open descriptor, so nothing swapped
+    in after a check is read; a FIFO does not block (O_NONBLOCK) and is refused. Root-owned files never are
+    read. Failures raise :class:`OSError` (``PermissionError`` for a refused file).
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise PermissionError(f"{path} is not a regular file (a symbolic link)") from None
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise PermissionError(f"{path} is not a regular file")
+        if owner_uid == 0 or info.st_uid != owner_uid:
+            raise PermissionError(f"{path} is not owned by the job's uid {owner_uid} (its owner: uid {info.st_uid})")
+        size = handle.seek(0, 2)
+        handle.seek(max(size - max_bytes, 0))
+        return handle.read().decode("utf-8", errors="replace")
