@@ -231,3 +231,14 @@ async def test_the_lab_builds_its_adapters_through_the_factory(fs_root: Path) ->
     assert isinstance(make_adapter("cli", cluster), CliAdapter)
     with pytest.raises(ValueError, match="unknown adapter kind"):
         adapter_config("ssh", cluster)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12 item 2: a rest adapter that cannot resolve uids (user_lookup none) starts with names-only "
+    "checks, so any account slurmrestd knows can be submitted as",
+)
+def test_defect_02_a_rest_adapter_that_cannot_resolve_uids_needs_allowed_users() -> None:
+    with pytest.raises(AdapterConfigError) as refused:
+        rest_config(user_lookup="none")
+    assert refused.value.field == "allowed_users"
