@@ -12,7 +12,8 @@ Example (YAML; JSON works too)::
         country: IT
         site: CINECA
         adapter: {kind: rest, cluster: leonardo, url: "https://slurmrest.example:6820",
-                  jwt_key_file: /etc/conveyor/keys/leonardo.jwt, operator_user: conveyor}
+                  jwt_key_file: /etc/conveyor/keys/leonardo.jwt, operator_user: conveyor,
+                  allowed_users: "[a-z][a-z0-9-]{2,31}"}  # no uid look-up here: who jobs may run as
         mapping: {default_user: conveyor-jobs, default_account: EUHPC_A01_001}
         enforce_part_limits: ALL
         job_root: /leonardo_scratch/conveyor      # jobs without a working directory run (and log) here
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -148,7 +148,7 @@ class Factory(_Strict):
         # The refusal the adapter applies at submit, found when the file is loaded (names only: the site's
         # accounts need not exist where the broker runs).
         try:
-            replace(site_policy(self.adapter), resolve_uid=None).check_user(self.mapping.default_user)
+            site_policy(self.adapter).check_name(self.mapping.default_user)
         except UnsafeRequest as exc:
             raise _FieldError("mapping.default_user", exc.message) from None
         return self

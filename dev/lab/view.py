@@ -22,7 +22,7 @@ from slurm_adapters.convert import parse_key_values
 from slurm_adapters.factory import AdapterConfig, CliConfig, PyslurmConfig, RestConfig, build_adapter
 from slurm_adapters.interface import SlurmAdapter
 from slurm_adapters.records import JobRecord, SlurmJobState
-from slurm_adapters.safety import SitePolicy, passwd_resolver
+from slurm_adapters.safety import SitePolicy, passwd_lookup
 
 DEFAULT_LAB_JSON = Path(os.environ.get("CONVEYOR_LAB_DIR", "/var/lib/conveyor-lab")) / "lab.json"
 SUBMIT_USER = "alice"
@@ -90,7 +90,11 @@ class Cluster:
         return next(p for p in self.raw["partitions"] if not p["gpus"])
 
     def policy(self) -> SitePolicy:
-        return SitePolicy(slurm_user=self.raw["slurm_user"], resolve_uid=passwd_resolver(self.fs_root))
+        return SitePolicy(
+            slurm_user=self.raw["slurm_user"],
+            lookup=passwd_lookup(self.fs_root),
+            login_defs=self.fs_root / "etc/login.defs",
+        )
 
     def slurm(self, *argv: str, timeout_s: float = 15.0) -> str:
         """Run a Slurm command in the cluster's filesystem (the test's own path to Slurm); return stdout."""

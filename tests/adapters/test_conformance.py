@@ -315,11 +315,6 @@ async def test_privileged_and_system_users_are_refused(adapter: SlurmAdapter, cl
             adapter.render(spec, user)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 item 2: the lab's SlurmUser is root, so Debian's daemon account slurm (uid 64030, "
-    "shell nologin) and nobody (65534) pass the uid >= 1000 check and jobs run as them",
-)
 async def test_defect_02_daemon_accounts_are_refused_at_every_submit(adapter: SlurmAdapter, cluster: Cluster) -> None:
     spec = simple_spec(cluster, "true\n", "daemon")
     for user in ("slurm", "nobody"):

@@ -174,7 +174,9 @@ def write_site(directory: Path) -> Path:
 def write_factories(directory: Path) -> Path:
     document = copy.deepcopy(FACTORIES)
     site = write_site(directory / "alpha-site")
-    document["factories"][0]["adapter"].update(fs_root=str(site), user_lookup="passwd")
+    alpha, bravo = document["factories"]
+    alpha["adapter"].update(fs_root=str(site), user_lookup="passwd")  # resolves uids at its site
+    bravo["adapter"].update(allowed_users="alice|bob")  # cannot: names its people instead
     path = directory / "factories.json"
     path.write_text(json.dumps(document))
     return path

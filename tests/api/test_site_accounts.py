@@ -83,11 +83,6 @@ async def test_only_the_factorys_operators_and_admins_map_its_accounts(broker: B
 NOT_PEOPLE = ["root", "daemon", "slurm", "nobody", "backup-svc", "pkg-daemon", "nfsnobody"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 item 2: mappings to nobody (65534), Debian's package-allocated uids (60000-65533), "
-    "4294967294 and accounts whose shell is nologin/false are accepted: only uid < 1000 is refused",
-)
 async def test_defect_02_daemon_reserved_and_nologin_accounts_are_refused_when_mapped(
     broker: Broker, site: Site
 ) -> None:
@@ -106,3 +101,12 @@ async def test_defect_02_daemon_reserved_and_nologin_accounts_are_refused_when_m
         carol = await operator.put(f"/v1/factories/alpha/accounts/user/{site.alice_id}", json={"slurm_user": "carol"})
         assert carol.status_code == 200, carol.text
     assert accepted == [], f"mapped to {accepted}"
+
+
+async def test_a_factory_that_resolves_no_uids_maps_only_its_allowed_users(broker: Broker, site: Site) -> None:
+    async with broker.client(broker.admin_token) as admin:  # bravo: user_lookup none, allowed_users alice|bob
+        refused = await admin.put(f"/v1/factories/bravo/accounts/user/{site.alice_id}", json={"slurm_user": "carol"})
+        problem = problem_of(refused, 422, "validation_error")
+        assert "allowed_users" in (problem.detail or "")
+        mapped = await admin.put(f"/v1/factories/bravo/accounts/user/{site.alice_id}", json={"slurm_user": "bob"})
+        assert mapped.status_code == 200, mapped.text

@@ -19,6 +19,7 @@ import pytest
 from slurm_adapters.errors import OutputUnavailable
 from slurm_adapters.rest import RestAdapter
 from slurm_adapters.safety import SitePolicy, read_owned_tail, site_path
+from tests.unit.sites import policy_of
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own files as another user")
 
@@ -95,7 +96,7 @@ def _rest(scene: Scene, key_file: Path) -> RestAdapter:
 
 def _alice_policy() -> SitePolicy:
     """The test's site: alice is uid OWNER."""
-    return SitePolicy(resolve_uid={"alice": OWNER}.get)
+    return policy_of({"alice": OWNER})
 
 
 @pytest.fixture

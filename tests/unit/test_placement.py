@@ -48,6 +48,7 @@ def factory(factory_id: str, country: str, *partitions: dict[str, Any]) -> dict[
             "url": "http://127.0.0.1:6820",
             "jwt_key_file": "/k",
             "operator_user": "root",
+            "allowed_users": "alice|bob",
         },
         "mapping": {"default_user": "alice"},
         "partitions": list(partitions),

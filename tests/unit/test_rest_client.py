@@ -28,6 +28,7 @@ from slurm_adapters.records import SlurmJobSpec, SlurmJobState
 from slurm_adapters.rest import RestAdapter
 from slurm_adapters.safety import SitePolicy
 from slurm_adapters.tokens import verify_token
+from tests.unit.sites import policy_of
 
 DATA = Path(__file__).parent / "data" / "rest"
 KEY = b"k" * 32
@@ -71,7 +72,7 @@ def key_file(tmp_path: Path) -> Path:
 
 
 def policy() -> SitePolicy:
-    return SitePolicy(resolve_uid={"alice": 1001, "bob": 1002}.get)
+    return policy_of({"alice": 1001, "bob": 1002})
 
 
 def adapter(
@@ -337,7 +338,7 @@ async def test_read_output_reads_the_tail_under_output_root(key_file: Path, tmp_
     owner = 4242 if os.geteuid() == 0 else os.geteuid()
     if os.geteuid() == 0:
         os.chown(out, owner, owner)
-    pol = SitePolicy(min_uid=0 if owner < 1000 else 1000, resolve_uid=lambda user: owner)
+    pol = policy_of({"alice": owner}, uid_ranges=((1, 4294967293),))
     routes: dict[tuple[str, str], Handler | httpx.Response] = {
         V42_PING: ok(),
         ("GET", "/slurm/v0.0.42/job/2"): _job_with_output("/scratch/job/out.txt", owner),

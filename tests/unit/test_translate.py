@@ -30,6 +30,7 @@ def _factory(**extra: Any) -> Factory:
                     "url": "http://127.0.0.1:6820",
                     "jwt_key_file": "/k",
                     "operator_user": "root",
+                    "allowed_users": "alice|bob",
                 },
                 "mapping": {"default_user": "alice", "default_account": "ehpc-aif-test"},
                 "partitions": [
