@@ -198,7 +198,8 @@ def check_environment(environment: Mapping[str, str], *, cluster: str | None = N
 
 
 def check_spec(spec: SlurmJobSpec, *, cluster: str | None = None) -> None:
-    """Refuse user strings that could smuggle options: control characters in names and paths."""
+    """Refuse user strings that could smuggle options (control characters in names and paths) and paths that
+    climb out of where they point (``..``)."""
     for label, value in (
         ("name", spec.name),
         ("tag", spec.tag),
@@ -214,6 +215,13 @@ def check_spec(spec: SlurmJobSpec, *, cluster: str | None = None) -> None:
             raise UnsafeRequest(f"{label} contains a control character (newline, tab, ...)", cluster=cluster)
     if not spec.working_directory.startswith("/"):
         raise UnsafeRequest("working_directory must be an absolute path", cluster=cluster)
+    for label, path in (
+        ("working_directory", spec.working_directory),
+        ("stdout", spec.stdout),
+        ("stderr", spec.stderr),
+    ):
+        if path is not None and ".." in path.split("/"):
+            raise UnsafeRequest(f"{label} must not contain '..' segments", cluster=cluster)
     if spec.gpus_per_node < 0 or spec.nodes < 1 or spec.tasks < 1 or spec.cpus_per_task < 1:
         raise UnsafeRequest("nodes, tasks and cpus_per_task must be >= 1, GPUs >= 0", cluster=cluster)
     if spec.gpu_type is not None and spec.gpus_per_node == 0:

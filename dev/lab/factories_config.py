@@ -4,7 +4,8 @@ Written as JSON (valid YAML, so the broker reads it like any hand-written factor
 alone. Each Factory is reached through slurmrestd (the broker's default adapter; pyslurm cannot run on the
 host), configured by the same :func:`dev.lab.view.adapter_config` the tests use, and maps jobs to the lab's
 submit user ``alice`` and the first Slurm account of clusters that enforce accounts; jobs without a working
-directory run in the cluster's scratch directory (its path inside the cluster). Each adapter declares the lab's
+directory run in the cluster's scratch directory (its path inside the cluster), and jobs may work there or
+in the site user's home (``working_roots``). Each adapter declares the lab's
 submit users as ``allowed_users``, the names a rest adapter may submit as even where it resolves no uid.
 
 ``python3 -m dev.lab.factories_config`` writes it next to lab.json.
@@ -50,6 +51,12 @@ def allowed_users(lab_doc: dict[str, Any]) -> str:
     return "|".join(re.escape(user) for user in sorted(lab_doc.get("submit_users") or [SUBMIT_USER]))
 
 
+def working_roots(cluster: Cluster) -> list[str]:
+    """Where the lab's jobs may work: the cluster's scratch directory (every test job's directory is below it)
+    and the site user's home."""
+    return [cluster.raw["scratch_dir"], "/home/{user}"]
+
+
 def factory_entry(cluster: Cluster, users: str) -> dict[str, Any]:
     """One lab cluster as a Factory of the broker's config; ``users``: the pattern of who jobs may run as."""
     raw = cluster.raw
@@ -64,6 +71,7 @@ def factory_entry(cluster: Cluster, users: str) -> dict[str, Any]:
         "mapping": {"default_user": SUBMIT_USER, "default_account": accounts[0] if accounts else None},
         "enforce_part_limits": raw["enforce_part_limits"],
         "job_root": raw["scratch_dir"],
+        "working_roots": working_roots(cluster),
         "accounting": bool(raw["accounting"]),
         "min_job_age_s": int(raw["min_job_age_s"]),
         "clock_skew_s": CLOCK_SKEW_S,

@@ -176,6 +176,7 @@ def write_factories(directory: Path) -> Path:
     site = write_site(directory / "alpha-site")
     alpha, bravo = document["factories"]
     alpha["adapter"].update(fs_root=str(site), user_lookup="passwd")  # resolves uids at its site
+    alpha["working_roots"] = ["/scratch/alpha", "/home/{user}"]  # bravo: its job_root alone
     bravo["adapter"].update(allowed_users="alice|bob")  # cannot: names its people instead
     path = directory / "factories.json"
     path.write_text(json.dumps(document))

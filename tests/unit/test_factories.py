@@ -317,6 +317,7 @@ def assert_matches_lab(registry: FactoryRegistry, lab: dict[str, Any]) -> None:
         )
         assert factory.mapping.default_user == "alice"
         assert factory.job_root == raw["scratch_dir"]
+        assert factory.allowed_roots == (raw["scratch_dir"], "/home/{user}")
         assert (factory.accounting, factory.min_job_age_s) == (raw["accounting"], raw["min_job_age_s"])
         assert factory.mapping.default_account == (raw["accounts"][0] if raw["accounts"] else None)
         nodes = {node["name"]: node for node in raw["nodes"]}

@@ -87,9 +87,16 @@ HEALTHY = FactoryStatus(healthy=True)
 ALL_UP = {factory_id: HEALTHY for factory_id in REGISTRY.ids}
 
 
-def job(placement: dict[str, Any] | None = None, **resources: Any) -> JobSpec:
+def job(placement: dict[str, Any] | None = None, *, directory: str | None = None, **resources: Any) -> JobSpec:
     return JobSpec.model_validate(
-        {"name": "t", "project": "p", "command": ["true"], "resources": resources, "placement": placement or {}}
+        {
+            "name": "t",
+            "project": "p",
+            "command": ["true"],
+            "resources": resources,
+            "placement": placement or {},
+            "working_directory": directory,
+        }
     )
 
 
@@ -386,6 +393,7 @@ DRAINED = FactoryStatus(healthy=True, drained=True)
 # Every way placement fails, as (spec, statuses, allowed): the codes come from place() itself, not from a list.
 FAILURES: list[tuple[JobSpec, dict[str, FactoryStatus] | None, set[str] | None]] = [
     (job(placement={"factory": "mimer"}), None, None),
+    (job(directory="/root"), None, None),  # no Factory here has a job_root or working_roots
     (job(placement={"factory": "bravo"}), None, {"alpha"}),
     (job(), None, set()),
     (job(placement={"factory": "bravo", "countries": ["IT"]}), None, None),
