@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dev.lab import procs
-from dev.lab.commands import launch_ctld, run_slurm
+from dev.lab.commands import Slurmd, restart_ctld, run_slurm
 from slurm_adapters.convert import parse_key_values
 from slurm_adapters.factory import AdapterConfig, CliConfig, PyslurmConfig, RestConfig, build_adapter
 from slurm_adapters.interface import SlurmAdapter
@@ -111,8 +111,20 @@ class Cluster:
         return procs.kill(Path(self.host_path_of_pid_file()))
 
     def start_ctld(self) -> None:
+        """slurmctld back on its saved state, with fresh slurmds (see :func:`dev.lab.commands.restart_ctld`)."""
         log = self.host_path(f"{self.raw['cluster_dir']}/log/slurmctld.out")
-        launch_ctld(self.exec_prefix, self.slurm_conf, self.host_path_of_pid_file(), log, fresh=False)
+        restart_ctld(self.exec_prefix, self.slurm_conf, self.host_path_of_pid_file(), log, self.slurmds())
+
+    def slurmds(self) -> list[Slurmd]:
+        """Each node's slurmd as the lab records it: PID files beside slurmctld's, output in the cluster's log."""
+        pid_dir = self.host_path_of_pid_file().parent
+        log_dir = self.host_path(f"{self.raw['cluster_dir']}/log")
+        return [
+            Slurmd(
+                node["name"], pid_dir / f"{self.name}-slurmd-{node['name']}.pid", log_dir / f"slurmd-{node['name']}.out"
+            )
+            for node in self.raw["nodes"]
+        ]
 
     def host_path_of_pid_file(self) -> Path:
         # lab.json already gives pid files as seen from wherever that lab.json is read.

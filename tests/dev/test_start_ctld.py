@@ -2,10 +2,11 @@
 
 slurmctld saves its state asynchronously: SIGKILLed just after it launched some batch jobs, it comes back from
 state that predates those launches (it forgot the jobs, or holds them as still pending), and hands their ids
-out again. The slurmd that launched them still remembers the ids; unless the lab's restart deals with that, it
-refuses the relaunch ("Job N already running, do not launch second copy") and slurmctld drains the node with
-the reason "Duplicate jobid". Only on the expendable cluster echo, which is brought back healthy whatever the
-outcome (the test's jobs cancelled, a node drained for that reason resumed, slurmctld running).
+out again. The slurmd that launched them remembers the ids: had it kept running, it would refuse the relaunch
+("Job N already running, do not launch second copy") and slurmctld would drain the node with the reason
+"Duplicate jobid"; start-ctld starts every slurmd afresh with slurmctld. Only on the expendable cluster echo,
+which is brought back healthy whatever the outcome (the test's jobs cancelled, a node drained for that reason
+resumed, slurmctld running).
 """
 
 from __future__ import annotations
@@ -101,11 +102,6 @@ def _launched_then_forgotten(cluster: Cluster, directory: str, host_dir: Path) -
     return [job_id for job_id in ran if states[job_id] in {"", "PENDING"}]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 item 19: after start-ctld, slurmd still holds the ids of launches slurmctld forgot, refuses "
-    "them when they come again, and the node is drained with 'Duplicate jobid'",
-)
 def test_defect_19_start_ctld_leaves_no_drained_node(echo: Cluster) -> None:
     tag = new_tag("start-ctld")
     directory = f"{echo.raw['scratch_dir']}/{tag}"
