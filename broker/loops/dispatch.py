@@ -43,7 +43,7 @@ from broker.db.group_commit import GroupCommit
 from broker.db.models import AttemptOutcome, DispatchAttempt, Job
 from broker.db.repositories import FactoryStateRepository, JobRepository
 from broker.db.repositories.allocations import AllocationRepository
-from broker.db.repositories.jobs import AttemptStart, Submitted
+from broker.db.repositories.jobs import AttemptStart, ClosedAttempt, Submitted
 from broker.db.types import utc_now
 from broker.factories.adapters import AdapterProvider
 from broker.factories.health import factory_statuses
@@ -179,12 +179,8 @@ class Dispatcher:
         if latest is not None and latest.finished_at is None and not await self._settle_doubt(job, latest):
             return
         if job.cancel_requested_at is not None:
-            if await self._jobs.transition(
-                job.id, JobState.QUEUED, JobState.CANCELLED, actor=ACTOR, cause="dispatch",
-                state_reason="cancelled before it reached Slurm",
-            ):  # fmt: skip
+            if await self._jobs.cancel_queued(job.id, reason="cancelled before it reached Slurm", actor=ACTOR):
                 _job_log(logging.INFO, job.id, "cancelled before submission")
-                await self._allocations.settle(job.id, 0)
             return
         try:
             spec = JobSpec.model_validate(job.spec)
@@ -227,8 +223,8 @@ class Dispatcher:
             slurm_job_id = await self._adapters.get(factory.id).submit(spec, user)
         except JobError as exc:
             message = _describe(exc)
-            await self._reject(job_id, f"Slurm refused the job on {factory.id}: {message}")
-            await self._jobs.finish_attempt(job_id, attempt, outcome=AttemptOutcome.REFUSED, error=message, actor=ACTOR)
+            refused = ClosedAttempt(attempt, AttemptOutcome.REFUSED, message)
+            await self._reject(job_id, f"Slurm refused the job on {factory.id}: {message}", attempt=refused)
             return
         except (AuthenticationError, ClusterUnavailable) as exc:
             await self._site_failure(job_id, attempt, factory.id, exc)
@@ -332,22 +328,16 @@ class Dispatcher:
         return Evidence(listed=listed, accounted=accounted, health=await adapter.health())
 
     async def _lose(self, job_id: str, attempt: DispatchAttempt, reason: str) -> None:
-        # The job leaves queued first: should we die in between, an open attempt on a lost job is harmless.
-        if await self._jobs.transition(
-            job_id, JobState.QUEUED, JobState.LOST, actor=ACTOR, cause="dispatch", state_reason=reason
-        ):
+        closed = ClosedAttempt(attempt.attempt, AttemptOutcome.AMBIGUOUS, reason)
+        if await self._jobs.lose(job_id, JobState.QUEUED, reason=reason, actor=ACTOR, cause="dispatch", attempt=closed):
             _job_log(logging.ERROR, job_id, "lost: %s", reason)
-            await self._jobs.finish_attempt(
-                job_id, attempt.attempt, outcome=AttemptOutcome.AMBIGUOUS, error=reason, actor=ACTOR
-            )
 
-    async def _reject(self, job_id: str, reason: str, **detail: Any) -> None:
-        if await self._jobs.transition(
-            job_id, JobState.QUEUED, JobState.REJECTED, actor=ACTOR, cause="dispatch", detail=detail,
-            state_reason=reason,
-        ):  # fmt: skip
+    async def _reject(self, job_id: str, reason: str, *, attempt: ClosedAttempt | None = None, **detail: Any) -> None:
+        """It never ran: the repository gives its reservation back in the move's own transaction."""
+        if await self._jobs.reject(
+            job_id, JobState.QUEUED, reason=reason, actor=ACTOR, cause="dispatch", detail=detail, attempt=attempt
+        ):
             _job_log(logging.INFO, job_id, "rejected: %s", reason)
-            await self._allocations.settle(job_id, 0)  # it never ran: its reservation goes back
 
     async def _retry(self, job_id: str, attempts: int, reason: str) -> None:
         delay = retry_delay_s(attempts, self._settings.retry_backoff_max_s)

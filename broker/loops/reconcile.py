@@ -25,7 +25,6 @@ from typing import Any
 from broker.db.engine import Database
 from broker.db.models import Job
 from broker.db.repositories import JobRepository
-from broker.db.repositories.allocations import AllocationRepository
 from broker.db.types import utc_now
 from broker.factories.adapters import AdapterProvider
 from broker.factories.registry import FactoryRegistry
@@ -33,7 +32,7 @@ from broker.jobs.ids import JOB_ID_PREFIX
 from broker.jobs.states import can_move, from_slurm
 from broker.jobs.translate import site_user
 from broker.settings import Settings
-from broker.tenancy.accounting import charge_s
+from broker.tenancy.accounting import Use
 from conveyor.spec import JobState
 from slurm_adapters.errors import JobNotFound, SlurmError
 from slurm_adapters.interface import SlurmAdapter
@@ -113,7 +112,6 @@ class Reconciler:
         self._settings = settings
         self._clock = clock
         self._jobs = JobRepository(database, clock)
-        self._allocations = AllocationRepository(database, clock)
         self.last: dict[str, ReconcileStats] = {}
         self.last_success: dict[str, datetime] = {}
         self.errors_by_factory: dict[str, int] = {}
@@ -206,9 +204,7 @@ class Reconciler:
             await self._apply(adapter, job, record, stats)
 
     async def _lose(self, job: Job, reason: str, stats: ReconcileStats) -> None:
-        if await self._jobs.transition(
-            job.id, job.state, JobState.LOST, actor=ACTOR, cause="reconcile", state_reason=reason
-        ):
+        if await self._jobs.lose(job.id, job.state, reason=reason, actor=ACTOR, cause="reconcile"):
             stats.lost += 1
             _log(logging.ERROR, job.id, "lost: %s", reason)
 
@@ -223,13 +219,12 @@ class Reconciler:
             await adapter.cancel(record.job_id, user)  # first: a rejected job must not linger in Slurm's queue
             stats.cancel_calls += 1
             reason = f"Slurm can never start the job: {record.reason}"
-            if await self._jobs.transition(
-                job.id, job.state, JobState.REJECTED, actor=ACTOR, cause="reconcile", state_reason=reason,
+            if await self._jobs.reject(
+                job.id, job.state, reason=reason, actor=ACTOR, cause="reconcile",
                 detail={"slurm_job_id": record.job_id, "slurm_reason": record.reason}, **slurm_fields,
             ):  # fmt: skip
                 stats.rejected += 1
-                _log(logging.INFO, job.id, "rejected: %s", reason)
-                await self._allocations.settle(job.id, 0)  # it never ran
+                _log(logging.INFO, job.id, "rejected: %s", reason)  # it never ran: its reservation went back
             return
         if job.cancel_requested_at is not None and not record.state.is_terminal:
             await adapter.cancel(record.job_id, user)  # the listing of a later cycle shows it cancelled
@@ -251,22 +246,21 @@ class Reconciler:
         if job.slurm_job_id is None:
             fields["slurm_job_id"] = str(record.job_id)
         detail = {"slurm_job_id": record.job_id, "slurm_state": record.raw_state, "slurm_reason": record.reason}
-        if await self._jobs.transition(
-            job.id, job.state, target, actor=ACTOR, cause="reconcile", detail=detail, **fields
-        ):
+        if await self._move(job, target, record, detail, fields):
             stats.changed += 1
             _log(logging.INFO, job.id, "%s -> %s (Slurm %s)", job.state, target, record.raw_state)
-            if target.is_terminal:
-                await self._charge(job, record)
 
-    async def _charge(self, job: Job, record: JobRecord) -> None:
-        """An ended job pays what Slurm says it held (elapsed x allocated GPUs or nodes), not what it asked."""
-        unit = await self._allocations.unit_of_charge(job.id)
-        if unit is None:
-            return
-        charged = charge_s(record, unit)
-        if await self._allocations.settle(job.id, charged):
-            _log(logging.INFO, job.id, "charged %d %s-seconds", charged, unit.value.split("_")[0])
+    async def _move(
+        self, job: Job, target: JobState, record: JobRecord, detail: dict[str, Any], fields: dict[str, Any]
+    ) -> bool:
+        """An ended job pays what Slurm says it held (elapsed x allocated GPUs or nodes), not what it asked,
+        in the transaction of its last move."""
+        if target.is_terminal:
+            return await self._jobs.finish(
+                job.id, job.state, target, used=Use.of(record), actor=ACTOR, cause="reconcile", detail=detail, **fields
+            )
+        return await self._jobs.transition(job.id, job.state, target, actor=ACTOR, cause="reconcile", detail=detail,
+                                           **fields)  # fmt: skip
 
     def figures(self, now: datetime | None = None) -> dict[str, dict[str, float]]:
         """Per-Factory figures for /metrics, each a mapping Factory -> number (absent: not measured yet)."""

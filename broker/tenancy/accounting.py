@@ -55,8 +55,42 @@ def charge_s(record: JobRecord, unit: AllocationUnit) -> int:
     return elapsed_s(record) * units_allocated(record, unit)
 
 
+@dataclass(frozen=True, slots=True)
+class Use:
+    """What an ended job held, as Slurm reports it: its elapsed time and what was allocated for it. Its
+    charge in either unit follows; a job that never reached Slurm used nothing (``NOTHING``: a full refund)."""
+
+    elapsed_s: int
+    gpus: int
+    nodes: int
+
+    @classmethod
+    def of(cls, record: JobRecord) -> Use:
+        return cls(
+            elapsed_s(record),
+            units_allocated(record, AllocationUnit.GPU_HOURS),
+            units_allocated(record, AllocationUnit.NODE_HOURS),
+        )
+
+    def charge_s(self, unit: AllocationUnit) -> int:
+        return self.elapsed_s * (self.gpus if unit is AllocationUnit.GPU_HOURS else self.nodes)
+
+
+NOTHING = Use(elapsed_s=0, gpus=0, nodes=0)
+
+
 def hours(unit_seconds: int) -> float:
     return round(unit_seconds / SECONDS_PER_HOUR, 3)
 
 
-__all__ = ["Reservation", "charge_s", "elapsed_s", "hours", "reservation_s", "units_allocated", "units_asked"]
+__all__ = [
+    "NOTHING",
+    "Reservation",
+    "Use",
+    "charge_s",
+    "elapsed_s",
+    "hours",
+    "reservation_s",
+    "units_allocated",
+    "units_asked",
+]

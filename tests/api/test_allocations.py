@@ -13,7 +13,8 @@ from sqlalchemy import update
 from broker.db.models import Allocation
 from broker.db.repositories.allocations import AllocationRepository
 from broker.db.repositories.jobs import JobRepository
-from broker.tenancy.accounting import charge_s
+from broker.tenancy.accounting import Use
+from conveyor.spec import JobState
 from slurm_adapters.records import JobRecord
 from slurm_adapters.records import SlurmJobState as SlurmState
 from tests.api.conftest import PROJECT, Broker, job_body
@@ -97,7 +98,8 @@ async def test_an_idempotent_replay_reserves_nothing_more(broker: Broker) -> Non
 
 
 async def test_an_ended_job_pays_what_slurm_allocated_for_the_time_it_ran(broker: Broker) -> None:
-    """The charge path of the reconciler, fed a Slurm record: elapsed x allocated GPUs replaces the reservation."""
+    """The reconciler's last move of a job, fed a Slurm record: elapsed x allocated GPUs replaces the
+    reservation, once."""
     token = await researcher_with_budget(broker, gpu_hours=10)
     async with broker.client(token) as client:
         job_id = (await client.post("/v1/jobs", json=gpu_job())).json()["id"]
@@ -109,10 +111,10 @@ async def test_an_ended_job_pays_what_slurm_allocated_for_the_time_it_ran(broker
         submit_time=start, start_time=start, end_time=start + timedelta(seconds=754), nodes="gn1", user="alice",
         allocated_tres={"cpu": "1", "node": "1", "gres/gpu": "2"},  # Slurm gave it 2 GPUs
     )  # fmt: skip
-    unit = await allocations.unit_of_charge(job_id)
-    assert unit is not None
-    assert await allocations.settle(job_id, charge_s(record, unit))
-    assert not await allocations.settle(job_id, 0)  # once only
+    jobs = JobRepository(broker.db)
+    used = Use.of(record)
+    assert await jobs.finish(job_id, JobState.QUEUED, JobState.COMPLETED, used=used, actor="test", cause="test")
+    assert not await jobs.finish(job_id, JobState.QUEUED, JobState.COMPLETED, used=used, actor="test", cause="test")
     charge = await allocations.charge(job_id)
     assert charge is not None
     assert (charge.reserved_s, charge.charged_s) == (3600, 754 * 2)

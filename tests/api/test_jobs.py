@@ -278,7 +278,7 @@ async def test_cancel_records_intent_is_repeatable_and_refused_once_ended(api: A
     assert (await api.client.post(f"/v1/jobs/{job.id}/cancel")).status_code == 202
 
     ended = await submit(api.client)
-    moved = await JobRepository(api.db).transition(ended.id, JobState.QUEUED, JobState.REJECTED, actor="test")
+    moved = await JobRepository(api.db).reject(ended.id, JobState.QUEUED, reason="test", actor="test", cause="test")
     assert moved
     problem = problem_of(await api.client.post(f"/v1/jobs/{ended.id}/cancel"), 409, "cancel_not_possible")
     assert problem.detail is not None

@@ -191,11 +191,6 @@ def _loop(
     return lambda: reconciler.run_once("alpha")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 item 14: the refund or charge is a second transaction after the state change; a crash "
-    "between the two leaves the job ended with its reservation held for ever",
-)
 @pytest.mark.parametrize("move", MOVES, ids=[move.name for move in MOVES])
 async def test_defect_14_a_crash_at_any_point_of_a_move_leaves_state_and_money_agreeing(
     db: Database, database_url: str, tmp_path: Path, move: Move

@@ -13,6 +13,7 @@ from broker.db.engine import Database
 from broker.db.repositories import JobRepository
 from broker.jobs.events import EventKind
 from broker.jobs.states import IllegalTransition
+from broker.tenancy.accounting import NOTHING
 from conveyor.spec import JobState
 from tests.db.helpers import at, new_job, someone_waits_for_a_lock, wait_until
 
@@ -22,13 +23,23 @@ TARGETS_FROM_QUEUED = [
 ]  # fmt: skip
 
 
+async def _move_from_queued(jobs: JobRepository, job_id: str, target: JobState, actor: str) -> bool:
+    """The repository's door for a move from ``queued`` to ``target`` (the ends keep the books)."""
+    if target is JobState.REJECTED:
+        return await jobs.reject(job_id, JobState.QUEUED, reason="test", actor=actor, cause="test")
+    if target is JobState.CANCELLED:
+        return await jobs.cancel_queued(job_id, reason="test", actor=actor)
+    if target is JobState.LOST:
+        return await jobs.lose(job_id, JobState.QUEUED, reason="test", actor=actor, cause="test")
+    if target.is_terminal:
+        return await jobs.finish(job_id, JobState.QUEUED, target, used=NOTHING, actor=actor, cause="test")
+    return await jobs.transition(job_id, JobState.QUEUED, target, actor=actor)
+
+
 async def test_of_many_concurrent_transitions_from_one_state_exactly_one_wins(jobs: JobRepository) -> None:
     job = await jobs.insert_job_with_event(new_job(), actor="test")
     results = await asyncio.gather(
-        *(
-            jobs.transition(job.id, JobState.QUEUED, target, actor=f"worker-{n}")
-            for n, target in enumerate(TARGETS_FROM_QUEUED)
-        )
+        *(_move_from_queued(jobs, job.id, target, actor=f"worker-{n}") for n, target in enumerate(TARGETS_FROM_QUEUED))
     )
     assert sum(results) == 1
     winner = TARGETS_FROM_QUEUED[results.index(True)]
@@ -48,7 +59,7 @@ async def test_a_transition_waiting_behind_another_rechecks_the_state_and_loses(
         await session.execute(
             text("UPDATE jobs SET state = 'submitted' WHERE id = :id AND state = 'queued'"), {"id": job.id}
         )
-        loser = asyncio.create_task(jobs.transition(job.id, JobState.QUEUED, JobState.CANCELLED, actor="b"))
+        loser = asyncio.create_task(jobs.cancel_queued(job.id, reason="cancelled", actor="b"))
         await wait_until(lambda: someone_waits_for_a_lock(db))
         assert not loser.done()
     assert await loser is False
@@ -64,7 +75,11 @@ async def test_states_only_move_forward(jobs: JobRepository) -> None:
         await jobs.transition(job.id, JobState.SUBMITTED, JobState.QUEUED, actor="test")
     assert await jobs.transition(job.id, JobState.QUEUED, JobState.SUBMITTED, actor="test")
     assert not await jobs.transition(job.id, JobState.QUEUED, JobState.SUBMITTED, actor="test")  # stale view
-    assert await jobs.transition(job.id, JobState.SUBMITTED, JobState.COMPLETED, actor="test", exit_code=0)
+    with pytest.raises(ValueError, match="settles the job's reservation"):  # a move that ends it keeps the books
+        await jobs.transition(job.id, JobState.SUBMITTED, JobState.COMPLETED, actor="test", exit_code=0)
+    assert await jobs.finish(
+        job.id, JobState.SUBMITTED, JobState.COMPLETED, used=NOTHING, actor="test", cause="test", exit_code=0
+    )
     for target in JobState:
         if target is not JobState.COMPLETED:
             with pytest.raises(IllegalTransition):
@@ -105,9 +120,7 @@ async def test_a_terminal_transition_sets_the_end_time_and_drops_the_lease(jobs:
     job = await jobs.insert_job_with_event(new_job(), actor="test", now=at(0))
     [claimed] = await jobs.claim_queued("dispatcher-1", 10, 60, now=at(1))
     assert claimed.lease_owner == "dispatcher-1"
-    assert await jobs.transition(
-        job.id, JobState.QUEUED, JobState.REJECTED, actor="d", now=at(2), state_reason="no Factory fits"
-    )
+    assert await jobs.reject(job.id, JobState.QUEUED, reason="no Factory fits", actor="d", cause="test", now=at(2))
     stored = await jobs.get(job.id)
     assert stored is not None
     assert (stored.ended_at, stored.lease_owner, stored.lease_until) == (at(2), None, None)

@@ -14,6 +14,7 @@ from broker.db.models import Allocation, AllocationUnit, JobCharge
 from broker.db.repositories.errors import AllocationNotInForce
 from broker.db.types import utc_now
 from broker.ids import random_id
+from broker.tenancy.accounting import Use
 
 
 class OverBudget(Exception):
@@ -100,6 +101,37 @@ async def add_charges(session: AsyncSession, holds: Sequence[Hold]) -> None:
         await session.execute(insert(JobCharge), rows)
 
 
+async def settle(session: AsyncSession, job_id: str, used: Use, now: datetime) -> bool:
+    """Inside the transaction that ends the job: replace its open reservation by what ``used`` costs in its
+    allocation's unit, once (False: it holds none, or it was settled already). The allocation gives back the
+    reservation and keeps the charge in the same compare-and-set on ``used_s``."""
+    held = (
+        await session.execute(
+            select(JobCharge.allocation_id, JobCharge.reserved_s, Allocation.unit)
+            .join(Allocation, JobCharge.allocation_id == Allocation.id)
+            .where(JobCharge.job_id == job_id, JobCharge.settled_at.is_(None))
+        )
+    ).first()
+    if held is None:
+        return False
+    allocation_id, reserved_s, unit = held
+    charged_s = used.charge_s(unit)
+    closed = await session.scalar(
+        update(JobCharge)
+        .where(JobCharge.job_id == job_id, JobCharge.settled_at.is_(None))
+        .values(charged_s=charged_s, settled_at=now)
+        .returning(JobCharge.job_id)
+    )
+    if closed is None:
+        return False
+    await session.execute(
+        update(Allocation)
+        .where(Allocation.id == allocation_id)
+        .values(used_s=Allocation.used_s - reserved_s + charged_s)
+    )
+    return True
+
+
 async def read_in_force(session: AsyncSession, project_id: str, now: datetime) -> Sequence[Allocation]:
     """The project's allocations in force at ``now``, the one ending first first (inside a caller's
     transaction)."""
@@ -140,35 +172,6 @@ class AllocationRepository:
                 .where(JobCharge.job_id.in_(job_ids))
             )
             return {job_id: factory_id for job_id, factory_id in rows}
-
-    async def unit_of_charge(self, job_id: str) -> AllocationUnit | None:
-        async with self._db.read() as session:
-            return await session.scalar(
-                select(Allocation.unit).join(JobCharge, JobCharge.allocation_id == Allocation.id)
-                .where(JobCharge.job_id == job_id, JobCharge.settled_at.is_(None))
-            )  # fmt: skip
-
-    async def settle(self, job_id: str, charged_s: int) -> bool:
-        """Replace the job's reservation by its charge, once (False: no open charge: none, or settled)."""
-        now = self._clock()
-        async with self._db.write() as session:
-            row = (
-                await session.execute(
-                    update(JobCharge)
-                    .where(JobCharge.job_id == job_id, JobCharge.settled_at.is_(None))
-                    .values(charged_s=charged_s, settled_at=now)
-                    .returning(JobCharge.allocation_id, JobCharge.reserved_s)
-                )
-            ).first()
-            if row is None:
-                return False
-            allocation_id, reserved_s = row
-            await session.execute(
-                update(Allocation)
-                .where(Allocation.id == allocation_id)
-                .values(used_s=Allocation.used_s - reserved_s + charged_s)
-            )
-            return True
 
     async def charge(self, job_id: str) -> JobCharge | None:
         async with self._db.read() as session:

@@ -7,6 +7,11 @@ Rules every method keeps:
   Two workers racing on one job: one UPDATE matches, the other matches nothing and is told so (False).
 - Every write that appends an event first updates the job's row, so on PostgreSQL the row lock orders a
   job's events: their ids grow in commit order and ``events(after_id=...)`` never skips one.
+- A move that ends a job keeps the books in its own transaction: a refund (it never ran) or Slurm's charge
+  replaces the job's reservation together with the state change and its event (:meth:`JobRepository.reject`,
+  :meth:`~JobRepository.cancel_queued`, :meth:`~JobRepository.finish`). :meth:`~JobRepository.transition`
+  makes the moves that change no money and refuses the others; a lost job keeps its reservation (Slurm may
+  still run it).
 - Claims set a lease in one short transaction; no transaction stays open across a Slurm call.
 - Times are aware UTC; ``now`` may be passed for determinism (tests, one clock reading per cycle).
 """
@@ -26,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from broker.db.engine import Database
 from broker.db.models import AttemptOutcome, DispatchAttempt, IdempotencyKey, Job, JobEvent, ProjectMember
 from broker.db.repositories import job_writes
-from broker.db.repositories.allocations import Hold, OverBudget, add_charges, reserve_all
+from broker.db.repositories.allocations import Hold, OverBudget, add_charges, reserve_all, settle
 from broker.db.repositories.errors import AllocationNotInForce, IdempotencyConflict, NotAMember
 from broker.db.repositories.pagination import MAX_PAGE, JobFilter, JobPage, Position, decode_cursor, encode_cursor
 from broker.db.repositories.sql import insert_ignoring_conflict, is_sqlite, refused_a_row
@@ -34,10 +39,12 @@ from broker.db.types import utc_now
 from broker.jobs.events import EventKind
 from broker.jobs.ids import new_job_id
 from broker.jobs.states import check_move, is_exception
-from broker.tenancy.accounting import Reservation
+from broker.tenancy.accounting import NOTHING, Reservation, Use
 from conveyor.spec import TERMINAL_STATES, JobSpec, JobState
 
 ACTIVE_STATES = frozenset({JobState.SUBMITTED, JobState.RUNNING})
+# The ends of a job that settle its reservation (lost does not: Slurm may still run it, and charge it then).
+SETTLING_STATES = TERMINAL_STATES - {JobState.LOST}
 # What a transition may set besides the state; identity, ownership and bookkeeping columns are not among them.
 TRANSITION_FIELDS = frozenset(
     {
@@ -125,6 +132,15 @@ class Submitted:
     attempt: int
     slurm_job_id: str
     actor: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedAttempt:
+    """An attempt a move closes in its own transaction, with how it ended."""
+
+    attempt: int
+    outcome: AttemptOutcome
+    error: str | None
 
 
 # Per creation: the job and whether this call created it (False: a replay of the key), or why not.
@@ -308,7 +324,99 @@ class JobRepository:
         state. The event kind comes from the rules, not the caller: ``state_exception`` for a backward move
         that only Slurm causes, ``state_changed`` otherwise; ``cause`` (e.g. "reconcile", "dispatch") goes in
         its detail. ``fields`` are other columns to set (see ``TRANSITION_FIELDS``).
+
+        A move that settles the job's reservation is refused (``ValueError``): :meth:`reject`,
+        :meth:`cancel_queued` and :meth:`finish` make those, with their money. :meth:`lose` makes ``lost``.
         """
+        check_move(expected, target)
+        if target in SETTLING_STATES:
+            raise ValueError(f"a move to {target} settles the job's reservation: use reject, cancel_queued or finish")
+        return await self._move(job_id, expected, target, actor=actor, cause=cause, detail=detail, now=now, **fields)
+
+    async def reject(
+        self,
+        job_id: str,
+        expected: JobState,
+        *,
+        reason: str,
+        actor: str,
+        cause: str,
+        detail: Mapping[str, Any] | None = None,
+        attempt: ClosedAttempt | None = None,
+        now: datetime | None = None,
+        **fields: Any,
+    ) -> bool:
+        """``expected`` -> ``rejected`` with ``reason``: the job never ran, so its reservation goes back in the
+        same transaction, and ``attempt`` (Slurm refused it) is closed there too. False, and nothing written,
+        if the job was not in ``expected``."""
+        return await self._move(
+            job_id, expected, JobState.REJECTED, actor=actor, cause=cause, detail=detail, now=now, used=NOTHING,
+            attempt=attempt, state_reason=reason, **fields,
+        )  # fmt: skip
+
+    async def cancel_queued(self, job_id: str, *, reason: str, actor: str, now: datetime | None = None) -> bool:
+        """A cancel carried out before the job reached Slurm: ``queued`` -> ``cancelled`` and its reservation
+        back, in one transaction; False if the job had left ``queued``."""
+        return await self._move(
+            job_id, JobState.QUEUED, JobState.CANCELLED, actor=actor, cause="dispatch", detail=None, now=now,
+            used=NOTHING, state_reason=reason,
+        )  # fmt: skip
+
+    async def finish(
+        self,
+        job_id: str,
+        expected: JobState,
+        target: JobState,
+        *,
+        used: Use,
+        actor: str,
+        cause: str,
+        detail: Mapping[str, Any] | None = None,
+        now: datetime | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Slurm ended the job (``target``: completed, failed, cancelled, timeout): the move and the charge for
+        what it ``used`` in place of its reservation, in one transaction. False if it was not in ``expected``."""
+        if target not in SETTLING_STATES - {JobState.REJECTED}:
+            raise ValueError(f"{target} is not an end Slurm reports")
+        return await self._move(
+            job_id, expected, target, actor=actor, cause=cause, detail=detail, now=now, used=used, **fields
+        )
+
+    async def lose(
+        self,
+        job_id: str,
+        expected: JobState,
+        *,
+        reason: str,
+        actor: str,
+        cause: str,
+        attempt: ClosedAttempt | None = None,
+        now: datetime | None = None,
+    ) -> bool:
+        """``expected`` -> ``lost``: Slurm can no longer tell about the job. Its reservation stays held (should
+        Slurm show it again, it is charged when it ends); ``attempt`` is closed in the same transaction."""
+        return await self._move(
+            job_id, expected, JobState.LOST, actor=actor, cause=cause, detail=None, now=now, attempt=attempt,
+            state_reason=reason,
+        )  # fmt: skip
+
+    async def _move(
+        self,
+        job_id: str,
+        expected: JobState,
+        target: JobState,
+        *,
+        actor: str,
+        cause: str | None,
+        detail: Mapping[str, Any] | None,
+        now: datetime | None,
+        used: Use | None = None,
+        attempt: ClosedAttempt | None = None,
+        **fields: Any,
+    ) -> bool:
+        """The one transaction of a move: the compare-and-set and its event, then its consequences (the
+        attempt it closes, the reservation it settles for ``used``); nothing is written if the job had moved."""
         check_move(expected, target)
         unknown = set(fields) - TRANSITION_FIELDS
         if unknown:
@@ -317,9 +425,18 @@ class JobRepository:
         kind = EventKind.STATE_EXCEPTION if is_exception(expected, target) else EventKind.STATE_CHANGED
         event_detail = {**(detail or {}), **({"cause": cause} if cause else {})}
         async with self._db.write() as session:
-            return await job_writes.compare_and_set(
+            if not await job_writes.compare_and_set(
                 session, job_id, expected, target, actor=actor, kind=kind, detail=event_detail, now=now, fields=fields
-            )
+            ):
+                return False
+            if attempt is not None:
+                await job_writes.finish_attempt(
+                    session, job_id, attempt.attempt, outcome=attempt.outcome, actor=actor, slurm_job_id=None,
+                    error=attempt.error, now=now,
+                )  # fmt: skip
+            if used is not None:
+                await settle(session, job_id, used, now)
+            return True
 
     async def record_slurm_view(
         self,
