@@ -4,6 +4,7 @@ assertion can be wrong, or an Antenna can overreach, is a clear 401, 403, 404 or
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -21,12 +22,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.gateway.users import TokenEntry
 from broker.antennas.assertion import MAX_KEYS, TYP, BoundRequest, body_hash, public_jwks, sign
-from broker.db.models import AuditEvent, User
+from broker.db.models import AuditEvent, Job, User
 from broker.db.repositories.antennas import national_issuer
+from conveyor.spec import TERMINAL_STATES
 from tests.api.conftest import PROJECT, Broker, job_body
 from tests.api.test_jobs import problem_of
 from tests.gateway.test_gateway import private_jwks
@@ -380,6 +382,36 @@ async def test_rate_limit_and_quota_answer_429_with_retry_after(broker: Broker, 
     limited_answer = answers[-1]
     problem_of(limited_answer, 429, "rate_limited.antenna")
     assert int(limited_answer.headers["retry-after"]) >= 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12 item 18: the Antenna's active jobs are counted before the accept's write transaction, so "
+    "parallel submits at quota-1 all see room and all pass",
+)
+async def test_defect_18_parallel_submits_at_quota_minus_one_accept_exactly_one(broker: Broker, setup: Setup) -> None:
+    quota, parallel, subject = 3, 50, "mari@ut.ee"
+    busy = AntennaKit("ee")
+    await register(broker, busy, ["alpha"], requests_per_minute=100_000, max_active_jobs=quota)
+    member_id = await national_user_id(broker, broker.admin_token, "ee", subject)
+    await broker.join_project(setup.pi, member_id, "researcher")
+    async with broker.client(None) as client:
+        for _ in range(quota - 1):
+            earlier = await national(client, busy, subject, "POST", "/v1/jobs", job_body())
+            assert earlier.status_code == 201, earlier.text
+        answers = await asyncio.gather(
+            *(national(client, busy, subject, "POST", "/v1/jobs", job_body()) for _ in range(parallel))
+        )
+    accepted = [answer for answer in answers if answer.status_code == 201]
+    refused = [answer for answer in answers if answer.status_code != 201]
+    assert (len(accepted), len(refused)) == (1, parallel - 1), sorted(answer.status_code for answer in answers)
+    for answer in refused:
+        problem_of(answer, 429, "rate_limited.antenna_quota")
+    async with broker.db.read() as session:
+        active = await session.scalar(
+            select(func.count()).select_from(Job).where(Job.owner == member_id, Job.state.not_in(TERMINAL_STATES))
+        )
+    assert active == quota
 
 
 async def test_keys_rotate_by_upload_and_bad_key_sets_are_refused(broker: Broker, setup: Setup) -> None:
