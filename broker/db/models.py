@@ -9,7 +9,7 @@ import enum
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import BigInteger, Enum, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Enum, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from broker.db.types import UTCDateTime, json_document
@@ -104,6 +104,7 @@ class Job(Base):
     lease_until: Mapped[datetime | None]
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None]
+    antenna: Mapped[str | None] = mapped_column(String(64))  # accepted for this Antenna's national user
 
     __table_args__ = (
         # The dispatcher's claim: queued jobs whose next attempt is due.
@@ -347,6 +348,9 @@ class Antenna(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     disabled_at: Mapped[datetime | None]
+    # Its jobs not yet ended, kept by the transactions that accept and end them; the quota is a
+    # compare-and-set on it (``active_jobs + n <= max_active_jobs``), so parallel accepts never overshoot.
+    active_jobs: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 class AntennaOperator(Base):

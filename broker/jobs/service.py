@@ -35,8 +35,7 @@ from broker.db.models import Job as JobRow
 from broker.db.models import JobEvent as EventRow
 from broker.db.repositories import FactoryStateRepository, IdempotencyConflict, InvalidCursor, JobRepository, NewJob
 from broker.db.repositories.allocations import OverBudget
-from broker.db.repositories.antennas import AntennaRepository
-from broker.db.repositories.errors import AllocationNotInForce, NotAMember
+from broker.db.repositories.errors import AllocationNotInForce, AntennaQuotaFull, NotAMember
 from broker.db.repositories.jobs import Created, Creation, KeyUse
 from broker.db.repositories.pagination import JobFilter
 from broker.db.repositories.submissions import SubmissionFacts, SubmissionRepository
@@ -227,7 +226,6 @@ class JobService:
         self._submissions = SubmissionRepository(database)
         self._remembered_facts: TtlCache[tuple[str, str], SubmissionFacts] = TtlCache(facts_ttl_s)
         self._site_accounts = SiteAccountService(database, registry)
-        self._antennas = AntennaRepository(database)
         self._registry = registry
         self._adapters = adapters
         self._on_new_job = on_new_job
@@ -253,9 +251,7 @@ class JobService:
                     )
                 ]
             )
-        facts, remembered = await self._authorized(caller, spec)
-        if caller.antenna is not None:
-            await self._within_antenna_quota(caller.antenna)
+        facts, remembered = await self._authorized(caller, spec)  # an Antenna's quota is checked at commit
         try:
             try:
                 result = await self._place_and_store(caller, spec, idempotency_key, source, facts)
@@ -324,7 +320,7 @@ class JobService:
         placement = self._check_feasible(spec, allowed=_may_use(caller, budget))
         reservation = None if budget is None else budget.reservation(spec, placement)
         await self._within_working_roots(caller, spec, placement.factory)
-        new = NewJob.from_spec(caller.id, spec, source, reservation)
+        new = NewJob.from_spec(caller.id, spec, source, reservation, antenna=caller.antenna)
         # The fingerprint of the request is that of the spec as stored (dumped once, for both).
         key = None if idempotency_key is None else KeyUse(caller.id, idempotency_key, request_hash(new.spec))
         creation = Creation(new, caller.id, key, owner_must_be_member=facts is not None)
@@ -342,6 +338,11 @@ class JobService:
         except NotAMember:
             self._remembered_facts.forget((caller.id, spec.project))
             raise Forbidden(_NOT_A_MEMBER.format(project=spec.project)) from None
+        except AntennaQuotaFull as exc:
+            raise TooManyRequests(
+                f"Antenna {exc.antenna_id} has {exc.active} active jobs, its quota is {exc.quota}; "
+                "retry when some have ended", QUOTA_RETRY_AFTER_S, kind="antenna_quota",
+            ) from None  # fmt: skip
 
     async def _within_working_roots(self, caller: Principal, spec: JobSpec, factory: Factory) -> None:
         """A working directory that only a ``{user}`` root allows is decided for the site user the job runs as
@@ -363,17 +364,6 @@ class JobService:
                     allowed_roots={factory.id: list(factory.allowed_roots)},
                 )
             )
-
-    async def _within_antenna_quota(self, antenna_id: str) -> None:
-        """An Antenna's national users together have at most its quota of jobs not yet ended."""
-        antenna = await self._antennas.get(antenna_id)
-        if antenna is not None and antenna.max_active_jobs is not None:
-            active = await self._antennas.active_jobs(antenna.id)
-            if active >= antenna.max_active_jobs:
-                raise TooManyRequests(
-                    f"Antenna {antenna.id} has {active} active jobs, its quota is {antenna.max_active_jobs}; "
-                    "retry when some have ended", QUOTA_RETRY_AFTER_S, kind="antenna_quota",
-                )  # fmt: skip
 
     def _check_feasible(self, spec: JobSpec, allowed: Collection[str] | None = None) -> Placement:
         """Placement as if every Factory were up: refuses only what can never run anywhere (or on the

@@ -384,11 +384,6 @@ async def test_rate_limit_and_quota_answer_429_with_retry_after(broker: Broker, 
     assert int(limited_answer.headers["retry-after"]) >= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 item 18: the Antenna's active jobs are counted before the accept's write transaction, so "
-    "parallel submits at quota-1 all see room and all pass",
-)
 async def test_defect_18_parallel_submits_at_quota_minus_one_accept_exactly_one(broker: Broker, setup: Setup) -> None:
     quota, parallel, subject = 3, 50, "mari@ut.ee"
     busy = AntennaKit("ee")

@@ -1,4 +1,10 @@
-"""Antennas, their operators, the assertion ids they used, and the active jobs of their national users."""
+"""Antennas, their operators, the assertion ids they used, and the count of their national users' active jobs.
+
+``antennas.active_jobs`` counts the jobs of an Antenna's national users that have not ended. It changes only
+inside the transactions that store jobs (:func:`take_slots`, a compare-and-set against the quota) and that
+move a job across the line between active and ended (:func:`count_active`, from the job's compare-and-set),
+so it always equals the count of those jobs.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,14 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db.engine import Database
-from broker.db.models import Antenna, AntennaAssertionSeen, AntennaOperator, Job, User
+from broker.db.models import Antenna, AntennaAssertionSeen, AntennaOperator, User
+from broker.db.repositories.errors import AntennaQuotaFull
 from broker.db.repositories.sql import insert_ignoring_conflict
 from broker.db.types import utc_now
-from conveyor.spec import TERMINAL_STATES
 
 NATIONAL_ISSUER_PREFIX = "antenna:"  # a national user is the user of identity ("antenna:<id>", sub)
 
@@ -36,6 +43,7 @@ class AntennaRepository:
         """Insert ``antenna``; False if one with its id exists (never merged)."""
         async with self._db.write() as session:
             values = {column.key: getattr(antenna, column.key) for column in Antenna.__table__.columns}
+            values["active_jobs"] = 0  # a new Antenna has no jobs yet
             added = await session.scalar(insert_ignoring_conflict(session, Antenna, **values).returning(Antenna.id))
             return added is not None
 
@@ -91,13 +99,57 @@ class AntennaRepository:
     async def active_jobs(self, antenna_id: str) -> int:
         """Jobs of the Antenna's national users that have not ended (what its quota counts)."""
         async with self._db.read() as session:
-            count = await session.scalar(
-                select(func.count())
-                .select_from(Job)
-                .join(User, User.id == Job.owner)
-                .where(User.issuer == national_issuer(antenna_id), Job.state.not_in(list(TERMINAL_STATES)))
-            )
+            count = await session.scalar(select(Antenna.active_jobs).where(Antenna.id == antenna_id))
             return int(count or 0)
 
 
-__all__ = ["NATIONAL_ISSUER_PREFIX", "AntennaRepository", "national_antenna", "national_issuer"]
+async def take_slots(session: AsyncSession, wants: Sequence[tuple[str, str]]) -> dict[str, AntennaQuotaFull]:
+    """Inside the transaction that stores the jobs: count each (job id, Antenna) among its Antenna's active
+    jobs, if that stays within its quota, and say which jobs could not be (job id -> why); those must not be
+    stored. As :func:`~broker.db.repositories.allocations.reserve_all`: one compare-and-set per Antenna when
+    its jobs fit together, else one per job in arrival order, Antennas in id order (no crosswise waits)."""
+    by_antenna: dict[str, list[str]] = {}
+    for job_id, antenna_id in wants:
+        by_antenna.setdefault(antenna_id, []).append(job_id)
+    full: dict[str, AntennaQuotaFull] = {}
+    for antenna_id in sorted(by_antenna):
+        job_ids = by_antenna[antenna_id]
+        if len(job_ids) > 1 and await _take(session, antenna_id, len(job_ids)):
+            continue
+        for job_id in job_ids:
+            if not await _take(session, antenna_id, 1):
+                full[job_id] = await _why_full(session, antenna_id)
+    return full
+
+
+async def _take(session: AsyncSession, antenna_id: str, count: int) -> bool:
+    within = or_(Antenna.max_active_jobs.is_(None), Antenna.active_jobs + count <= Antenna.max_active_jobs)
+    taken = await session.scalar(
+        update(Antenna)
+        .where(Antenna.id == antenna_id, within)
+        .values(active_jobs=Antenna.active_jobs + count)
+        .returning(Antenna.id)
+    )
+    return taken is not None
+
+
+async def _why_full(session: AsyncSession, antenna_id: str) -> AntennaQuotaFull:
+    antenna = await session.get(Antenna, antenna_id, populate_existing=True)
+    if antenna is None:  # never registered (or gone): it has room for nothing
+        return AntennaQuotaFull(antenna_id, 0, 0)
+    return AntennaQuotaFull(antenna_id, antenna.active_jobs, antenna.max_active_jobs)
+
+
+async def count_active(session: AsyncSession, antenna_id: str, change: int) -> None:
+    """Add ``change`` to the Antenna's active jobs, inside the transaction that starts (+) or ends (-) a job
+    of its national users, or gives back a slot taken for a job not stored after all. No quota check: a job
+    Slurm shows again after it was lost counts again whatever the quota."""
+    await session.execute(
+        update(Antenna).where(Antenna.id == antenna_id).values(active_jobs=Antenna.active_jobs + change),
+        execution_options={"synchronize_session": False},
+    )
+
+
+__all__ = [
+    "NATIONAL_ISSUER_PREFIX", "AntennaRepository", "count_active", "national_antenna", "national_issuer", "take_slots",
+]  # fmt: skip

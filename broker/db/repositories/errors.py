@@ -32,3 +32,14 @@ class AllocationNotInForce(Exception):
     def __init__(self, allocation_id: str) -> None:
         super().__init__(f"allocation {allocation_id} is not in force")
         self.allocation_id = allocation_id
+
+
+class AntennaQuotaFull(Exception):
+    """At commit, the Antenna's national users already had its quota of jobs not yet ended: nothing of the
+    job was stored. Plain values only (the transaction is rolled back by the time anyone reads this)."""
+
+    def __init__(self, antenna_id: str, active: int, quota: int | None) -> None:
+        super().__init__(f"Antenna {antenna_id} has {active} active jobs, its quota is {quota}")
+        self.antenna_id = antenna_id
+        self.active = active
+        self.quota = quota

@@ -14,6 +14,7 @@ from sqlalchemy import ColumnElement, and_, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db.models import AttemptOutcome, DispatchAttempt, Job, JobEvent
+from broker.db.repositories.antennas import count_active
 from broker.db.repositories.pagination import JobFilter, Visibility
 from broker.db.types import UTCDateTime
 from broker.jobs.events import EventKind
@@ -88,6 +89,8 @@ async def compare_and_set(
     now: datetime,
     fields: Mapping[str, Any],
 ) -> bool:
+    """``expected`` -> ``target`` and its event, or False (nothing written) if the job was not in ``expected``.
+    A move across the line between active and ended carries the job's Antenna count with it."""
     values: dict[str, Any] = {"state": target, "updated_at": now}
     if target is JobState.SUBMITTED:
         values["submitted_at"] = _first(Job.submitted_at, now)
@@ -98,12 +101,18 @@ async def compare_and_set(
     if expected is JobState.QUEUED:
         values.update(lease_owner=None, lease_until=None)  # leases only mean something on queued jobs
     values.update(fields)
-    moved = await session.scalar(
-        update(Job).where(Job.id == job_id, Job.state == expected).values(**values).returning(Job.id),
-        execution_options={"synchronize_session": False},
-    )
+    moved = (
+        await session.execute(
+            update(Job).where(Job.id == job_id, Job.state == expected).values(**values).returning(Job.antenna),
+            execution_options={"synchronize_session": False},
+        )
+    ).first()
     if moved is None:
         return False
+    antenna = moved.antenna
+    if antenna is not None and expected.is_terminal != target.is_terminal:
+        # Its Antenna's count of active jobs follows it across the line (a lost job seen again counts again).
+        await count_active(session, antenna, -1 if target.is_terminal else 1)
     session.add(
         JobEvent(job_id=job_id, at=now, kind=kind, from_state=expected, to_state=target, actor=actor, detail=detail)
     )

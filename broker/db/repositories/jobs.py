@@ -32,7 +32,8 @@ from broker.db.engine import Database
 from broker.db.models import AttemptOutcome, DispatchAttempt, IdempotencyKey, Job, JobEvent, ProjectMember
 from broker.db.repositories import job_writes
 from broker.db.repositories.allocations import Hold, OverBudget, add_charges, reserve_all, settle
-from broker.db.repositories.errors import AllocationNotInForce, IdempotencyConflict, NotAMember
+from broker.db.repositories.antennas import count_active, take_slots
+from broker.db.repositories.errors import AllocationNotInForce, AntennaQuotaFull, IdempotencyConflict, NotAMember
 from broker.db.repositories.pagination import MAX_PAGE, JobFilter, JobPage, Position, decode_cursor, encode_cursor
 from broker.db.repositories.sql import insert_ignoring_conflict, is_sqlite, refused_a_row
 from broker.db.types import utc_now
@@ -77,14 +78,20 @@ class NewJob:
     labels: Mapping[str, str] = field(default_factory=dict)
     source: str | None = None  # the client's address, kept in the created event (the audit trail)
     reservation: Reservation | None = None  # taken from its allocation in the same transaction
+    antenna: str | None = None  # its owner's Antenna: counted against its quota in the same transaction
 
     @classmethod
     def from_spec(
-        cls, owner: str, spec: JobSpec, source: str | None = None, reservation: Reservation | None = None
+        cls,
+        owner: str,
+        spec: JobSpec,
+        source: str | None = None,
+        reservation: Reservation | None = None,
+        antenna: str | None = None,
     ) -> NewJob:
         return cls(
             owner=owner, project=spec.project, name=spec.name, spec=spec.model_dump(mode="json"), labels=spec.labels,
-            source=source, reservation=reservation,
+            source=source, reservation=reservation, antenna=antenna,
         )  # fmt: skip
 
 
@@ -144,7 +151,7 @@ class ClosedAttempt:
 
 
 # Per creation: the job and whether this call created it (False: a replay of the key), or why not.
-Created = tuple[Job, bool] | IdempotencyConflict | OverBudget | AllocationNotInForce | NotAMember
+Created = tuple[Job, bool] | IdempotencyConflict | OverBudget | AllocationNotInForce | NotAMember | AntennaQuotaFull
 
 
 class JobRepository:
@@ -178,8 +185,9 @@ class JobRepository:
     async def create_many(self, creations: Sequence[Creation], *, now: datetime | None = None) -> list[Created]:
         """Store many accepted jobs in one transaction, committed when this returns: per creation, in order,
         ``(job, created)`` or the exception its caller is to get (:class:`NotAMember`,
-        :class:`IdempotencyConflict`, :class:`OverBudget`, :class:`AllocationNotInForce`); the others are
-        stored regardless, and nothing of a refused one is (its key included).
+        :class:`IdempotencyConflict`, :class:`AntennaQuotaFull`, :class:`OverBudget`,
+        :class:`AllocationNotInForce`); the others are stored regardless, and nothing of a refused one is (its
+        key, its Antenna slot and its reservation included).
 
         Membership is checked first, for the creations that ask for it. Keys are claimed next, all at once,
         with ``INSERT ... ON CONFLICT DO NOTHING``: the key row is the arbiter of a race. On PostgreSQL an
@@ -188,7 +196,9 @@ class JobRepository:
         SQLite the single writer serializes them. Keys are inserted in sorted order, so two batches never
         wait on each other crosswise. The key's foreign key to its job is deferred to commit, which is why
         the key can be written before its job. Two creations with the same caller and key must not share a
-        call (the group commit keeps them apart).
+        call (the group commit keeps them apart). Then each new job of an Antenna's national user takes a
+        slot of the Antenna's quota (a compare-and-set on its counter), and each job with a reservation takes
+        it from its allocation (another); a job refused by its allocation gives its slot back.
 
         A statement's failure fails the whole call and writes nothing; when the database refused one row's
         values (:func:`~broker.db.repositories.sql.refused_a_row`), the others may be tried again without it.
@@ -199,16 +209,11 @@ class JobRepository:
         async with self._db.write() as session:
             await _check_members(session, creations, results)
             fresh = await _claim_keys(session, creations, ids, now, results)
-            holds = [
-                Hold(ids[i], reservation.allocation_id, reservation.need_s)
-                for i in fresh
-                if (reservation := creations[i].new.reservation) is not None
-            ]
-            refused = await reserve_all(session, holds, now)
+            refused, holds = await _take_room(session, [(creations[i].new, ids[i]) for i in fresh], now)
             await _release_keys(session, [key for i in fresh if ids[i] in refused and (key := creations[i].key)])
             stored = [i for i in fresh if ids[i] not in refused]
             jobs = await _insert_jobs(session, [(creations[i], ids[i]) for i in stored], now)
-            await add_charges(session, [hold for hold in holds if hold.job_id not in refused])  # after their jobs
+            await add_charges(session, holds)  # after their jobs
         for i in fresh:
             if ids[i] in refused:
                 results[i] = refused[ids[i]]
@@ -682,7 +687,7 @@ async def _insert_jobs(session: AsyncSession, creations: Sequence[tuple[Creation
     jobs = [
         {"id": job_id, "owner": c.new.owner, "project": c.new.project, "name": c.new.name, "spec": dict(c.new.spec),
          "labels": dict(c.new.labels), "state": JobState.QUEUED, "created_at": now, "updated_at": now,
-         "attempt_count": 0, "next_attempt_at": now}
+         "attempt_count": 0, "next_attempt_at": now, "antenna": c.new.antenna}
         for c, job_id in creations
     ]  # fmt: skip
     stored = list(await session.scalars(insert(Job).returning(Job, sort_by_parameter_order=True), jobs))
@@ -693,6 +698,41 @@ async def _insert_jobs(session: AsyncSession, creations: Sequence[tuple[Creation
     ]  # fmt: skip
     await session.execute(insert(JobEvent), events)
     return stored
+
+
+Refusal = AntennaQuotaFull | OverBudget | AllocationNotInForce
+
+
+async def _take_room(
+    session: AsyncSession, wanting: Sequence[tuple[NewJob, str]], now: datetime
+) -> tuple[dict[str, Refusal], list[Hold]]:
+    """For new jobs (job, id) in arrival order: a slot of its Antenna's quota, if any, then its reservation,
+    if any. Returns the refused (job id -> why) and the holds taken. A job its allocation refuses gives its
+    slot back, and the jobs its Antenna refused meanwhile try again for it, so a refusal is exact."""
+    refused: dict[str, Refusal] = {}
+    holds: list[Hold] = []
+    trying = list(wanting)
+    while trying:
+        counted = [(job_id, new.antenna) for new, job_id in trying if new.antenna is not None]
+        full = await take_slots(session, counted)
+        wanted = [
+            Hold(job_id, new.reservation.allocation_id, new.reservation.need_s)
+            for new, job_id in trying
+            if job_id not in full and new.reservation is not None
+        ]
+        over = await reserve_all(session, wanted, now)
+        freed = set()
+        for job_id, antenna in counted:
+            if job_id in over:
+                await count_active(session, antenna, -1)
+                freed.add(antenna)
+        holds += [hold for hold in wanted if hold.job_id not in over]
+        refused.update(over)
+        refused.update(full)
+        trying = [(new, job_id) for new, job_id in trying if job_id in full and new.antenna in freed]
+        for _, job_id in trying:
+            del refused[job_id]
+    return refused, holds
 
 
 async def _check_members(session: AsyncSession, creations: Sequence[Creation], results: list[Created | None]) -> None:
