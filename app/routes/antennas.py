@@ -13,7 +13,7 @@ from app.routes.projects import user_view
 from broker.antennas.assertion import parse_jwks
 from broker.antennas.service import AntennaService
 from broker.db.models import Antenna
-from conveyor.models import AntennaId, AntennaRequest, AntennaUpdate, AntennaView, NationalSubject, UserView
+from conveyor.models import AntennaId, AntennaRequest, AntennaUpdate, AntennaView, Jwks, NationalSubject, UserView
 from conveyor.problems import Problem
 
 router = APIRouter(tags=["antennas"])
@@ -40,7 +40,7 @@ def antenna_view(antenna: Antenna) -> AntennaView:
              responses={**_ERRORS, 409: {"model": Problem}, **BODY_UNREADABLE})  # fmt: skip
 async def register_antenna(body: AntennaRequest, request: Request, caller: Admin, antennas: AntennasDep) -> AntennaView:
     antenna = await antennas.register(
-        caller, body.id, country=body.country, title=body.title, factories=body.factories, jwks=body.jwks,
+        caller, body.id, country=body.country, title=body.title, factories=body.factories, jwks=body.jwks.document(),
         requests_per_minute=body.requests_per_minute, max_active_jobs=body.max_active_jobs,
         source=client_address(request),
     )  # fmt: skip
@@ -69,9 +69,10 @@ async def update_antenna(
 @router.put("/admin/antennas/{antenna_id}/keys", summary="Replace an Antenna's public keys (rotation)",
             responses={**_ERRORS, **BODY_UNREADABLE})  # fmt: skip
 async def replace_antenna_keys(
-    antenna_id: AntennaPath, jwks: dict[str, Any], request: Request, caller: Admin, antennas: AntennasDep
+    antenna_id: AntennaPath, jwks: Jwks, request: Request, caller: Admin, antennas: AntennasDep
 ) -> AntennaView:
-    return antenna_view(await antennas.replace_keys(caller, antenna_id, jwks, source=client_address(request)))
+    keys = jwks.document()
+    return antenna_view(await antennas.replace_keys(caller, antenna_id, keys, source=client_address(request)))
 
 
 @router.put("/admin/antennas/{antenna_id}/operators/{user_id}", status_code=204,

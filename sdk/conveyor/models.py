@@ -33,12 +33,17 @@ from pydantic import (
     Field,
     JsonValue,
     StringConstraints,
+    WithJsonSchema,
     model_validator,
 )
 
 from conveyor.spec import Country, FactoryId, GpuType, JobSpec, JobState, LabelKey, LabelValue, Name, ProjectId
 
 API_ROOT = "/v1"
+INT64_MAX = 2**63 - 1
+"""The largest integer the databases store (BIGINT): no integer a client sends may exceed it."""
+MAX_DATETIME_CHARS = 64
+"""The longest RFC 3339 timestamp a request may carry (a timestamp's fraction could otherwise run on)."""
 
 JobId = Annotated[
     str,
@@ -55,6 +60,20 @@ def _to_utc(value: datetime) -> datetime:
 
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
 """An aware datetime, normalized to UTC. Naive datetimes are refused."""
+
+
+def _short_timestamp(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_DATETIME_CHARS:
+        raise ValueError(f"a timestamp has at most {MAX_DATETIME_CHARS} characters")
+    return value
+
+
+RequestDatetime = Annotated[
+    UtcDatetime,
+    BeforeValidator(_short_timestamp),
+    WithJsonSchema({"type": "string", "format": "date-time", "maxLength": MAX_DATETIME_CHARS}),
+]
+"""A timestamp a client sends: a :data:`UtcDatetime` of at most :data:`MAX_DATETIME_CHARS` characters."""
 
 OutputStream = Literal["stdout", "stderr"]
 LabelSelector = Annotated[
@@ -138,7 +157,7 @@ class JobQuery(ListQuery):
 class EventQuery(ListQuery):
     """Parameters of ``GET /v1/jobs/{id}/events``. ``after`` resumes a stream from the last event id seen."""
 
-    after: int | None = Field(None, ge=0, description="Only events with an id greater than this one.")
+    after: int | None = Field(None, ge=0, le=INT64_MAX, description="Only events with an id greater than this one.")
 
     @model_validator(mode="after")
     def _one_starting_point(self) -> Self:
@@ -574,8 +593,8 @@ class AllocationRequest(WireRequest):
     factory: FactoryId
     unit: AllocationUnitName
     hours: float = Field(gt=0, le=100_000_000)
-    starts_at: UtcDatetime
-    ends_at: UtcDatetime
+    starts_at: RequestDatetime
+    ends_at: RequestDatetime
 
 
 class AllocationView(WireAnswer):
@@ -627,6 +646,59 @@ class SiteAccountView(WireAnswer):
 
 AntennaId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
 NationalSubject = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f/]+$")]
+MAX_ANTENNA_ACTIVE_JOBS = 1_000_000
+"""The largest quota of active jobs an Antenna can be given (it is stored in a 32-bit column)."""
+MAX_JWKS_KEYS = 16
+"""The most keys an Antenna's JWK Set holds: a rotation keeps the old key beside the new one."""
+Base64Url = Annotated[str, StringConstraints(min_length=1, max_length=4096, pattern=r"^[A-Za-z0-9_-]+$")]
+JwkWord = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[^\x00-\x1f\x7f]+$")]
+X509Der = Annotated[str, StringConstraints(min_length=1, max_length=16_384, pattern=r"^[A-Za-z0-9+/]+=*$")]
+
+
+_JWKS_EXAMPLE: dict[str, Any] = {
+    "keys": [
+        {
+            "kty": "EC",
+            "crv": "P-256",
+            "kid": "be-2026-11",
+            "alg": "ES256",
+            "use": "sig",
+            "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+            "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0",
+        }
+    ]
+}
+
+
+class Jwk(WireRequest):
+    """One public key of a JWK Set (RFC 7517/7518/8037): its public parameters only, so a key carrying private
+    or secret material (``d``, ``k``, ...) is refused. The broker checks that it can verify its ``alg``."""
+
+    kty: Literal["EC", "RSA", "OKP"]
+    kid: str | None = Field(None, max_length=255, description="The key id assertions name (the broker requires it).")
+    alg: JwkWord | None = Field(None, description="The asymmetric algorithm it verifies (the broker requires it).")
+    use: JwkWord | None = None
+    key_ops: list[JwkWord] | None = Field(None, max_length=8)
+    crv: JwkWord | None = None
+    x: Base64Url | None = None
+    y: Base64Url | None = None
+    n: Base64Url | None = None
+    e: Base64Url | None = None
+    x5c: list[X509Der] | None = Field(None, max_length=8)
+    x5t: Base64Url | None = None
+    x5t_s256: Base64Url | None = Field(None, alias="x5t#S256")
+
+
+class Jwks(WireRequest):
+    """A JWK Set of an Antenna's public signing keys; each names its ``kid`` and ``alg``."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_JWKS_EXAMPLE]})
+
+    keys: list[Jwk] = Field(min_length=1, max_length=MAX_JWKS_KEYS)
+
+    def document(self) -> dict[str, Any]:
+        """The set as JSON, parameters named as in RFC 7517 and the ones not given left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 class AntennaRequest(WireRequest):
@@ -640,11 +712,7 @@ class AntennaRequest(WireRequest):
                     "country": "BE",
                     "title": "AI Factory Antenna Belgium",
                     "factories": ["lumi"],
-                    "jwks": {
-                        "keys": [
-                            {"kty": "EC", "crv": "P-256", "kid": "be-2026-11", "alg": "ES256", "x": "...", "y": "..."}
-                        ]
-                    },
+                    "jwks": _JWKS_EXAMPLE,
                     "requests_per_minute": 600,
                     "max_active_jobs": 200,
                 }
@@ -656,9 +724,11 @@ class AntennaRequest(WireRequest):
     country: Country
     title: str = Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")
     factories: list[FactoryId] = Field(min_length=1, max_length=64, description="The Factories it is linked to.")
-    jwks: dict[str, Any] = Field(description="A JWK Set of its public signing keys (asymmetric; kid and alg set).")
+    jwks: Jwks = Field(description="A JWK Set of its public signing keys (asymmetric; kid and alg set).")
     requests_per_minute: int = Field(600, ge=1, le=1_000_000, description="Its rate limit (per broker process).")
-    max_active_jobs: int | None = Field(None, ge=0, description="Its quota of jobs not yet ended (None: no quota).")
+    max_active_jobs: int | None = Field(
+        None, ge=0, le=MAX_ANTENNA_ACTIVE_JOBS, description="Its quota of jobs not yet ended (None: no quota)."
+    )
 
 
 class AntennaUpdate(WireRequest):
@@ -667,7 +737,7 @@ class AntennaUpdate(WireRequest):
     title: str | None = Field(None, min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")
     factories: list[FactoryId] | None = Field(None, min_length=1, max_length=64)
     requests_per_minute: int | None = Field(None, ge=1, le=1_000_000)
-    max_active_jobs: int | None = Field(None, ge=0)
+    max_active_jobs: int | None = Field(None, ge=0, le=MAX_ANTENNA_ACTIVE_JOBS)
 
 
 class AntennaView(WireAnswer):

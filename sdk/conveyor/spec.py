@@ -29,9 +29,11 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"
 ProjectId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 FactoryId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
 GpuType = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
-Country = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+Country = Annotated[str, StringConstraints(min_length=2, max_length=2, pattern=r"^[A-Z]{2}$")]
 LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^[a-z0-9]([a-z0-9._/-]*[a-z0-9])?$")]
 LabelValue = Annotated[str, StringConstraints(max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")]
+EnvName = Annotated[str, StringConstraints(max_length=256)]
+"""An environment variable's name, bounded here; its grammar is checked by :class:`JobSpec` with a clear message."""
 
 MAX_SCRIPT_BYTES = 1024 * 1024
 MAX_TIME_LIMIT_MIN = 366 * 24 * 60
@@ -121,7 +123,7 @@ class JobSpec(_Strict):
     script: str | None = Field(None, max_length=MAX_SCRIPT_BYTES)
     command: list[Annotated[str, StringConstraints(max_length=4096)]] | None = Field(None, min_length=1, max_length=256)
     resources: Resources = Field(default_factory=Resources)
-    environment: dict[str, Annotated[str, StringConstraints(max_length=32_768)]] = Field(
+    environment: dict[EnvName, Annotated[str, StringConstraints(max_length=32_768)]] = Field(
         default_factory=dict, max_length=256
     )
     working_directory: str | None = Field(None, max_length=4096, pattern=r"^/[^\x00-\x1f\x7f]*$")
