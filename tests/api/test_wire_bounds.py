@@ -27,7 +27,7 @@ UNBOUNDED_BY_DESIGN: dict[str, str] = {}
 """Places the walk may find unbounded, each with its reason (none today: every value a client sends has a bound)."""
 
 
-def _document() -> dict[str, Any]:
+def openapi_document() -> dict[str, Any]:
     """The app's OpenAPI document (it depends on the code only, so any settings build it)."""
     settings = Settings(dev_mode=True, dev_token=TOKEN, database_url="sqlite+aiosqlite:///unused.db", run_loops=False)
     return create_app(settings).openapi()
@@ -115,7 +115,7 @@ class BoundsWalk:
 
 
 def test_defect_04_every_value_a_request_can_carry_is_bounded_in_the_openapi_document() -> None:
-    document = _document()
+    document = openapi_document()
     walk = BoundsWalk(document["components"]["schemas"])
     places = list(request_schemas(document))
     for where, schema in places:
