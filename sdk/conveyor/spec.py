@@ -1,8 +1,8 @@
 """The job spec: what a user asks Conveyor to run, identical for the server, the SDK and the CLI.
 
-Strict by design: unknown fields are refused (a typo must not be silently dropped), and features that are
-planned but not built yet (container images, job arrays, dependencies) are refused by name, so a user never
-believes they were honoured.
+Strict by design: unknown fields are refused (a typo must not be silently dropped), numbers must be JSON
+numbers (``true`` or ``"2"`` is not a node count), and features that are planned but not built yet (container
+images, job arrays, dependencies) are refused by name, so a user never believes they were honoured.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import enum
 import re
 from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, field_validator, model_validator
 
 _NOT_YET = {
     "image": "container images",
@@ -73,13 +73,13 @@ class _Strict(BaseModel):
 class Resources(_Strict):
     """What the job needs, per node. ``time_limit_min`` None means the chosen partition's DefaultTime."""
 
-    nodes: int = Field(1, ge=1, le=10_000)
-    tasks_per_node: int = Field(1, ge=1, le=1024)
-    cpus_per_task: int = Field(1, ge=1, le=1024)
-    gpus_per_node: int = Field(0, ge=0, le=64)
+    nodes: StrictInt = Field(1, ge=1, le=10_000)
+    tasks_per_node: StrictInt = Field(1, ge=1, le=1024)
+    cpus_per_task: StrictInt = Field(1, ge=1, le=1024)
+    gpus_per_node: StrictInt = Field(0, ge=0, le=64)
     gpu_type: GpuType | None = None
-    memory_mb: int | None = Field(None, ge=1, le=64 * 1024 * 1024, description="memory per node, MiB")
-    time_limit_min: int | None = Field(
+    memory_mb: StrictInt | None = Field(None, ge=1, le=64 * 1024 * 1024, description="memory per node, MiB")
+    time_limit_min: StrictInt | None = Field(
         None, ge=1, le=MAX_TIME_LIMIT_MIN, description="wall time in minutes; omitted: the partition's default"
     )
 

@@ -39,9 +39,6 @@ def field_errors_at(response: Any, loc: list[str | int]) -> list[dict[str, Any]]
     return [error for error in response.json().get("errors", []) if error["loc"][: len(loc)] == loc]
 
 
-@pytest.mark.xfail(
-    strict=True, reason='issue 12 item 06: "hours": "10" or true, or a number as a date, makes an allocation'
-)
 async def test_defect_06_strict_json_types_allocations(api: Api) -> None:
     made = await api.client.post("/v1/admin/projects", json={"id": PROJECT, "title": "strict types"})
     assert made.status_code == 201, made.text
@@ -60,7 +57,6 @@ async def test_defect_06_strict_json_types_allocations(api: Api) -> None:
     assert granted.json()["granted_hours"] == 10
 
 
-@pytest.mark.xfail(strict=True, reason='issue 12 item 06: true or "1" is accepted for integer job fields')
 async def test_defect_06_strict_json_types_job_fields(api: Api) -> None:
     cases: list[tuple[list[str | int], dict[str, Any]]] = [
         (["resources", "nodes"], job_body(resources={"nodes": True})),
@@ -83,7 +79,6 @@ async def test_defect_06_strict_json_types_job_fields(api: Api) -> None:
     assert typed.status_code == 201, typed.text
 
 
-@pytest.mark.xfail(strict=True, reason='issue 12 item 06: {"admin": "yes"} makes an admin')
 async def test_defect_06_strict_json_types_admin_users(broker: Broker) -> None:
     async with broker.client(broker.admin_token) as admin:
         for wrong in ("yes", "true", 1, "1", "on"):
@@ -177,9 +172,6 @@ def body_positions(document: Mapping[str, Any]) -> list[Position]:
     return list(positions.values())
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 12 item 06: integer, number, boolean and date fields coerce other JSON types"
-)
 async def test_defect_06_strict_json_types_every_request_body_field(api: Api) -> None:
     positions = body_positions(openapi_document())
     covered = {(p.path, p.loc) for p in positions}
