@@ -702,6 +702,7 @@ class Jwk(WireRequest):
     x5c: list[X509Der] | None = Field(None, max_length=8)
     x5t: Base64Url | None = None
     x5t_s256: Base64Url | None = Field(None, alias="x5t#S256")
+    ext: StrictBool | None = Field(None, description="WebCrypto's extractable flag, as its key exports carry it.")
 
 
 class Jwks(WireRequest):
