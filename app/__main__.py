@@ -1,11 +1,13 @@
 """``python -m app``: the broker on one uvicorn worker, at the settings' host and port.
 
 It does not migrate: run ``alembic upgrade head`` first (dev/run.sh does); the broker refuses to start on an
-old schema. How it is served (one worker): :mod:`app.serving`.
+old schema. How it is served (one worker, a parse limit a little above the app's header limits):
+:mod:`app.serving`.
 """
 
 from __future__ import annotations
 
+from app.limits import EdgeLimits
 from app.main import create_app
 from app.serving import serve
 from broker.settings import Settings
@@ -13,7 +15,8 @@ from broker.settings import Settings
 
 def main() -> None:
     settings = Settings()
-    serve(create_app(settings), host=settings.host, port=settings.port)
+    head_bytes = EdgeLimits.from_settings(settings).server_head_bytes
+    serve(create_app(settings), host=settings.host, port=settings.port, max_head_bytes=head_bytes)
 
 
 if __name__ == "__main__":

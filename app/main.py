@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from app import problems
 from app.auth import Authenticator, authenticator_from_settings, oidc_verifier
 from app.deps import AppState, RuntimeLike
+from app.limits import EDGE_ERRORS, EdgeLimits, RequestLimits
 from app.routes import admin, allocations, antennas, factories, health, jobs, projects, site_accounts, tokens
 from broker.antennas.service import AntennaService
 from broker.db.engine import database_from_settings
@@ -41,7 +42,7 @@ from conveyor.problems import Problem
 log = logging.getLogger("conveyor.api")
 
 
-# Answers every /v1 operation may give (the health routes are unauthenticated and declare their own).
+# Answers every /v1 operation may give (the health routes are unauthenticated: they add the edge's to their own).
 API_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "No or an invalid bearer token", "model": Problem},
     403: {"description": "The token's scopes or the caller's role do not allow this", "model": Problem},
@@ -51,6 +52,7 @@ API_ERRORS: dict[int | str, dict[str, Any]] = {
     },
     422: {"description": "Invalid request", "model": Problem},
     503: {"description": "The database is unavailable; retry after Retry-After", "model": Problem},
+    **EDGE_ERRORS,
 }
 
 
@@ -78,6 +80,7 @@ def create_app(
         lifespan=lifespan,
     )
     problems.install(app)
+    app.add_middleware(RequestLimits, limits=EdgeLimits.from_settings(settings))
     for router in (
         jobs.router,
         factories.router,
@@ -89,7 +92,7 @@ def create_app(
         antennas.router,
     ):
         app.include_router(router, prefix=API_ROOT, responses=API_ERRORS)
-    app.include_router(health.router)
+    app.include_router(health.router, responses=EDGE_ERRORS)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from broker import errors
 from broker.db.repositories.sql import sqlstate_starts_with
@@ -146,14 +147,39 @@ async def _on_unauthenticated(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(problem, {"WWW-Authenticate": exc.challenge})
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the app serves at the request's path, each tried through the routes' own matching.
+
+    (Starlette answers a 405 from the first route whose path matched, and FastAPI makes one route per method,
+    so the Allow it sends names that one route's methods only.)"""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches(_probe(request.scope, method))[0] is Match.FULL for route in routes)
+    ]
+
+
+def _probe(scope: Mapping[str, Any], method: str) -> dict[str, Any]:
+    """A fresh scope for ``method`` at the path of ``scope`` (none of the routing state the request gathered)."""
+    return {"type": "http", "method": method, "path": scope["path"], "root_path": scope.get("root_path", ""),
+            "headers": scope.get("headers", [])}  # fmt: skip
+
+
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     path = request.url.path
+    headers = dict(exc.headers or {})
     if exc.status_code == 404:
         problem = NOT_FOUND.problem(f"no such resource: {path}", instance=path)
     else:
         problem = Problem.from_status(exc.status_code, str(exc.detail)).model_copy(update={"instance": path})
-    return problem_response(problem, exc.headers)
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    return problem_response(problem, headers)
 
 
 async def _on_database_error(request: Request, exc: Exception) -> JSONResponse:
@@ -177,10 +203,13 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 _PROBLEM_REF = "#/components/schemas/Problem"
-# What an operation with a JSON body may answer when the body cannot even be decoded (not UTF-8): FastAPI's own
-# 400, sent as a problem like every error. A body that decodes but is not valid JSON is a 422 (json_invalid).
+# What an operation with a JSON body may answer when the body is not plain UTF-8 JSON (app.plain_json): a 400
+# malformed_request problem. A body that decodes but is not valid JSON is a 422 (json_invalid).
 BODY_UNREADABLE: dict[int | str, dict[str, Any]] = {
-    400: {"description": "The request body could not be read (not UTF-8)", "model": Problem}
+    400: {
+        "description": "The request body could not be read: not UTF-8, a byte order mark, or a duplicate key",
+        "model": Problem,
+    }
 }
 
 

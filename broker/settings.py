@@ -13,8 +13,15 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from broker.identity.oidc import OidcIssuers
+from conveyor.spec import MAX_SCRIPT_BYTES
 
 DEFAULT_DATA_DIR = Path("/var/lib/conveyor")
+# The largest job with room to spare: a 1 MiB script even where JSON escapes (newlines, quotes, tabs) grow it,
+# and the rest of the spec (name, labels, working directory, environment) in what is left.
+DEFAULT_MAX_BODY_BYTES = 2 * MAX_SCRIPT_BYTES
+# Room for an OIDC access token carrying many groups or roles (the largest header a client sends) and more.
+DEFAULT_MAX_HEADER_FIELD_BYTES = 16 * 1024
+DEFAULT_MAX_HEADER_BYTES = 32 * 1024
 # A dispatcher's Slurm call has an 8 s deadline; a lease shorter than a few of those would expire mid-call.
 MIN_LEASE_S = 30.0
 
@@ -82,6 +89,23 @@ class Settings(BaseSettings):
     requests_per_minute: int = Field(
         0, ge=0, description="requests allowed per caller and minute (bursts up to as many) before 429; 0: no limit"
     )
+    max_body_bytes: int = Field(
+        DEFAULT_MAX_BODY_BYTES,
+        ge=1024,
+        description="the largest request body read, in bytes; a larger one is refused 413 before it is parsed",
+    )
+    max_header_field_bytes: int = Field(
+        DEFAULT_MAX_HEADER_FIELD_BYTES,
+        ge=256,
+        description="the largest header field (name and value), in bytes; a larger one is refused 431",
+    )
+    max_header_bytes: int = Field(
+        DEFAULT_MAX_HEADER_BYTES,
+        ge=1024,
+        le=1024 * 1024,
+        description="the most all header fields may take together (as sent: name, ': ', value, CRLF), in bytes; "
+        "more is refused 431. The server's own parse limit lies a little above it",
+    )
     host: str = Field("127.0.0.1", description="the address `python -m app` listens on")
     port: int = Field(8000, ge=1, le=65535, description="the port `python -m app` listens on")
     run_loops: bool = Field(
@@ -92,6 +116,12 @@ class Settings(BaseSettings):
     def _url_is_async(self) -> Settings:
         if not self.database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ValueError("database_url must use sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return self
+
+    @model_validator(mode="after")
+    def _one_field_fits_the_head(self) -> Settings:
+        if self.max_header_field_bytes > self.max_header_bytes:
+            raise ValueError("max_header_field_bytes must not exceed max_header_bytes")
         return self
 
     @property

@@ -32,7 +32,15 @@ from app.problems import problem_response
 from broker.config_files import ConfigFileError
 from broker.identity.limits import FailureLimiter
 from broker.identity.oidc import OidcVerifier
-from conveyor.problems import INTERNAL_ERROR, NOT_FOUND, RATE_LIMITED, UNAUTHORIZED, UNAVAILABLE, Problem
+from conveyor.problems import (
+    INTERNAL_ERROR,
+    NOT_FOUND,
+    PAYLOAD_TOO_LARGE,
+    RATE_LIMITED,
+    UNAUTHORIZED,
+    UNAVAILABLE,
+    Problem,
+)
 
 log = logging.getLogger("conveyor.gateway")
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -180,7 +188,7 @@ async def forward(request: Request) -> Response:
         body = await proxy.read_body(request, state.max_body_bytes)
     except proxy.BodyTooLarge:
         detail = f"the request body exceeds {state.max_body_bytes} bytes"
-        return problem_response(proxy.PAYLOAD_TOO_LARGE.problem(detail, instance=instance))
+        return problem_response(PAYLOAD_TOO_LARGE.problem(detail, instance=instance))
     gateway_url = state.public_url or str(request.base_url).rstrip("/")
     return await state.proxy.forward(request, subject, body, gateway_url)
 

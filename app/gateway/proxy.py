@@ -29,7 +29,6 @@ log = logging.getLogger("conveyor.gateway")
 
 BAD_GATEWAY = ProblemType("bad_gateway", "The broker could not be reached", 502)
 GATEWAY_TIMEOUT = ProblemType("gateway_timeout", "The broker did not answer in time", 504)
-PAYLOAD_TOO_LARGE = ProblemType("payload_too_large", "The request body is too large", 413)
 
 ID = "{id}"
 _ID_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,63}")

@@ -20,7 +20,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from broker.antennas.assertion import BoundRequest, InvalidAssertion, parse_jwks, public_jwks, sign, verify
 from broker.config_files import ConfigFileError, dotted, explain_all, read_document
 from broker.identity.oidc import ASYMMETRIC_ALGORITHMS, MIN_RSA_BITS, OidcIssuers, issuers_from_text
-from conveyor.models import AntennaId, Jwks
+from broker.settings import DEFAULT_MAX_BODY_BYTES
+from conveyor.models import AntennaId, PublicJwks
 
 ENV_PREFIX = "CONVEYOR_GATEWAY_"
 _PRIVATE_KEY_TYPES = (
@@ -73,7 +74,10 @@ class GatewaySettings(BaseSettings):
     )
     timeout_s: float = Field(30.0, gt=0, le=600, description="how long one forwarded request may take at the broker")
     max_body_bytes: int = Field(
-        1_048_576, ge=1, le=64 * 1_048_576, description="largest request body forwarded (larger: 413)"
+        DEFAULT_MAX_BODY_BYTES,
+        ge=1,
+        le=64 * 1_048_576,
+        description="largest request body forwarded (larger: 413); by default the broker's own default limit",
     )
     auth_failures_per_minute: int = Field(
         30, ge=1, description="failed authentications allowed per client address and minute before 429"
@@ -160,7 +164,7 @@ def load_signing_key(path: Path, kid: str | None = None) -> SigningKey:
         keys[found_kid] = (alg, key)
     public = public_jwks(document)
     try:
-        Jwks.model_validate(public)
+        PublicJwks.model_validate(public)
     except ValidationError as exc:
         why = "; ".join(f"{dotted(where)}: {message}" for where, message in explain_all(exc))
         raise GatewayConfigError(f"{source}: the broker would refuse its public half: {why}") from None

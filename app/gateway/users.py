@@ -8,8 +8,9 @@ is verified by :class:`broker.identity.oidc.OidcVerifier` when issuers are confi
 Subjects are what the broker knows national users by (with this Antenna): a gateway token's ``sub`` as the
 users file says, an OIDC user's as ``<issuer host>:<sub>``, so an identity provider's user can never pass for a
 gateway-token user or for another provider's user (the settings refuse two issuers on one host, and gateway
-subs that start with an issuer's host and a colon). Both must be valid broker ``NationalSubject`` values (no
-``/``, no control characters), which the Antenna's operator registers at the broker.
+subs that start with an issuer's host and a colon). Both must be ``NationalSubject`` values (no ``/``, no
+control, format or separator character: the one grammar the broker checks too), which the Antenna's operator
+registers at the broker.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from broker.antennas.assertion import NationalSubject
 from broker.config_files import ConfigFileError, dotted, explain_all, read_document
 from broker.identity.oidc import MAX_TOKEN_CHARS, InvalidToken, IssuerUnavailable, OidcVerifier
-from conveyor.models import NationalSubject
 
 REALM = "conveyor-gateway"
 _SUBJECT: TypeAdapter[str] = TypeAdapter(NationalSubject)

@@ -10,10 +10,10 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from app.deps import Admin, Reader, StateDep, client_address
 from app.problems import BODY_UNREADABLE
 from app.routes.projects import user_view
-from broker.antennas.assertion import parse_jwks
+from broker.antennas.assertion import NationalSubject, parse_jwks
 from broker.antennas.service import AntennaService
 from broker.db.models import Antenna
-from conveyor.models import AntennaId, AntennaRequest, AntennaUpdate, AntennaView, Jwks, NationalSubject, UserView
+from conveyor.models import AntennaId, AntennaRequest, AntennaUpdate, AntennaView, PublicJwks, UserView
 from conveyor.problems import Problem
 
 router = APIRouter(tags=["antennas"])
@@ -28,6 +28,11 @@ def get_antennas(state: StateDep) -> AntennaService:
 AntennasDep = Annotated[AntennaService, Depends(get_antennas)]
 
 
+def jwks_document(jwks: PublicJwks) -> dict[str, Any]:
+    """An uploaded JWKS as the broker stores and parses it: the members given, no nulls."""
+    return jwks.model_dump(mode="json", exclude_none=True)
+
+
 def antenna_view(antenna: Antenna) -> AntennaView:
     return AntennaView(
         id=antenna.id, country=antenna.country, title=antenna.title, factories=antenna.factories,
@@ -40,9 +45,9 @@ def antenna_view(antenna: Antenna) -> AntennaView:
              responses={**_ERRORS, 409: {"model": Problem}, **BODY_UNREADABLE})  # fmt: skip
 async def register_antenna(body: AntennaRequest, request: Request, caller: Admin, antennas: AntennasDep) -> AntennaView:
     antenna = await antennas.register(
-        caller, body.id, country=body.country, title=body.title, factories=body.factories, jwks=body.jwks.document(),
-        requests_per_minute=body.requests_per_minute, max_active_jobs=body.max_active_jobs,
-        source=client_address(request),
+        caller, body.id, country=body.country, title=body.title, factories=body.factories,
+        jwks=jwks_document(body.jwks), requests_per_minute=body.requests_per_minute,
+        max_active_jobs=body.max_active_jobs, source=client_address(request),
     )  # fmt: skip
     return antenna_view(antenna)
 
@@ -69,10 +74,10 @@ async def update_antenna(
 @router.put("/admin/antennas/{antenna_id}/keys", summary="Replace an Antenna's public keys (rotation)",
             responses={**_ERRORS, **BODY_UNREADABLE})  # fmt: skip
 async def replace_antenna_keys(
-    antenna_id: AntennaPath, jwks: Jwks, request: Request, caller: Admin, antennas: AntennasDep
+    antenna_id: AntennaPath, jwks: PublicJwks, request: Request, caller: Admin, antennas: AntennasDep
 ) -> AntennaView:
-    keys = jwks.document()
-    return antenna_view(await antennas.replace_keys(caller, antenna_id, keys, source=client_address(request)))
+    document = jwks_document(jwks)
+    return antenna_view(await antennas.replace_keys(caller, antenna_id, document, source=client_address(request)))
 
 
 @router.put("/admin/antennas/{antenna_id}/operators/{user_id}", status_code=204,

@@ -8,8 +8,10 @@ This module is both halves of that contract, so the gateway and the broker canno
 * header: ``typ`` = :data:`TYP` (a Conveyor Antenna assertion, never an ID or access token), ``kid`` of a
   registered key, and ``alg`` = the algorithm registered with that key (asymmetric only);
 * ``iss`` = the Antenna = ``act.sub`` (RFC 8693 actor: who acts), ``sub`` = the national user (on whose
-  behalf), ``aud`` = this broker, ``exp`` at most :data:`MAX_LIFETIME_S` ahead, a ``jti`` (accepted once,
-  which the caller checks in the database);
+  behalf; a :data:`NationalSubject`, the one grammar the gateway and the broker share), ``aud`` = this
+  broker, ``exp`` at most :data:`MAX_LIFETIME_S` ahead, a ``jti`` (accepted once, which the caller checks in
+  the database); ``exp``, ``nbf`` and ``iat`` are JSON numbers, and ``nbf`` and ``iat`` are not ahead of the
+  broker's clock by more than :data:`LEEWAY_S`;
 * ``htm``, ``htu`` and ``bh`` bind it to one request: method, path with query, and the SHA-256 of the body
   (base64url), so a captured assertion cannot be replayed against another request (after DPoP, RFC 9449).
 
@@ -22,15 +24,20 @@ import base64
 import enum
 import hashlib
 import json
+import math
+import re
 import secrets
 import time
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import jwt
+from pydantic import AfterValidator, StringConstraints
 
 from broker.identity.oidc import ASYMMETRIC_ALGORITHMS, InvalidToken, map_pyjwt_error, verifier_for, verifies_signatures
+from conveyor.models import MAX_JWKS_KEYS
 
 TYP = "conveyor-antenna+jwt"
 SCHEME = "Antenna"  # Authorization: Antenna <assertion>
@@ -39,7 +46,43 @@ DEFAULT_LIFETIME_S = 60  # what the gateway asks for: enough for a slow request,
 LEEWAY_S = 30  # clock skew tolerated between an Antenna and the broker
 MAX_ASSERTION_CHARS = 16_384
 MAX_CLAIM_CHARS = 255
-MAX_KEYS = 16  # a rotation keeps the old key and the new one; sixteen is plenty
+MAX_KEYS = MAX_JWKS_KEYS
+
+
+# Unicode categories no subject contains: controls, format characters (bidi overrides, zero-width, BOM),
+# surrogates, private use, line and paragraph separators. A subject is a path segment of the broker's API
+# (hence no "/") and a user's name in listings and audits, where such characters forge or hide text.
+_NOT_IN_SUBJECTS = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
+# The same rule, as far as a pattern in the OpenAPI document can say it (the common cases of each category).
+SUBJECT_PATTERN = r"^[^/\x00-\x1f\x7f-\x9f\u00ad\u061c\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]+$"
+_SUBJECT = re.compile(SUBJECT_PATTERN)
+
+
+def subject_error(subject: str) -> str | None:
+    """Why ``subject`` is no national user's subject, or None: 1 to :data:`MAX_CLAIM_CHARS` characters, no
+    ``/``, none of the categories in ``_NOT_IN_SUBJECTS``, each character one :data:`SUBJECT_PATTERN` takes."""
+    if not 0 < len(subject) <= MAX_CLAIM_CHARS:
+        return f"a subject has 1 to {MAX_CLAIM_CHARS} characters"
+    for char in subject:
+        if char == "/" or unicodedata.category(char) in _NOT_IN_SUBJECTS or not _SUBJECT.match(char):
+            return f"a subject has no '/', control, format or separator character; this one has U+{ord(char):04X}"
+    return None
+
+
+def _valid_subject(subject: str) -> str:
+    error = subject_error(subject)
+    if error is not None:
+        raise ValueError(error)
+    return subject
+
+
+# A national user's subject, as the gateway's users file and OIDC mapping, the broker's routes and
+# :func:`verify` all take it.
+NationalSubject = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_CLAIM_CHARS, pattern=SUBJECT_PATTERN),
+    AfterValidator(_valid_subject),
+]
 
 
 class Reason(enum.StrEnum):
@@ -192,7 +235,15 @@ def verify(
             audience=audience,
             issuer=antenna,
             leeway=LEEWAY_S,
-            options={"require": ["iss", "sub", "aud", "exp", "jti"], "verify_sub": False, "verify_iat": False},
+            # The time claims are checked by _times on the broker's clock, types first (PyJWT takes "123" and
+            # true for numbers).
+            options={
+                "require": ["iss", "sub", "aud", "exp", "jti"],
+                "verify_sub": False,
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+            },
         )
     except jwt.MissingRequiredClaimError as exc:
         raise InvalidAssertion(Reason.MISSING_CLAIM, str(exc)) from None
@@ -203,22 +254,47 @@ def verify(
     return _checked(claims, antenna=antenna, request=request, now=now)
 
 
-def _checked(claims: dict[str, Any], *, antenna: str, request: BoundRequest, now: float) -> AssertionClaims:
-    """The claims PyJWT does not know: lifetime, actor, subject, jti and the request binding."""
-    exp = claims["exp"]
+def _number(claims: Mapping[str, Any], name: str) -> int | float | None:
+    """The time claim ``name`` (None when absent): a JSON number, never a string, a bool, NaN or an infinity."""
+    if name not in claims:
+        return None
+    value = claims[name]
+    finite = not isinstance(value, float) or math.isfinite(value)  # isfinite overflows on a huge int
+    if isinstance(value, int | float) and not isinstance(value, bool) and finite:
+        return value
+    raise InvalidAssertion(Reason.BAD_CLAIM, f"{name} must be a JSON number (seconds since the epoch)")
+
+
+def _times(claims: Mapping[str, Any], now: float) -> float:
+    """``exp``: not passed and at most :data:`MAX_LIFETIME_S` ahead; ``nbf`` and ``iat`` (optional): not in
+    the future; each within :data:`LEEWAY_S` of the broker's clock ``now``. Returns ``exp``."""
+    exp, nbf, iat = (_number(claims, name) for name in ("exp", "nbf", "iat"))
+    assert exp is not None  # required: PyJWT refused its absence
+    if exp <= now - LEEWAY_S:
+        raise InvalidAssertion(Reason.EXPIRED, "the assertion has expired")
     if exp > now + MAX_LIFETIME_S + LEEWAY_S:
         raise InvalidAssertion(Reason.TOO_LONG_LIVED, f"exp is more than {MAX_LIFETIME_S} s ahead of the broker")
+    for name, value in (("nbf", nbf), ("iat", iat)):
+        if value is not None and value > now + LEEWAY_S:
+            raise InvalidAssertion(Reason.NOT_YET_VALID, f"{name} is more than {LEEWAY_S} s ahead of the broker")
+    return float(exp)
+
+
+def _checked(claims: dict[str, Any], *, antenna: str, request: BoundRequest, now: float) -> AssertionClaims:
+    """The claims PyJWT does not check: times, actor, subject, jti and the request binding."""
+    exp = _times(claims, now)
     actor = claims.get("act")
     if not isinstance(actor, dict) or actor.get("sub") != antenna:
         raise InvalidAssertion(Reason.BAD_ACTOR, "act.sub must name the Antenna that signed (iss)")
     subject, jti = claims["sub"], claims["jti"]
-    for name, value in (("sub", subject), ("jti", jti)):
-        if not isinstance(value, str) or not 0 < len(value) <= MAX_CLAIM_CHARS:
-            raise InvalidAssertion(Reason.BAD_CLAIM, f"{name} must be a string of 1 to {MAX_CLAIM_CHARS} characters")
+    if not isinstance(subject, str) or (error := subject_error(subject)) is not None:
+        raise InvalidAssertion(Reason.BAD_CLAIM, f"sub is no national user's subject: {error or 'not a string'}")
+    if not isinstance(jti, str) or not 0 < len(jti) <= MAX_CLAIM_CHARS:
+        raise InvalidAssertion(Reason.BAD_CLAIM, f"jti must be a string of 1 to {MAX_CLAIM_CHARS} characters")
     for name, expected in request.claims().items():
         if claims.get(name) != expected:
             raise InvalidAssertion(Reason.WRONG_REQUEST, f"{name} does not match this request")
-    return AssertionClaims(antenna=antenna, subject=subject, jti=jti, expires_at=float(exp))
+    return AssertionClaims(antenna=antenna, subject=subject, jti=jti, expires_at=exp)
 
 
 def sign(

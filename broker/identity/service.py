@@ -142,8 +142,7 @@ class IdentityService:
         source: str | None = None,
     ) -> IssuedToken:  # fmt: skip
         """A new token for the caller, with no scope the caller's own credential lacks."""
-        if caller.antenna is not None:
-            raise Forbidden("national users act through their Antenna and hold no broker credentials")
+        _holds_tokens(caller)
         if await self._repo.user(caller.id) is None:
             raise Forbidden(
                 "personal access tokens belong to users, and this caller is none (the dev token?): "
@@ -185,9 +184,11 @@ class IdentityService:
         return user, issued
 
     async def tokens(self, caller: Principal) -> Sequence[ApiToken]:
+        _holds_tokens(caller)
         return await self._repo.tokens_of(caller.id)
 
     async def revoke(self, caller: Principal, token_id: str, *, source: str | None = None) -> ApiToken:
+        _holds_tokens(caller)
         token = await self._repo.revoke_token(caller.id, token_id)
         if token is None:
             raise NotFound("token", token_id)
@@ -199,6 +200,13 @@ class IdentityService:
 
     async def user(self, user_id: str) -> User | None:
         return await self._repo.user(user_id)
+
+
+def _holds_tokens(caller: Principal) -> None:
+    """Personal access tokens are for direct users: a national user (acting through its Antenna) has none to
+    make, list or revoke (403)."""
+    if caller.antenna is not None:
+        raise Forbidden("national users act through their Antenna and hold no broker credentials")
 
 
 __all__ = ["AlreadyInitialized", "AuthenticationFailed", "IdentityService", "IssuedToken"]

@@ -11,7 +11,8 @@ Rules it keeps:
   message (422); a job that fits but whose Factories are down or drained is accepted and waits: health is
   the dispatcher's business, and an outage must not turn into refused work.
 - Tenancy (:mod:`broker.tenancy.projects`): a caller submits only to its projects and sees its own jobs there (a PI:
-  all of the project's jobs). Any other job answers exactly like a missing one.
+  all of the project's jobs). Any other job answers exactly like a missing one. A dry run is authorized exactly
+  like a submit, before any placement: it shows nothing of a project the caller may not submit to.
 - Idempotency: keys are scoped to the caller. The first request with a key creates the job (``created``
   True: 201); the same key with the same validated body returns that job (``created`` False: the API answers
   200, so a client can tell a replay from a creation); the same key with another body is refused
@@ -57,7 +58,7 @@ from broker.identity import Principal
 from broker.jobs import translate
 from broker.jobs.idempotency import MAX_KEY_LENGTH, request_hash
 from broker.jobs.ids import new_job_id
-from broker.tenancy.allocations import budget_of, over_budget
+from broker.tenancy.allocations import Budget, budget_of, over_budget
 from broker.tenancy.projects import ProjectService, Tenancy
 from broker.tenancy.site_accounts import SiteAccountService
 from broker.ttl_cache import TtlCache
@@ -185,6 +186,15 @@ def _key_of(creation: Creation) -> Hashable | None:
     return creation.key.pair if creation.key is not None else None
 
 
+def _may_use(caller: Principal, budget: Budget | None) -> frozenset[str] | None:
+    """The Factories a job may go to: those of its project's allocations (``budget``; None for a dev-mode
+    principal: any), and of those only its Antenna's linked ones for a national user."""
+    allowed = None if budget is None else frozenset(budget.factories)
+    if caller.factories is not None:
+        allowed = caller.factories if allowed is None else allowed & caller.factories
+    return allowed
+
+
 def _linked_only(caller: Principal, spec: JobSpec) -> None:
     """An Antenna's national user may name only a Factory the Antenna is linked to (403, not a placement
     failure: the Factory exists and fits, the caller may not use it)."""
@@ -242,11 +252,8 @@ class JobService:
                     )
                 ]
             )
-        facts, remembered = await self._facts(caller, spec.project)
-        if facts is not None and not Tenancy(caller, facts.roles).may_submit_to(spec.project):
-            raise Forbidden(_NOT_A_MEMBER.format(project=spec.project))
+        facts, remembered = await self._authorized(caller, spec)
         if caller.antenna is not None:
-            _linked_only(caller, spec)
             await self._within_antenna_quota(caller.antenna)
         try:
             try:
@@ -272,6 +279,18 @@ class JobService:
     def accept_batches(self) -> tuple[int, int] | None:
         """(group commits written, jobs they carried) since start; None without group commit."""
         return None if self._accepts is None else (self._accepts.batches, self._accepts.items)
+
+    async def _authorized(
+        self, caller: Principal, spec: JobSpec, *, fresh: bool = False
+    ) -> tuple[SubmissionFacts | None, bool]:
+        """:meth:`_facts` for ``spec.project``, once the caller may send this job there (403 otherwise): a
+        member of the project, naming no Factory its Antenna is not linked to. One check for a submit and a
+        dry run, made before any placement."""
+        facts, remembered = await self._facts(caller, spec.project, fresh=fresh)
+        if facts is not None and not Tenancy(caller, facts.roles).may_submit_to(spec.project):
+            raise Forbidden(_NOT_A_MEMBER.format(project=spec.project))
+        _linked_only(caller, spec)
+        return facts, remembered
 
     async def _facts(
         self, caller: Principal, project: str, *, fresh: bool = False
@@ -299,16 +318,10 @@ class JobService:
     ) -> tuple[JobRow, bool]:
         """Place the job on its project's allocations and store it: its refusals as the API's errors, except
         an allocation found ended at commit, raised for :meth:`submit` to decide again."""
-        reservation = None
-        if facts is None:  # a dev-mode principal: no user, no project, no allocation
-            placement = self._check_feasible(spec)
-        else:
-            budget = budget_of(spec.project, facts.allocations)
-            allowed = set(budget.factories)
-            if caller.factories is not None:  # an Antenna's national user: only its linked Factories
-                allowed &= caller.factories
-            placement = self._check_feasible(spec, allowed=allowed)
-            reservation = budget.reservation(spec, placement)
+        # A dev-mode principal (no facts) has no user, no project, no allocation: nothing to reserve.
+        budget = None if facts is None else budget_of(spec.project, facts.allocations)
+        placement = self._check_feasible(spec, allowed=_may_use(caller, budget))
+        reservation = None if budget is None else budget.reservation(spec, placement)
         new = NewJob.from_spec(caller.id, spec, source, reservation)
         # The fingerprint of the request is that of the spec as stored (dumped once, for both).
         key = None if idempotency_key is None else KeyUse(caller.id, idempotency_key, request_hash(new.spec))
@@ -458,15 +471,17 @@ class JobService:
         but every Factory it fits is unavailable, the answer still shows where it would go once one is back
         (and says so), since such a job would be accepted and wait.
         """
-        # Every caller may ask; nothing is stored or revealed about other jobs. The rendering uses its mapping.
+        # The submit's own authorization and Factories (its project's allocations, its Antenna's links), on
+        # what the database says now; the rendering uses the caller's site account.
+        facts, _ = await self._authorized(caller, spec, fresh=True)
+        allowed = _may_use(caller, None if facts is None else budget_of(spec.project, facts.allocations))
         note = ""
-        _linked_only(caller, spec)
         try:
-            placement = place(spec, self._registry, await self._statuses(), allowed=caller.factories)
+            placement = place(spec, self._registry, await self._statuses(), allowed=allowed)
         except PlacementError as exc:
             if not exc.transient:
                 raise _impossible(exc) from None
-            placement = self._check_feasible(spec, allowed=caller.factories)
+            placement = self._check_feasible(spec, allowed=allowed)
             note = f"; not available now ({exc.message}): the job would be accepted and wait"
         factory = placement.factory
         try:

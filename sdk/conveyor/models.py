@@ -660,61 +660,34 @@ class SiteAccountView(WireAnswer):
 # ---------------------------------------------------------------------------------------------------
 
 AntennaId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
-NationalSubject = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f/]+$")]
 MAX_ANTENNA_ACTIVE_JOBS = 1_000_000
 """The largest quota of active jobs an Antenna can be given (it is stored in a 32-bit column)."""
-MAX_JWKS_KEYS = 16
-"""The most keys an Antenna's JWK Set holds: a rotation keeps the old key beside the new one."""
-Base64Url = Annotated[str, StringConstraints(min_length=1, max_length=4096, pattern=r"^[A-Za-z0-9_-]+$")]
-JwkWord = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[^\x00-\x1f\x7f]+$")]
-X509Der = Annotated[str, StringConstraints(min_length=1, max_length=16_384, pattern=r"^[A-Za-z0-9+/]+=*$")]
+MAX_JWKS_KEYS = 16  # an Antenna's keys: a rotation keeps the old key and the new one; sixteen is plenty
+_B64URL = r"^[A-Za-z0-9_-]+$"
 
 
-_JWKS_EXAMPLE: dict[str, Any] = {
-    "keys": [
-        {
-            "kty": "EC",
-            "crv": "P-256",
-            "kid": "be-2026-11",
-            "alg": "ES256",
-            "use": "sig",
-            "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
-            "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0",
-        }
-    ]
-}
-
-
-class Jwk(WireRequest):
-    """One public key of a JWK Set (RFC 7517/7518/8037): its public parameters only, so a key carrying private
-    or secret material (``d``, ``k``, ...) is refused. The broker checks that it can verify its ``alg``."""
+class PublicJwk(WireRequest):
+    """One public signing key (RFC 7517): EC (``crv``, ``x``, ``y``), RSA (``n``, ``e``) or OKP (``crv``,
+    ``x``). The broker also checks that it is usable for its ``alg``; private members are refused."""
 
     kty: Literal["EC", "RSA", "OKP"]
-    kid: str | None = Field(None, max_length=255, description="The key id assertions name (the broker requires it).")
-    alg: JwkWord | None = Field(None, description="The asymmetric algorithm it verifies (the broker requires it).")
-    use: JwkWord | None = None
-    key_ops: list[JwkWord] | None = Field(None, max_length=8)
-    crv: JwkWord | None = None
-    x: Base64Url | None = None
-    y: Base64Url | None = None
-    n: Base64Url | None = None
-    e: Base64Url | None = None
-    x5c: list[X509Der] | None = Field(None, max_length=8)
-    x5t: Base64Url | None = None
-    x5t_s256: Base64Url | None = Field(None, alias="x5t#S256")
-    ext: StrictBool | None = Field(None, description="WebCrypto's extractable flag, as its key exports carry it.")
+    kid: str = Field(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$", description="Its key id.")
+    alg: str = Field(
+        min_length=1, max_length=16, pattern=r"^[A-Za-z0-9]+$",
+        description="The one asymmetric algorithm it signs with: RS256/384/512, PS256/384/512, ES256/384/512, EdDSA.",
+    )  # fmt: skip
+    use: Literal["sig"] | None = None
+    crv: str | None = Field(None, min_length=1, max_length=16, pattern=r"^[A-Za-z0-9-]+$")
+    x: str | None = Field(None, min_length=1, max_length=128, pattern=_B64URL)
+    y: str | None = Field(None, min_length=1, max_length=128, pattern=_B64URL)
+    n: str | None = Field(None, min_length=1, max_length=4096, pattern=_B64URL, description="RSA modulus.")
+    e: str | None = Field(None, min_length=1, max_length=16, pattern=_B64URL, description="RSA public exponent.")
 
 
-class Jwks(WireRequest):
-    """A JWK Set of an Antenna's public signing keys; each names its ``kid`` and ``alg``."""
+class PublicJwks(WireRequest):
+    """A JWK Set (RFC 7517 section 5) of public signing keys, each naming its ``kid`` and ``alg``."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [_JWKS_EXAMPLE]})
-
-    keys: list[Jwk] = Field(min_length=1, max_length=MAX_JWKS_KEYS)
-
-    def document(self) -> dict[str, Any]:
-        """The set as JSON, parameters named as in RFC 7517 and the ones not given left out."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+    keys: list[PublicJwk] = Field(min_length=1, max_length=MAX_JWKS_KEYS)
 
 
 class AntennaRequest(WireRequest):
@@ -728,7 +701,18 @@ class AntennaRequest(WireRequest):
                     "country": "BE",
                     "title": "AI Factory Antenna Belgium",
                     "factories": ["lumi"],
-                    "jwks": _JWKS_EXAMPLE,
+                    "jwks": {
+                        "keys": [
+                            {
+                                "kty": "EC",
+                                "crv": "P-256",
+                                "kid": "be-2026-11",
+                                "alg": "ES256",
+                                "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+                                "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0",
+                            }
+                        ]
+                    },
                     "requests_per_minute": 600,
                     "max_active_jobs": 200,
                 }
@@ -740,7 +724,7 @@ class AntennaRequest(WireRequest):
     country: Country
     title: str = Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")
     factories: list[FactoryId] = Field(min_length=1, max_length=64, description="The Factories it is linked to.")
-    jwks: Jwks = Field(description="A JWK Set of its public signing keys (asymmetric; kid and alg set).")
+    jwks: PublicJwks = Field(description="A JWK Set of its public signing keys (asymmetric; kid and alg set).")
     requests_per_minute: StrictInt = Field(600, ge=1, le=1_000_000, description="Its rate limit (per broker process).")
     max_active_jobs: StrictInt | None = Field(
         None, ge=0, le=MAX_ANTENNA_ACTIVE_JOBS, description="Its quota of jobs not yet ended (None: no quota)."

@@ -155,6 +155,17 @@ CANCEL_NOT_POSSIBLE: Final = ProblemType("cancel_not_possible", "The job can no 
 # The job's output cannot be read now: it has not reached Slurm yet, or its Factory's adapter cannot read files.
 # The sub-code says which (output_unavailable.not_submitted, output_unavailable.not_readable).
 OUTPUT_UNAVAILABLE: Final = ProblemType("output_unavailable", "The job's output cannot be read", 409)
+# Refused at the HTTP edge before any route read the request (the broker's settings name the limits).
+# Sub-codes say which limit: headers_too_large.field (one field), .total (all of them); without one, the server
+# itself refused a head larger than it parses. malformed_request.http: the server could not parse the request;
+# .byte_order_mark, .not_utf8, .duplicate_key, .nesting: a JSON body that is not plain UTF-8 JSON.
+# unsupported_media_type.content_encoding (not identity), .charset (not utf-8).
+PAYLOAD_TOO_LARGE: Final = ProblemType("payload_too_large", "The request body is too large", 413)
+HEADERS_TOO_LARGE: Final = ProblemType("headers_too_large", "The request's header fields are too large", 431)
+MALFORMED_REQUEST: Final = ProblemType("malformed_request", "The request cannot be read", 400)
+UNSUPPORTED_MEDIA_TYPE: Final = ProblemType(
+    "unsupported_media_type", "The request body's encoding is not supported", 415
+)
 UNAUTHORIZED: Final = ProblemType("unauthorized", "Authentication is required", 401)
 FORBIDDEN: Final = ProblemType("forbidden", "Not allowed", 403)
 RATE_LIMITED: Final = ProblemType("rate_limited", "Too many requests", 429)
@@ -171,6 +182,10 @@ PROBLEM_TYPES: Final[Mapping[str, ProblemType]] = {
         PLACEMENT_FAILED,
         CANCEL_NOT_POSSIBLE,
         OUTPUT_UNAVAILABLE,
+        PAYLOAD_TOO_LARGE,
+        HEADERS_TOO_LARGE,
+        MALFORMED_REQUEST,
+        UNSUPPORTED_MEDIA_TYPE,
         UNAUTHORIZED,
         FORBIDDEN,
         RATE_LIMITED,
@@ -261,7 +276,8 @@ class ConveyorError(Exception):
 
 
 class ValidationFailed(ConveyorError):
-    """The request was refused as invalid (400/422); ``errors`` names each offending field."""
+    """The request was refused as invalid (400/422), too large (413/431) or in an encoding the broker does not
+    read (415); ``errors`` names each offending field."""
 
     @property
     def errors(self) -> list[FieldError]:
@@ -329,6 +345,10 @@ _BY_CODE: Mapping[str, type[ConveyorError]] = {
     PLACEMENT_FAILED.code: PlacementFailed,
     CANCEL_NOT_POSSIBLE.code: CancelNotPossible,
     OUTPUT_UNAVAILABLE.code: OutputUnavailable,
+    PAYLOAD_TOO_LARGE.code: ValidationFailed,
+    HEADERS_TOO_LARGE.code: ValidationFailed,
+    MALFORMED_REQUEST.code: ValidationFailed,
+    UNSUPPORTED_MEDIA_TYPE.code: ValidationFailed,
     UNAUTHORIZED.code: AuthError,
     FORBIDDEN.code: AuthError,
     RATE_LIMITED.code: RateLimited,
@@ -342,7 +362,10 @@ _BY_STATUS: Mapping[int, type[ConveyorError]] = {
     404: NotFound,
     409: Conflict,
     410: NotFound,
+    413: ValidationFailed,
+    415: ValidationFailed,
     422: ValidationFailed,
+    431: ValidationFailed,
     429: RateLimited,
     502: Unavailable,
     503: Unavailable,

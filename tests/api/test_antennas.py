@@ -13,18 +13,23 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import ValidationError
 from sqlalchemy import select
 
-from broker.antennas.assertion import TYP, BoundRequest, body_hash, sign
-from broker.db.models import AuditEvent
+from app.gateway.users import TokenEntry
+from broker.antennas.assertion import MAX_KEYS, TYP, BoundRequest, body_hash, public_jwks, sign
+from broker.db.models import AuditEvent, User
+from broker.db.repositories.antennas import national_issuer
 from tests.api.conftest import PROJECT, Broker, job_body
 from tests.api.test_jobs import problem_of
+from tests.gateway.test_gateway import private_jwks
 
 AUDIENCE = "conveyor"  # the broker's default antenna_audience
 
@@ -154,6 +159,23 @@ async def test_a_national_user_submits_reads_and_cancels_through_its_antenna(bro
     assert all(c.actor == me.json()["id"] for c in calls)
 
 
+async def test_defect_01_a_national_users_dry_run_is_authorized_exactly_like_its_submit(
+    broker: Broker, setup: Setup
+) -> None:
+    impossible = job_body(resources={"time_limit_min": 500})  # refused before placement
+    async with broker.client(None) as client:
+        # be's user in no project; ch's user named like be's member (a stranger to the project): either body.
+        for kit, subject, body in ((setup.be, setup.outsider_sub, job_body()), (setup.ch, setup.member_sub, job_body()),
+                                   (setup.be, setup.outsider_sub, impossible)):  # fmt: skip
+            submitted = problem_of(await national(client, kit, subject, "POST", "/v1/jobs", body), 403, "forbidden")
+            dry = await national(client, kit, subject, "POST", "/v1/jobs?dry_run=true", body)
+            assert problem_of(dry, 403, "forbidden") == submitted, dry.text
+            assert "site_user" not in dry.text
+        member = await national(client, setup.be, setup.member_sub, "POST", "/v1/jobs?dry_run=true", job_body())
+    assert member.status_code == 200, member.text
+    assert member.json()["factory"] == "alpha"
+
+
 def _hs256_with_public_key(kit: AntennaKit, subject: str, target: str) -> str:
     """The classic forgery: HS256 keyed with the Antenna's public key (PyJWT refuses to make it, so by hand)."""
     public_pem = kit.key.public_key().public_bytes(
@@ -194,6 +216,62 @@ async def test_a_wrong_assertion_is_refused_with_its_reason(
         refused = await national(client, setup.be, setup.member_sub, "GET", "/v1/me", **overrides)
     problem_of(refused, 401, f"unauthorized.{reason}")
     assert "invalid_token" in refused.headers["www-authenticate"]
+
+
+async def test_defect_05_time_claims_are_json_numbers_and_iat_is_not_in_the_future(
+    broker: Broker, setup: Setup
+) -> None:
+    now = int(time.time())
+    refusals: list[tuple[dict[str, Any], str]] = [
+        ({"exp": str(now + 60)}, "bad_claim"),
+        ({"exp": "soon"}, "bad_claim"),
+        ({"exp": True}, "bad_claim"),  # a bool is no number, though Python's int(True) is 1
+        ({"exp": [now + 60]}, "bad_claim"),
+        ({"exp": float("inf")}, "bad_claim"),  # PyJWT writes Infinity, and Python's JSON reads it back
+        ({"exp": float("nan")}, "bad_claim"),
+        ({"nbf": str(now)}, "bad_claim"),
+        ({"nbf": False}, "bad_claim"),
+        ({"iat": str(now)}, "bad_claim"),
+        ({"iat": {"at": now}}, "bad_claim"),
+        ({"iat": now + 3600}, "not_yet_valid"),  # issued in the future, beyond the allowed clock skew
+        ({"nbf": now + 3600}, "not_yet_valid"),
+    ]
+    async with broker.client(None) as client:
+        for overrides, reason in refusals:
+            refused = await national(client, setup.be, setup.member_sub, "GET", "/v1/me", **overrides)
+            assert refused.status_code == 401, (overrides, refused.text)
+            problem_of(refused, 401, f"unauthorized.{reason}")
+        # JSON numbers are numbers, fractions included, and a clock a few seconds ahead is within the skew.
+        for overrides in ({"exp": now + 60.5, "nbf": now - 0.5}, {"iat": now + 5}, {"iat": None}):
+            accepted = await national(client, setup.be, setup.member_sub, "GET", "/v1/me", **overrides)
+            assert accepted.status_code == 200, (overrides, accepted.text)
+
+
+# What neither the gateway nor the broker takes for a national user's subject (a path segment of the broker's
+# API, a user's name in listings and audits): a slash, control, format (bidi, zero-width) or separator
+# characters, a lone surrogate, nothing, or more than 255 characters.
+BAD_SUBJECTS = ("a/b", "line\nbreak", "evil\u202egnp.exe", "zero\u200bwidth", "para\u2029graph", "lone\ud800", "",
+                "x" * 256)  # fmt: skip
+
+
+async def test_defect_07_the_broker_refuses_every_subject_the_gateway_refuses(broker: Broker, setup: Setup) -> None:
+    async with broker.client(None) as client:
+        for subject in BAD_SUBJECTS:
+            refused = await national(client, setup.be, subject, "GET", "/v1/me")
+            assert refused.status_code == 401, (subject, refused.text)
+            problem_of(refused, 401, "unauthorized.bad_claim")
+            with pytest.raises(ValidationError):  # the gateway's users file refuses it too
+                TokenEntry(sha256="0" * 64, sub=subject)
+        for good in ("bob@uni.example.be", "login.example.be:f3c1-77", "Zoë Ñúñez"):
+            TokenEntry(sha256="0" * 64, sub=good)
+            assert (await national(client, setup.be, good, "GET", "/v1/me")).status_code == 200
+    async with broker.client(setup.operator) as operator:  # nor can an operator register one
+        for subject in ("evil\u202egnp.exe", "zero\u200bwidth", "bell\x07"):
+            registered = await operator.put(f"/v1/antennas/be/users/{quote(subject, safe='')}")
+            problem_of(registered, 422, "validation_error")
+    async with broker.db.read() as session:
+        subjects = set(await session.scalars(select(User.subject).where(User.issuer == national_issuer("be"))))
+    assert subjects == {setup.member_sub, "bob@uni.example.be", "login.example.be:f3c1-77", "Zoë Ñúñez"}
 
 
 async def test_forged_none_and_hs256_assertions_are_refused(broker: Broker, setup: Setup) -> None:
@@ -259,6 +337,15 @@ async def test_an_antenna_stays_within_its_factories_its_users_and_user_routes(b
             assert answer.status_code != 404 or target.startswith("/v1/projects"), answer.text
 
 
+async def test_defect_19_national_user_tokens_forbidden(broker: Broker, setup: Setup) -> None:
+    """National users hold no personal tokens (README): listing or revoking them is 403, as making one is."""
+    async with broker.client(None) as client:
+        for method, target in (("GET", "/v1/tokens"), ("DELETE", "/v1/tokens/tok_aaaaaaaaaaaaaaaa")):
+            answer = await national(client, setup.be, setup.member_sub, method, target)
+            problem = problem_of(answer, 403, "forbidden")
+            assert "no broker credentials" in (problem.detail or ""), answer.text
+
+
 async def test_an_antenna_operator_adds_only_its_own_national_users(broker: Broker, setup: Setup) -> None:
     outsider_id = await national_user_id(broker, setup.operator, "be", setup.outsider_sub)
     ch_user_id = await national_user_id(broker, broker.admin_token, "ch", "carla@ethz.ch")
@@ -319,6 +406,47 @@ async def test_keys_rotate_by_upload_and_bad_key_sets_are_refused(broker: Broker
         problem_of(old, 401, "unauthorized.unknown_key")
         new = AntennaKit("be", kid="k2", key=new_key)
         assert (await national(client, new, setup.member_sub, "GET", "/v1/me")).status_code == 200
+
+
+def _resolved(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema``, or what its $ref names in ``document``."""
+    ref = schema.get("$ref")
+    if ref is None:
+        return schema
+    resolved: dict[str, Any] = document["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+    return resolved
+
+
+async def test_defect_19_antenna_jwks_is_typed(broker: Broker, setup: Setup) -> None:
+    document = broker.app.openapi()
+    registration = _resolved(document, document["components"]["schemas"]["AntennaRequest"]["properties"]["jwks"])
+    keys_route = document["paths"]["/v1/admin/antennas/{antenna_id}/keys"]["put"]["requestBody"]
+    rotation = _resolved(document, keys_route["content"]["application/json"]["schema"])
+    for jwks in (registration, rotation):
+        assert jwks.get("additionalProperties") is False, jwks
+        keys = jwks["properties"]["keys"]
+        assert (keys["minItems"], keys["maxItems"]) == (1, MAX_KEYS)
+        jwk = _resolved(document, keys["items"])
+        assert jwk.get("additionalProperties") is False, jwk
+        assert set(jwk["properties"]) == {"kty", "kid", "alg", "use", "crv", "x", "y", "n", "e"}
+        assert set(jwk["required"]) == {"kty", "kid", "alg"}
+        for name, member in jwk["properties"].items():  # each a bounded string or a closed set
+            for branch in member.get("anyOf", [member]):
+                assert branch.get("type") == "null" or "enum" in branch or "const" in branch or (
+                    branch.get("type") == "string" and 0 < branch.get("maxLength", 0) <= 4096
+                ), (name, member)  # fmt: skip
+    # It still takes the keys the gateway prints (an EC and an RSA key, as --public-jwks does) and the tests use.
+    gateway_jwks = public_jwks(private_jwks())
+    kit = AntennaKit("lu")
+    registered = await register(broker, kit, ["alpha"], jwks=gateway_jwks)
+    assert registered["kids"] == ["ec-1", "rsa-1"]
+    async with broker.client(broker.admin_token) as admin:
+        rotated = await admin.put("/v1/admin/antennas/lu/keys", json=kit.public_jwks())
+        assert rotated.json()["kids"] == [kit.kid], rotated.text
+        with_private = {"keys": [{**gateway_jwks["keys"][0], "d": private_jwks()["keys"][0]["d"]}]}
+        refused = problem_of(await admin.put("/v1/admin/antennas/lu/keys", json=with_private), 422,
+                             "validation_error")  # fmt: skip
+        assert ["body", "keys", 0, "d"] in [error.loc for error in refused.errors or []], refused
 
 
 async def test_the_gateways_signer_and_the_brokers_checker_agree(broker: Broker, setup: Setup) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
@@ -99,6 +100,19 @@ async def test_unknown_routes_and_methods_are_problems(api: Api) -> None:
     response = await api.client.delete("/v1/jobs")
     assert response.status_code == 405
     assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_defect_19_405_lists_every_allowed_method(api: Api) -> None:
+    """For every path of the OpenAPI document, a method it does not serve is a 405 problem whose Allow header
+    names every method the path serves (GET and POST on /v1/jobs are two routes)."""
+    for template, operations in api.app.openapi()["paths"].items():
+        allowed = {method.upper() for method in operations}
+        path = re.sub(r"\{[^}]+\}", "x", template)
+        wrong = next(method for method in ("PATCH", "PUT", "DELETE", "POST", "GET") if method not in allowed)
+        response = await api.client.request(wrong, path)
+        assert response.status_code == 405, (wrong, path, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        assert set(response.headers["allow"].split(", ")) == allowed, (wrong, path)
 
 
 async def test_an_unexpected_error_is_a_500_problem_without_internals(

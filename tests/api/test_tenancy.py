@@ -57,6 +57,26 @@ async def test_a_user_submits_only_to_projects_it_belongs_to(broker: Broker, wor
         problem_of(await admin.post("/v1/jobs", json=job_body()), 403, "forbidden")
 
 
+async def test_defect_01_a_dry_run_is_authorized_exactly_like_a_submit(broker: Broker, world: World) -> None:
+    impossible = job_body(project=OTHER_PROJECT, resources={"time_limit_min": 500})  # refused before placement
+    async with broker.client(world.alice) as alice, broker.client(world.dave) as dave, \
+            broker.client(broker.admin_token) as admin:  # fmt: skip
+        for client, body in (
+            (alice, job_body(project=OTHER_PROJECT)),  # another project
+            (alice, job_body(project="EHPC-NO-SUCH-0001")),  # no such project
+            (alice, impossible),
+            (dave, job_body()),
+            (admin, job_body()),  # an admin manages projects, it is no member of them
+        ):
+            submitted = problem_of(await client.post("/v1/jobs", json=body), 403, "forbidden")
+            dry = await client.post("/v1/jobs", params={"dry_run": "true"}, json=body)
+            assert problem_of(dry, 403, "forbidden") == submitted, dry.text
+            assert "site_user" not in dry.text
+        mine = await alice.post("/v1/jobs", params={"dry_run": "true"}, json=job_body())
+    assert mine.status_code == 200, mine.text
+    assert mine.json()["rendering"]["site_user"] == "alice"
+
+
 @pytest.mark.parametrize("who", ["bob (same project, researcher)", "dave (another project)"])
 async def test_every_jobs_route_answers_404_for_a_job_the_caller_may_not_see(
     broker: Broker, world: World, who: str
