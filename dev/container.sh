@@ -52,7 +52,7 @@ factories:
     name: Smoke-test Factory
     country: LU
     site: nowhere
-    adapter: {kind: rest, cluster: smoke, slurm_user: slurm, url: "http://127.0.0.1:9", jwt_key_file: /nonexistent.key, operator_user: slurm, user_lookup: none}
+    adapter: {kind: rest, cluster: smoke, slurm_user: slurm, url: "http://127.0.0.1:9", jwt_key_file: /nonexistent.key, operator_user: slurm, user_lookup: none, allowed_users: "conveyor-smoke"}
     mapping: {default_user: conveyor-smoke}
     partitions:
       - {name: cpu, default: true, max_time_min: 60, default_time_min: 10, nodes: 1, cpus_per_node: 4, memory_mb_per_node: 4000}

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 
 _UNLIMITED = {"UNLIMITED", "INFINITE", "PARTITION_LIMIT", "NONE", ""}
 _GRES_ITEM = re.compile(r"^gpu(?::(?P<type>[^:(]+))?:(?P<count>\d+)")
@@ -122,26 +119,6 @@ def parse_key_values(line: str) -> dict[str, str]:
     for match in re.finditer(r"(?:^|\s)([A-Za-z][\w/:.]*)=(.*?)(?=\s+[A-Za-z][\w/:.]*=|\s*$)", line):
         result[match.group(1)] = match.group(2)
     return result
-
-
-def read_tail(path: Path, max_bytes: int, *, owner_uid: int | None = None) -> str:
-    """The last ``max_bytes`` of a file, decoded leniently (jobs print whatever they like).
-
-    Output paths are chosen by users, so only a regular file is read (a FIFO would block the reader), and
-    with ``owner_uid`` only one that uid owns: a root adapter must not hand out /etc/shadow because a job
-    named it as its output. The checks run on the opened descriptor, so a swapped symlink cannot race them.
-    Failures raise :class:`OSError` (``PermissionError`` for a refused file).
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise PermissionError(f"{path} is not a regular file")
-        if owner_uid is not None and info.st_uid != owner_uid:
-            raise PermissionError(f"{path} is owned by uid {info.st_uid}, not the job's uid {owner_uid}")
-        size = handle.seek(0, 2)
-        handle.seek(max(size - max_bytes, 0))
-        return handle.read().decode("utf-8", errors="replace")
 
 
 def expand_output_path(pattern: str, job_id: int, user: str | None, name: str | None, node: str | None) -> str:

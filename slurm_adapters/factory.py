@@ -9,7 +9,9 @@ The broker validates them from its Factory file by declaring them as pydantic fi
 Paths are as seen from where the adapter runs. ``fs_root`` is the host path of the cluster's "/" (None:
 output files are not readable from here). ``user_lookup`` says where the site policy finds uids: ``passwd``
 reads ``<fs_root>/etc/passwd`` (a chroot, a mounted login-node image), ``nss`` asks this host (a login node),
-``none`` checks names only and leaves unknown users to Slurm (a remote slurmrestd).
+``none`` checks names only and leaves unknown users to Slurm (a remote slurmrestd), so it needs
+``allowed_users``, a pattern every site user name must match in full. ``uid_ranges`` replaces the people's
+uids a site has (default: UID_MIN of the site's login.defs to 59999, and 65536 to 4294967293).
 """
 
 from __future__ import annotations
@@ -19,12 +21,20 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from slurm_adapters.interface import SlurmAdapter
-from slurm_adapters.safety import SitePolicy, is_user_name, local_uid, passwd_resolver
+from slurm_adapters.safety import (
+    MAX_UID,
+    PasswdEntry,
+    SitePolicy,
+    UidRange,
+    is_user_name,
+    local_lookup,
+    passwd_lookup,
+)
 from slurm_adapters.tokens import DEFAULT_LIFETIME_S, MAX_LIFETIME_S
 
 AdapterKind = Literal["rest", "cli", "pyslurm"]
@@ -63,12 +73,13 @@ def _check_timeout(value: float, field_name: str) -> None:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class _SiteConfig:
-    """What every kind needs: the cluster, who may never be submitted as, and the call deadline."""
+    """What every kind needs: the cluster, who may (never) be submitted as, and the call deadline."""
 
     cluster: str
     slurm_user: str = "slurm"
     forbidden_users: tuple[str, ...] = ()
-    min_uid: int = 1000
+    uid_ranges: tuple[UidRange, ...] | None = None
+    allowed_users: str | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
 
     def _check_site(self, kind: str) -> None:
@@ -79,8 +90,27 @@ class _SiteConfig:
         object.__setattr__(self, "forbidden_users", tuple(self.forbidden_users))
         for user in self.forbidden_users:
             _require(is_user_name(user), "forbidden_users", f"{user!r} is not a user name")
-        _require(self.min_uid >= 1, "min_uid", f"must be at least 1, not {self.min_uid}")
+        self._check_uid_ranges()
+        self._check_allowed_users()
         _check_timeout(self.timeout_s, "timeout_s")
+
+    def _check_uid_ranges(self) -> None:
+        if self.uid_ranges is None:
+            return
+        object.__setattr__(self, "uid_ranges", tuple(tuple(pair) for pair in self.uid_ranges))
+        for pair in self.uid_ranges:
+            _require(len(pair) == 2, "uid_ranges", f"each range is [first, last], not {list(pair)}")
+            low, high = pair
+            _require(1 <= low <= high <= MAX_UID, "uid_ranges", f"[{low}, {high}] is not a range of 1..{MAX_UID}")
+
+    def _check_allowed_users(self) -> None:
+        if self.allowed_users is None:
+            return
+        _require(0 < len(self.allowed_users) <= 1000, "allowed_users", "must be a pattern of 1 to 1000 characters")
+        try:
+            re.compile(self.allowed_users)
+        except re.error as exc:
+            raise AdapterConfigError("allowed_users", f"is not a regular expression: {exc}") from None
 
     def _check_lookup(self, user_lookup: UserLookup, fs_root: str | None) -> None:
         _check_absolute(fs_root, "fs_root")
@@ -88,6 +118,11 @@ class _SiteConfig:
             user_lookup != "passwd" or fs_root is not None,
             "user_lookup",
             "'passwd' reads <fs_root>/etc/passwd, so it needs fs_root",
+        )
+        _require(
+            user_lookup != "none" or self.allowed_users is not None,
+            "allowed_users",
+            "an adapter that cannot resolve uids (user_lookup none) needs an allowed_users pattern",
         )
 
 
@@ -175,22 +210,32 @@ class PyslurmConfig(_SiteConfig):
 AdapterConfig = RestConfig | CliConfig | PyslurmConfig
 
 
-def _uid_resolver(config: AdapterConfig) -> Callable[[str], int | None] | None:
+def _lookup(config: AdapterConfig) -> Callable[[str], PasswdEntry | None] | None:
     if config.user_lookup == "passwd":
         assert config.fs_root is not None  # checked on construction
-        return passwd_resolver(config.fs_root)
+        return passwd_lookup(config.fs_root)
     if config.user_lookup == "nss":
-        return local_uid
+        return local_lookup
     return None
 
 
+def _login_defs(config: AdapterConfig) -> Path | None:
+    """Where the site's UID_MIN is read: beside the passwd the look-ups read."""
+    if config.user_lookup == "passwd":
+        assert config.fs_root is not None
+        return Path(config.fs_root) / "etc/login.defs"
+    return Path("/etc/login.defs") if config.user_lookup == "nss" else None
+
+
 def site_policy(config: AdapterConfig) -> SitePolicy:
-    """Who this cluster's adapter may submit as: never root, SlurmUser, a forbidden or a system account."""
+    """Who this cluster's adapter may submit as: people, never root, SlurmUser, a forbidden or a system account."""
     return SitePolicy(
         slurm_user=config.slurm_user,
         forbidden_users=frozenset(config.forbidden_users),
-        min_uid=config.min_uid,
-        resolve_uid=_uid_resolver(config),
+        lookup=_lookup(config),
+        uid_ranges=config.uid_ranges,
+        login_defs=_login_defs(config),
+        allowed_users=None if config.allowed_users is None else re.compile(config.allowed_users),
     )
 
 
@@ -243,8 +288,12 @@ def config_to_dict(config: AdapterConfig) -> dict[str, Any]:
         value = getattr(config, item.name)
         if item.name == "kind" or (item.default is not dataclasses.MISSING and value == item.default):
             continue
-        data[item.name] = list(value) if isinstance(value, tuple) else value
+        data[item.name] = _json_ready(value)
     return data
+
+
+def _json_ready(value: Any) -> Any:
+    return [_json_ready(item) for item in value] if isinstance(value, tuple) else value
 
 
 __all__ = [

@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from broker.factories import working_roots
 from broker.factories.registry import Factory, FactoryRegistry, Partition
 from conveyor.problems import PlacementCode
 from conveyor.spec import JobSpec
@@ -250,6 +251,7 @@ def _scope(spec: JobSpec, registry: FactoryRegistry, allowed: Collection[str] | 
                 country=factory.country,
                 countries=list(countries),
             )
+        _check_directory(spec, [factory])
         return _Scope((factory,), explicit=True, countries=countries, restricted=allowed is not None)
     usable = [factory for factory in registry if allowed is None or factory.id in allowed]
     if not usable:
@@ -264,7 +266,30 @@ def _scope(spec: JobSpec, registry: FactoryRegistry, allowed: Collection[str] | 
             countries=list(countries),
             factories={factory.id: factory.country for factory in usable},
         )
-    return _Scope(tuple(in_countries), explicit=False, countries=countries, restricted=allowed is not None)
+    return _Scope(
+        tuple(_check_directory(spec, in_countries)), explicit=False, countries=countries, restricted=allowed is not None
+    )
+
+
+def _check_directory(spec: JobSpec, factories: Sequence[Factory]) -> list[Factory]:
+    """The Factories that let the job work in its working directory (for some site user: the user it runs
+    as is checked once known); none is an error that names what each allows."""
+    directory = spec.working_directory
+    if directory is None:
+        return list(factories)
+    fitting = [factory for factory in factories if factory.allows_directory(directory, None)]
+    if not fitting:
+        roots = {factory.id: list(factory.allowed_roots) for factory in factories}
+        where = "; ".join(
+            f"Factory {factory.id}: {working_roots.listing(factory.allowed_roots)}" for factory in factories
+        )
+        raise PlacementError(
+            PlacementCode.WORKING_DIRECTORY_NOT_ALLOWED,
+            f"working_directory {directory} is outside the directories jobs may work in ({where})",
+            working_directory=directory,
+            allowed_roots=roots,
+        )
+    return fitting
 
 
 # -------------------------------------------------------------------------------------------------------

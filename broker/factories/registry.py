@@ -12,10 +12,12 @@ Example (YAML; JSON works too)::
         country: IT
         site: CINECA
         adapter: {kind: rest, cluster: leonardo, url: "https://slurmrest.example:6820",
-                  jwt_key_file: /etc/conveyor/keys/leonardo.jwt, operator_user: conveyor}
+                  jwt_key_file: /etc/conveyor/keys/leonardo.jwt, operator_user: conveyor,
+                  allowed_users: "[a-z][a-z0-9-]{2,31}"}  # no uid look-up here: who jobs may run as
         mapping: {default_user: conveyor-jobs, default_account: EUHPC_A01_001}
         enforce_part_limits: ALL
         job_root: /leonardo_scratch/conveyor      # jobs without a working directory run (and log) here
+        working_roots: [/leonardo_scratch/conveyor, "/leonardo/home/userexternal/{user}", /leonardo_work]
         accounting: true                           # slurmdbd keeps finished jobs
         min_job_age_s: 300                         # Slurm's MinJobAge
         clock_skew_s: 10                           # how far its clock and the broker's may disagree
@@ -28,13 +30,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from broker.config_files import ConfigFileError, Location, dotted, explain_all, read_document
+from broker.factories import working_roots
 from conveyor.spec import MAX_TIME_LIMIT_MIN, Country, FactoryId, GpuType
 from slurm_adapters.errors import UnsafeRequest
 from slurm_adapters.factory import AdapterConfig, site_policy
@@ -44,6 +46,7 @@ PartitionName = Annotated[str, StringConstraints(min_length=1, max_length=64, pa
 AccountName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 JobRoot = Annotated[str, StringConstraints(min_length=2, max_length=1024, pattern=r"^/[^\x00-\x1f\x7f]*$")]
+WorkingRoot = Annotated[JobRoot, AfterValidator(working_roots.check_root)]
 _ADAPTER_KINDS = {"rest", "cli", "pyslurm"}
 
 
@@ -124,6 +127,12 @@ class Factory(_Strict):
     job_root: JobRoot | None = Field(
         None, description="where jobs run and write their output when the spec names no working directory"
     )
+    working_roots: tuple[WorkingRoot, ...] | None = Field(
+        None,
+        max_length=64,
+        description="the directories jobs may work in (and below); '{user}' as a segment is the site user the job "
+        "runs as; None: job_root alone",
+    )
     accounting: bool = Field(False, description="the cluster keeps finished jobs in slurmdbd (sacct works)")
     min_job_age_s: int = Field(
         300, ge=0, description="Slurm's MinJobAge: how long slurmctld still lists a finished job"
@@ -145,13 +154,26 @@ class Factory(_Strict):
         defaults = [partition.name for partition in self.partitions if partition.default]
         if len(defaults) > 1:
             raise _FieldError("partitions", f"only one partition may be the default, not {', '.join(defaults)}")
+        if self.job_root is not None and not self.allows_directory(self.job_root, None):
+            raise _FieldError("job_root", f"{self.job_root} is outside working_roots: {', '.join(self.allowed_roots)}")
         # The refusal the adapter applies at submit, found when the file is loaded (names only: the site's
         # accounts need not exist where the broker runs).
         try:
-            replace(site_policy(self.adapter), resolve_uid=None).check_user(self.mapping.default_user)
+            site_policy(self.adapter).check_name(self.mapping.default_user)
         except UnsafeRequest as exc:
             raise _FieldError("mapping.default_user", exc.message) from None
         return self
+
+    @property
+    def allowed_roots(self) -> tuple[str, ...]:
+        """The directories jobs may work in: ``working_roots``, else ``job_root`` alone (else none)."""
+        if self.working_roots is not None:
+            return self.working_roots
+        return () if self.job_root is None else (self.job_root,)
+
+    def allows_directory(self, path: str, user: str | None) -> bool:
+        """Whether jobs of site user ``user`` (None: of some user) may work in ``path`` (normalized)."""
+        return working_roots.allows(self.allowed_roots, path, user)
 
     @property
     def default_partition(self) -> Partition | None:

@@ -52,8 +52,9 @@ from broker.errors import (
     PlacementImpossible,
     TooManyRequests,
 )
+from broker.factories import working_roots
 from broker.factories.placement import NOT_CHECKED, FactoryStatus, Placement, PlacementError, place
-from broker.factories.registry import FactoryRegistry
+from broker.factories.registry import Factory, FactoryRegistry
 from broker.identity import Principal
 from broker.jobs import translate
 from broker.jobs.idempotency import MAX_KEY_LENGTH, request_hash
@@ -322,6 +323,7 @@ class JobService:
         budget = None if facts is None else budget_of(spec.project, facts.allocations)
         placement = self._check_feasible(spec, allowed=_may_use(caller, budget))
         reservation = None if budget is None else budget.reservation(spec, placement)
+        await self._within_working_roots(caller, spec, placement.factory)
         new = NewJob.from_spec(caller.id, spec, source, reservation)
         # The fingerprint of the request is that of the spec as stored (dumped once, for both).
         key = None if idempotency_key is None else KeyUse(caller.id, idempotency_key, request_hash(new.spec))
@@ -340,6 +342,27 @@ class JobService:
         except NotAMember:
             self._remembered_facts.forget((caller.id, spec.project))
             raise Forbidden(_NOT_A_MEMBER.format(project=spec.project)) from None
+
+    async def _within_working_roots(self, caller: Principal, spec: JobSpec, factory: Factory) -> None:
+        """A working directory that only a ``{user}`` root allows is decided for the site user the job runs as
+        (placement matched it for some user); one a fixed root allows needs no look-up."""
+        directory = spec.working_directory
+        if directory is None or not working_roots.needs_user(factory.allowed_roots, directory):
+            return
+        run_as = await self._site_accounts.run_as(factory, caller.id, spec.project)
+        if not factory.allows_directory(directory, run_as.user):
+            message = (
+                f"working_directory {directory} is outside the directories Factory {factory.id} lets jobs of "
+                f"site user {run_as.user} work in: {working_roots.listing(factory.allowed_roots)}"
+            )
+            raise _impossible(
+                PlacementError(
+                    PlacementCode.WORKING_DIRECTORY_NOT_ALLOWED,
+                    message,
+                    working_directory=directory,
+                    allowed_roots={factory.id: list(factory.allowed_roots)},
+                )
+            )
 
     async def _within_antenna_quota(self, antenna_id: str) -> None:
         """An Antenna's national users together have at most its quota of jobs not yet ended."""
@@ -488,7 +511,10 @@ class JobService:
             # The dispatcher's own translation, so this is exactly what it would send (the id is illustrative).
             run_as = await self._site_accounts.run_as(factory, caller.id, spec.project)
             rendering = self._adapters.get(factory.id).render(
-                translate.to_slurm_spec(new_job_id(), spec, placement, factory, account=run_as.account), run_as.user
+                translate.to_slurm_spec(
+                    new_job_id(), spec, placement, factory, account=run_as.account, user=run_as.user
+                ),
+                run_as.user,
             )
         except translate.TranslationError as exc:
             raise InvalidInput([Invalid(("body",), str(exc), "translation_failed")]) from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 from pathlib import PurePosixPath
 
+from broker.factories import working_roots
 from broker.factories.placement import Placement
 from broker.factories.registry import Factory
 from conveyor.spec import JobSpec
@@ -39,28 +40,42 @@ def batch_script(spec: JobSpec) -> str:
     return script if script.startswith("#!") else f"{DEFAULT_SHELL}\n{script}"
 
 
-def working_directory(spec: JobSpec, factory: Factory) -> str:
-    """The spec's working directory, else the Factory's ``job_root``; neither is a user-visible error."""
+def working_directory(spec: JobSpec, factory: Factory, user: str | None = None) -> str:
+    """The spec's working directory, else the Factory's ``job_root``; the spec's must lie within what the
+    Factory allows for ``user``, the site user the job runs as (None: the Factory's default user)."""
     directory = spec.working_directory or factory.job_root
     if directory is None:
         raise TranslationError(
             f"the job names no working_directory and Factory {factory.id!r} has no default job directory; "
             "set working_directory"
         )
+    site = user or site_user(factory)
+    if spec.working_directory is not None and not factory.allows_directory(directory, site):
+        raise TranslationError(
+            f"working_directory {directory} is outside the directories Factory {factory.id} lets jobs of site "
+            f"user {site} work in: {working_roots.listing(factory.allowed_roots)}"
+        )
     return directory
 
 
 def to_slurm_spec(
-    job_id: str, spec: JobSpec, placement: Placement, factory: Factory, *, account: str | None = None
+    job_id: str,
+    spec: JobSpec,
+    placement: Placement,
+    factory: Factory,
+    *,
+    account: str | None = None,
+    user: str | None = None,
 ) -> SlurmJobSpec:
     """The adapter's job spec for broker job ``job_id`` placed by ``placement`` on ``factory``.
 
-    The tag is the broker's job id: the only way to find the Slurm job again after a crash. ``account`` is the
-    site account mapped for the job (broker.tenancy.site_accounts); None: the Factory's default account.
+    The tag is the broker's job id: the only way to find the Slurm job again after a crash. ``account`` and
+    ``user`` are the site account and user mapped for the job (broker.tenancy.site_accounts); None: the
+    Factory's defaults.
     """
     if placement.factory.id != factory.id:
         raise ValueError(f"placement is on {placement.factory.id!r}, not on {factory.id!r}")
-    directory = working_directory(spec, factory)
+    directory = working_directory(spec, factory, user)
     resources = spec.resources
     log_stem = str(PurePosixPath(directory) / f"conveyor-{job_id}")
     return SlurmJobSpec(

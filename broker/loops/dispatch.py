@@ -207,7 +207,7 @@ class Dispatcher:
         factory = placement.factory
         run_as = await batch.run_as(self._site_accounts, factory, job.owner, job.project)
         try:
-            slurm_spec = to_slurm_spec(job.id, spec, placement, factory, account=run_as.account)
+            slurm_spec = to_slurm_spec(job.id, spec, placement, factory, account=run_as.account, user=run_as.user)
         except TranslationError as exc:
             await self._reject(job.id, str(exc))
             return

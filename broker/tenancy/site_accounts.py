@@ -2,8 +2,9 @@
 
 A Factory's operators (or an admin) map a broker user, or a whole project, to a site user and account on
 that Factory; a job runs as its owner's mapping there, else its project's, else the Factory's configured
-default. Mappings to root, the cluster's SlurmUser, a forbidden or a system account are refused when they are
-made (the same policy the adapter applies again at every submit). A job spec can never name an account or
+default. Mappings to root, the cluster's SlurmUser, a forbidden account, a system account (a uid outside the
+site's people's uids, or a nologin/false shell) or a name outside the Factory's allowed_users are refused
+when they are made (the same policy the adapter applies again at every submit). A job spec can never name an account or
 QOS, and users can read, but not change, their own mappings.
 """
 

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "kill-ctld":
         print(procs.kill(_site(args.cluster).pid_file("slurmctld")))
     elif args.command == "start-ctld":
-        cluster.start_ctld(_site(args.cluster), fresh=False)
+        cluster.restart_ctld(_site(args.cluster))
     return 0
 
 

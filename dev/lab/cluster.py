@@ -6,15 +6,12 @@ import os
 import secrets
 import shutil
 import socket
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-from dev.lab import accounting, procs, slurmconf
-from dev.lab.commands import READY_TIMEOUT_S, client_env, launch_ctld, munged_argv, passwd_ids, run_in
+from dev.lab import accounting, commands, procs, slurmconf
+from dev.lab.commands import READY_TIMEOUT_S, Slurmd, client_env, launch_ctld, munged_argv, passwd_ids
 from dev.lab.layout import ClusterLayout
 from dev.lab.topology import REST_USER
-from slurm_adapters.convert import parse_key_values
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
@@ -77,33 +74,26 @@ def start_ctld(site: ClusterLayout, *, fresh: bool) -> None:
     launch_ctld(site.exec_prefix, site.slurm_conf, site.pid_file("slurmctld"), log, fresh=fresh)
 
 
+def restart_ctld(site: ClusterLayout) -> None:
+    """slurmctld back on its saved state after it died, with fresh slurmds (see :func:`commands.restart_ctld`)."""
+    log = site.host_dir / "log/slurmctld.out"
+    commands.restart_ctld(site.exec_prefix, site.slurm_conf, site.pid_file("slurmctld"), log, _slurmd_entries(site))
+
+
+def _slurmd_entries(site: ClusterLayout) -> list[Slurmd]:
+    return [
+        Slurmd(n.name, site.pid_file(f"slurmd-{n.name}"), site.host_dir / f"log/slurmd-{n.name}.out")
+        for n in site.cluster.nodes
+    ]
+
+
 def _slurmds(site: ClusterLayout) -> float:
-    started = time.time()
-    for node in site.cluster.nodes:
-        argv = [*site.exec_prefix, "slurmd", "-D", "-N", node.name, "-f", str(site.slurm_conf)]
-        out = site.host_dir / f"log/slurmd-{node.name}.out"
-        procs.spawn(site.pid_file(f"slurmd-{node.name}"), argv, out, client_env(site))
-    return started
+    return commands.launch_slurmds(site.exec_prefix, site.slurm_conf, _slurmd_entries(site))
 
 
 def nodes_registered_since(site: ClusterLayout, since: float) -> bool:
     """Every node's slurmd registered after ``since``: sinfo's "idle" can come from saved state."""
-    result = run_in(site, ["scontrol", "show", "node", "-o"])
-    if result.returncode != 0:
-        return False
-    seen = 0
-    for line in result.stdout.splitlines():
-        fields = parse_key_values(line)
-        stamp = fields.get("SlurmdStartTime", "None")
-        if stamp in {"None", "Unknown", ""}:
-            return False
-        started = datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp()
-        if started < since - 1:  # SlurmdStartTime has whole seconds
-            return False
-        if "NOT_RESPONDING" in fields.get("State", "") or "*" in fields.get("State", ""):
-            return False
-        seen += 1
-    return seen == len(site.cluster.nodes)
+    return commands.nodes_registered_since(site.exec_prefix, site.slurm_conf, len(site.cluster.nodes), since)
 
 
 def _port_open(port: int) -> bool:

@@ -7,11 +7,15 @@ entry, even from inside a chroot, can use them too.
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from dev.lab import procs
 from dev.lab.layout import ClusterLayout
+from slurm_adapters.convert import parse_key_values
 
 READY_TIMEOUT_S = 60.0
 
@@ -82,3 +86,64 @@ def launch_ctld(exec_prefix: Sequence[str], slurm_conf: str | Path, pid_file: Pa
 
     if not procs.wait_ready(pid_file, pinged, READY_TIMEOUT_S):
         raise SystemExit(f"slurmctld ({slurm_conf}) did not answer ping; see {log}")
+
+
+@dataclass(frozen=True)
+class Slurmd:
+    """One node's slurmd: its node name, where the lab records its PID, and its output file (host paths)."""
+
+    node: str
+    pid_file: Path
+    log: Path
+
+
+def launch_slurmds(exec_prefix: Sequence[str], slurm_conf: str | Path, slurmds: Sequence[Slurmd]) -> float:
+    """Start every node's slurmd; returns the time just before, for :func:`nodes_registered_since`."""
+    started = time.time()
+    for slurmd in slurmds:
+        argv = [*exec_prefix, "slurmd", "-D", "-N", slurmd.node, "-f", str(slurm_conf)]
+        procs.spawn(slurmd.pid_file, argv, slurmd.log, slurm_env(slurm_conf))
+    return started
+
+
+def nodes_registered_since(exec_prefix: Sequence[str], slurm_conf: str | Path, nodes: int, since: float) -> bool:
+    """Every one of ``nodes`` nodes registered after ``since`` and responds: sinfo's "idle" can come from saved
+    state."""
+    result = run_slurm(exec_prefix, slurm_conf, ["scontrol", "show", "node", "-o"])
+    if result.returncode != 0:
+        return False
+    seen = 0
+    for line in result.stdout.splitlines():
+        fields = parse_key_values(line)
+        stamp = fields.get("SlurmdStartTime", "None")
+        if stamp in {"None", "Unknown", ""}:
+            return False
+        started = datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp()
+        if started < since - 1:  # SlurmdStartTime has whole seconds
+            return False
+        if "NOT_RESPONDING" in fields.get("State", "") or "*" in fields.get("State", ""):
+            return False
+        seen += 1
+    return seen == nodes
+
+
+def restart_ctld(
+    exec_prefix: Sequence[str], slurm_conf: str | Path, pid_file: Path, log: Path, slurmds: Sequence[Slurmd]
+) -> None:
+    """slurmctld again on its saved state, with every slurmd started afresh; back when every node registered.
+
+    A slurmd remembers the ids of the batch jobs it launched until slurmctld says they ended. A slurmctld that
+    died (SIGKILL) saves its state asynchronously, so it may come back from state older than its last launches
+    and hand those ids out again: the old slurmd would refuse them ("Job N already running, do not launch
+    second copy") and slurmctld drain its node ("Duplicate jobid"). So each slurmd is ended first (by PID; the
+    jobs' slurmstepds outlive it and keep running) and started again once slurmctld answers: the new one
+    remembers nothing and reports the jobs still running, which slurmctld keeps or ends as its state says.
+    """
+    for slurmd in slurmds:
+        procs.kill(slurmd.pid_file)
+    launch_ctld(exec_prefix, slurm_conf, pid_file, log, fresh=False)
+    since = launch_slurmds(exec_prefix, slurm_conf, slurmds)
+    if not procs.wait_for(
+        lambda: nodes_registered_since(exec_prefix, slurm_conf, len(slurmds), since), READY_TIMEOUT_S
+    ):
+        raise SystemExit(f"not every slurmd registered with the restarted slurmctld ({slurm_conf}); see {log.parent}")

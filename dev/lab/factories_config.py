@@ -4,7 +4,9 @@ Written as JSON (valid YAML, so the broker reads it like any hand-written factor
 alone. Each Factory is reached through slurmrestd (the broker's default adapter; pyslurm cannot run on the
 host), configured by the same :func:`dev.lab.view.adapter_config` the tests use, and maps jobs to the lab's
 submit user ``alice`` and the first Slurm account of clusters that enforce accounts; jobs without a working
-directory run in the cluster's scratch directory (its path inside the cluster).
+directory run in the cluster's scratch directory (its path inside the cluster), and jobs may work there or
+in the site user's home (``working_roots``). Each adapter declares the lab's
+submit users as ``allowed_users``, the names a rest adapter may submit as even where it resolves no uid.
 
 ``python3 -m dev.lab.factories_config`` writes it next to lab.json.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,8 +46,19 @@ def _partition(partition: dict[str, Any], nodes: dict[str, dict[str, Any]]) -> d
     }
 
 
-def factory_entry(cluster: Cluster) -> dict[str, Any]:
-    """One lab cluster as a Factory of the broker's config."""
+def allowed_users(lab_doc: dict[str, Any]) -> str:
+    """The lab's submit users as a full-match pattern (``alice|bob``)."""
+    return "|".join(re.escape(user) for user in sorted(lab_doc.get("submit_users") or [SUBMIT_USER]))
+
+
+def working_roots(cluster: Cluster) -> list[str]:
+    """Where the lab's jobs may work: the cluster's scratch directory (every test job's directory is below it)
+    and the site user's home."""
+    return [cluster.raw["scratch_dir"], "/home/{user}"]
+
+
+def factory_entry(cluster: Cluster, users: str) -> dict[str, Any]:
+    """One lab cluster as a Factory of the broker's config; ``users``: the pattern of who jobs may run as."""
     raw = cluster.raw
     nodes = {node["name"]: node for node in raw["nodes"]}
     accounts = raw.get("accounts") or []
@@ -53,10 +67,11 @@ def factory_entry(cluster: Cluster) -> dict[str, Any]:
         "name": f"Lab cluster {cluster.name} (Slurm {cluster.release})",
         "country": raw["country"],
         "site": "Conveyor lab, 127.0.0.1",
-        "adapter": config_to_dict(adapter_config("rest", cluster)),
+        "adapter": {**config_to_dict(adapter_config("rest", cluster)), "allowed_users": users},
         "mapping": {"default_user": SUBMIT_USER, "default_account": accounts[0] if accounts else None},
         "enforce_part_limits": raw["enforce_part_limits"],
         "job_root": raw["scratch_dir"],
+        "working_roots": working_roots(cluster),
         "accounting": bool(raw["accounting"]),
         "min_job_age_s": int(raw["min_job_age_s"]),
         "clock_skew_s": CLOCK_SKEW_S,
@@ -65,7 +80,8 @@ def factory_entry(cluster: Cluster) -> dict[str, Any]:
 
 
 def factories_document(lab_doc: dict[str, Any]) -> dict[str, Any]:
-    return {"factories": [factory_entry(Cluster(entry)) for entry in lab_doc["clusters"].values()]}
+    users = allowed_users(lab_doc)
+    return {"factories": [factory_entry(Cluster(entry), users) for entry in lab_doc["clusters"].values()]}
 
 
 def write_factories(lab_doc: dict[str, Any], path: Path) -> Path:

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from dev.lab import procs
-from dev.lab.commands import launch_ctld, run_slurm
+from dev.lab.commands import Slurmd, restart_ctld, run_slurm
 from slurm_adapters.convert import parse_key_values
 from slurm_adapters.factory import AdapterConfig, CliConfig, PyslurmConfig, RestConfig, build_adapter
 from slurm_adapters.interface import SlurmAdapter
 from slurm_adapters.records import JobRecord, SlurmJobState
-from slurm_adapters.safety import SitePolicy, passwd_resolver
+from slurm_adapters.safety import SitePolicy, passwd_lookup
 
 DEFAULT_LAB_JSON = Path(os.environ.get("CONVEYOR_LAB_DIR", "/var/lib/conveyor-lab")) / "lab.json"
 SUBMIT_USER = "alice"
@@ -90,7 +90,11 @@ class Cluster:
         return next(p for p in self.raw["partitions"] if not p["gpus"])
 
     def policy(self) -> SitePolicy:
-        return SitePolicy(slurm_user=self.raw["slurm_user"], resolve_uid=passwd_resolver(self.fs_root))
+        return SitePolicy(
+            slurm_user=self.raw["slurm_user"],
+            lookup=passwd_lookup(self.fs_root),
+            login_defs=self.fs_root / "etc/login.defs",
+        )
 
     def slurm(self, *argv: str, timeout_s: float = 15.0) -> str:
         """Run a Slurm command in the cluster's filesystem (the test's own path to Slurm); return stdout."""
@@ -107,8 +111,20 @@ class Cluster:
         return procs.kill(Path(self.host_path_of_pid_file()))
 
     def start_ctld(self) -> None:
+        """slurmctld back on its saved state, with fresh slurmds (see :func:`dev.lab.commands.restart_ctld`)."""
         log = self.host_path(f"{self.raw['cluster_dir']}/log/slurmctld.out")
-        launch_ctld(self.exec_prefix, self.slurm_conf, self.host_path_of_pid_file(), log, fresh=False)
+        restart_ctld(self.exec_prefix, self.slurm_conf, self.host_path_of_pid_file(), log, self.slurmds())
+
+    def slurmds(self) -> list[Slurmd]:
+        """Each node's slurmd as the lab records it: PID files beside slurmctld's, output in the cluster's log."""
+        pid_dir = self.host_path_of_pid_file().parent
+        log_dir = self.host_path(f"{self.raw['cluster_dir']}/log")
+        return [
+            Slurmd(
+                node["name"], pid_dir / f"{self.name}-slurmd-{node['name']}.pid", log_dir / f"slurmd-{node['name']}.out"
+            )
+            for node in self.raw["nodes"]
+        ]
 
     def host_path_of_pid_file(self) -> Path:
         # lab.json already gives pid files as seen from wherever that lab.json is read.

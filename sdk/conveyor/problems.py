@@ -208,6 +208,7 @@ class PlacementCode(enum.StrEnum):
     FACTORY_NOT_ALLOWED = "placement_failed.factory_not_allowed"
     NO_FACTORY_ALLOWED = "placement_failed.no_factory_allowed"
     COUNTRY_EXCLUDED = "placement_failed.country_excluded"
+    WORKING_DIRECTORY_NOT_ALLOWED = "placement_failed.working_directory_not_allowed"
     # What no partition offers
     GPU_TYPE_UNAVAILABLE = "placement_failed.gpu_type_unavailable"
     NO_GPUS = "placement_failed.no_gpus"

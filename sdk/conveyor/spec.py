@@ -11,7 +11,16 @@ import enum
 import re
 from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 _NOT_YET = {
     "image": "container images",
@@ -34,6 +43,21 @@ LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern
 LabelValue = Annotated[str, StringConstraints(max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")]
 EnvName = Annotated[str, StringConstraints(max_length=256)]
 """An environment variable's name, bounded here; its grammar is checked by :class:`JobSpec` with a clear message."""
+
+
+def normalized_directory(path: str) -> str:
+    """An absolute path without ``.``, empty or trailing segments; ``..`` is refused (never resolved)."""
+    segments = path.split("/")
+    if ".." in segments:
+        raise ValueError("must not contain '..' segments")
+    return "/" + "/".join(segment for segment in segments if segment not in {"", "."})
+
+
+WorkingDirectory = Annotated[
+    str,
+    StringConstraints(max_length=4096, pattern=r"^/[^\x00-\x1f\x7f]*$"),
+    AfterValidator(normalized_directory),
+]
 
 MAX_SCRIPT_BYTES = 1024 * 1024
 MAX_TIME_LIMIT_MIN = 366 * 24 * 60
@@ -126,7 +150,11 @@ class JobSpec(_Strict):
     environment: dict[EnvName, Annotated[str, StringConstraints(max_length=32_768)]] = Field(
         default_factory=dict, max_length=256
     )
-    working_directory: str | None = Field(None, max_length=4096, pattern=r"^/[^\x00-\x1f\x7f]*$")
+    working_directory: WorkingDirectory | None = Field(
+        None,
+        description="where the job runs at its Factory: an absolute path, normalized, without '..', inside the "
+        "directories the Factory allows (its working_roots)",
+    )
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=64)
     placement: Placement = Field(default_factory=Placement)
 

@@ -17,7 +17,7 @@ from slurm_adapters.cli.errors import classify, error_lines, slurm_messages
 from slurm_adapters.cli.jobs import CliJob, from_key_values, jobs_from_json, json_errors
 from slurm_adapters.cli.render import SBATCH_ENV, export_file, parse_submit, sbatch_argv
 from slurm_adapters.cli.runner import TOOL_PATH, Outcome, Runner
-from slurm_adapters.convert import parse_key_values, read_tail
+from slurm_adapters.convert import parse_key_values
 from slurm_adapters.errors import (
     AccountingUnavailable,
     ClusterUnavailable,
@@ -29,7 +29,7 @@ from slurm_adapters.errors import (
 from slurm_adapters.formats import DATA_PARSER_RELEASE, RecordFormat, for_release
 from slurm_adapters.interface import SlurmAdapter
 from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec
-from slurm_adapters.safety import SitePolicy, check_spec, fenced_script, job_environment
+from slurm_adapters.safety import SitePolicy, check_spec, fenced_script, job_environment, read_owned_tail, site_path
 
 log = logging.getLogger(__name__)
 _VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
@@ -244,9 +244,9 @@ class CliAdapter(SlurmAdapter):
             raise OutputUnavailable(f"job {job_id} has no {stream} file", cluster=self.cluster)
         if job.uid is None:
             raise OutputUnavailable(f"job {job_id}'s owner is unknown", cluster=self.cluster)
-        host_path = self.fs_root / path.lstrip("/")
+        host_path = site_path(self.fs_root, path)
         try:
-            return await asyncio.to_thread(read_tail, host_path, max_bytes, owner_uid=job.uid)
+            return await asyncio.to_thread(read_owned_tail, host_path, max_bytes, owner_uid=job.uid)
         except FileNotFoundError as exc:
             raise OutputUnavailable(
                 f"job {job_id}'s {stream} {path} does not exist (yet)", cluster=self.cluster

@@ -25,7 +25,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from slurm_adapters.convert import read_tail
 from slurm_adapters.errors import (
     ClusterUnavailable,
     InvalidRequest,
@@ -49,6 +48,7 @@ from slurm_adapters.pyslurm.protocol import (
     record_to_json,
 )
 from slurm_adapters.records import ClusterInfo, Health
+from slurm_adapters.safety import read_owned_tail, site_path
 
 # ---------------------------------------------------------------------------------------------------
 # Loading libslurm
@@ -204,9 +204,9 @@ class Operations:
         path = record.stdout if stream == "stdout" else (record.stderr or record.stdout)
         if path is None:
             raise OutputUnavailable(f"job {job_id} has no {stream} file", cluster=self.cluster)
-        host_path = self.fs_root / path.lstrip("/")
+        host_path = site_path(self.fs_root, path)
         try:
-            return read_tail(host_path, max_bytes, owner_uid=int(job.user_id))
+            return read_owned_tail(host_path, max_bytes, owner_uid=int(job.user_id))
         except FileNotFoundError as error:
             message = f"job {job_id}'s {stream} {path} does not exist (yet)"
             raise OutputUnavailable(message, cluster=self.cluster) from error

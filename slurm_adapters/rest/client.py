@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
-import stat
 import time
 from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
@@ -19,7 +17,6 @@ from typing import Any
 
 import httpx
 
-from slurm_adapters.convert import read_tail
 from slurm_adapters.errors import (
     AccountingUnavailable,
     AuthenticationError,
@@ -28,14 +25,20 @@ from slurm_adapters.errors import (
     OutputUnavailable,
     SlurmError,
 )
-from slurm_adapters.formats.common import Json, controller_uptime_facts, default_partition_names, errors_of
+from slurm_adapters.formats.common import (
+    Json,
+    controller_uptime_facts,
+    default_partition_names,
+    errors_of,
+    number,
+)
 from slurm_adapters.interface import SlurmAdapter
 from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec
 from slurm_adapters.rest.codec import Codec
 from slurm_adapters.rest.errors import Operation, classify
 from slurm_adapters.rest.v0038 import V0038
 from slurm_adapters.rest.v0042 import V0042
-from slurm_adapters.safety import SitePolicy, check_spec, fenced_script, job_environment
+from slurm_adapters.safety import SitePolicy, check_spec, fenced_script, job_environment, read_owned_tail, site_path
 from slurm_adapters.tokens import DEFAULT_LIFETIME_S, TokenError, TokenMinter
 
 # Newest first: the order version negotiation tries them in.
@@ -223,11 +226,15 @@ class RestAdapter(SlurmAdapter):
         )
 
     async def get_job(self, job_id: int) -> JobRecord:
+        return (await self._job_and_uid(job_id))[0]
+
+    async def _job_and_uid(self, job_id: int) -> tuple[JobRecord, int | None]:
+        """The job and its owner's uid, both from slurmctld's one answer."""
         codec = await self._negotiated()
         payload = await self._call("GET", codec.job_path(job_id), operation="get")
         for record in codec.records.parse_jobs(payload):
             if record.job_id == job_id:
-                return record
+                return record, _uid_of(payload, job_id)
         raise JobNotFound(f"job {job_id} is not in slurmctld's answer", cluster=self.cluster)
 
     async def list_jobs(self, *, tags: Collection[str] | None = None, tag_prefix: str | None = None) -> list[JobRecord]:
@@ -255,35 +262,19 @@ class RestAdapter(SlurmAdapter):
             )
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
-        record = await self.get_job(job_id)
+        record, uid = await self._job_and_uid(job_id)
         path = record.stdout if stream == "stdout" else record.stderr
         if not path:
             raise OutputUnavailable(f"job {job_id} has no {stream} file", cluster=self.cluster)
-        host_path = self._host_path(path)
-        return await asyncio.to_thread(self._read_owned, host_path, record.user, max_bytes)
-
-    def _host_path(self, cluster_path: str) -> Path:
-        assert self.output_root is not None
-        relative = os.path.normpath("/" + cluster_path).lstrip("/")  # no way out of output_root
-        return self.output_root / relative
-
-    def _read_owned(self, path: Path, user: str | None, max_bytes: int) -> str:
-        """Read only a regular file the job's user owns: the path is the user's choice, we run privileged."""
+        if uid is None:
+            raise OutputUnavailable(f"job {job_id}'s owner is unknown", cluster=self.cluster)
+        host_path = site_path(self.output_root, path)
         try:
-            info = path.lstat()
+            return await asyncio.to_thread(read_owned_tail, host_path, max_bytes, owner_uid=uid)
         except FileNotFoundError as exc:
-            raise OutputUnavailable(f"{path} does not exist (yet)", cluster=self.cluster) from exc
-        except OSError as exc:
-            raise OutputUnavailable(f"cannot stat {path}: {exc}", cluster=self.cluster) from exc
-        if not stat.S_ISREG(info.st_mode):
-            raise OutputUnavailable(f"{path} is not a regular file", cluster=self.cluster)
-        expected = self.policy.resolve_uid(user) if (user and self.policy.resolve_uid) else None
-        if info.st_uid == 0 or info.st_uid < self.policy.min_uid or (expected is not None and info.st_uid != expected):
-            raise OutputUnavailable(f"{path} is not owned by the job's user", cluster=self.cluster)
-        try:
-            return read_tail(path, max_bytes)
-        except OSError as exc:
-            raise OutputUnavailable(f"cannot read {path}: {exc}", cluster=self.cluster) from exc
+            raise OutputUnavailable(f"{host_path} does not exist (yet)", cluster=self.cluster) from exc
+        except OSError as exc:  # PermissionError for a file the job's user does not own
+            raise OutputUnavailable(f"cannot read {host_path}: {exc}", cluster=self.cluster) from exc
 
     async def cluster_info(self) -> ClusterInfo:
         codec = await self._negotiated()
@@ -363,3 +354,12 @@ class RestAdapter(SlurmAdapter):
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _uid_of(payload: Json, job_id: int) -> int | None:
+    """The ``user_id`` slurmctld gives for ``job_id`` in a ``jobs`` answer (the same key in every version)."""
+    jobs = payload.get("jobs")
+    for raw in jobs if isinstance(jobs, list) else ():
+        if isinstance(raw, dict) and number(raw.get("job_id")) == job_id:
+            return number(raw.get("user_id"))
+    return None

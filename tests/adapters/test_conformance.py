@@ -315,6 +315,15 @@ async def test_privileged_and_system_users_are_refused(adapter: SlurmAdapter, cl
             adapter.render(spec, user)
 
 
+async def test_defect_02_daemon_accounts_are_refused_at_every_submit(adapter: SlurmAdapter, cluster: Cluster) -> None:
+    spec = simple_spec(cluster, "true\n", "daemon")
+    for user in ("slurm", "nobody"):
+        with pytest.raises(UnsafeRequest):
+            adapter.render(spec, user)
+        with pytest.raises(UnsafeRequest):
+            await adapter.submit(spec, user)
+
+
 async def test_reserved_environment_and_injection_are_refused(adapter: SlurmAdapter, cluster: Cluster) -> None:
     with pytest.raises(UnsafeRequest):
         await adapter.submit(simple_spec(cluster, "true\n", "env", environment={"SLURM_JOB_ID": "1"}), SUBMIT_USER)

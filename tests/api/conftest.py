@@ -11,6 +11,7 @@ fail loudly if anything tries to submit, cancel or list: the API itself must nev
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from collections.abc import AsyncIterator, Collection
@@ -147,9 +148,38 @@ class Api:
         return adapter
 
 
+# alpha's site accounts (its adapter reads this passwd under its fs_root): users, daemons, reserved uids.
+SITE_PASSWD = """\
+root:x:0:0:root:/root:/bin/bash
+daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
+slurm:x:64030:64030::/nonexistent:/usr/sbin/nologin
+nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin
+alice:x:1001:1001::/home/alice:/bin/bash
+bob:x:1002:1002::/home/bob:/bin/bash
+backup-svc:x:1500:1500::/var/backups:/bin/false
+pkg-daemon:x:64040:64040::/nonexistent:/bin/bash
+carol:x:70001:70001::/home/carol:/bin/bash
+nfsnobody:x:4294967294:4294967294::/:/bin/bash
+"""
+
+
+def write_site(directory: Path) -> Path:
+    """alpha's filesystem as its adapter sees it: /etc/passwd and /etc/login.defs."""
+    (directory / "etc").mkdir(parents=True, exist_ok=True)
+    (directory / "etc" / "passwd").write_text(SITE_PASSWD)
+    (directory / "etc" / "login.defs").write_text("UID_MIN\t\t\t 1000\nUID_MAX\t\t\t60000\n")
+    return directory
+
+
 def write_factories(directory: Path) -> Path:
+    document = copy.deepcopy(FACTORIES)
+    site = write_site(directory / "alpha-site")
+    alpha, bravo = document["factories"]
+    alpha["adapter"].update(fs_root=str(site), user_lookup="passwd")  # resolves uids at its site
+    alpha["working_roots"] = ["/scratch/alpha", "/home/{user}"]  # bravo: its job_root alone
+    bravo["adapter"].update(allowed_users="alice|bob")  # cannot: names its people instead
     path = directory / "factories.json"
-    path.write_text(json.dumps(FACTORIES))
+    path.write_text(json.dumps(document))
     return path
 
 

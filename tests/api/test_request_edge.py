@@ -14,6 +14,8 @@ from conveyor.spec import MAX_SCRIPT_BYTES
 from tests.api.conftest import Api, job_body
 from tests.api.test_jobs import problem_of
 
+ROOT = "/scratch/alpha/"
+
 
 def largest_job() -> dict[str, object]:
     """A job at the spec's bounds: a script of MAX_SCRIPT_BYTES characters of shell with quotes and newlines (which
@@ -25,7 +27,7 @@ def largest_job() -> dict[str, object]:
         name="n" * 128,
         command=None,
         script=script[:MAX_SCRIPT_BYTES],
-        working_directory="/" + "w" * 4095,
+        working_directory=ROOT + "w" * (4096 - len(ROOT)),  # inside the test Factories' roots
         labels=labels,
         environment={f"VARIABLE_{index}": "x" * 1024 for index in range(64)},
     )

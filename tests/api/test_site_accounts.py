@@ -76,3 +76,37 @@ async def test_only_the_factorys_operators_and_admins_map_its_accounts(broker: B
         assert response.status_code == 200, response.text
         assert (await admin.delete(f"/v1/factories/bravo/accounts/user/{site.alice_id}")).status_code == 204
         problem_of(await admin.delete(f"/v1/factories/bravo/accounts/user/{site.alice_id}"), 404, "not_found")
+
+
+# alpha's site (tests/api/conftest.py SITE_PASSWD): every one a daemon, a reserved uid or an account that
+# cannot log in; its SlurmUser is Slurm's default, "slurm".
+NOT_PEOPLE = ["root", "daemon", "slurm", "nobody", "backup-svc", "pkg-daemon", "nfsnobody"]
+
+
+async def test_defect_02_daemon_reserved_and_nologin_accounts_are_refused_when_mapped(
+    broker: Broker, site: Site
+) -> None:
+    accepted = []
+    async with broker.client(site.operator) as operator:
+        for user in NOT_PEOPLE:
+            response = await operator.put(
+                f"/v1/factories/alpha/accounts/user/{site.alice_id}", json={"slurm_user": user}
+            )
+            if response.status_code != 422:
+                accepted.append(user)
+                continue
+            problem = problem_of(response, 422, "validation_error")
+            assert user in (problem.detail or ""), problem
+        # A person with an LDAP uid above 65535 is no daemon.
+        carol = await operator.put(f"/v1/factories/alpha/accounts/user/{site.alice_id}", json={"slurm_user": "carol"})
+        assert carol.status_code == 200, carol.text
+    assert accepted == [], f"mapped to {accepted}"
+
+
+async def test_a_factory_that_resolves_no_uids_maps_only_its_allowed_users(broker: Broker, site: Site) -> None:
+    async with broker.client(broker.admin_token) as admin:  # bravo: user_lookup none, allowed_users alice|bob
+        refused = await admin.put(f"/v1/factories/bravo/accounts/user/{site.alice_id}", json={"slurm_user": "carol"})
+        problem = problem_of(refused, 422, "validation_error")
+        assert "allowed_users" in (problem.detail or "")
+        mapped = await admin.put(f"/v1/factories/bravo/accounts/user/{site.alice_id}", json={"slurm_user": "bob"})
+        assert mapped.status_code == 200, mapped.text

@@ -78,12 +78,17 @@ def poll_until(condition: Callable[[], bool], timeout_s: float, what: str, *, co
 
 @dataclass
 class BrokerProcess:
-    """``python -m app`` on one database, one Factory file and one port, across kills and restarts."""
+    """``python -m app`` on one database, one Factory file and one port, across kills and restarts.
+
+    ``run_loops`` off: an API process only (no dispatcher, reconciler or health loop); ``env`` adds or overrides
+    ``CONVEYOR_*`` settings."""
 
     workdir: Path
     database_url: str
     factories_file: Path
     port: int = field(default_factory=free_port)
+    run_loops: bool = True
+    extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     incarnation: int = 0
     logs: list[Path] = field(default_factory=list)
@@ -108,8 +113,9 @@ class BrokerProcess:
             "CONVEYOR_DEV_TOKEN": TOKEN,
             "CONVEYOR_HOST": "127.0.0.1",
             "CONVEYOR_PORT": str(self.port),
-            "CONVEYOR_RUN_LOOPS": "true",
+            "CONVEYOR_RUN_LOOPS": "true" if self.run_loops else "false",
             **FAST_LOOPS,
+            **self.extra_env,
         }
         if failpoints:
             env["CONVEYOR_FAILPOINTS"] = failpoints
@@ -117,6 +123,11 @@ class BrokerProcess:
 
     def start(self, *, failpoints: str = "", ready_timeout_s: float = 60.0) -> None:
         """Start a new incarnation (the previous one must have ended) and wait until /readyz says ready."""
+        self.launch(failpoints=failpoints)
+        self.wait_ready(ready_timeout_s)
+
+    def launch(self, *, failpoints: str = "") -> None:
+        """Start a new incarnation (the previous one must have ended) without waiting for it to be ready."""
         assert self.process is None or self.process.poll() is not None, "the previous broker still runs"
         self.incarnation += 1
         log = self.workdir / f"broker-{self.incarnation}.log"
@@ -125,7 +136,6 @@ class BrokerProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "app"], cwd=REPO, env=self.env(failpoints), stdout=out, stderr=out
             )
-        self.wait_ready(ready_timeout_s)
 
     def wait_ready(self, timeout_s: float) -> None:
         def ready() -> bool:

@@ -28,7 +28,7 @@ from slurm_adapters.factory import (
 from slurm_adapters.pyslurm.adapter import PyslurmAdapter
 from slurm_adapters.records import SlurmJobSpec
 from slurm_adapters.rest import CODECS, RestAdapter
-from slurm_adapters.safety import local_uid
+from slurm_adapters.safety import local_lookup
 
 PASSWD = "root:x:0:0::/root:/bin/bash\ndaemon:x:1:1::/:/bin/false\nslurm:x:64030:64030::/:/bin/false\n"
 PASSWD += "alice:x:1001:1001::/home/alice:/bin/bash\n"
@@ -54,6 +54,7 @@ def rest_config(**changes: Any) -> RestConfig:
         "url": "http://127.0.0.1:6820",
         "jwt_key_file": "/etc/slurm/jwt.key",
         "operator_user": "slurm",
+        "allowed_users": "[a-z]+",
         **changes,
     }
     return RestConfig(**fields)
@@ -101,12 +102,15 @@ async def test_the_site_policy_comes_from_the_config_and_guards_render(fs_root: 
 
 
 def test_user_lookup_chooses_where_uids_come_from(fs_root: Path) -> None:
-    assert site_policy(rest_config()).resolve_uid is None  # a remote slurmrestd: names only
-    assert site_policy(CliConfig(cluster="a", slurm_conf="/etc/slurm.conf")).resolve_uid is local_uid
-    resolve = site_policy(rest_config(fs_root=str(fs_root), user_lookup="passwd")).resolve_uid
-    assert resolve is not None
-    assert resolve("alice") == 1001
-    assert site_policy(rest_config(min_uid=5000)).min_uid == 5000
+    assert site_policy(rest_config()).lookup is None  # a remote slurmrestd: names only
+    assert site_policy(CliConfig(cluster="a", slurm_conf="/etc/slurm.conf")).lookup is local_lookup
+    policy = site_policy(rest_config(fs_root=str(fs_root), user_lookup="passwd"))
+    assert policy.lookup is not None
+    alice = policy.lookup("alice")
+    assert alice is not None
+    assert (alice.uid, alice.home, alice.shell) == (1001, "/home/alice", "/bin/bash")
+    assert policy.login_defs == fs_root / "etc/login.defs"
+    assert site_policy(rest_config(uid_ranges=[[5000, 6000]])).uid_ranges == ((5000, 6000),)
 
 
 async def test_cli_config_reaches_the_runner_and_the_rendered_argv(fs_root: Path) -> None:
@@ -162,7 +166,10 @@ async def test_pyslurm_config_builds_without_starting_a_worker(fs_root: Path) ->
         (lambda: rest_config(user_lookup="passwd"), "user_lookup"),  # no fs_root to read passwd from
         (lambda: rest_config(fs_root="relative/root"), "fs_root"),
         (lambda: rest_config(cluster="two words"), "cluster"),
-        (lambda: rest_config(min_uid=0), "min_uid"),
+        (lambda: rest_config(uid_ranges=[[0, 2000]]), "uid_ranges"),
+        (lambda: rest_config(uid_ranges=[[3000, 2000]]), "uid_ranges"),
+        (lambda: rest_config(allowed_users="alice|("), "allowed_users"),
+        (lambda: CliConfig(cluster="a", slurm_conf="/s.conf", user_lookup="none"), "allowed_users"),
         (lambda: rest_config(forbidden_users=("ok", "Not OK")), "forbidden_users"),
         (lambda: CliConfig(cluster="a", slurm_conf="slurm.conf"), "slurm_conf"),
         (lambda: CliConfig(cluster="a", slurm_conf="/s.conf", exec_prefix=("chroot", "")), "exec_prefix"),
@@ -231,3 +238,9 @@ async def test_the_lab_builds_its_adapters_through_the_factory(fs_root: Path) ->
     assert isinstance(make_adapter("cli", cluster), CliAdapter)
     with pytest.raises(ValueError, match="unknown adapter kind"):
         adapter_config("ssh", cluster)
+
+
+def test_defect_02_a_rest_adapter_that_cannot_resolve_uids_needs_allowed_users() -> None:
+    with pytest.raises(AdapterConfigError) as refused:
+        rest_config(user_lookup="none", allowed_users=None)
+    assert refused.value.field == "allowed_users"

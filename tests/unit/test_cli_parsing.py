@@ -38,11 +38,12 @@ from slurm_adapters.errors import (
 )
 from slurm_adapters.formats import RecordFormat, for_release, v0038, v0042
 from slurm_adapters.records import ClusterInfo, SlurmJobSpec, SlurmJobState
-from slurm_adapters.safety import DIRECTIVE_FENCE, SitePolicy
+from slurm_adapters.safety import DIRECTIVE_FENCE
 from tests.unit.captures import cli_json, cli_text
+from tests.unit.sites import policy_of
 
 DATA = Path(__file__).parent / "data" / "cli"
-POLICY = SitePolicy(resolve_uid={"alice": 1001, "bob": 1002}.get)
+POLICY = policy_of({"alice": 1001, "bob": 1002})
 
 
 def json_format(name: str) -> RecordFormat:

@@ -14,7 +14,7 @@ from broker.config_files import ConfigFileError, parse_text
 from broker.factories import registry as factories_module
 from broker.factories.registry import Factory, FactoryConfigError, FactoryRegistry, load_factories, parse_factories
 from dev.lab.describe import cluster_entry
-from dev.lab.factories_config import write_factories
+from dev.lab.factories_config import allowed_users, write_factories
 from dev.lab.layout import layout
 from dev.lab.topology import CLUSTERS
 from slurm_adapters.factory import CliConfig, RestConfig
@@ -31,6 +31,7 @@ factories:
       url: https://slurmrest.cineca.example:6820
       jwt_key_file: /etc/conveyor/keys/leonardo.jwt
       operator_user: conveyor
+      allowed_users: "[a-z][a-z0-9]{2,15}"
     mapping: {default_user: cvyjobs, default_account: EUHPC_A01_001}
     enforce_part_limits: ALL
     partitions:
@@ -83,6 +84,7 @@ def test_a_valid_file_loads_in_config_order_with_every_field(tmp_path: Path) -> 
         url="https://slurmrest.cineca.example:6820",
         jwt_key_file="/etc/conveyor/keys/leonardo.jwt",
         operator_user="conveyor",
+        allowed_users="[a-z][a-z0-9]{2,15}",
     )
     assert (it4lia.mapping.default_user, it4lia.mapping.default_account) == ("cvyjobs", "EUHPC_A01_001")
     prod = it4lia.partition("boost_usr_prod")
@@ -311,9 +313,11 @@ def assert_matches_lab(registry: FactoryRegistry, lab: dict[str, Any]) -> None:
             slurm_user=raw["slurm_user"],
             fs_root=raw["fs_root"],
             user_lookup="passwd",
+            allowed_users=allowed_users(lab),
         )
         assert factory.mapping.default_user == "alice"
         assert factory.job_root == raw["scratch_dir"]
+        assert factory.allowed_roots == (raw["scratch_dir"], "/home/{user}")
         assert (factory.accounting, factory.min_job_age_s) == (raw["accounting"], raw["min_job_age_s"])
         assert factory.mapping.default_account == (raw["accounts"][0] if raw["accounts"] else None)
         nodes = {node["name"]: node for node in raw["nodes"]}

@@ -48,6 +48,7 @@ def factory(factory_id: str, country: str, *partitions: dict[str, Any]) -> dict[
             "url": "http://127.0.0.1:6820",
             "jwt_key_file": "/k",
             "operator_user": "root",
+            "allowed_users": "alice|bob",
         },
         "mapping": {"default_user": "alice"},
         "partitions": list(partitions),
@@ -86,9 +87,16 @@ HEALTHY = FactoryStatus(healthy=True)
 ALL_UP = {factory_id: HEALTHY for factory_id in REGISTRY.ids}
 
 
-def job(placement: dict[str, Any] | None = None, **resources: Any) -> JobSpec:
+def job(placement: dict[str, Any] | None = None, *, directory: str | None = None, **resources: Any) -> JobSpec:
     return JobSpec.model_validate(
-        {"name": "t", "project": "p", "command": ["true"], "resources": resources, "placement": placement or {}}
+        {
+            "name": "t",
+            "project": "p",
+            "command": ["true"],
+            "resources": resources,
+            "placement": placement or {},
+            "working_directory": directory,
+        }
     )
 
 
@@ -385,6 +393,7 @@ DRAINED = FactoryStatus(healthy=True, drained=True)
 # Every way placement fails, as (spec, statuses, allowed): the codes come from place() itself, not from a list.
 FAILURES: list[tuple[JobSpec, dict[str, FactoryStatus] | None, set[str] | None]] = [
     (job(placement={"factory": "mimer"}), None, None),
+    (job(directory="/root"), None, None),  # no Factory here has a job_root or working_roots
     (job(placement={"factory": "bravo"}), None, {"alpha"}),
     (job(), None, set()),
     (job(placement={"factory": "bravo", "countries": ["IT"]}), None, None),

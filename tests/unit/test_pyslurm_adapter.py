@@ -35,6 +35,7 @@ from slurm_adapters.pyslurm.adapter import PyslurmAdapter, package_root, worker_
 from slurm_adapters.pyslurm.mapping import map_error, tres_mapping
 from slurm_adapters.records import SlurmJobSpec, SlurmJobState
 from slurm_adapters.safety import DIRECTIVE_FENCE, SitePolicy
+from tests.unit.sites import policy_of
 
 # ---------------------------------------------------------------------------------------------------
 # Stand-ins for the worker's pyslurm and for the worker itself
@@ -176,8 +177,7 @@ for line in sys.stdin:
 
 
 def _policy() -> SitePolicy:
-    uids = {"alice": 1001, "bob": 1002}
-    return SitePolicy(slurm_user="root", resolve_uid=uids.get)
+    return policy_of({"alice": 1001, "bob": 1002}, slurm_user="root")
 
 
 class FakeLibAdapter(PyslurmAdapter):

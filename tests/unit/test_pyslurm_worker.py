@@ -274,10 +274,15 @@ def test_cancel_checks_owner_and_existence(fake: FakePyslurm) -> None:
         call(worker, "cancel", job_id=99, user="alice")
 
 
+JOB_UID = 4242
+
+
 def test_read_output_under_fs_root_and_only_the_jobs_own_files(fake: FakePyslurm, tmp_path: Path) -> None:
     (tmp_path / "scratch").mkdir()
     (tmp_path / "scratch/out-1.txt").write_text("hello\nworld\n")
-    fake.jobs = {1: fake_job(1), 2: fake_job(2)}
+    owner = JOB_UID if os.geteuid() == 0 else os.getuid()  # never root's file: root's files are never read
+    os.chown(tmp_path / "scratch/out-1.txt", owner, owner)
+    fake.jobs = {1: fake_job(1, user_id=owner), 2: fake_job(2, user_id=owner)}
     worker = ops(fake, tmp_path)
     assert call(worker, "read_output", job_id=1, stream="stdout", max_bytes=65536) == "hello\nworld\n"
     assert call(worker, "read_output", job_id=1, stream="stdout", max_bytes=6) == "world\n"
@@ -285,7 +290,7 @@ def test_read_output_under_fs_root_and_only_the_jobs_own_files(fake: FakePyslurm
     assert call(worker, "read_output", job_id=1, stream="stderr", max_bytes=65536) == "hello\nworld\n"
     with pytest.raises(OutputUnavailable, match="does not exist"):
         call(worker, "read_output", job_id=2, stream="stdout", max_bytes=10)
-    fake.jobs[3] = fake_job(3, user_id=os.getuid() + 1, standard_output="/scratch/out-1.txt")
+    fake.jobs[3] = fake_job(3, user_id=owner + 1, standard_output="/scratch/out-1.txt")
     with pytest.raises(OutputUnavailable, match="owned by"):
         call(worker, "read_output", job_id=3, stream="stdout", max_bytes=10)
     with pytest.raises(SiteError, match="bad read_output request"):

@@ -28,6 +28,7 @@ from slurm_adapters.records import SlurmJobSpec, SlurmJobState
 from slurm_adapters.rest import RestAdapter
 from slurm_adapters.safety import SitePolicy
 from slurm_adapters.tokens import verify_token
+from tests.unit.sites import policy_of
 
 DATA = Path(__file__).parent / "data" / "rest"
 KEY = b"k" * 32
@@ -71,7 +72,7 @@ def key_file(tmp_path: Path) -> Path:
 
 
 def policy() -> SitePolicy:
-    return SitePolicy(resolve_uid={"alice": 1001, "bob": 1002}.get)
+    return policy_of({"alice": 1001, "bob": 1002})
 
 
 def adapter(
@@ -316,9 +317,9 @@ async def test_cluster_info_takes_the_default_partition_from_a_newer_parser(key_
 # --- read_output ----------------------------------------------------------------------------------
 
 
-def _job_with_output(path: str) -> httpx.Response:
+def _job_with_output(path: str, uid: int = 1000) -> httpx.Response:
     jobs = json.loads((DATA / "job-get-v0.0.42.json").read_text())
-    jobs["jobs"][0].update(standard_output=path, standard_error="")
+    jobs["jobs"][0].update(standard_output=path, standard_error="", user_id=uid)
     return httpx.Response(200, json=jobs)
 
 
@@ -337,21 +338,21 @@ async def test_read_output_reads_the_tail_under_output_root(key_file: Path, tmp_
     owner = 4242 if os.geteuid() == 0 else os.geteuid()
     if os.geteuid() == 0:
         os.chown(out, owner, owner)
-    pol = SitePolicy(min_uid=0 if owner < 1000 else 1000, resolve_uid=lambda user: owner)
+    pol = policy_of({"alice": owner}, uid_ranges=((1, 4294967293),))
     routes: dict[tuple[str, str], Handler | httpx.Response] = {
         V42_PING: ok(),
-        ("GET", "/slurm/v0.0.42/job/2"): _job_with_output("/scratch/job/out.txt"),
+        ("GET", "/slurm/v0.0.42/job/2"): _job_with_output("/scratch/job/out.txt", owner),
     }
     rest = adapter(FakeRest(routes), key_file, output_root=root, pol=pol)
     assert (await rest.read_output(2)).endswith("last line\n")
     assert await rest.read_output(2, "stderr", max_bytes=10) == "last line\n"  # stderr merged into stdout
 
-    routes[("GET", "/slurm/v0.0.42/job/2")] = _job_with_output("/scratch/job/../../etc/not-there")
+    routes[("GET", "/slurm/v0.0.42/job/2")] = _job_with_output("/scratch/job/../../etc/not-there", owner)
     with pytest.raises(OutputUnavailable, match="does not exist"):
         await rest.read_output(2)  # stays inside output_root
     link = root / "scratch" / "job" / "link.txt"
     link.symlink_to(out)
-    routes[("GET", "/slurm/v0.0.42/job/2")] = _job_with_output("/scratch/job/link.txt")
+    routes[("GET", "/slurm/v0.0.42/job/2")] = _job_with_output("/scratch/job/link.txt", owner)
     with pytest.raises(OutputUnavailable, match="regular file"):
         await rest.read_output(2)  # a user-made symlink could point anywhere
     await rest.aclose()

@@ -30,6 +30,7 @@ def _factory(**extra: Any) -> Factory:
                     "url": "http://127.0.0.1:6820",
                     "jwt_key_file": "/k",
                     "operator_user": "root",
+                    "allowed_users": "alice|bob",
                 },
                 "mapping": {"default_user": "alice", "default_account": "ehpc-aif-test"},
                 "partitions": [
@@ -51,11 +52,11 @@ def _spec(**fields: Any) -> JobSpec:
     return JobSpec.model_validate(data)
 
 
-def _translate(spec: JobSpec, factory: Factory) -> Any:
+def _translate(spec: JobSpec, factory: Factory, user: str | None = None) -> Any:
     registry = parse_factories({"factories": [factory.model_dump(mode="json", exclude_none=True)]})
     factory = registry["alpha"]
     placement = place(spec, registry, {"alpha": FactoryStatus(healthy=True)})
-    return to_slurm_spec(JOB_ID, spec, placement, factory)
+    return to_slurm_spec(JOB_ID, spec, placement, factory, user=user)
 
 
 def test_a_gpu_job_carries_every_field_from_spec_placement_and_factory() -> None:
@@ -77,10 +78,21 @@ def test_a_gpu_job_carries_every_field_from_spec_placement_and_factory() -> None
 
 
 def test_the_spec_working_directory_wins_and_the_default_time_comes_from_the_partition() -> None:
-    slurm = _translate(_spec(working_directory="/home/alice/run"), _factory(job_root="/scratch"))
+    factory = _factory(job_root="/scratch", working_roots=["/scratch", "/home/{user}"])
+    slurm = _translate(_spec(working_directory="/home/alice/run"), factory)
     assert slurm.working_directory == "/home/alice/run"
     assert slurm.stdout == f"/home/alice/run/conveyor-{JOB_ID}.out"
     assert (slurm.partition, slurm.time_limit_min) == ("cpu", 10)
+
+
+def test_a_home_root_is_the_home_of_the_site_user_the_job_runs_as() -> None:
+    factory = _factory(job_root="/scratch", working_roots=["/scratch", "/home/{user}"])
+    assert _translate(_spec(working_directory="/home/bob/x"), factory, "bob").working_directory == "/home/bob/x"
+    # The default user is alice: bob's home is not hers, whatever placement matched for some user.
+    with pytest.raises(TranslationError, match=r"outside .* site user alice work in: /scratch, /home/\{user\}"):
+        _translate(_spec(working_directory="/home/bob/x"), factory)
+    with pytest.raises(TranslationError, match="site user carol"):
+        _translate(_spec(working_directory="/home/bob/x"), factory, "carol")
 
 
 def test_without_any_working_directory_the_job_cannot_be_translated() -> None:
