@@ -21,7 +21,7 @@ from broker.antennas.assertion import BoundRequest, InvalidAssertion, parse_jwks
 from broker.config_files import ConfigFileError, dotted, explain_all, read_document
 from broker.identity.oidc import ASYMMETRIC_ALGORITHMS, MIN_RSA_BITS, OidcIssuers, issuers_from_text
 from broker.settings import DEFAULT_MAX_BODY_BYTES
-from conveyor.models import AntennaId
+from conveyor.models import AntennaId, PublicJwks
 
 ENV_PREFIX = "CONVEYOR_GATEWAY_"
 _PRIVATE_KEY_TYPES = (
@@ -163,6 +163,11 @@ def load_signing_key(path: Path, kid: str | None = None) -> SigningKey:
         found_kid, alg, key = _private_key(jwk, f"{source}: keys[{index}]")
         keys[found_kid] = (alg, key)
     public = public_jwks(document)
+    try:
+        PublicJwks.model_validate(public)
+    except ValidationError as exc:
+        why = "; ".join(f"{dotted(where)}: {message}" for where, message in explain_all(exc))
+        raise GatewayConfigError(f"{source}: the broker would refuse its public half: {why}") from None
     try:
         registered = parse_jwks(public)
     except ValueError as exc:

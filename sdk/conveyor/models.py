@@ -6,13 +6,16 @@ generated from them and a client built on this package cannot drift from the ser
 Two postures, on purpose:
 
 - What the client *sends* (:class:`~conveyor.spec.JobSpec`, the query models) is strict
-  (``extra="forbid"``): a misspelled field must be refused, never silently dropped.
+  (``extra="forbid"``): a misspelled field must be refused, never silently dropped. Its numbers and booleans
+  are strict JSON types too (StrictInt, StrictFloat, StrictBool; a timestamp must be a string): ``true`` is
+  not ``1`` and ``"yes"`` is not ``true``. Only those fields are strict, not whole models, so ISO timestamps
+  and enum values are still read from JSON strings. (Query parameters arrive as text and are parsed.)
 - What the server *answers* (:class:`Job`, :class:`JobEvent`, :class:`FactoryView`, ...) is tolerant
   (``extra="ignore"``): a newer server may add fields, and an older SDK reading them must keep working.
   The job's spec echoed inside :class:`Job` is read the same way (unknown keys dropped before the strict
-  spec model sees them). Removing or retyping a field, loosening a spec limit (an older SDK would refuse
-  the echoed value), or adding a :class:`~conveyor.spec.JobState` is a breaking change and needs a new API
-  version; event kinds are open strings so that adding one is not.
+  spec model sees them, and its field types read leniently). Removing or retyping a field, loosening a spec
+  limit (an older SDK would refuse the echoed value), or adding a :class:`~conveyor.spec.JobState` is a
+  breaking change and needs a new API version; event kinds are open strings so that adding one is not.
 
 Timestamps are aware datetimes normalized to UTC (``...Z`` on the wire); naive ones are refused, because a
 naive timestamp from a database or a client is a time zone bug waiting to happen. Job ids are strings
@@ -32,13 +35,21 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     StringConstraints,
+    WithJsonSchema,
     model_validator,
 )
 
 from conveyor.spec import Country, FactoryId, GpuType, JobSpec, JobState, LabelKey, LabelValue, Name, ProjectId
 
 API_ROOT = "/v1"
+INT64_MAX = 2**63 - 1
+"""The largest integer the databases store (BIGINT): no integer a client sends may exceed it."""
+MAX_DATETIME_CHARS = 64
+"""The longest RFC 3339 timestamp a request may carry (a timestamp's fraction could otherwise run on)."""
 
 JobId = Annotated[
     str,
@@ -56,6 +67,26 @@ def _to_utc(value: datetime) -> datetime:
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
 """An aware datetime, normalized to UTC. Naive datetimes are refused."""
 
+
+def _timestamp_text(value: Any) -> Any:
+    """A timestamp as JSON carries it: an RFC 3339 string of bounded length (a number is not a time)."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("a timestamp must be an RFC 3339 string, e.g. 2026-11-01T00:00:00Z")
+    if len(value) > MAX_DATETIME_CHARS:
+        raise ValueError(f"a timestamp has at most {MAX_DATETIME_CHARS} characters")
+    return value
+
+
+RequestDatetime = Annotated[
+    UtcDatetime,
+    BeforeValidator(_timestamp_text),
+    WithJsonSchema({"type": "string", "format": "date-time", "maxLength": MAX_DATETIME_CHARS}),
+]
+"""A timestamp a client sends: a :data:`UtcDatetime` given as a string of at most :data:`MAX_DATETIME_CHARS`
+characters (or a datetime, from Python)."""
+
 OutputStream = Literal["stdout", "stderr"]
 LabelSelector = Annotated[
     str,
@@ -69,7 +100,8 @@ LabelSelector = Annotated[
 
 
 class WireRequest(BaseModel):
-    """Sent by the client: unknown fields are refused, so a typo is an error rather than a silent default."""
+    """Sent by the client: unknown fields are refused, so a typo is an error rather than a silent default.
+    Its number and boolean fields are declared strict one by one (StrictInt, ...), never the whole model."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -99,7 +131,9 @@ def _known_keys_only(model: type[BaseModel], data: Any) -> Any:
 
 
 def _echoed_spec(data: Any) -> Any:
-    return _known_keys_only(JobSpec, data)
+    if isinstance(data, JobSpec):
+        return data
+    return JobSpec.model_validate(_known_keys_only(JobSpec, data), strict=False)
 
 
 EchoedJobSpec = Annotated[
@@ -138,7 +172,7 @@ class JobQuery(ListQuery):
 class EventQuery(ListQuery):
     """Parameters of ``GET /v1/jobs/{id}/events``. ``after`` resumes a stream from the last event id seen."""
 
-    after: int | None = Field(None, ge=0, description="Only events with an id greater than this one.")
+    after: int | None = Field(None, ge=0, le=INT64_MAX, description="Only events with an id greater than this one.")
 
     @model_validator(mode="after")
     def _one_starting_point(self) -> Self:
@@ -465,7 +499,7 @@ class TokenRequest(WireRequest):
 
     name: str = Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
     scopes: list[Scope] = Field(min_length=1, max_length=3)
-    days: int = Field(90, ge=1, le=366, description="Days until it expires.")
+    days: StrictInt = Field(90, ge=1, le=366, description="Days until it expires.")
 
 
 class TokenView(WireAnswer):
@@ -499,7 +533,7 @@ class UserRequest(WireRequest):
     model_config = ConfigDict(json_schema_extra={"examples": [{"name": "alice", "admin": False}]})
 
     name: str = Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")
-    admin: bool = False
+    admin: StrictBool = False
 
 
 class UserView(WireAnswer):
@@ -573,9 +607,9 @@ class AllocationRequest(WireRequest):
     project: ProjectId
     factory: FactoryId
     unit: AllocationUnitName
-    hours: float = Field(gt=0, le=100_000_000)
-    starts_at: UtcDatetime
-    ends_at: UtcDatetime
+    hours: StrictFloat = Field(gt=0, le=100_000_000)
+    starts_at: RequestDatetime
+    ends_at: RequestDatetime
 
 
 class AllocationView(WireAnswer):
@@ -626,6 +660,8 @@ class SiteAccountView(WireAnswer):
 # ---------------------------------------------------------------------------------------------------
 
 AntennaId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+MAX_ANTENNA_ACTIVE_JOBS = 1_000_000
+"""The largest quota of active jobs an Antenna can be given (it is stored in a 32-bit column)."""
 MAX_JWKS_KEYS = 16  # an Antenna's keys: a rotation keeps the old key and the new one; sixteen is plenty
 _B64URL = r"^[A-Za-z0-9_-]+$"
 
@@ -689,8 +725,10 @@ class AntennaRequest(WireRequest):
     title: str = Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")
     factories: list[FactoryId] = Field(min_length=1, max_length=64, description="The Factories it is linked to.")
     jwks: PublicJwks = Field(description="A JWK Set of its public signing keys (asymmetric; kid and alg set).")
-    requests_per_minute: int = Field(600, ge=1, le=1_000_000, description="Its rate limit (per broker process).")
-    max_active_jobs: int | None = Field(None, ge=0, description="Its quota of jobs not yet ended (None: no quota).")
+    requests_per_minute: StrictInt = Field(600, ge=1, le=1_000_000, description="Its rate limit (per broker process).")
+    max_active_jobs: StrictInt | None = Field(
+        None, ge=0, le=MAX_ANTENNA_ACTIVE_JOBS, description="Its quota of jobs not yet ended (None: no quota)."
+    )
 
 
 class AntennaUpdate(WireRequest):
@@ -698,8 +736,8 @@ class AntennaUpdate(WireRequest):
 
     title: str | None = Field(None, min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")
     factories: list[FactoryId] | None = Field(None, min_length=1, max_length=64)
-    requests_per_minute: int | None = Field(None, ge=1, le=1_000_000)
-    max_active_jobs: int | None = Field(None, ge=0)
+    requests_per_minute: StrictInt | None = Field(None, ge=1, le=1_000_000)
+    max_active_jobs: StrictInt | None = Field(None, ge=0, le=MAX_ANTENNA_ACTIVE_JOBS)
 
 
 class AntennaView(WireAnswer):

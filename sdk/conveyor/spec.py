@@ -1,8 +1,8 @@
 """The job spec: what a user asks Conveyor to run, identical for the server, the SDK and the CLI.
 
-Strict by design: unknown fields are refused (a typo must not be silently dropped), and features that are
-planned but not built yet (container images, job arrays, dependencies) are refused by name, so a user never
-believes they were honoured.
+Strict by design: unknown fields are refused (a typo must not be silently dropped), numbers must be JSON
+numbers (``true`` or ``"2"`` is not a node count), and features that are planned but not built yet (container
+images, job arrays, dependencies) are refused by name, so a user never believes they were honoured.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     StringConstraints,
     field_validator,
     model_validator,
@@ -37,9 +38,11 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"
 ProjectId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 FactoryId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
 GpuType = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
-Country = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+Country = Annotated[str, StringConstraints(min_length=2, max_length=2, pattern=r"^[A-Z]{2}$")]
 LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^[a-z0-9]([a-z0-9._/-]*[a-z0-9])?$")]
 LabelValue = Annotated[str, StringConstraints(max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")]
+EnvName = Annotated[str, StringConstraints(max_length=256)]
+"""An environment variable's name, bounded here; its grammar is checked by :class:`JobSpec` with a clear message."""
 
 
 def normalized_directory(path: str) -> str:
@@ -94,13 +97,13 @@ class _Strict(BaseModel):
 class Resources(_Strict):
     """What the job needs, per node. ``time_limit_min`` None means the chosen partition's DefaultTime."""
 
-    nodes: int = Field(1, ge=1, le=10_000)
-    tasks_per_node: int = Field(1, ge=1, le=1024)
-    cpus_per_task: int = Field(1, ge=1, le=1024)
-    gpus_per_node: int = Field(0, ge=0, le=64)
+    nodes: StrictInt = Field(1, ge=1, le=10_000)
+    tasks_per_node: StrictInt = Field(1, ge=1, le=1024)
+    cpus_per_task: StrictInt = Field(1, ge=1, le=1024)
+    gpus_per_node: StrictInt = Field(0, ge=0, le=64)
     gpu_type: GpuType | None = None
-    memory_mb: int | None = Field(None, ge=1, le=64 * 1024 * 1024, description="memory per node, MiB")
-    time_limit_min: int | None = Field(
+    memory_mb: StrictInt | None = Field(None, ge=1, le=64 * 1024 * 1024, description="memory per node, MiB")
+    time_limit_min: StrictInt | None = Field(
         None, ge=1, le=MAX_TIME_LIMIT_MIN, description="wall time in minutes; omitted: the partition's default"
     )
 
@@ -144,7 +147,7 @@ class JobSpec(_Strict):
     script: str | None = Field(None, max_length=MAX_SCRIPT_BYTES)
     command: list[Annotated[str, StringConstraints(max_length=4096)]] | None = Field(None, min_length=1, max_length=256)
     resources: Resources = Field(default_factory=Resources)
-    environment: dict[str, Annotated[str, StringConstraints(max_length=32_768)]] = Field(
+    environment: dict[EnvName, Annotated[str, StringConstraints(max_length=32_768)]] = Field(
         default_factory=dict, max_length=256
     )
     working_directory: WorkingDirectory | None = Field(

@@ -569,6 +569,21 @@ async def test_bad_configuration_is_refused_clearly(files: Files, tmp_path: Path
         assert message in str(refused.value), (overrides, str(refused.value))
 
 
+async def test_a_key_whose_public_half_the_wire_model_refuses_is_refused_at_start(tmp_path: Path) -> None:
+    """The broker reads an uploaded JWKS with its typed model (public parameters only, each bounded)."""
+    ec_jwk = private_jwks()["keys"][0]
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"comment": "laptop key"}, "keys[0].comment"),
+        ({"ext": True}, "keys[0].ext"),
+    ]
+    for extra, where in cases:
+        odd = tmp_path / "odd.json"
+        odd.write_text(json.dumps({"keys": [{**ec_jwk, **extra}]}))
+        with pytest.raises(GatewayConfigError, match="the broker would refuse its public half") as refused:
+            load_signing_key(odd)
+        assert where in str(refused.value)
+
+
 async def test_key_ops_must_allow_signing(tmp_path: Path) -> None:
     rsa_jwk = private_jwks()["keys"][1]
     assert rsa_jwk["key_ops"] == ["sign"]
