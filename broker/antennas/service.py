@@ -141,9 +141,6 @@ class AntennaService:
             await self._audit(caller, "user.created", user.id, source, antenna=antenna_id, subject=subject)
         return user
 
-    async def active_jobs(self, antenna_id: str) -> int:
-        return await self._antennas.active_jobs(antenna_id)
-
     # -- every forwarded request -----------------------------------------------------------------------
 
     async def authenticate(self, assertion: str, request: BoundRequest, *, source: str | None) -> Principal:
