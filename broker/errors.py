@@ -73,8 +73,9 @@ class CancelNotPossible(BrokerError):
 
 
 class OutputUnavailable(BrokerError):
-    """The job's output cannot be read. ``reason``: ``not_submitted`` (not at Slurm yet: ask again later) or
-    ``not_readable`` (the Factory's adapter cannot reach its files)."""
+    """The job's output cannot be read, and retrying at once will not help. ``reason``: ``not_submitted`` (not
+    at Slurm yet), ``not_started`` (pending in Slurm), ``not_readable`` (the Factory's adapter cannot reach its
+    files) or ``gone`` (the Factory answers, but Slurm no longer knows the job)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)

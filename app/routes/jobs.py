@@ -100,7 +100,11 @@ async def job_events(
     summary="The tail of a job's stdout or stderr",
     responses={
         **_NOT_FOUND,
-        409: {"description": "No output: not at Slurm yet, or the Factory's files are out of reach", "model": Problem},
+        409: {
+            "description": "No output, and retrying at once will not help: not at Slurm yet, pending, no longer known "
+            "to Slurm (output_unavailable.gone), or the Factory's files are out of reach",
+            "model": Problem,
+        },
         503: {"description": "The Factory could not be reached; retry after Retry-After", "model": Problem},
     },
 )

@@ -452,6 +452,12 @@ class JobService:
             raise OutputUnavailable(
                 "not_readable", f"Factory {row.factory} cannot serve the {stream} of job {job_id}: {exc.message}"
             ) from None
+        except slurm_errors.JobNotFound as exc:  # the Factory answered: Slurm has purged the job, for good
+            raise OutputUnavailable(
+                "gone",
+                f"Factory {row.factory} no longer knows Slurm job {slurm_job_id} ({exc.message}), so its {stream} "
+                "cannot be located; asking again will not change that",
+            ) from None
         except (slurm_errors.SiteError, TimeoutError) as exc:
             waited = f"no answer within {self._output_timeout_s:g} s"
             detail = exc.message if isinstance(exc, slurm_errors.SlurmError) else waited

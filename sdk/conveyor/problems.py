@@ -153,7 +153,8 @@ PLACEMENT_FAILED: Final = ProblemType("placement_failed", "No Factory can run th
 ALREADY_EXISTS: Final = ProblemType("already_exists", "Something with that id exists already", 409)
 CANCEL_NOT_POSSIBLE: Final = ProblemType("cancel_not_possible", "The job can no longer be cancelled", 409)
 # The job's output cannot be read now: it has not reached Slurm yet, or its Factory's adapter cannot read files.
-# The sub-code says which (output_unavailable.not_submitted, output_unavailable.not_readable).
+# The sub-code says which (output_unavailable.not_submitted, .not_started, .not_readable, .gone: Slurm no longer
+# knows the job). Never retried: a Factory that does not answer is a 503 instead.
 OUTPUT_UNAVAILABLE: Final = ProblemType("output_unavailable", "The job's output cannot be read", 409)
 # Refused at the HTTP edge before any route read the request (the broker's settings name the limits).
 # Sub-codes say which limit: headers_too_large.field (one field), .total (all of them); without one, the server
@@ -306,7 +307,8 @@ class CancelNotPossible(Conflict):
 
 
 class OutputUnavailable(Conflict):
-    """The job's output cannot be read: not at Slurm yet, or its Factory's files are out of the broker's reach."""
+    """The job's output cannot be read: not at Slurm yet, no longer known to Slurm, or its Factory's files are out
+    of the broker's reach (``code`` says which)."""
 
 
 class PlacementFailed(ConveyorError):

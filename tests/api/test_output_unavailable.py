@@ -19,7 +19,6 @@ from tests.api.conftest import TOKEN, Api
 from tests.api.test_jobs import place_on, problem_of, submit
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 item 16: a job purged from Slurm answers 503 with Retry-After")
 async def test_defect_16_output_of_a_job_slurm_no_longer_knows_is_409_gone_not_503(api: Api) -> None:
     """The Factory answers (slurmctld says the job id is unknown): nothing will change by retrying, so 409
     ``output_unavailable.gone`` without Retry-After; a Factory that does not answer is still a 503."""
