@@ -1,0 +1,57 @@
+"""Held jobs on the lab, one cluster per Slurm release, on SQLite and PostgreSQL: a job that ran once and was
+requeued held, then held by an administrator (``scontrol`` as root, the lab's SlurmUser), says so and who can
+release it, is counted, and runs once released."""
+
+from __future__ import annotations
+
+import pytest
+
+from conveyor.spec import JobState
+from tests.broker.conftest import Broker
+from tests.lab import Cluster, clusters, job_dir, new_tag
+
+pytestmark = pytest.mark.lab
+
+# One cluster per release: 22.05, 24.11, 26.05.
+RELEASES = ["alpha", "charlie", "delta"]
+# Runs until the test creates "go" in its working directory.
+WAIT_FOR_GO = "#!/bin/bash\nwhile [ ! -e go ]; do sleep 0.2; done\necho released-and-ran\n"
+
+
+def lab_cluster(name: str) -> Cluster:
+    return next(cluster for cluster in clusters() if cluster.name == name)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 12 item 13: a held job stays submitted for ever, saying nothing")
+@pytest.mark.parametrize("factory", RELEASES)
+async def test_defect_13_a_job_held_on_the_cluster_says_who_can_release_it(broker: Broker, factory: str) -> None:
+    cluster = lab_cluster(factory)
+    workdir = job_dir(cluster, new_tag("held"))
+    job_id = await broker.queue(script=WAIT_FOR_GO, working_directory=workdir, placement={"factory": factory})
+    running = await broker.reach(job_id, JobState.RUNNING)
+    slurm_job_id = str(running.slurm_job_id)
+    try:
+        cluster.slurm("scontrol", "requeuehold", slurm_job_id)  # it ran once; now requeued and held
+        held = await broker.until(
+            job_id, lambda job: job.state is JobState.SUBMITTED and bool(job.state_reason), "held, with a reason"
+        )
+        assert held.slurm_reason is not None
+        assert held.state_reason is not None
+        assert held.slurm_reason in held.state_reason
+        assert "release" in held.state_reason
+        assert broker.reconciler.figures()["reconcile_held_jobs"][factory] >= 1
+
+        cluster.slurm("scontrol", "hold", slurm_job_id)  # an administrator's hold on top
+        admin = await broker.until(job_id, lambda job: job.slurm_reason == "JobHeldAdmin", "JobHeldAdmin")
+        assert admin.state is JobState.SUBMITTED
+        assert admin.state_reason is not None
+        assert "administrators" in admin.state_reason
+        assert cluster.show_job(int(slurm_job_id))["JobState"] == "PENDING"  # a releasable hold is not cancelled
+
+        cluster.slurm("scontrol", "release", slurm_job_id)
+        again = await broker.reach(job_id, JobState.RUNNING, timeout_s=60)
+        assert again.state_reason is None
+        cluster.host_path(f"{workdir}/go").touch()
+        assert (await broker.reach(job_id, JobState.COMPLETED, timeout_s=60)).exit_code == 0
+    finally:
+        cluster.host_path(f"{workdir}/go").touch()
