@@ -87,6 +87,8 @@ def _runtime(out: Exposition, figures: Mapping[str, Any]) -> None:
               _per_factory(figures, "reconcile_lag_seconds"))  # fmt: skip
     out.gauge("reconcile_cycle_seconds", "Duration of the Factory's last reconcile cycle.",
               _per_factory(figures, "reconcile_cycle_seconds"))  # fmt: skip
+    out.gauge("held_jobs", "Jobs of the Factory held in Slurm until someone releases them (last reconcile).",
+              _per_factory(figures, "reconcile_held_jobs"))  # fmt: skip
     out.family(
         "errors_total",
         "counter",

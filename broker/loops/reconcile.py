@@ -10,6 +10,10 @@ whatever the number of jobs or clients. Every change is a compare-and-set with i
   requeue may renumber nothing but reorder plenty). ``lost`` is only for jobs Slurm can no longer tell about.
 - A pending reason that can never clear is the job's own fault: the Slurm job is cancelled and the broker job
   ends ``rejected`` with Slurm's reason, rather than waiting for ever.
+- A hold never clears by itself either (:mod:`broker.jobs.holds` lists each reason and what it means): one
+  Slurm made after a failed launch ends the job ``failed`` with Slurm's reason (cancelled in Slurm); one made
+  on purpose leaves it ``submitted`` with a ``state_reason`` saying who can release it, counted per Factory
+  (``reconcile_held_jobs``).
 - Slurm's exceptions (requeue, preemption, a lost job seen again) are applied and recorded as such.
 """
 
@@ -28,6 +32,7 @@ from broker.db.repositories import JobRepository
 from broker.db.types import utc_now
 from broker.factories.adapters import AdapterProvider
 from broker.factories.registry import FactoryRegistry
+from broker.jobs.holds import Hold, hold_of, is_hold_reason
 from broker.jobs.ids import JOB_ID_PREFIX
 from broker.jobs.states import can_move, from_slurm
 from broker.jobs.translate import site_user
@@ -57,6 +62,7 @@ class ReconcileStats:
     changed: int = 0  # state changes applied
     lost: int = 0
     rejected: int = 0
+    held: int = 0  # jobs waiting on a hold someone can release
     cancel_calls: int = 0
     found_again: int = 0
     error: str | None = None
@@ -82,6 +88,9 @@ def _pick(job: Job, candidates: Iterable[JobRecord]) -> JobRecord | None:
 
 def _reason_for(target: JobState, record: JobRecord, was: JobState) -> str | None:
     """The state_reason a move leaves on the job: what Slurm said, where that matters to the user."""
+    hold = hold_of(record)
+    if hold is not None:
+        return hold.state_reason()
     if was is JobState.LOST:
         return f"seen again in Slurm as job {record.job_id} ({record.raw_state})"
     if was is JobState.RUNNING and target is JobState.SUBMITTED:
@@ -226,6 +235,12 @@ class Reconciler:
                 stats.rejected += 1
                 _log(logging.INFO, job.id, "rejected: %s", reason)  # it never ran: its reservation went back
             return
+        hold = hold_of(record)
+        if hold is not None and hold.ends_job:
+            await self._end_held(adapter, job, record, hold, user=user, stats=stats)
+            return
+        if hold is not None:
+            stats.held += 1
         if job.cancel_requested_at is not None and not record.state.is_terminal:
             await adapter.cancel(record.job_id, user)  # the listing of a later cycle shows it cancelled
             stats.cancel_calls += 1
@@ -234,8 +249,14 @@ class Reconciler:
         if target is None or target is job.state:
             # Most jobs look the same every cycle: write only what changed (one write transaction per
             # unchanged job made a 10,000-job cycle take 30 s; bench/reconcile_scale.py).
-            if (job.slurm_state, job.slurm_reason) != (slurm_fields["slurm_state"], slurm_fields["slurm_reason"]):
-                await self._jobs.record_slurm_view(job.id, job.state, **slurm_fields)
+            view = _view_reason(job, hold)
+            if (job.slurm_state, job.slurm_reason) != (slurm_fields["slurm_state"], slurm_fields["slurm_reason"]) or (
+                view is not None and view[0] != job.state_reason
+            ):
+                await self._jobs.record_slurm_view(
+                    job.id, job.state, slurm_state=slurm_fields["slurm_state"], slurm_reason=record.reason,
+                    state_reason=None if view is None else view[0], set_state_reason=view is not None,
+                )  # fmt: skip
             return
         if not can_move(job.state, target):
             _log(logging.WARNING, job.id, "Slurm says %s, which cannot follow %s", record.raw_state, job.state)
@@ -262,6 +283,28 @@ class Reconciler:
         return await self._jobs.transition(job.id, job.state, target, actor=ACTOR, cause="reconcile", detail=detail,
                                            **fields)  # fmt: skip
 
+    async def _end_held(
+        self, adapter: SlurmAdapter, job: Job, record: JobRecord, hold: Hold, *, user: str, stats: ReconcileStats
+    ) -> None:
+        """A hold Slurm made after a failed launch: cancel it in Slurm, end the job ``failed`` with the reason,
+        charged what Slurm says it held, in the transaction of that move."""
+        if job.state.is_terminal and job.state is not JobState.LOST:
+            return
+        await adapter.cancel(record.job_id, user)  # first: an ended job must not linger held in Slurm's queue
+        stats.cancel_calls += 1
+        reason = hold.state_reason()
+        fields: dict[str, Any] = {
+            "state_reason": reason, "slurm_state": record.raw_state[:SLURM_STATE_WIDTH] or None,
+            "slurm_reason": record.reason, "slurm_job_id": job.slurm_job_id or str(record.job_id),
+        }  # fmt: skip
+        detail = {"slurm_job_id": record.job_id, "slurm_reason": record.reason}
+        if await self._jobs.finish(
+            job.id, job.state, JobState.FAILED, used=Use.of(record), actor=ACTOR, cause="reconcile", detail=detail,
+            **fields,
+        ):  # fmt: skip
+            stats.changed += 1
+            _log(logging.WARNING, job.id, "failed: %s", reason)
+
     def figures(self, now: datetime | None = None) -> dict[str, dict[str, float]]:
         """Per-Factory figures for /metrics, each a mapping Factory -> number (absent: not measured yet)."""
         now = now or self._clock()
@@ -275,7 +318,18 @@ class Reconciler:
                 f: (now - self.last_success[f]).total_seconds() for f in ids if f in self.last_success
             },
             "reconcile_errors": {f: float(self.errors_by_factory.get(f, 0)) for f in ids},
+            "reconcile_held_jobs": {f: float(self.last[f].held) for f in ids if f in self.last},
         }
+
+
+def _view_reason(job: Job, hold: Hold | None) -> tuple[str | None] | None:
+    """The state_reason an unchanged job should now carry, in a 1-tuple; None to leave it as it is. A hold
+    says who can release it; once released, its reason goes."""
+    if hold is not None:
+        return (hold.state_reason(),)
+    if is_hold_reason(job.state_reason):
+        return (None,)
+    return None
 
 
 def _times(record: JobRecord, target: JobState) -> dict[str, datetime]:

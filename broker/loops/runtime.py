@@ -47,6 +47,7 @@ class RuntimeFigures(TypedDict):
     reconcile_last_cycle_timestamp_seconds: dict[str, float]
     reconcile_lag_seconds: dict[str, float]
     reconcile_errors: dict[str, float]
+    reconcile_held_jobs: dict[str, float]  # per Factory: jobs waiting on a hold someone can release
     loop_errors: dict[str, int]  # per loop: cycles that failed as a whole
 
 
@@ -138,6 +139,7 @@ class Runtime:
             "reconcile_last_cycle_timestamp_seconds": reconcile["reconcile_last_cycle_timestamp_seconds"],
             "reconcile_lag_seconds": reconcile["reconcile_lag_seconds"],
             "reconcile_errors": reconcile["reconcile_errors"],
+            "reconcile_held_jobs": reconcile["reconcile_held_jobs"],
             "loop_errors": dict(self._loop_errors),
         }
 

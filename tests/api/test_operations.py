@@ -82,6 +82,7 @@ def test_runtime_figures_become_prometheus_families() -> None:
         "reconcile_last_cycle_timestamp_seconds": {"alpha": 1_800_000_000.0},
         "reconcile_lag_seconds": {"alpha": 4.25},
         "reconcile_errors": {"alpha": 1.0},
+        "reconcile_held_jobs": {"alpha": 2.0},
         "loop_errors": {"health": 3},
     }
     lines = render({}, [], figures).splitlines()
@@ -91,6 +92,7 @@ def test_runtime_figures_become_prometheus_families() -> None:
     assert 'conveyor_errors_total{factory="alpha",loop="dispatch"} 2' in lines
     assert 'conveyor_errors_total{factory="alpha",loop="reconcile"} 1' in lines
     assert 'conveyor_loop_errors_total{loop="health"} 3' in lines
+    assert 'conveyor_held_jobs{factory="alpha"} 2' in lines
     assert "# TYPE conveyor_errors_total counter" in lines
     assert not any(line.startswith("conveyor_dispatch_cycle_seconds") for line in lines)
 

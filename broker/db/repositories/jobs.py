@@ -450,26 +450,27 @@ class JobRepository:
         *,
         slurm_state: str | None,
         slurm_reason: str | None,
+        state_reason: str | None = None,
+        set_state_reason: bool = False,
         now: datetime | None = None,
     ) -> bool:
-        """Keep Slurm's own state and reason beside an unchanged broker state (e.g. a new pending reason).
+        """Keep Slurm's own state and reason beside an unchanged broker state (e.g. a new pending reason), and
+        with ``set_state_reason`` what that means for the job (``state_reason``, e.g. who can release a hold).
 
         No event: an observation is not a state change, and the reconciler sees every job every cycle. A
         compare-and-set on ``expected`` and only when something differs, so it never overwrites a newer state.
         """
         now = now or self._clock()
+        values: dict[str, Any] = {"slurm_state": slurm_state, "slurm_reason": slurm_reason}
+        differs = [Job.slurm_state.is_distinct_from(slurm_state), Job.slurm_reason.is_distinct_from(slurm_reason)]
+        if set_state_reason:
+            values["state_reason"] = state_reason
+            differs.append(Job.state_reason.is_distinct_from(state_reason))
         async with self._db.write() as session:
             changed = await session.scalar(
                 update(Job)
-                .where(
-                    Job.id == job_id,
-                    Job.state == expected,
-                    or_(
-                        Job.slurm_state.is_distinct_from(slurm_state),
-                        Job.slurm_reason.is_distinct_from(slurm_reason),
-                    ),
-                )
-                .values(slurm_state=slurm_state, slurm_reason=slurm_reason, updated_at=now)
+                .where(Job.id == job_id, Job.state == expected, or_(*differs))
+                .values(**values, updated_at=now)
                 .returning(Job.id),
                 execution_options={"synchronize_session": False},
             )
