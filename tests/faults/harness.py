@@ -92,6 +92,7 @@ class BrokerProcess:
     process: subprocess.Popen[bytes] | None = None
     incarnation: int = 0
     logs: list[Path] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)  # CONVEYOR_* settings of this test (win over FAST_LOOPS)
 
     @property
     def base_url(self) -> str:

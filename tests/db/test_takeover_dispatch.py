@@ -1,0 +1,167 @@
+"""The dispatcher taking over a dead broker's job, on SQLite and PostgreSQL, with a hand-moved clock.
+
+Whatever the lease, nobody settles an attempt before its start + the Slurm call's deadline + Slurm's
+MessageTimeout + the clock skew: until then the call may still reach Slurm. A lease whose Slurm call is in
+flight is renewed by its holder's heartbeat, so nobody takes that job over meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from broker.db.engine import Database
+from broker.db.repositories import FactoryStateRepository, JobRepository
+from broker.factories.adapters import AdapterPool
+from broker.factories.registry import FactoryRegistry, parse_factories
+from broker.loops.dispatch import Dispatcher
+from broker.settings import Settings
+from conveyor.spec import JobState
+from slurm_adapters.factory import AdapterConfig
+from slurm_adapters.interface import SlurmAdapter
+from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec
+from tests.api.conftest import FACTORIES
+from tests.db.helpers import at, new_job
+
+# alpha's settle window: the adapter's call deadline (8 s) + Slurm's MessageTimeout (10 s) + clock skew (10 s).
+SETTLE_WINDOW_S = 28
+
+
+@dataclass
+class HandClock:
+    now: datetime
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class ScriptedSlurm(SlurmAdapter):
+    """Records every call; ``submit`` waits for ``release`` when it is set; lists nothing; always up."""
+
+    kind = "scripted"
+
+    def __init__(self, config: AdapterConfig) -> None:
+        super().__init__(config.cluster)
+        self.calls: list[str] = []
+        self.release: asyncio.Event | None = None
+        self.submitting = asyncio.Event()
+
+    async def submit(self, spec: SlurmJobSpec, user: str) -> int:
+        self.calls.append("submit")
+        self.submitting.set()
+        if self.release is not None:
+            await self.release.wait()
+        return 77
+
+    async def list_jobs(self, *, tags: Collection[str] | None = None, tag_prefix: str | None = None) -> list[JobRecord]:
+        self.calls.append("list_jobs")
+        return []
+
+    async def health(self) -> Health:
+        self.calls.append("health")
+        return Health(ok=True, detail="up", up_since=datetime(2020, 1, 1, tzinfo=UTC))
+
+    def render(self, spec: SlurmJobSpec, user: str) -> Rendering:
+        raise AssertionError("not called")
+
+    async def get_job(self, job_id: int) -> JobRecord:
+        raise AssertionError("not called")
+
+    async def cancel(self, job_id: int, user: str) -> None:
+        raise AssertionError("not called")
+
+    async def read_output(self, job_id: int, stream: OutputStream = "stdout", max_bytes: int = 65536) -> str:
+        raise AssertionError("not called")
+
+    async def cluster_info(self) -> ClusterInfo:
+        raise AssertionError("not called")
+
+
+@dataclass
+class Setting:
+    db: Database
+    jobs: JobRepository
+    registry: FactoryRegistry
+    adapters: AdapterPool
+    settings: Settings
+    clock: HandClock
+
+    @property
+    def alpha(self) -> ScriptedSlurm:
+        adapter = self.adapters.get("alpha")
+        assert isinstance(adapter, ScriptedSlurm)
+        return adapter
+
+    def dispatcher(self, worker_id: str) -> Dispatcher:
+        return Dispatcher(
+            self.db, self.registry, self.adapters, self.settings, worker_id, clock=self.clock, failpoints=frozenset()
+        )
+
+
+@pytest.fixture
+async def setting(db: Database, tmp_path: Path) -> Setting:
+    registry = parse_factories(FACTORIES)
+    clock = HandClock(at(0))
+    await FactoryStateRepository(db, clock).record_health("alpha", healthy=True, detail="up", actor="test")
+    settings = Settings(
+        database_url=str(db.engine.url.render_as_string(hide_password=False)), data_dir=tmp_path, lease_s=30
+    )
+    return Setting(db, JobRepository(db, clock), registry, AdapterPool(registry, build=ScriptedSlurm), settings, clock)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 12 item 15: a taken-over attempt is settled at once, while it may land")
+async def test_defect_15_nobody_settles_an_attempt_before_its_call_can_no_longer_reach_slurm(
+    setting: Setting,
+) -> None:
+    job_id = (await setting.jobs.insert_job_with_event(new_job(), actor="test", now=at(0))).id
+    # A dispatcher that died mid-call: its attempt began at 0 s; its claim was taken over at 5 s.
+    await setting.jobs.claim_queued("dead", 10, 30, now=at(0))
+    assert await setting.jobs.record_attempt(job_id, lease_owner="dead", factory="alpha", slurm_user="alice",
+                                             actor="dead", now=at(0))  # fmt: skip
+    assert await setting.jobs.release_lease(job_id, "dead", now=at(5))
+    setting.clock.now = at(5)
+    taker = setting.dispatcher("taker")
+    assert await taker.run_once() == 1
+    assert setting.alpha.calls == []  # Slurm not even asked: absence proven now would not hold at 20 s
+    job = await setting.jobs.get(job_id)
+    assert job is not None
+    assert (job.state, job.next_attempt_at) == (JobState.QUEUED, at(SETTLE_WINDOW_S))
+    assert job.state_reason is not None
+    assert "may still reach" in job.state_reason
+    # Once the window has passed, the tag is looked up, found absent, and the job submitted.
+    setting.clock.now = at(SETTLE_WINDOW_S)
+    assert await taker.run_once() == 1
+    assert setting.alpha.calls == ["list_jobs", "health", "submit"]
+    job = await setting.jobs.get(job_id)
+    assert job is not None
+    assert (job.state, job.slurm_job_id) == (JobState.SUBMITTED, "77")
+
+
+@pytest.mark.xfail(strict=True, reason="issue 12 item 15: a lease is not renewed while its Slurm call is in flight")
+async def test_defect_15_a_job_whose_submit_is_in_flight_is_not_taken_over(setting: Setting, db: Database) -> None:
+    from broker.db.repositories.instances import InstanceRepository
+
+    instances = InstanceRepository(db)
+    await instances.register("holder", worker_id="holder", ttl_s=15, now=at(0))
+    job_id = (await setting.jobs.insert_job_with_event(new_job(), actor="test", now=at(0))).id
+    setting.alpha.release = asyncio.Event()
+    holder = setting.dispatcher("holder")
+    cycle = asyncio.create_task(holder.run_once())
+    await asyncio.wait_for(setting.alpha.submitting.wait(), 10)  # its submit hangs
+    assert holder.in_flight == {job_id}
+    setting.clock.now = at(25)  # near the end of the 30 s lease, the holder's heartbeat renews it
+    assert await instances.beat("holder", ttl_s=15, now=at(25), renew=holder.in_flight, lease_s=30)
+    setting.clock.now = at(38)  # past the lease it claimed with, within the holder's heartbeat
+    assert await setting.dispatcher("other").run_once() == 0
+    setting.alpha.release.set()
+    assert await asyncio.wait_for(cycle, 10) == 1
+    job = await setting.jobs.get(job_id)
+    assert job is not None
+    assert (job.state, job.slurm_job_id, job.attempt_count) == (JobState.SUBMITTED, "77", 1)
+    assert holder.in_flight == set()
+    assert setting.alpha.calls == ["submit"]
