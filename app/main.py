@@ -24,6 +24,7 @@ from broker.antennas.service import AntennaService
 from broker.db.engine import database_from_settings
 from broker.db.migrate import schema_is_current
 from broker.db.repositories import JobStats
+from broker.db.repositories.instances import InstanceIdInUse
 from broker.factories.adapters import AdapterPool
 from broker.factories.registry import load_factories
 from broker.factories.service import FactoryService
@@ -143,7 +144,10 @@ async def _running(
             runtime: RuntimeLike | None = None
             if settings.run_loops:
                 runtime = Runtime(settings, database, registry, adapters)
-                await runtime.start()
+                try:
+                    await runtime.start()
+                except InstanceIdInUse as exc:
+                    raise _refuse(str(exc)) from None
                 stack.push_async_callback(runtime.stop)
             yield AppState(
                 settings=settings,

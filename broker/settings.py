@@ -51,6 +51,24 @@ class Settings(BaseSettings):
     dispatcher_interval_s: float = Field(1.0, gt=0, description="pause between dispatcher cycles when idle")
     reconciler_interval_s: float = Field(5.0, gt=0, description="pause between reconciler cycles")
     lease_s: float = Field(120.0, ge=MIN_LEASE_S, description="how long a dispatcher owns a claimed job")
+    instance_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
+        description="a persistent name for this process's loops (refused while a live process holds it); "
+        "default: one made up per process",
+    )
+    heartbeat_interval_s: float = Field(
+        5.0, gt=0, le=60, description="how often the loops' process says it is alive (and renews in-flight claims)"
+    )
+    heartbeat_ttl_s: float = Field(
+        15.0,
+        gt=0,
+        le=600,
+        description="a process silent this long is dead: its claims are taken over at once (at least two "
+        "heartbeat intervals)",
+    )
     claim_batch: int = Field(20, ge=1, le=1000, description="jobs a dispatcher claims per cycle")
     accept_batch: int = Field(
         256,
@@ -122,6 +140,12 @@ class Settings(BaseSettings):
     def _one_field_fits_the_head(self) -> Settings:
         if self.max_header_field_bytes > self.max_header_bytes:
             raise ValueError("max_header_field_bytes must not exceed max_header_bytes")
+        return self
+
+    @model_validator(mode="after")
+    def _heartbeat_outlives_its_interval(self) -> Settings:
+        if self.heartbeat_ttl_s < 2 * self.heartbeat_interval_s:
+            raise ValueError("heartbeat_ttl_s must be at least twice heartbeat_interval_s (one late beat is not death)")
         return self
 
     @property

@@ -180,6 +180,23 @@ class FactoryState(Base):
     updated_at: Mapped[datetime]
 
 
+class BrokerInstance(Base):
+    """A process running the loops, and its heartbeat. ``worker_id`` is what its claims carry as their lease
+    owner (one per process); ``id`` is the instance's name, persistent across restarts when configured. A claim
+    whose owner's ``expires_at`` has passed is due again at once; an ``id`` whose row has not expired is refused
+    to a second process."""
+
+    __tablename__ = "broker_instances"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    worker_id: Mapped[str] = mapped_column(String(128), unique=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int]
+    started_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
 class FactoryEvent(Base):
     """Append-only audit of drains, undrains and health changes (not of every health check)."""
 

@@ -20,6 +20,7 @@ Example (YAML; JSON works too)::
         working_roots: [/leonardo_scratch/conveyor, "/leonardo/home/userexternal/{user}", /leonardo_work]
         accounting: true                           # slurmdbd keeps finished jobs
         min_job_age_s: 300                         # Slurm's MinJobAge
+        message_timeout_s: 10                      # Slurm's MessageTimeout
         clock_skew_s: 10                           # how far its clock and the broker's may disagree
         partitions:
           - {name: boost_usr_prod, default: true, max_time_min: 1440, default_time_min: 60, nodes: 3456,
@@ -136,6 +137,14 @@ class Factory(_Strict):
     accounting: bool = Field(False, description="the cluster keeps finished jobs in slurmdbd (sacct works)")
     min_job_age_s: int = Field(
         300, ge=0, description="Slurm's MinJobAge: how long slurmctld still lists a finished job"
+    )
+    message_timeout_s: float = Field(
+        10.0,
+        ge=1,
+        le=3600,
+        description="Slurm's MessageTimeout: how long a request may still travel to slurmctld after the broker "
+        "gave up on it; nobody settles a submit in doubt before its start + the call's deadline + this + the "
+        "clock skew",
     )
     clock_skew_s: float = Field(
         10.0,

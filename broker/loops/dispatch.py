@@ -12,6 +12,12 @@ Why it is shaped like this:
   and MinJobAge not yet passed or slurmdbd explaining every job since), so it may be submitted again.
   Otherwise Slurm can no longer tell, and the job becomes ``lost`` with that reason: never resubmitted
   blindly, so a job reaches Slurm at most once.
+- Nobody settles an attempt before its start + the adapter's call deadline + Slurm's MessageTimeout + the
+  clock skew (:func:`settle_not_before`): until then the call may still reach Slurm, whoever holds the
+  claim now. A claim whose process died is taken over as soon as its heartbeat lapses
+  (:mod:`broker.db.repositories.instances`), so this rule, not the lease, is what keeps a job from being
+  submitted twice; and while a claimed job's Slurm call is in flight (:attr:`Dispatcher.in_flight`), the
+  heartbeat renews its lease.
 - The jobs of a claimed batch share their writes: their attempts are one group commit
   (:mod:`broker.db.group_commit`), each still committed before its own Slurm call, and the submissions that
   return together another, each in a savepoint; what they read (health, reserved Factories, site accounts)
@@ -107,6 +113,14 @@ def retry_delay_s(attempts: int, cap_s: float) -> float:
     return float(min(cap_s, RETRY_BASE_S * 2.0**exponent))
 
 
+def settle_not_before(factory: Factory, attempt: DispatchAttempt) -> datetime:
+    """The earliest time an attempt's outcome may be looked up in Slurm: after it, its Slurm call has ended
+    (the adapter's deadline) and no message of it can still reach slurmctld (MessageTimeout), even by a
+    clock that runs ``clock_skew_s`` behind."""
+    window = factory.adapter.timeout_s + factory.message_timeout_s + factory.clock_skew_s
+    return attempt.started_at + timedelta(seconds=window)
+
+
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -148,6 +162,7 @@ class Dispatcher:
         )
         self._failpoints = active_failpoints() if failpoints is None else failpoints
         self.errors_by_factory: dict[str, int] = {}
+        self.in_flight: set[str] = set()  # claimed jobs still being carried: their leases are renewed
 
     async def run_once(self) -> int:
         """Claim a batch of due queued jobs and carry each as far as it goes; returns how many were claimed."""
@@ -156,6 +171,7 @@ class Dispatcher:
         )
         if not claimed:
             return 0
+        self.in_flight.update(job.id for job in claimed)
         statuses = await factory_statuses(self._states)
         batch = _Batch(statuses, await self._allocations.reserved_factories([job.id for job in claimed]))
         await asyncio.gather(*(self._guarded(job, batch) for job in claimed))
@@ -170,6 +186,8 @@ class Dispatcher:
             log.debug("traceback", exc_info=True)
             # Any open attempt stays open: the next claim settles it by tag before submitting again.
             await self._retry(job.id, job.attempt_count + 1, f"internal error while dispatching: {exc!r}")
+        finally:
+            self.in_flight.discard(job.id)
 
     async def _dispatch(self, job: Job, batch: _Batch) -> None:
         # attempt_count grows in the transaction that adds an attempt, and this claim's lease stops anyone
@@ -268,6 +286,19 @@ class Dispatcher:
             await self._lose(job.id, attempt, f"attempt {attempt.attempt} went to Factory {attempt.factory}, "
                              "which is no longer configured: whether it reached Slurm cannot be checked")  # fmt: skip
             return False
+        not_before = settle_not_before(factory, attempt)
+        if self._clock() < not_before:
+            reason = (
+                f"attempt {attempt.attempt} on {factory.id} (started {attempt.started_at:%H:%M:%S} UTC) may still "
+                f"reach Slurm; it is looked up from {not_before:%H:%M:%S} UTC, before any new submission"
+            )
+            if await self._jobs.schedule_retry(job.id, owner=self.worker_id, at=not_before, reason=reason, actor=ACTOR):
+                _job_log(logging.INFO, job.id, "waits until %s: %s", not_before.isoformat(), reason)
+            return False
+        return await self._look_up(job, attempt, factory)
+
+    async def _look_up(self, job: Job, attempt: DispatchAttempt, factory: Factory) -> bool:
+        """Settle an attempt whose call can no longer reach Slurm by looking its tag up (:mod:`broker.loops.doubt`)."""
         try:
             evidence = await self._evidence(factory, attempt)
         except SlurmError as exc:
@@ -364,4 +395,4 @@ def _describe(exc: SlurmError) -> str:
     return "; ".join([str(exc), *extra])
 
 
-__all__ = ["Dispatcher", "active_failpoints", "retry_delay_s"]
+__all__ = ["Dispatcher", "active_failpoints", "retry_delay_s", "settle_not_before"]

@@ -2,7 +2,13 @@
 
 Each loop is an asyncio task that survives its own errors (logged and counted; the next cycle tries again),
 so one misbehaving Factory or a database hiccup never stops the others. Several processes may run this at
-once: they coordinate only through the database (leased claims, compare-and-set transitions).
+once: they coordinate only through the database (leased claims, compare-and-set transitions) and say they
+are alive with a heartbeat (:mod:`broker.db.repositories.instances`): a process whose heartbeat lapses has
+its claims taken over at once, and a persistent ``instance_id`` is refused while a live process holds it.
+
+Starting touches only the database (registering the instance), never Slurm: the health loop's first cycle
+runs in the background, and the dispatcher waits for it before its first claim (a Factory never checked is
+not submitted to), so the API is ready while a slurmctld does not answer.
 
 The API calls :meth:`Runtime.notify_new_job` after it commits a job, which wakes the dispatcher at once
 instead of after a whole interval; :meth:`Runtime.metrics` serves figures computed by the loops themselves,
@@ -15,17 +21,19 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypedDict
 
 from broker.db.engine import Database
 from broker.db.repositories import JobRepository, QueueStats
+from broker.db.repositories.instances import InstanceIdInUse, InstanceRepository
 from broker.db.types import utc_now
 from broker.factories.adapters import AdapterProvider
 from broker.factories.health import HealthMonitor
 from broker.factories.registry import FactoryRegistry
 from broker.factories.service import Capacity
-from broker.loops.dispatch import Dispatcher
+from broker.loops.dispatch import Dispatcher, default_worker_id
 from broker.loops.reconcile import Reconciler
 from broker.settings import Settings
 
@@ -67,7 +75,12 @@ class Runtime:
         self.registry = registry
         self.adapters = adapters
         self.health = HealthMonitor(database, registry, adapters, capacity_interval_s=settings.capacity_interval_s)
+        self.instance_id = settings.instance_id or worker_id or default_worker_id()
+        if worker_id is None:  # one per process: a restart under a persistent instance id is a new lease owner
+            worker_id = f"{settings.instance_id}:{uuid.uuid4().hex[:8]}" if settings.instance_id else self.instance_id
         self.dispatcher = Dispatcher(database, registry, adapters, settings, worker_id)
+        self._instances = InstanceRepository(database)
+        self._health_checked = asyncio.Event()
         self.reconciler = Reconciler(database, registry, adapters, settings)
         self._jobs = JobRepository(database)
         self._wake = asyncio.Event()
@@ -86,12 +99,15 @@ class Runtime:
         return bool(self._tasks) and not self._stopping.is_set()
 
     async def start(self) -> None:
-        """Start the loops. Health is checked once first, so the first dispatch already knows which Factories
-        answer (a Factory never checked is not submitted to)."""
+        """Register this process's instance, then start the loops (none of this waits on Slurm).
+
+        Raises :class:`InstanceIdInUse` when a live process holds the configured ``instance_id``.
+        """
         if self._tasks:
             raise RuntimeError("the runtime is already started")
         self._stopping.clear()
-        await self._cycle("health", self.health.run_once)
+        await self._register()
+        self._tasks.append(asyncio.create_task(self._loop_heartbeat(), name="conveyor-heartbeat"))
         self._tasks.append(asyncio.create_task(self._loop_health(), name="conveyor-health"))
         self._tasks.append(asyncio.create_task(self._loop_dispatch(), name="conveyor-dispatch"))
         for factory_id in self.registry.ids:
@@ -110,6 +126,7 @@ class Runtime:
         for task in pending:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._cycle("retire", lambda: self._instances.retire(self.worker_id))
         log.info("runtime %s stopped", self.worker_id)
 
     def capacity(self, factory_id: str) -> Capacity | None:
@@ -145,11 +162,49 @@ class Runtime:
 
     # --- the loops ------------------------------------------------------------------------------------
 
+    async def _register(self) -> None:
+        """Take the instance id. A persistent id still held by a process that does not beat any more (it was
+        killed) is free once that heartbeat lapses, so that wait (at most the TTL) is made once; a process
+        that still beats keeps its id, and this one is refused."""
+        ttl = self.settings.heartbeat_ttl_s
+        try:
+            await self._instances.register(self.instance_id, worker_id=self.worker_id, ttl_s=ttl)
+        except InstanceIdInUse as exc:
+            if self.settings.instance_id is None:
+                raise
+            wait_s = min(max((exc.expires_at - utc_now()).total_seconds(), 0.0), ttl) + 0.1
+            log.warning("%s; waiting %.1f s for its heartbeat to lapse", exc, wait_s)
+            await asyncio.sleep(wait_s)
+            await self._instances.register(self.instance_id, worker_id=self.worker_id, ttl_s=ttl)
+        log.info("instance %s registered (claims as %s)", self.instance_id, self.worker_id)
+
+    async def _loop_heartbeat(self) -> None:
+        while await self._pause(self.settings.heartbeat_interval_s):
+            alive = await self._cycle("heartbeat", self._beat)
+            if alive is False:
+                log.critical("instance %s was taken over by another process: stopping these loops", self.instance_id)
+                self._stopping.set()
+                self._wake.set()
+                return
+
+    async def _beat(self) -> bool:
+        """Say this process is alive, renewing the leases of the claims whose Slurm calls are in flight."""
+        return await self._instances.beat(
+            self.worker_id,
+            ttl_s=self.settings.heartbeat_ttl_s,
+            renew=set(self.dispatcher.in_flight),
+            lease_s=self.settings.lease_s,
+        )
+
     async def _loop_health(self) -> None:
+        await self._cycle("health", self.health.run_once)
+        self._health_checked.set()
         while await self._pause(self.settings.health_interval_s):
             await self._cycle("health", self.health.run_once)
 
     async def _loop_dispatch(self) -> None:
+        # The first claim waits for the first health check: a Factory never checked is not submitted to.
+        await self._pause(float("inf"), wake=self._health_checked)
         while not self._stopping.is_set():
             self._wake.clear()
             started = time.monotonic()

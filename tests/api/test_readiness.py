@@ -1,5 +1,6 @@
-"""Readiness does not wait on Slurm: with the loops on and every Factory's health check hanging (a slurmctld
-that crashed), the app starts and /readyz answers 200 at once. On SQLite and PostgreSQL."""
+"""Starting the loops: readiness does not wait on Slurm (with every Factory's health check hanging, as when a
+slurmctld crashed, the app starts and /readyz answers 200 at once), and a persistent instance id is refused
+while a live process holds it. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from app.auth import StaticTokens
-from app.main import create_app
+from app.main import StartupRefused, create_app
 from broker.factories.adapters import AdapterPool
 from broker.factories.registry import FactoryRegistry
 from broker.identity import DEV_PRINCIPAL
@@ -35,7 +36,6 @@ class HangingHealth(FakeAdapter):
         return []
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 item 15: the API is not ready until every first health check ends")
 async def test_defect_15_readiness_does_not_wait_on_slurm(
     database_url: str, tmp_path: Path, registry: FactoryRegistry
 ) -> None:
@@ -51,4 +51,27 @@ async def test_defect_15_readiness_does_not_wait_on_slurm(
                 HangingHealth.answer.set()  # let the loops stop promptly
     finally:
         HangingHealth.answer.set()
+        await pool.aclose()
+
+
+async def test_a_second_process_under_a_live_instance_id_is_refused_at_startup(
+    database_url: str, tmp_path: Path, registry: FactoryRegistry
+) -> None:
+    """The first process keeps beating, so the second, after waiting one heartbeat TTL for it to lapse, is
+    refused; once the first has stopped (retired), the id is free again at once."""
+    HangingHealth.answer = asyncio.Event()
+    HangingHealth.answer.set()
+    loops = {"run_loops": True, "instance_id": "broker-a", "heartbeat_interval_s": 0.2, "heartbeat_ttl_s": 1.0}
+    pool = AdapterPool(registry, build=HangingHealth)
+    tokens = StaticTokens({TOKEN: DEV_PRINCIPAL})
+    first = create_app(api_settings(tmp_path, database_url, **loops), authenticator=tokens, adapters=pool)
+    second = create_app(api_settings(tmp_path, database_url, **loops), authenticator=tokens, adapters=pool)
+    try:
+        async with first.router.lifespan_context(first):
+            with pytest.raises(StartupRefused, match="held by a live process"):
+                async with second.router.lifespan_context(second):
+                    pass
+        async with second.router.lifespan_context(second), client_for(second, None) as anonymous:
+            assert (await anonymous.get("/readyz")).status_code == 200
+    finally:
         await pool.aclose()

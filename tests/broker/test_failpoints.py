@@ -60,6 +60,7 @@ async def test_a_dispatcher_killed_after_submit_leaves_a_job_found_by_tag_and_su
     [attempt] = await broker.jobs.attempts(job_id)
     assert attempt.finished_at is None
     assert await broker.jobs.release_lease(job_id, "doomed-dispatcher")  # its lease would run out
+    broker.past_the_settle_window(attempt.factory)
     await broker.dispatcher.run_once()
     job = await broker.job(job_id)
     assert job.state is JobState.SUBMITTED

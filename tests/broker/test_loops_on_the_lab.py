@@ -150,8 +150,10 @@ async def _attempt_then_crash(broker: Broker, job_id: str, *, submit: bool) -> t
     if submit:
         slurm_spec: SlurmJobSpec = to_slurm_spec(job_id, spec, placement, factory)
         slurm_id = await broker.adapters.get(factory.id).submit(slurm_spec, site_user(factory))
-    # Its lease runs out (released here rather than waited for).
+    # Its lease runs out (released here rather than waited for), and so does the attempt's settle window
+    # (call deadline + MessageTimeout + clock skew), before which nobody may look its tag up.
     assert await broker.jobs.release_lease(job_id, "crashed-dispatcher")
+    broker.past_the_settle_window(factory.id)
     return factory.id, slurm_id
 
 
@@ -302,7 +304,7 @@ async def test_an_ambiguous_submit_failure_is_settled_by_tag_not_by_a_second_sub
     assert state is not None
     assert state.healthy is False
     monkeypatch.undo()
-    broker.clock.offset = timedelta(seconds=30)  # the retry is due
+    broker.past_the_settle_window("alpha")  # the retry is due, and the attempt may be looked up
     await broker.dispatcher.run_once()
     job = await broker.job(job_id)
     assert job.state is JobState.SUBMITTED

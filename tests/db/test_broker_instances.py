@@ -21,7 +21,6 @@ async def _queued(jobs: JobRepository) -> str:
     return (await jobs.insert_job_with_event(new_job(), actor="test", now=at(0))).id
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 item 15: a dead broker's claims wait the whole lease")
 async def test_defect_15_a_dead_instances_claim_is_taken_over_once_its_heartbeat_lapses(
     db: Database, jobs: JobRepository
 ) -> None:
@@ -41,7 +40,6 @@ async def test_defect_15_a_dead_instances_claim_is_taken_over_once_its_heartbeat
     assert (taken.id, taken.lease_owner) == (job_id, "b")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 item 15: a lease is not renewed while its Slurm call is in flight")
 async def test_defect_15_a_lease_is_renewed_while_its_holders_call_is_in_flight(
     db: Database, jobs: JobRepository
 ) -> None:
@@ -60,7 +58,6 @@ async def test_defect_15_a_lease_is_renewed_while_its_holders_call_is_in_flight(
     assert (job.lease_owner, job.lease_until) == ("a", at(55))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 item 15: nothing stops two live processes sharing an instance id")
 async def test_defect_15_an_instance_id_is_refused_while_a_live_process_holds_it(
     db: Database, jobs: JobRepository
 ) -> None:

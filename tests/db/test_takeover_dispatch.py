@@ -114,7 +114,6 @@ async def setting(db: Database, tmp_path: Path) -> Setting:
     return Setting(db, JobRepository(db, clock), registry, AdapterPool(registry, build=ScriptedSlurm), settings, clock)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 item 15: a taken-over attempt is settled at once, while it may land")
 async def test_defect_15_nobody_settles_an_attempt_before_its_call_can_no_longer_reach_slurm(
     setting: Setting,
 ) -> None:
@@ -142,7 +141,6 @@ async def test_defect_15_nobody_settles_an_attempt_before_its_call_can_no_longer
     assert (job.state, job.slurm_job_id) == (JobState.SUBMITTED, "77")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 item 15: a lease is not renewed while its Slurm call is in flight")
 async def test_defect_15_a_job_whose_submit_is_in_flight_is_not_taken_over(setting: Setting, db: Database) -> None:
     from broker.db.repositories.instances import InstanceRepository
 

@@ -44,8 +44,8 @@ PROJECT = "EHPC-AIF-2026PG01-1147"
 RUN_LABEL = "fault-run"
 TAG_LABEL = "fault-tag"
 TERMINAL = frozenset(str(state) for state in TERMINAL_STATES)
-# Fast loops: a test waits on the broker's own cadence. The lease cannot go below the broker's minimum (30 s):
-# a job claimed by a broker that was killed is due again only when that lease runs out.
+# Fast loops: a test waits on the broker's own cadence. A job claimed by a broker that was killed is due again
+# once that broker's heartbeat lapses (15 s), whatever the lease (30 s, the broker's minimum, here).
 FAST_LOOPS = {
     "CONVEYOR_DISPATCHER_INTERVAL_S": "0.2",
     "CONVEYOR_RECONCILER_INTERVAL_S": "0.5",

@@ -9,9 +9,10 @@ may or may not have been stored, and resending it with the same Idempotency-Key 
 one, never two.
 
 They run on SQLite and on PostgreSQL (the ``database`` fixture): what a crash leaves behind, and how the
-restarted broker reads it, is the database's business. Each crash costs the dead broker's lease (30 s, the
-broker's minimum) before its claimed jobs are due again, so the three crashes run side by side, each with a
-broker, a database and a ledger of its own (they share nothing but echo), and their lease waits overlap. Each
+restarted broker reads it, is the database's business. Each crash costs the dead broker's heartbeat TTL
+(15 s) before its claimed jobs are due again, and an open attempt its settle window (the call's deadline +
+MessageTimeout + clock skew, about 20 s on the lab), so the three crashes run side by side, each with a
+broker, a database and a ledger of its own (they share nothing but echo), and their waits overlap. Each
 crash that fails is reported on its own, by name.
 """
 
@@ -69,7 +70,7 @@ async def _killed_at_failpoint(
     assert f"failpoint {failpoint}" in broker.log_tail(), broker.log_tail()
     await asyncio.to_thread(broker.start)  # the same database and port, no failpoints
     async with broker.client() as client:
-        # The dead broker's lease (30 s) must run out before the job is claimed again.
+        # The dead broker's heartbeat must lapse, and the attempt's settle window pass, before it is looked up.
         [job] = await wait_all_terminal(client, run, 1, timeout_s=120, context=broker.log_tail)
         await check_exactly_once(client, workspace, run, [item])
         events = (await client.get(f"/v1/jobs/{job['id']}/events", params={"limit": 500})).json()["items"]

@@ -24,7 +24,6 @@ LEASE_S = 120  # the broker's default
 WITHIN_S = 75  # heartbeat TTL (15 s) + settle window (8 + 10 + 10 s) + a job's run, with room; far below LEASE_S
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 item 15: a dead broker's claimed job waits the whole lease (120 s)")
 async def test_defect_15_a_killed_brokers_job_is_dispatched_again_long_before_its_lease_ends(
     database: str, broker: BrokerProcess, new_workspace: NewWorkspace, run_id: str, echo_ctld: CtldWatch
 ) -> None:

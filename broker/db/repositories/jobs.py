@@ -29,7 +29,15 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db.engine import Database
-from broker.db.models import AttemptOutcome, DispatchAttempt, IdempotencyKey, Job, JobEvent, ProjectMember
+from broker.db.models import (
+    AttemptOutcome,
+    BrokerInstance,
+    DispatchAttempt,
+    IdempotencyKey,
+    Job,
+    JobEvent,
+    ProjectMember,
+)
 from broker.db.repositories import job_writes
 from broker.db.repositories.allocations import Hold, OverBudget, add_charges, reserve_all, settle
 from broker.db.repositories.antennas import count_active, take_slots
@@ -504,13 +512,19 @@ class JobRepository:
         PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED`` so concurrent claimers (several replicas) take
         disjoint jobs without waiting on each other. SQLite: the single writer (and BEGIN IMMEDIATE across
         processes) means no other claim runs meanwhile, so a plain select-then-update is safe. Either way the
-        UPDATE repeats the conditions, so a job is never leased twice. A job whose lease expired (its
-        dispatcher died) is due again.
+        UPDATE repeats the conditions, so a job is never leased twice. A job whose lease expired, or whose lease
+        owner's heartbeat lapsed (``broker_instances``: its process died), is due again; any attempt it left
+        open is settled by the dispatcher's rule before anything is submitted.
         """
+        lapsed = select(BrokerInstance.worker_id).where(BrokerInstance.expires_at <= job_writes.utc_literal(now))
         due = and_(
             Job.state == JobState.QUEUED,
             Job.next_attempt_at <= job_writes.utc_literal(now),
-            or_(Job.lease_until.is_(None), Job.lease_until <= job_writes.utc_literal(now)),
+            or_(
+                Job.lease_until.is_(None),
+                Job.lease_until <= job_writes.utc_literal(now),
+                Job.lease_owner.in_(lapsed.scalar_subquery()),
+            ),
         )
         query = select(Job.id).where(due).order_by(Job.next_attempt_at, Job.created_at, Job.id).limit(limit)
         async with self._db.write() as session:
