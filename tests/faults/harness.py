@@ -80,8 +80,8 @@ def poll_until(condition: Callable[[], bool], timeout_s: float, what: str, *, co
 class BrokerProcess:
     """``python -m app`` on one database, one Factory file and one port, across kills and restarts.
 
-    ``run_loops`` off: an API process only (no dispatcher, reconciler or health loop); ``env`` adds or overrides
-    ``CONVEYOR_*`` settings."""
+    ``run_loops`` off: an API process only (no dispatcher, reconciler or health loop); ``extra_env`` adds or overrides
+    ``CONVEYOR_*`` settings (they win over ``FAST_LOOPS``)."""
 
     workdir: Path
     database_url: str
@@ -92,7 +92,6 @@ class BrokerProcess:
     process: subprocess.Popen[bytes] | None = None
     incarnation: int = 0
     logs: list[Path] = field(default_factory=list)
-    extra_env: dict[str, str] = field(default_factory=dict)  # CONVEYOR_* settings of this test (win over FAST_LOOPS)
 
     @property
     def base_url(self) -> str:
