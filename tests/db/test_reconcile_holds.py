@@ -12,7 +12,7 @@ from pathlib import Path
 from broker.db.engine import Database
 from broker.db.repositories import JobRepository
 from broker.factories.adapters import AdapterPool
-from broker.factories.registry import parse_factories
+from broker.factories.registry import load_factories
 from broker.loops.reconcile import Reconciler
 from broker.settings import Settings
 from conveyor.spec import JobState
@@ -27,7 +27,7 @@ from slurm_adapters.records import (
     SlurmJobSpec,
     SlurmJobState,
 )
-from tests.api.conftest import FACTORIES  # the two Factories of the API tests
+from tests.api.conftest import write_factories  # the two Factories of the API tests
 from tests.db.helpers import at, new_job
 
 
@@ -101,7 +101,7 @@ RELEASABLE = {
 async def test_defect_13_a_held_job_ends_or_says_who_can_release_it_and_is_counted(
     db: Database, tmp_path: Path
 ) -> None:
-    registry = parse_factories(FACTORIES)
+    registry = load_factories(write_factories(tmp_path))
     jobs = JobRepository(db)
     adapters = AdapterPool(registry, build=CannedSlurm)
     slurm = adapters.get("alpha")

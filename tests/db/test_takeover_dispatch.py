@@ -18,14 +18,14 @@ import pytest
 from broker.db.engine import Database
 from broker.db.repositories import FactoryStateRepository, JobRepository
 from broker.factories.adapters import AdapterPool
-from broker.factories.registry import FactoryRegistry, parse_factories
+from broker.factories.registry import FactoryRegistry, load_factories
 from broker.loops.dispatch import Dispatcher
 from broker.settings import Settings
 from conveyor.spec import JobState
 from slurm_adapters.factory import AdapterConfig
 from slurm_adapters.interface import SlurmAdapter
 from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec
-from tests.api.conftest import FACTORIES
+from tests.api.conftest import write_factories  # the two Factories of the API tests
 from tests.db.helpers import at, new_job
 
 # alpha's settle window: the adapter's call deadline (8 s) + Slurm's MessageTimeout (10 s) + clock skew (10 s).
@@ -105,7 +105,7 @@ class Setting:
 
 @pytest.fixture
 async def setting(db: Database, tmp_path: Path) -> Setting:
-    registry = parse_factories(FACTORIES)
+    registry = load_factories(write_factories(tmp_path))
     clock = HandClock(at(0))
     await FactoryStateRepository(db, clock).record_health("alpha", healthy=True, detail="up", actor="test")
     settings = Settings(
