@@ -16,9 +16,7 @@ the loops at work on a real Slurm, stateful sequences).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -39,30 +37,6 @@ EXAMPLES = 25
 PRINCIPALS = ("admin", "researcher")
 
 
-@dataclass(frozen=True)
-class Owned:
-    """Findings another item of issue 12 fixes: ``code``, in cases whose text matches ``pattern`` (None: any)."""
-
-    code: str
-    pattern: str | None
-    reason: str
-
-    def covers(self, finding: Finding) -> bool:
-        return finding.code == self.code and (self.pattern is None or bool(re.search(self.pattern, finding.text)))
-
-
-# Each has its own test below, marked until that item's fix lands; the other tests hold everything else.
-OWNED = (
-    Owned("ST201", None, "issue 12 item 6: lax coercion (POST /v1/admin/users {'admin': 0} makes a user)"),
-    Owned("ST205", None, "issue 12 item 19: a 405 lists only one allowed method in Allow"),
-    Owned(
-        "ST101",
-        r"could not be reached to read the std(out|err): Invalid job id",
-        "issue 12 item 16: the output of a job whose Slurm record is gone answers 503 'could not be reached'",
-    ),
-)
-
-
 @pytest.fixture(scope="module", params=PRINCIPALS)
 def fuzzed(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, migrated_sqlite_template: Path
@@ -73,10 +47,6 @@ def fuzzed(
         report = run_schemathesis(broker.server.base_url, broker.fixture, principal, workdir, examples=EXAMPLES)
         print(report.summary())
         yield report
-
-
-def _unowned(report: FuzzReport) -> list[Finding]:
-    return [finding for finding in report.findings if not any(owned.covers(finding) for owned in OWNED)]
 
 
 def _none(report: FuzzReport, found: list[Finding]) -> None:
@@ -99,25 +69,17 @@ def test_fuzz_reaches_every_operation_in_every_phase(fuzzed: FuzzReport) -> None
 
 def test_fuzz_finds_no_server_error(fuzzed: FuzzReport) -> None:
     """No 5xx but the documented 503 while Slurm does not answer (printed: see ``slurm_did_not_answer``)."""
-    server_errors = [finding for finding in _unowned(fuzzed) if finding.code in SERVER_ERRORS]
+    server_errors = [finding for finding in fuzzed.findings if finding.code in SERVER_ERRORS]
     for finding in filter(slurm_did_not_answer, server_errors):
         print(f"{fuzzed.principal}: Slurm did not answer: {finding}\n{finding.text}")
     _none(fuzzed, [finding for finding in server_errors if not slurm_did_not_answer(finding)])
 
 
 def test_fuzz_finds_no_undocumented_status(fuzzed: FuzzReport) -> None:
-    _none(fuzzed, [finding for finding in _unowned(fuzzed) if finding.code == UNDOCUMENTED_STATUS])
+    _none(fuzzed, [finding for finding in fuzzed.findings if finding.code == UNDOCUMENTED_STATUS])
 
 
 def test_fuzz_finds_no_other_contract_break(fuzzed: FuzzReport) -> None:
     """Content types, headers, bodies against their schemas, auth ignored, use after delete, and the rest."""
     held = SERVER_ERRORS | {UNDOCUMENTED_STATUS}
-    _none(fuzzed, [finding for finding in _unowned(fuzzed) if finding.code not in held])
-
-
-@pytest.mark.parametrize(
-    "owned",
-    [pytest.param(o, marks=pytest.mark.xfail(strict=False, reason=o.reason), id=o.code) for o in OWNED],
-)
-def test_fuzz_finds_nothing_another_item_fixes(fuzzed: FuzzReport, owned: Owned) -> None:
-    _none(fuzzed, [finding for finding in fuzzed.findings if owned.covers(finding)])
+    _none(fuzzed, [finding for finding in fuzzed.findings if finding.code not in held])
