@@ -1,8 +1,8 @@
 """Group commit: many concurrent writers, one write transaction.
 
-Each accepted job, and each of the dispatcher's attempt and submission records, used to be a transaction of
-its own, and they queued one by one behind what they share: SQLite's single writer (and its fsync), and on
-PostgreSQL the row lock of a project's allocation. Here a caller queues its item and waits; one drain task
+Concurrent writes that each need a transaction of their own (accepted jobs, the dispatcher's attempt and
+submission records) would queue one by one behind what they share: SQLite's single writer (and its fsync), and
+on PostgreSQL the row lock of a project's allocation. Here a caller queues its item and waits; one drain task
 at a time writes everything queued so far in one transaction and then answers each caller. While a batch
 commits the next one gathers, so batches grow with the load and no timer delays a lone caller. A caller is
 answered only after its batch's commit has returned, so an answer still means a durable write.
