@@ -18,8 +18,10 @@ class SlurmJobSpec:
     """What to run and on what, in Slurm's vocabulary but independent of any Slurm release.
 
     Paths are as seen by the cluster's compute nodes. ``memory_mb`` is per node; ``time_limit_min``
-    is Slurm's minutes. ``tag`` is the broker's own job id: it travels in Slurm's comment field so that
-    a job can be found again after a crash without Slurm knowing about idempotency.
+    is Slurm's minutes. ``tasks`` is the job's total; ``tasks_per_node`` (None: Slurm lays the tasks out as
+    it likes) fixes how many of them each node runs, as sbatch's ``--ntasks-per-node``. ``tag`` is the
+    broker's own job id: it travels in Slurm's comment field so that a job can be found again after a crash
+    without Slurm knowing about idempotency.
     """
 
     name: str
@@ -34,6 +36,7 @@ class SlurmJobSpec:
     qos: str | None = None
     nodes: int = 1
     tasks: int = 1
+    tasks_per_node: int | None = None
     cpus_per_task: int = 1
     memory_mb: int | None = None
     gpus_per_node: int = 0

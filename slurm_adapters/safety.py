@@ -224,6 +224,8 @@ def check_spec(spec: SlurmJobSpec, *, cluster: str | None = None) -> None:
             raise UnsafeRequest(f"{label} must not contain '..' segments", cluster=cluster)
     if spec.gpus_per_node < 0 or spec.nodes < 1 or spec.tasks < 1 or spec.cpus_per_task < 1:
         raise UnsafeRequest("nodes, tasks and cpus_per_task must be >= 1, GPUs >= 0", cluster=cluster)
+    if spec.tasks_per_node is not None and spec.tasks_per_node * spec.nodes != spec.tasks:
+        raise UnsafeRequest("tasks must be nodes x tasks_per_node when tasks_per_node is given", cluster=cluster)
     if spec.gpu_type is not None and spec.gpus_per_node == 0:
         raise UnsafeRequest("gpu_type given without gpus_per_node", cluster=cluster)
     check_environment(spec.environment, cluster=cluster)

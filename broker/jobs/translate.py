@@ -90,6 +90,7 @@ def to_slurm_spec(
         account=account or factory.mapping.default_account,
         nodes=resources.nodes,
         tasks=resources.tasks_per_node * resources.nodes,
+        tasks_per_node=resources.tasks_per_node,
         cpus_per_task=resources.cpus_per_task,
         memory_mb=resources.memory_mb,
         gpus_per_node=resources.gpus_per_node,

@@ -37,6 +37,7 @@ def sbatch_argv(spec: SlurmJobSpec) -> list[str]:
         ("qos", spec.qos),
         ("nodes", spec.nodes),
         ("ntasks", spec.tasks),
+        ("ntasks-per-node", spec.tasks_per_node),
         ("cpus-per-task", spec.cpus_per_task),
         ("mem", f"{spec.memory_mb}M" if spec.memory_mb is not None else None),
         ("gres", gres_request(spec.gpus_per_node, spec.gpu_type)),

@@ -56,6 +56,7 @@ def submit_kwargs(spec: SlurmJobSpec, user: str, gid: int | None) -> dict[str, A
         "partitions": spec.partition,
         "account": spec.account,
         "qos": spec.qos,
+        "ntasks_per_node": spec.tasks_per_node,
         "memory_per_node": spec.memory_mb,
         "time_limit": spec.time_limit_min,
     }

@@ -54,6 +54,7 @@ class Codec(abc.ABC):
             "comment": spec.tag,
             "current_working_directory": spec.working_directory,
             "tasks": spec.tasks,
+            "tasks_per_node": spec.tasks_per_node,
             "cpus_per_task": spec.cpus_per_task,
             "standard_output": spec.stdout,
             "standard_error": spec.stderr,

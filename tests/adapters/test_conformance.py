@@ -123,6 +123,7 @@ async def test_every_spec_field_reaches_slurm(adapter: SlurmAdapter, cluster: Cl
         environment={"FOO": "foo value with spaces", "BAR": "b=a=r"},
         nodes=1,
         tasks=2,
+        tasks_per_node=2,
         cpus_per_task=1,
         memory_mb=600,
         time_limit_min=7,
@@ -141,6 +142,7 @@ async def test_every_spec_field_reaches_slurm(adapter: SlurmAdapter, cluster: Cl
         assert shown["QOS"] == spec.qos
     assert shown["NumNodes"].split("-")[0] == "1"
     assert shown["NumTasks"] == "2"
+    assert shown["NtasksPerN:B:S:C"].split(":")[0] == "2"
     assert shown["CPUs/Task"] == "1"
     assert shown["MinMemoryNode"] == "600M"
     assert parse_duration_min(shown["TimeLimit"]) == 7

@@ -271,7 +271,6 @@ def differences(pair: Pair, keys: tuple[str, ...]) -> dict[str, tuple[str | None
 # --- item 10: tasks per node --------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 item 10: tasks_per_node reaches Slurm only as a total task count")
 async def test_defect_10_tasks_per_node_lay_out_as_sbatchs(pair: Pair) -> None:
     assert pair.spec.resources.tasks_per_node == 2
     assert differences(pair, LAYOUT_FIELDS) == {}

@@ -48,6 +48,7 @@ def full_spec(**overrides: Any) -> SlurmJobSpec:
         "qos": "normal",
         "nodes": 2,
         "tasks": 8,
+        "tasks_per_node": 4,
         "cpus_per_task": 4,
         "memory_mb": 6000,
         "gpus_per_node": 2,
@@ -82,6 +83,7 @@ def test_v0038_body_carries_every_spec_field() -> None:
         "qos": "normal",
         "nodes": 2,
         "tasks": 8,
+        "tasks_per_node": 4,
         "cpus_per_task": 4,
         "memory_per_node": 6000,
         "gres": "gpu:a100:2",
@@ -114,6 +116,7 @@ def test_v0042_body_carries_every_spec_field() -> None:
         "account": "ehpc-aif",
         "qos": "normal",
         "tasks": 8,
+        "tasks_per_node": 4,
         "cpus_per_task": 4,
     }
     assert {key: job[key] for key in expected_plain} == expected_plain

@@ -70,6 +70,7 @@ def test_a_gpu_job_carries_every_field_from_spec_placement_and_factory() -> None
     assert slurm.name == "train"
     assert (slurm.partition, slurm.time_limit_min, slurm.account) == ("gpu", 90, "ehpc-aif-test")
     assert (slurm.nodes, slurm.tasks, slurm.cpus_per_task, slurm.memory_mb) == (2, 8, 2, 12000)
+    assert slurm.tasks_per_node == 4  # per node, as sbatch's --ntasks-per-node: not only the total
     assert (slurm.gpus_per_node, slurm.gpu_type) == (4, "a100")
     assert dict(slurm.environment) == {"WANDB_MODE": "offline"}
     assert slurm.working_directory == "/scratch/conveyor"
