@@ -93,6 +93,7 @@ class Job(Base):
     slurm_user: Mapped[str | None] = mapped_column(String(64))
     slurm_job_id: Mapped[str | None] = mapped_column(String(32))
     exit_code: Mapped[int | None] = mapped_column(Integer)
+    signal: Mapped[int | None] = mapped_column(Integer)  # with exit_code: Slurm's ExitCode=exit:signal
     placement_reason: Mapped[str | None] = mapped_column(Text)
     cancel_requested_at: Mapped[datetime | None]
     created_at: Mapped[datetime]

@@ -130,6 +130,7 @@ def job_to_wire(row: JobRow) -> Job:
         slurm_state=row.slurm_state,
         slurm_reason=row.slurm_reason,
         exit_code=row.exit_code,
+        signal=row.signal,
         placement_reason=row.placement_reason,
         cancel_requested=row.cancel_requested_at is not None,
         created_at=row.created_at,

@@ -263,7 +263,7 @@ class Reconciler:
             return
         fields = {**slurm_fields, **_times(record, target), "state_reason": _reason_for(target, record, job.state)}
         if target.is_terminal:
-            fields["exit_code"] = record.exit_code
+            fields["exit_code"], fields["signal"] = record.exit_code, record.signal
         if job.slurm_job_id is None:
             fields["slurm_job_id"] = str(record.job_id)
         detail = {"slurm_job_id": record.job_id, "slurm_state": record.raw_state, "slurm_reason": record.reason}

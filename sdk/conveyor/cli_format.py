@@ -51,7 +51,7 @@ def state_of(job: Job) -> str:
     extra = []
     if job.exit_code is not None:
         extra.append(f"exit code {job.exit_code}")
-    if job.signal is not None:
+    if job.signal:  # 0: no signal ended it
         extra.append(f"signal {job.signal}")
     if job.cancel_requested and not job.state.is_terminal:
         extra.append("cancel requested")

@@ -268,7 +268,11 @@ class Job(WireAnswer):
     slurm_state: str | None = Field(None, description="Slurm's raw state as last seen, e.g. 'PENDING', 'NODE_FAIL'.")
     slurm_reason: str | None = Field(None, description="Slurm's raw reason as last seen, e.g. 'Priority'.")
     exit_code: int | None = Field(None, description="The batch script's exit code, once the job ended.")
-    signal: int | None = Field(None, description="The signal that ended the job, if one did.")
+    signal: int | None = Field(
+        None,
+        description="The signal that ended the job (15 for a cancelled or timed-out one), 0 if none did; with "
+        "exit_code it is Slurm's ExitCode=exit:signal. None until the job ended in Slurm.",
+    )
     placement_reason: str | None = Field(None, description="Why this Factory and partition were chosen.")
     cancel_requested: bool = Field(False, description="Cancellation was requested; the broker carries it out.")
     created_at: UtcDatetime = Field(description="When the broker accepted the job.")

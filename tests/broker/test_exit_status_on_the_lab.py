@@ -36,7 +36,6 @@ def one_cluster_per_release() -> list[Cluster]:
     return [chosen[release] for release in sorted(chosen)]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 item 12: the broker drops the signal of an ended job")
 async def test_defect_12_exit_code_and_signal_are_slurms(broker: Broker) -> None:
     lab = one_cluster_per_release()
     assert len({cluster.short_release for cluster in lab}) >= 3, [cluster.name for cluster in lab]

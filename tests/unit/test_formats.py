@@ -315,3 +315,56 @@ def test_diag_tells_since_when_statistics_run_and_the_slurmdbd_backlog() -> None
     assert backlog == 0
     assert controller_uptime_facts({"statistics": {"req_time_start": 0}}) == (None, None)  # just started
     assert controller_uptime_facts({}) == (None, None)
+
+
+# --- how a job ended: exit code and signal, as scontrol's ExitCode=exit:signal -------------------------
+# Recorded in the lab: a node set DOWN under a running job on 22.05 (scontrol: NODE_FAIL 0:15 once the batch
+# step is gone), and scripts killed by SIGKILL and SIGSEGV on 24.11 and 26.05 (scontrol: FAILED 0:9, 0:11).
+
+
+def test_v0038_node_failure_ends_with_the_signal_scontrol_shows() -> None:
+    (record,) = v0038.parse_jobs(cli_json("squeue-node-fail-22.05.json"))
+    assert (record.state, record.reason) == (SlurmJobState.NODE_FAIL, "NodeDown")
+    assert (record.exit_code, record.signal) == (0, 15)
+
+
+@pytest.mark.parametrize("release", ["24.11", "26.05"])
+def test_v0042_signalled_jobs_end_with_their_signal(release: str) -> None:
+    records = v0042.parse_jobs(cli_json(f"squeue-signalled-{release}.json"))
+    assert [(r.state, r.exit_code, r.signal) for r in records] == [
+        (SlurmJobState.FAILED, 0, 9),
+        (SlurmJobState.FAILED, 0, 11),
+    ]
+
+
+# Not producible in the lab: out of memory needs a cgroup or an over-memory kill (the lab's nodes run
+# task/none without cgroups), and a node failure on 24.11 and 26.05 needs a node of a shared cluster set DOWN.
+# These take a recorded record and change only what Slurm writes for such an end: SIG_OOM (253, slurm.h)
+# is the wait status scontrol prints as 0:125; a failed node's batch step ends by SIGTERM (0:15, as recorded
+# on 22.05 above).
+_SIGNALLED_V42 = "squeue-signalled-26.05.json"
+
+
+def _v42_signalled(state: str, signal: int) -> dict[str, Any]:
+    raw = dict(cli_json(_SIGNALLED_V42)["jobs"][0])
+    raw["job_state"] = [state]
+    raw["exit_code"] = {
+        **raw["exit_code"],
+        "signal": {"id": {"set": True, "infinite": False, "number": signal}, "name": str(signal)},
+    }
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("state", "signal"), [("OUT_OF_MEMORY", 125), ("NODE_FAIL", 15), ("TIMEOUT", 15), ("CANCELLED", 15)]
+)
+def test_v0042_ends_by_signal_keep_the_signal(state: str, signal: int) -> None:
+    record = v0042.parse_job(_v42_signalled(state, signal))
+    assert record.state is SlurmJobState[state]
+    assert (record.exit_code, record.signal) == (0, signal)
+
+
+def test_v0038_out_of_memory_is_signal_125() -> None:
+    record = v0038.parse_job(_v38_job(job_state="OUT_OF_MEMORY", exit_code=253))  # SIG_OOM
+    assert record.state is SlurmJobState.OUT_OF_MEMORY
+    assert (record.exit_code, record.signal) == (0, 125)

@@ -58,7 +58,7 @@ SETTLING_STATES = TERMINAL_STATES - {JobState.LOST}
 TRANSITION_FIELDS = frozenset(
     {
         "state_reason", "slurm_state", "slurm_reason", "factory", "partition", "slurm_user", "slurm_job_id",
-        "exit_code", "placement_reason", "submitted_at", "started_at", "ended_at",
+        "exit_code", "signal", "placement_reason", "submitted_at", "started_at", "ended_at",
     }
 )  # fmt: skip
 
