@@ -279,3 +279,50 @@ async def test_defect_10_tasks_per_node_lay_out_as_sbatchs(pair: Pair) -> None:
     per_node = pair.spec.resources.tasks_per_node * pair.spec.resources.cpus_per_task
     assert [cpus for cpus, _, _ in pair.broker.nodes] == [per_node] * pair.spec.resources.nodes, pair.broker.nodes
     assert [cpus for cpus, _, _ in pair.broker.nodes] == [cpus for cpus, _, _ in pair.twin.nodes]
+
+
+# --- item 11: the environment -------------------------------------------------------------------------
+
+# Left out of the comparison, because they name this one job's ids, hosts, devices and times (two jobs can
+# never share them) or belong to the shell that runs the script, not to Slurm.
+PER_JOB_VARIABLES = frozenset(
+    {
+        "SLURM_JOB_ID", "SLURM_JOBID", "SLUID", "SLURM_JOB_SLUID", "SLURM_TASK_PID",
+        "SLURM_JOB_START_TIME", "SLURM_JOB_END_TIME",
+        "SLURM_SUBMIT_HOST", "SLURM_JOB_NODELIST", "SLURM_NODELIST", "SLURMD_NODENAME", "SLURM_TOPOLOGY_ADDR",
+        "HOSTNAME",
+        "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MASK",
+    }
+)  # fmt: skip
+SHELL_VARIABLES = frozenset({"PWD", "OLDPWD", "SHLVL", "_"})
+LOGIN_VARIABLES = ("HOME", "USER", "LOGNAME", "SHELL")
+
+
+def slurm_variables(pair: Pair) -> set[str]:
+    """What Slurm put into either job: every SLURM_* variable, and whatever else the twin got that its
+    submitter did not export (sbatch's and slurmd's own: ENVIRONMENT, TMPDIR, MPI launcher hints ...)."""
+    given = set(twin_environment(pair.cluster, pair.spec))
+    added = set(pair.twin_env) - given - SHELL_VARIABLES
+    prefixed = {name for name in {*pair.broker_env, *pair.twin_env} if name.startswith(("SLURM_", "SLURMD_"))}
+    return (added | prefixed) - PER_JOB_VARIABLES
+
+
+@pytest.mark.xfail(strict=True, reason="issue 12 item 11: the job lacks sbatch's variables and the login's HOME")
+async def test_defect_11_environment_is_the_sbatch_twins(pair: Pair) -> None:
+    from slurm_adapters.safety import BASE_ENVIRONMENT
+
+    broker, twin = pair.broker_env, pair.twin_env
+    names = slurm_variables(pair)
+    assert {"SLURM_CPUS_PER_TASK", "SLURM_NTASKS_PER_NODE", "SLURM_TASKS_PER_NODE", "SLURM_SUBMIT_DIR"} <= names
+    unequal = {name: (broker.get(name), twin.get(name)) for name in sorted(names) if broker.get(name) != twin.get(name)}
+    assert unequal == {}
+    assert twin["SLURM_SUBMIT_DIR"] == pair.rendered.working_directory
+    login = login_of(pair.cluster, SUBMIT_USER)
+    expected_login = {"HOME": login.home, "USER": SUBMIT_USER, "LOGNAME": SUBMIT_USER, "SHELL": login.shell}
+    assert {name: broker.get(name) for name in LOGIN_VARIABLES} == expected_login
+    rest = {
+        name: value
+        for name, value in broker.items()
+        if name not in names | PER_JOB_VARIABLES | SHELL_VARIABLES and name not in LOGIN_VARIABLES
+    }
+    assert rest == {**BASE_ENVIRONMENT, **pair.spec.environment}
