@@ -17,16 +17,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from slurm_adapters.environment import Login
 from slurm_adapters.errors import UnsafeRequest
 from slurm_adapters.records import SlurmJobSpec
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_RESERVED_ENV_PREFIXES = ("SLURM_", "SBATCH_", "SALLOC_", "SRUN_")
+# Read by Slurm and its launchers, SPANK plugins, PMI/PMIx and container runtimes: a user's value would steer them.
+_RESERVED_ENV_PREFIXES = (
+    "SLURM_", "SBATCH_", "SALLOC_", "SRUN_", "SPANK_", "PMI_", "PMIX_", "SLURMD_", "APPTAINER", "SINGULARITY",
+)  # fmt: skip
 _USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-# The environment every job starts from; the spec's variables are laid over it.
-BASE_ENVIRONMENT: Mapping[str, str] = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
 
 DEFAULT_SHEBANG = "#!/bin/bash"
 # Placed right after the shebang: sbatch stops reading #SBATCH lines at the first command, so nothing the
@@ -131,6 +132,13 @@ class SitePolicy:
     login_defs: Path | None = Path("/etc/login.defs")
     allowed_users: re.Pattern[str] | None = None
 
+    def login(self, user: str) -> Login:
+        """``user``'s login (HOME, SHELL) where the accounts are visible; elsewhere only the name."""
+        entry = self.lookup(user) if self.lookup is not None else None
+        if entry is None:
+            return Login(user=user)
+        return Login(user=user, home=entry.home or None, shell=entry.shell or None)
+
     def __post_init__(self) -> None:
         if self.lookup is None and self.allowed_users is None:
             raise ValueError("a site policy that cannot look users up needs an allowed_users pattern")
@@ -190,7 +198,8 @@ def check_environment(environment: Mapping[str, str], *, cluster: str | None = N
             raise UnsafeRequest(f"invalid environment variable name {name!r}", cluster=cluster)
         if name.upper().startswith(_RESERVED_ENV_PREFIXES):
             raise UnsafeRequest(
-                f"environment variable {name!r} is reserved for Slurm (SLURM_*, SBATCH_*, SALLOC_*, SRUN_*)",
+                f"environment variable {name!r} is reserved for Slurm, its launchers and container runtimes "
+                f"({', '.join(prefix + '*' for prefix in _RESERVED_ENV_PREFIXES)})",
                 cluster=cluster,
             )
         if "\x00" in value:
@@ -229,11 +238,6 @@ def check_spec(spec: SlurmJobSpec, *, cluster: str | None = None) -> None:
     if spec.gpu_type is not None and spec.gpus_per_node == 0:
         raise UnsafeRequest("gpu_type given without gpus_per_node", cluster=cluster)
     check_environment(spec.environment, cluster=cluster)
-
-
-def job_environment(spec: SlurmJobSpec) -> dict[str, str]:
-    """The full environment the job starts with: the base one with the spec's variables over it."""
-    return {**BASE_ENVIRONMENT, **spec.environment}
 
 
 def fenced_script(script: str) -> str:

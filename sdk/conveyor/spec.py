@@ -31,7 +31,10 @@ _NOT_YET = {
     "dependencies": "job dependencies",
 }
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_RESERVED_ENV_PREFIXES = ("SLURM_", "SBATCH_", "SALLOC_", "SRUN_")
+# Read by Slurm and its launchers, SPANK plugins, PMI/PMIx and container runtimes (as slurm_adapters.safety).
+_RESERVED_ENV_PREFIXES = (
+    "SLURM_", "SBATCH_", "SALLOC_", "SRUN_", "SPANK_", "PMI_", "PMIX_", "SLURMD_", "APPTAINER", "SINGULARITY",
+)  # fmt: skip
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
@@ -197,7 +200,9 @@ class JobSpec(_Strict):
             if not _ENV_NAME.match(name):
                 raise ValueError(f"invalid environment variable name {name!r}")
             if name.upper().startswith(_RESERVED_ENV_PREFIXES):
-                raise ValueError(f"environment variable {name!r} is reserved for Slurm")
+                raise ValueError(
+                    f"environment variable {name!r} is reserved for Slurm, its launchers and container runtimes"
+                )
             if "\x00" in text:
                 raise ValueError(f"environment variable {name!r} contains a NUL byte")
         return value

@@ -15,9 +15,10 @@ from typing import Any
 from slurm_adapters.cli.cluster import partitions_from_key_values, sdiag_facts
 from slurm_adapters.cli.errors import classify, error_lines, slurm_messages
 from slurm_adapters.cli.jobs import CliJob, from_key_values, jobs_from_json, json_errors
-from slurm_adapters.cli.render import SBATCH_ENV, export_file, parse_submit, sbatch_argv
+from slurm_adapters.cli.render import export_file, parse_submit, submit_argv, tool_path_in
 from slurm_adapters.cli.runner import TOOL_PATH, Outcome, Runner
 from slurm_adapters.convert import parse_key_values
+from slurm_adapters.environment import batch_environment
 from slurm_adapters.errors import (
     AccountingUnavailable,
     ClusterUnavailable,
@@ -29,7 +30,7 @@ from slurm_adapters.errors import (
 from slurm_adapters.formats import DATA_PARSER_RELEASE, RecordFormat, for_release
 from slurm_adapters.interface import SlurmAdapter
 from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec
-from slurm_adapters.safety import SitePolicy, check_spec, fenced_script, job_environment, read_owned_tail, site_path
+from slurm_adapters.safety import SitePolicy, check_spec, fenced_script, read_owned_tail, site_path
 
 log = logging.getLogger(__name__)
 _VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
@@ -93,6 +94,9 @@ class CliAdapter(SlurmAdapter):
             timeout_s=timeout_s,
             tool_path=tool_path,
         )
+        # Without a chain, this host's "/" is the cluster's; behind one (ssh) sbatch is looked up there.
+        root = self.fs_root if self.fs_root is not None or exec_prefix else Path("/")
+        self.sbatch = tool_path_in(root, "sbatch", tool_path)
         self._release: tuple[int, int, int] | None = None
         self._release_lock = asyncio.Lock()
 
@@ -126,20 +130,23 @@ class CliAdapter(SlurmAdapter):
             user=user,
             script=fenced_script(spec.script),
             payload={
-                "argv": self.runner.argv(sbatch_argv(spec), user),
-                "env": self.runner.environment(SBATCH_ENV),
-                "export": job_environment(spec),
+                "argv": self.runner.argv(self._submit_argv(spec), user),
+                "env": self.runner.environment(),
+                # 22.05's sbatch leaves SLURM_JOB_NAME out when it reads an export file (measured).
+                "export": batch_environment(spec, self.policy.login(user), sbatch={"SLURM_JOB_NAME": spec.name}),
             },
         )
+
+    def _submit_argv(self, spec: SlurmJobSpec) -> list[str]:
+        return submit_argv(spec, self.runner.slurm_conf, self.sbatch)
 
     async def submit(self, spec: SlurmJobSpec, user: str) -> int:
         rendering = self.render(spec, user)
         outcome = await self.runner.run(
-            sbatch_argv(spec),
+            self._submit_argv(spec),
             user=user,
             stdin=rendering.script.encode(),
             export_file=export_file(rendering.payload["export"]),
-            extra_env=SBATCH_ENV,
             maybe_applied=True,
         )
         if outcome.returncode != 0:

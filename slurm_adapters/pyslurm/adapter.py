@@ -28,6 +28,7 @@ import asyncio
 import os
 import pwd
 import site
+import socket
 import sys
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
@@ -224,7 +225,7 @@ class PyslurmAdapter(SlurmAdapter):
     def render(self, spec: SlurmJobSpec, user: str) -> Rendering:
         self.policy.check_user(user, cluster=self.cluster)
         check_spec(spec, cluster=self.cluster)
-        kwargs = submit_kwargs(spec, user, self._gid(user))
+        kwargs = submit_kwargs(spec, self.policy.login(user), self._gid(user), socket.gethostname())
         return Rendering(adapter=self.kind, user=user, script=kwargs["script"], payload=kwargs)
 
     async def submit(self, spec: SlurmJobSpec, user: str) -> int:

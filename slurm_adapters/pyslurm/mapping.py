@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from slurm_adapters.convert import expand_output_path, from_epoch, gpu_counts
+from slurm_adapters.environment import Login, batch_environment, sbatch_variables
 from slurm_adapters.errors import (
     AuthenticationError,
     ClusterUnavailable,
@@ -23,30 +24,35 @@ from slurm_adapters.errors import (
     SlurmError,
 )
 from slurm_adapters.records import JobRecord, NodeInfo, PartitionInfo, SlurmJobSpec, SlurmJobState
-from slurm_adapters.safety import fenced_script, job_environment
+from slurm_adapters.safety import fenced_script
+
+# The Slurm release pyslurm 25.11 is made for (lab builds against 26.05 only bypass its version check).
+PYSLURM_RELEASE = (25, 11)
 
 # ---------------------------------------------------------------------------------------------------
 # SlurmJobSpec -> JobSubmitDescription keyword arguments
 # ---------------------------------------------------------------------------------------------------
 
 
-def submit_kwargs(spec: SlurmJobSpec, user: str, gid: int | None) -> dict[str, Any]:
-    """Every SlurmJobSpec field as pyslurm 25.11 ``JobSubmitDescription`` keywords.
+def submit_kwargs(spec: SlurmJobSpec, login: Login, gid: int | None, submit_host: str) -> dict[str, Any]:
+    """Every SlurmJobSpec field as pyslurm 25.11 ``JobSubmitDescription`` keywords, for ``login.user``.
 
-    ``environment`` is always a dict: left out, pyslurm would export the adapter process's own (root's)
-    environment into the job. ``time_limit`` stays an int (pyslurm rejects digit strings). ``user_id``
-    makes slurmctld run the job as ``user``; libslurm only honours it from root or SlurmUser.
+    ``environment`` is always a dict, and the one sbatch would give the job (slurm_adapters.environment):
+    left out, pyslurm would export the adapter process's own (root's) environment into the job.
+    ``time_limit`` stays an int (pyslurm rejects digit strings). ``user_id`` makes slurmctld run the job as
+    the user; libslurm only honours it from root or SlurmUser.
     """
+    exported = sbatch_variables(spec, release=PYSLURM_RELEASE, submit_host=submit_host)
     kwargs: dict[str, Any] = {
         "name": spec.name,
         "script": fenced_script(spec.script),
         "working_directory": spec.working_directory,
-        "environment": job_environment(spec),
+        "environment": batch_environment(spec, login, sbatch=exported, release=PYSLURM_RELEASE),
         "comment": spec.tag,
         "nodes": spec.nodes,
         "ntasks": spec.tasks,
         "cpus_per_task": spec.cpus_per_task,
-        "user_id": user,
+        "user_id": login.user,
     }
     if gid is not None:
         kwargs["group_id"] = gid

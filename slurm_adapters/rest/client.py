@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 import time
 from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
@@ -17,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from slurm_adapters.environment import batch_environment, sbatch_variables
 from slurm_adapters.errors import (
     AccountingUnavailable,
     AuthenticationError,
@@ -38,7 +40,7 @@ from slurm_adapters.rest.codec import Codec
 from slurm_adapters.rest.errors import Operation, classify
 from slurm_adapters.rest.v0038 import V0038
 from slurm_adapters.rest.v0042 import V0042
-from slurm_adapters.safety import SitePolicy, check_spec, fenced_script, job_environment, read_owned_tail, site_path
+from slurm_adapters.safety import SitePolicy, check_spec, fenced_script, read_owned_tail, site_path
 from slurm_adapters.tokens import DEFAULT_LIFETIME_S, TokenError, TokenMinter
 
 # Newest first: the order version negotiation tries them in.
@@ -203,7 +205,10 @@ class RestAdapter(SlurmAdapter):
         self.policy.check_user(user, cluster=self.cluster)
         check_spec(spec, cluster=self.cluster)
         script = fenced_script(spec.script)
-        payload = codec.render_submit(spec, script, job_environment(spec))
+        release = codec.sbatch_release
+        exported = sbatch_variables(spec, release=release, submit_host=socket.gethostname())
+        environment = batch_environment(spec, self.policy.login(user), sbatch=exported, release=release)
+        payload = codec.render_submit(spec, script, environment)
         return Rendering(adapter=self.kind, user=user, script=script, payload=payload)
 
     def render(self, spec: SlurmJobSpec, user: str) -> Rendering:

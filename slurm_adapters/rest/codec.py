@@ -36,6 +36,8 @@ class Codec(abc.ABC):
     accounting_prefix: ClassVar[str | None] = None
     # The jobs, nodes and partitions in this version's answers.
     records: ClassVar[RecordFormat]
+    # The oldest Slurm release that serves this version: whose sbatch the job's environment is made like.
+    sbatch_release: ClassVar[tuple[int, int]]
 
     def job_path(self, job_id: int) -> str:
         """GET (one job) and DELETE (cancel) path."""

@@ -32,6 +32,7 @@ class V0038(Codec):
     # openapi/dbv0.0.38: no user filter, its job records are sacct's (see formats.common.accounted_job).
     accounting_prefix = "/slurmdb/v0.0.38"
     records: ClassVar[RecordFormat] = v0038
+    sbatch_release: ClassVar[tuple[int, int]] = (22, 5)
 
     def render_submit(self, spec: SlurmJobSpec, script: str, environment: Mapping[str, str]) -> dict[str, Any]:
         job = self.job_fields(

@@ -3,7 +3,8 @@
 Wire facts this codec absorbs (measured on 24.11.5 and 26.05.5):
 
 * paths end in "/" except ``job/submit`` and ``job/{id}``; the script goes inside ``job``;
-* ``environment`` is a LIST of ``K=V``; GPUs are requested as ``tres_per_node`` "gres/gpu[:type]:N";
+* ``environment`` is a LIST of ``K=V``; GPUs are requested as ``tres_per_node`` "gres/gpu[:type]:N", and
+  CPUs per task also as ``tres_per_task`` "cpu=N" (sbatch sends both);
   a node count is ``minimum_nodes``/``maximum_nodes`` ("nodes" is a range string, easy to get wrong);
   numbers in the request are wrapped as ``{"set", "infinite", "number"}``;
 * ``GET jobs/`` lists finished jobs still in slurmctld's memory without any flag (checked on both);
@@ -39,6 +40,7 @@ class V0042(Codec):
     # flags ["DEFAULT", ...]. 24.11 answers 404 there and the default stays unknown.
     partition_flags_path = "/slurm/v0.0.45/partitions/"
     records: ClassVar[RecordFormat] = v0042
+    sbatch_release: ClassVar[tuple[int, int]] = (24, 11)
 
     def render_submit(self, spec: SlurmJobSpec, script: str, environment: Mapping[str, str]) -> dict[str, Any]:
         gres = gres_request(spec.gpus_per_node, spec.gpu_type)
@@ -50,6 +52,7 @@ class V0042(Codec):
             maximum_nodes=spec.nodes,
             memory_per_node=None if spec.memory_mb is None else v0042.wrapped(spec.memory_mb),
             tres_per_node=None if gres is None else f"gres/{gres}",
+            tres_per_task=f"cpu={spec.cpus_per_task}",  # as sbatch sends --cpus-per-task from 24.05 on
             time_limit=None if spec.time_limit_min is None else v0042.wrapped(spec.time_limit_min),
         )
         return {"job": job}

@@ -24,10 +24,10 @@ from broker.factories.placement import FactoryStatus, place
 from broker.factories.registry import parse_factories
 from broker.jobs.translate import batch_script, to_slurm_spec
 from conveyor.spec import JobSpec
-from dev.lab.factories_config import factory_entry
+from dev.lab.factories_config import allowed_users, factory_entry
 from slurm_adapters.convert import parse_key_values
 from slurm_adapters.records import SlurmJobSpec, SlurmJobState
-from tests.lab import SUBMIT_USER, Cluster, clusters, job_dir, make_adapter, new_tag, wait_for_job, wait_until
+from tests.lab import SUBMIT_USER, Cluster, clusters, job_dir, load_lab, make_adapter, new_tag, wait_for_job, wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -87,7 +87,7 @@ def job_spec(cluster: Cluster, script: str, **resources: Any) -> JobSpec:
 
 def broker_rendering(cluster: Cluster, spec: JobSpec) -> SlurmJobSpec:
     """The adapter's job spec exactly as dispatch makes it: placed on the lab's Factory, then translated."""
-    registry = parse_factories({"factories": [factory_entry(cluster)]})
+    registry = parse_factories({"factories": [factory_entry(cluster, allowed_users(load_lab()))]})
     factory = registry[cluster.name]
     placement = place(spec, registry, {cluster.name: FactoryStatus(healthy=True)})
     return to_slurm_spec(new_tag("broker"), spec, placement, factory)
@@ -307,9 +307,8 @@ def slurm_variables(pair: Pair) -> set[str]:
     return (added | prefixed) - PER_JOB_VARIABLES
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 item 11: the job lacks sbatch's variables and the login's HOME")
 async def test_defect_11_environment_is_the_sbatch_twins(pair: Pair) -> None:
-    from slurm_adapters.safety import BASE_ENVIRONMENT
+    from slurm_adapters.environment import BASE_ENVIRONMENT
 
     broker, twin = pair.broker_env, pair.twin_env
     names = slurm_variables(pair)

@@ -34,7 +34,6 @@ async def refused(api: Api, name: str) -> None:
         check_environment({name: "1"})
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 item 11: launcher and container runtime variables are accepted")
 @pytest.mark.parametrize("name", LAUNCHER_AND_RUNTIME_NAMES)
 async def test_defect_11_launcher_and_runtime_variables_are_refused(api: Api, name: str) -> None:
     await refused(api, name)

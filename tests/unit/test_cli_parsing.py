@@ -44,6 +44,7 @@ from tests.unit.sites import policy_of
 
 DATA = Path(__file__).parent / "data" / "cli"
 POLICY = policy_of({"alice": 1001, "bob": 1002})
+LOGIN_ENV = {"HOME": "/home/alice", "USER": "alice", "LOGNAME": "alice", "SHELL": "/bin/bash"}
 
 
 def json_format(name: str) -> RecordFormat:
@@ -108,7 +109,7 @@ def test_every_spec_field_becomes_one_option() -> None:
     assert sbatch_argv(full) == [
         "sbatch",
         "--parsable",
-        "--export=SLURM_CONF",
+        "--export=ALL",
         EXPORT_FILE_PLACEHOLDER,
         "--job-name=train",
         "--chdir=/scratch/alice",
@@ -175,9 +176,24 @@ def test_privileged_or_unknown_users_are_refused(user: str) -> None:
 
 def test_root_adapter_switches_user_inside_the_exec_prefix() -> None:
     argv = adapter(exec_prefix=["chroot", "/srv/trixie"]).render(spec(), "alice").payload["argv"]
-    assert argv[:8] == ["chroot", "/srv/trixie", "runuser", "-m", "-u", "alice", "--", "sbatch"]
+    assert argv[:7] == ["chroot", "/srv/trixie", "runuser", "-m", "-u", "alice", "--"]
     plain = adapter(as_root=False).render(spec(), "alice").payload["argv"]
-    assert plain[0] == "sbatch"
+    assert plain[0] == "env"
+
+
+def test_sbatch_runs_in_the_jobs_directory_with_nothing_of_the_chains_environment() -> None:
+    """As a user runs it: SLURM_SUBMIT_DIR is the job's directory, and --export=ALL exports only the file."""
+    argv = adapter(fs_root=None, exec_prefix=["chroot", "/srv/trixie"]).render(spec(), "alice").payload["argv"]
+    assert argv[7:12] == ["env", "-i", "--chdir=/scratch/alice", "SLURM_CONF=/etc/slurm/slurm.conf", "sbatch"]
+    assert argv[12:15] == ["--parsable", "--export=ALL", EXPORT_FILE_PLACEHOLDER]
+
+
+def test_sbatch_is_looked_up_in_the_clusters_filesystem(tmp_path: Path) -> None:
+    (tmp_path / "opt/slurm/bin").mkdir(parents=True)
+    (tmp_path / "opt/slurm/bin/sbatch").write_text("")
+    found = adapter(fs_root=tmp_path, tool_path="/usr/bin:/opt/slurm/bin")
+    assert found.sbatch == "/opt/slurm/bin/sbatch"
+    assert adapter(fs_root=tmp_path / "empty", tool_path="/usr/bin").sbatch == "sbatch"  # env's default path
 
 
 def test_job_environment_travels_as_data_never_in_the_chain() -> None:
@@ -189,13 +205,15 @@ def test_job_environment_travels_as_data_never_in_the_chain() -> None:
     assert "LD_PRELOAD" not in chain_env
     assert "FOO" not in chain_env
     assert chain_env["SLURM_CONF"] == "/etc/slurm/slurm.conf"
-    assert rendering.payload["export"] == environment  # PATH from the spec wins over the base one
-    blob = export_file(rendering.payload["export"])
-    assert blob == b"PATH=/home/alice/bin\0LD_PRELOAD=/tmp/evil.so\0FOO=a,b=c\nd\0"
+    # PATH from the spec wins over the base one
+    assert rendering.payload["export"] == {**LOGIN_ENV, **environment, "SLURM_JOB_NAME": "train"}
+    blob = export_file({"PATH": "/home/alice/bin", "FOO": "a,b=c\nd"})
+    assert blob == b"PATH=/home/alice/bin\0FOO=a,b=c\nd\0"
 
 
-def test_default_environment_has_a_path() -> None:
-    assert adapter().render(spec(), "alice").payload["export"] == {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+def test_default_environment_has_a_path_and_the_login() -> None:
+    export = adapter().render(spec(), "alice").payload["export"]
+    assert export == {"PATH": "/usr/local/bin:/usr/bin:/bin", **LOGIN_ENV, "SLURM_JOB_NAME": "train"}
 
 
 @pytest.mark.parametrize(

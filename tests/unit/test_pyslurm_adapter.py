@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 
 from slurm_adapters.convert import gpu_counts
+from slurm_adapters.environment import MPI_LAUNCHER_HINTS
 from slurm_adapters.errors import (
     AuthenticationError,
     ClusterUnavailable,
@@ -180,6 +182,31 @@ def _policy() -> SitePolicy:
     return policy_of({"alice": 1001, "bob": 1002}, slurm_user="root")
 
 
+BASE_AND_LOGIN = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": "/home/alice",
+    "USER": "alice",
+    "LOGNAME": "alice",
+    "SHELL": "/bin/bash",
+    **MPI_LAUNCHER_HINTS,
+}
+
+
+def sbatchs(spec: SlurmJobSpec) -> dict[str, str]:
+    """What sbatch 25.11 exports for ``spec`` run in its working directory on this host."""
+    exported = {
+        "SLURM_JOB_NAME": spec.name,
+        "SLURM_CPUS_PER_TASK": str(spec.cpus_per_task),
+        "SLURM_SUBMIT_DIR": spec.working_directory,
+        "SLURM_SUBMIT_HOST": socket.gethostname(),
+        "SLURM_PRIO_PROCESS": "0",
+        "SLURM_TRES_PER_TASK": f"cpu={spec.cpus_per_task}",
+    }
+    if spec.tasks_per_node is not None:
+        exported["SLURM_NTASKS_PER_NODE"] = str(spec.tasks_per_node)
+    return exported
+
+
 class FakeLibAdapter(PyslurmAdapter):
     """The real worker, with ``pyslurm`` taken from ``fake_dir``."""
 
@@ -329,7 +356,7 @@ def test_render_carries_every_field_without_a_worker(conf: Path) -> None:
         "name": "train",
         "script": rendering.script,
         "working_directory": "/scratch",
-        "environment": {"PATH": "/usr/local/bin:/usr/bin:/bin", "FOO": "bar"},
+        "environment": {**BASE_AND_LOGIN, "FOO": "bar", **sbatchs(FULL_SPEC)},
         "comment": "conveyor-42",
         "nodes": 2,
         "ntasks": 4,
@@ -354,7 +381,7 @@ def test_render_carries_every_field_without_a_worker(conf: Path) -> None:
 def test_render_minimal_spec_still_sets_environment(conf: Path) -> None:
     minimal = SlurmJobSpec(name="x", script="true", working_directory="/tmp", tag="t", gpus_per_node=1)
     payload = PyslurmAdapter("delta", conf, policy=_policy()).render(minimal, "alice").payload
-    assert payload["environment"] == {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+    assert payload["environment"] == {**BASE_AND_LOGIN, **sbatchs(minimal)}
     assert payload["gres_per_node"] == {"gpu": 1}
     for absent in ("partitions", "account", "qos", "time_limit", "memory_per_node", "standard_error"):
         assert absent not in payload
@@ -419,7 +446,8 @@ async def test_jobs_see_none_of_the_parents_environment(
     assert "CONVEYOR_PARENT_ONLY" not in startup
     assert not {name for name in startup if name.startswith("SLURM_")} - {"SLURM_CONF"}
     assert seen["slurm_vars_at_submit"] == []  # dropped once libslurm had read SLURM_CONF
-    assert seen["job_environment"] == {"PATH": "/usr/local/bin:/usr/bin:/bin", "FOO": "bar"}
+    submitted = spec(environment={"FOO": "bar"})
+    assert seen["job_environment"] == {**BASE_AND_LOGIN, "FOO": "bar", **sbatchs(submitted)}
 
 
 SUBMIT_ERRORS: list[tuple[int, str, type[Exception], bool | None]] = [

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from slurm_adapters.environment import Login
 from slurm_adapters.errors import (
     AuthenticationError,
     ClusterUnavailable,
@@ -170,7 +171,7 @@ def call(operations: Operations, op: str, **args: Any) -> Any:
 
 
 SPEC = SlurmJobSpec(name="train", script="echo hi\n", working_directory="/scratch", tag="conveyor-42", time_limit_min=5)
-DESCRIPTION = submit_kwargs(SPEC, "alice", 1001)
+DESCRIPTION = submit_kwargs(SPEC, Login(user="alice", home="/home/alice", shell="/bin/bash"), 1001, "login1")
 
 
 def test_submit_passes_the_description_unchanged(fake: FakePyslurm) -> None:

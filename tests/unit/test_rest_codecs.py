@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from slurm_adapters.environment import BASE_ENVIRONMENT
 from slurm_adapters.errors import (
     AuthenticationError,
     ClusterUnavailable,
@@ -27,7 +28,7 @@ from slurm_adapters.records import SlurmJobSpec
 from slurm_adapters.rest.errors import AMBIGUOUS_SLOW_S, Operation, classify
 from slurm_adapters.rest.v0038 import V0038
 from slurm_adapters.rest.v0042 import V0042
-from slurm_adapters.safety import DIRECTIVE_FENCE, fenced_script, job_environment
+from slurm_adapters.safety import DIRECTIVE_FENCE, fenced_script
 from tests.unit.captures import rest_body, rest_capture, rest_status
 
 V38 = V0038()
@@ -60,7 +61,7 @@ def full_spec(**overrides: Any) -> SlurmJobSpec:
 
 
 def render(codec: V0038 | V0042, spec: SlurmJobSpec) -> dict[str, Any]:
-    return codec.render_submit(spec, fenced_script(spec.script), job_environment(spec))
+    return codec.render_submit(spec, fenced_script(spec.script), {**BASE_ENVIRONMENT, **spec.environment})
 
 
 # --- rendering ------------------------------------------------------------------------------------
@@ -103,6 +104,7 @@ def test_v0042_body_carries_every_spec_field() -> None:
         "BAR=b=a=r",
     ]
     assert job["minimum_nodes"] == job["maximum_nodes"] == 2
+    assert job["tres_per_task"] == "cpu=4"  # as sbatch sends --cpus-per-task from 24.05 on
     assert job["tres_per_node"] == "gres/gpu:a100:2"
     assert job["memory_per_node"] == {"set": True, "infinite": False, "number": 6000}
     assert job["time_limit"] == {"set": True, "infinite": False, "number": 90}
