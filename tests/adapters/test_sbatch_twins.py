@@ -8,10 +8,15 @@ says (node layout, CPUs, GPUs, memory, time limit, environment, exit code and si
 
 One cluster per release runs these: the one with the most nodes in its GPU partition (the only multi-node
 one is 22.05's alpha; 24.11's and 26.05's GPU partitions have one node, so there the layout is one node's).
+One pair per (adapter, cluster) serves the layout, resource and environment tests; the endings (failed,
+killed, cancelled, timed out) run for every release and adapter at once, since a timeout takes Slurm a
+minute and more (the module takes about 100 s, 90 of them that minute). The pyslurm adapter is not in this
+module (it runs only inside the sid chroot, whose venv has no broker); test_conformance checks its layout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 from collections.abc import Mapping
@@ -25,7 +30,7 @@ from broker.factories.registry import parse_factories
 from broker.jobs.translate import batch_script, to_slurm_spec
 from conveyor.spec import JobSpec
 from dev.lab.factories_config import allowed_users, factory_entry
-from slurm_adapters.convert import parse_key_values
+from slurm_adapters.convert import parse_duration_min, parse_gres, parse_key_values
 from slurm_adapters.records import SlurmJobSpec, SlurmJobState
 from tests.lab import SUBMIT_USER, Cluster, clusters, job_dir, load_lab, make_adapter, new_tag, wait_for_job, wait_until
 
@@ -325,3 +330,115 @@ async def test_defect_11_environment_is_the_sbatch_twins(pair: Pair) -> None:
         if name not in names | PER_JOB_VARIABLES | SHELL_VARIABLES and name not in LOGIN_VARIABLES
     }
     assert rest == {**BASE_ENVIRONMENT, **pair.spec.environment}
+
+
+# --- everything else the spec says: CPUs, GPUs, memory, time limit ----------------------------------------
+
+
+def allocated_tres(shown: Shown) -> str | None:
+    """What the job holds: ``TRES=`` on 22.05, ``AllocTRES=`` from 23.02 on."""
+    return shown.get("AllocTRES") or shown.get("TRES")
+
+
+async def test_resources_are_the_twins(pair: Pair) -> None:
+    assert differences(pair, RESOURCE_FIELDS) == {}
+    assert allocated_tres(pair.broker) == allocated_tres(pair.twin)
+    assert pair.broker.nodes == pair.twin.nodes  # (CPUs, memory, GRES) on every node
+    res = pair.spec.resources
+    assert pair.broker.get("MinMemoryNode") == f"{res.memory_mb}M"
+    assert parse_duration_min(pair.broker.get("TimeLimit")) == res.time_limit_min
+    assert parse_gres(pair.broker.get("TresPerNode")) == {res.gpu_type: res.gpus_per_node}
+    for env in (pair.broker_env, pair.twin_env):  # TRES count GPUs only with slurmdbd: ask the job itself
+        assert len(env["CUDA_VISIBLE_DEVICES"].split(",")) == res.gpus_per_node, env.get("CUDA_VISIBLE_DEVICES")
+    assert (pair.broker.get("JobState"), pair.broker.get("ExitCode")) == ("COMPLETED", "0:0")
+    assert (pair.twin.get("JobState"), pair.twin.get("ExitCode")) == ("COMPLETED", "0:0")
+
+
+# --- how jobs end: exit code and signal -----------------------------------------------------------------
+
+# Each ending's script; the cancelled ones are cancelled while they run, the timed-out ones have a minute.
+ENDINGS = {
+    "failed": "exit 3\n",
+    "signalled": "kill -KILL $$\n",
+    "cancelled": "sleep 300\n",
+    "timeout": "sleep 300\n",
+}
+SLURM_SAYS = {"failed": "3:0", "signalled": "0:9", "cancelled": "0:15", "timeout": "0:15"}
+
+
+def cancel_twin(cluster: Cluster, job_id: int) -> None:
+    argv = [*cluster.exec_prefix, "runuser", "-u", SUBMIT_USER, "--", "env", "-i", f"SLURM_CONF={cluster.slurm_conf}"]
+    result = subprocess.run([*argv, "scancel", str(job_id)], capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+async def end_case(cluster: Cluster, ending: str) -> list[dict[str, Any]]:
+    """One ending on one cluster: the job through every adapter and once by sbatch; what each adapter,
+    scontrol and the twin say."""
+    spec = job_spec(
+        cluster,
+        f"#!/bin/bash\n{ENDINGS[ending]}",
+        nodes=1,
+        tasks_per_node=1,
+        cpus_per_task=1,
+        gpus_per_node=0,
+        gpu_type=None,
+        memory_mb=None,
+        time_limit_min=1 if ending == "timeout" else 3,
+    )
+    rendered = broker_rendering(cluster, spec)
+    adapters = {kind: make_adapter(kind, cluster) for kind in KINDS}
+    ids: dict[str, int] = {}
+    twin_id = 0
+    try:
+        ids = {kind: await adapter.submit(rendered, SUBMIT_USER) for kind, adapter in adapters.items()}
+        twin_id = submit_twin(cluster, rendered, spec)
+        reader = adapters[KINDS[0]]
+        if ending == "cancelled":
+            for kind, adapter in adapters.items():
+                await wait_for_job(adapter, ids[kind], {SlurmJobState.RUNNING}, timeout_s=120)
+                await adapter.cancel(ids[kind], SUBMIT_USER)
+            await wait_for_job(reader, twin_id, {SlurmJobState.RUNNING}, timeout_s=120)
+            cancel_twin(cluster, twin_id)
+        records = {
+            kind: await wait_for_job(adapter, ids[kind], set(), timeout_s=170) for kind, adapter in adapters.items()
+        }
+        await wait_for_job(reader, twin_id, set(), timeout_s=170)
+    finally:
+        for adapter in adapters.values():
+            await adapter.aclose()
+        if leftovers := [str(job_id) for job_id in (*ids.values(), twin_id) if job_id]:
+            cluster.slurm("scancel", *leftovers)  # a failed wait must not leave sleepers holding the CPUs
+    twin = cluster.show_job(twin_id)
+    results = []
+    for kind, record in records.items():
+        shown = cluster.show_job(ids[kind])
+        results.append(
+            {
+                "where": f"{kind}-{cluster.name}-{cluster.short_release}-{ending}",
+                "ending": ending,
+                "release": cluster.short_release,
+                "adapter": (record.state.value, record.exit_code, record.signal),
+                "slurm": (shown["JobState"], shown["ExitCode"]),
+                "twin": (twin["JobState"], twin["ExitCode"]),
+            }
+        )
+    return results
+
+
+@pytest.mark.timeout(300)
+async def test_every_end_is_the_twins() -> None:
+    """Failed, killed by a signal, cancelled, then timed out (Slurm takes a minute and more): on every release
+    at once, each adapter reports Slurm's exit code and signal, and they are the sbatch twin's."""
+    lab = release_clusters()
+    quick = [end_case(cluster, ending) for cluster in lab for ending in ENDINGS if ending != "timeout"]
+    results = [result for case in await asyncio.gather(*quick) for result in case]
+    slow = [end_case(cluster, "timeout") for cluster in lab]
+    results += [result for case in await asyncio.gather(*slow) for result in case]
+    for result in results:
+        state, exit_code, signal = result["adapter"]
+        assert result["slurm"] == result["twin"], result
+        assert (state, f"{exit_code}:{signal}") == result["slurm"], result
+        assert result["slurm"][1] == SLURM_SAYS[result["ending"]], result
+    assert {result["release"] for result in results} >= {"22.05", "24.11", "26.05"}
+    assert len(results) == len(lab) * len(KINDS) * len(ENDINGS)
