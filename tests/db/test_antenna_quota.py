@@ -38,7 +38,9 @@ def _national(antenna_id: str, reservation: Reservation | None = None) -> NewJob
 
 
 async def _counted(db: Database, antenna_id: str) -> int:
-    return await AntennaRepository(db).active_jobs(antenna_id)
+    """The Antenna's counter of active jobs, as the accept's compare-and-set reads it."""
+    async with db.read() as session:
+        return int(await session.scalar(select(Antenna.active_jobs).where(Antenna.id == antenna_id)) or 0)
 
 
 async def _active(db: Database, antenna_id: str) -> int:

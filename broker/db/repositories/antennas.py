@@ -96,12 +96,6 @@ class AntennaRepository:
             )
             return added is not None
 
-    async def active_jobs(self, antenna_id: str) -> int:
-        """Jobs of the Antenna's national users that have not ended (what its quota counts)."""
-        async with self._db.read() as session:
-            count = await session.scalar(select(Antenna.active_jobs).where(Antenna.id == antenna_id))
-            return int(count or 0)
-
 
 async def take_slots(session: AsyncSession, wants: Sequence[tuple[str, str]]) -> dict[str, AntennaQuotaFull]:
     """Inside the transaction that stores the jobs: count each (job id, Antenna) among its Antenna's active
