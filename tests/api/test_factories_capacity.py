@@ -58,7 +58,14 @@ async def test_factories_show_observed_capacity_and_free_gpus_drop_while_a_gpu_j
     adapter = make_adapter("rest", alpha)
     try:
         async with app.router.lifespan_context(app), client_for(app, TOKEN) as client:
-            first = await alpha_view(client)  # startup ran one health cycle before serving
+            views: list[FactoryView] = []
+
+            async def checked() -> bool:  # the health loop's first cycle runs after startup, not before serving
+                views.append(await alpha_view(client))
+                return views[-1].healthy is not None
+
+            await wait_until(checked, timeout_s=30)
+            first = views[-1]
             assert first.healthy is True
             assert first.total_gpus == {"a100": 8}
             assert first.slurm_release is not None
