@@ -356,12 +356,14 @@ async def test_resources_are_the_twins(pair: Pair) -> None:
 
 # --- how jobs end: exit code and signal -----------------------------------------------------------------
 
-# Each ending's script; the cancelled ones are cancelled while they run, the timed-out ones have a minute.
+# Each ending's script; the cancelled ones are cancelled while they run, the timed-out ones have a minute. The
+# sleepers exec: Slurm signals every process of the step, and a shell whose child died first may exit 143 (143:0)
+# before its own SIGTERM arrives instead of dying of it (0:15): a race inside Slurm (seen on 22.05), not the broker.
 ENDINGS = {
     "failed": "exit 3\n",
     "signalled": "kill -KILL $$\n",
-    "cancelled": "sleep 300\n",
-    "timeout": "sleep 300\n",
+    "cancelled": "exec sleep 300\n",
+    "timeout": "exec sleep 300\n",
 }
 SLURM_SAYS = {"failed": "3:0", "signalled": "0:9", "cancelled": "0:15", "timeout": "0:15"}
 
