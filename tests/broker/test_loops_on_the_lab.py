@@ -319,7 +319,7 @@ async def test_each_user_runs_as_its_mapped_site_user(broker: Broker) -> None:
     for user, slurm_name in ((first, "alice"), (second, "bob")):
         await accounts.set(DEV_PRINCIPAL, "bravo", "user", user.id, slurm_user=slurm_name, slurm_account=None,
                            source=None)  # fmt: skip
-    with pytest.raises(InvalidInput, match="system account"):  # uid 1 on the lab's passwd
+    with pytest.raises(InvalidInput, match="site user 'daemon'"):  # not one of the lab's people (uid 1)
         await accounts.set(DEV_PRINCIPAL, "bravo", "user", first.id, slurm_user="daemon", slurm_account=None,
                            source=None)  # fmt: skip
     jobs = {
