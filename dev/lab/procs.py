@@ -26,7 +26,9 @@ def _start_ticks(pid: int) -> int | None:
 
 
 def spawn(pid_file: Path, argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> int:
-    """Start ``argv`` detached in its own session, output to ``log``; record its PID."""
+    """Start ``argv`` detached in its own session, output to ``log``; record its PID. It runs in the directory of
+    ``pid_file``, never in the caller's: a daemon must outlive a test run's directory (slurmrestd dies when its
+    working directory is deleted under it)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
@@ -37,6 +39,7 @@ def spawn(pid_file: Path, argv: Sequence[str], log: Path, env: Mapping[str, str]
             stderr=subprocess.STDOUT,
             env=dict(env) if env is not None else None,
             start_new_session=True,
+            cwd=pid_file.parent,
         )
     pid_file.write_text(json.dumps({"pid": proc.pid, "start": _start_ticks(proc.pid), "argv": list(argv)}))
     return proc.pid

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from dev.lab import procs
 
 IGNORES_SIGTERM = (
@@ -52,3 +54,19 @@ def test_wait_ready_gives_up_as_soon_as_the_daemon_dies(tmp_path: Path) -> None:
     started = time.monotonic()
     assert procs.wait_ready(pid_file, lambda: False, timeout_s=30) is False
     assert time.monotonic() - started < 10
+
+
+def test_a_daemon_runs_in_its_own_directory_not_the_callers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test run's directory may be deleted while the lab's daemons live on (slurmrestd died of exactly that)."""
+    caller = tmp_path / "caller"
+    caller.mkdir()
+    monkeypatch.chdir(caller)
+    home = tmp_path / "daemon"
+    pid_file, log = home / "daemon.pid", home / "daemon.log"
+    code = "import os, time; print('cwd', os.getcwd(), flush=True); time.sleep(60)"
+    procs.spawn(pid_file, [sys.executable, "-c", code], log)
+    try:
+        assert procs.wait_for(lambda: "cwd" in log.read_text(), 10)
+        assert log.read_text().split()[-1] == str(home)
+    finally:
+        procs.stop(pid_file, grace_s=0.5)
