@@ -171,10 +171,14 @@ class Dispatcher:
         )
         if not claimed:
             return 0
-        self.in_flight.update(job.id for job in claimed)
-        statuses = await factory_statuses(self._states)
-        batch = _Batch(statuses, await self._allocations.reserved_factories([job.id for job in claimed]))
-        await asyncio.gather(*(self._guarded(job, batch) for job in claimed))
+        ids = [job.id for job in claimed]
+        self.in_flight.update(ids)
+        try:
+            statuses = await factory_statuses(self._states)
+            batch = _Batch(statuses, await self._allocations.reserved_factories(ids))
+            await asyncio.gather(*(self._guarded(job, batch) for job in claimed))
+        finally:  # a batch that failed before its jobs were carried must not keep their leases renewed
+            self.in_flight.difference_update(ids)
         return len(claimed)
 
     async def _guarded(self, job: Job, batch: _Batch) -> None:

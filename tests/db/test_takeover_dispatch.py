@@ -163,3 +163,22 @@ async def test_defect_15_a_job_whose_submit_is_in_flight_is_not_taken_over(setti
     assert (job.state, job.slurm_job_id, job.attempt_count) == (JobState.SUBMITTED, "77", 1)
     assert holder.in_flight == set()
     assert setting.alpha.calls == ["submit"]
+
+
+async def test_a_batch_that_fails_before_its_jobs_are_carried_leaves_nothing_in_flight(
+    setting: Setting, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database going away between a claim and the batch's reads must not leave the claimed jobs marked in
+    flight: the heartbeat would renew their leases for ever and they would stay queued (seen in the PostgreSQL
+    outage fault test)."""
+    job_id = (await setting.jobs.insert_job_with_event(new_job(), actor="test", now=at(0))).id
+
+    async def database_gone(*_: object) -> None:
+        raise ConnectionRefusedError("the database went away")
+
+    monkeypatch.setattr("broker.loops.dispatch.factory_statuses", database_gone)
+    dispatcher = setting.dispatcher("live")
+    with pytest.raises(ConnectionRefusedError):
+        await dispatcher.run_once()
+    assert dispatcher.in_flight == set()
+    assert (await setting.jobs.get(job_id)) is not None
