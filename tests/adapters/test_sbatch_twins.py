@@ -366,6 +366,9 @@ ENDINGS = {
     "timeout": "exec sleep 300\n",
 }
 SLURM_SAYS = {"failed": "3:0", "signalled": "0:9", "cancelled": "0:15", "timeout": "0:15"}
+# A cancel of a job that was only just started may reach it as SIGKILL (0:9) rather than SIGTERM (0:15): seen once
+# on 24.11 for one of two identical jobs. Either is Slurm's word; the broker must serve the one Slurm gives.
+RACY_ENDINGS = {"cancelled": {"0:15", "0:9"}}
 
 
 def cancel_twin(cluster: Cluster, job_id: int) -> None:
@@ -439,8 +442,12 @@ async def test_every_end_is_the_twins() -> None:
     results += [result for case in await asyncio.gather(*slow) for result in case]
     for result in results:
         state, exit_code, signal = result["adapter"]
+        assert (state, f"{exit_code}:{signal}") == result["slurm"], result  # the broker serves what Slurm says
+        if result["ending"] in RACY_ENDINGS:  # which kill ended it is Slurm's timing, for the broker's job and twin
+            assert result["slurm"][0] == result["twin"][0] == "CANCELLED", result
+            assert {result["slurm"][1], result["twin"][1]} <= RACY_ENDINGS[result["ending"]], result
+            continue
         assert result["slurm"] == result["twin"], result
-        assert (state, f"{exit_code}:{signal}") == result["slurm"], result
         assert result["slurm"][1] == SLURM_SAYS[result["ending"]], result
     assert {result["release"] for result in results} >= {"22.05", "24.11", "26.05"}
     assert len(results) == len(lab) * len(KINDS) * len(ENDINGS)
