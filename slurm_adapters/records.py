@@ -229,11 +229,13 @@ class ClusterInfo:
 class Health:
     """An authenticated round trip's outcome, with what it told about the controller.
 
-    ``up_since`` is a time since which slurmctld has certainly run without a restart (Slurm's statistics
-    start, reset when it starts and at midnight, so never before its last start); None where the adapter
-    cannot tell, which includes the first second or two after slurmctld starts (its statistics start is
-    still 0 then, measured on 22.05). ``accounting_backlog`` is how many messages slurmctld still holds for
-    slurmdbd (0 where there is none; None: unknown): until it is 0, slurmdbd may miss recent jobs.
+    ``up_since`` is a time since which slurmctld has certainly run without a restart: its boot time where the
+    adapter can read it (cli: ``scontrol show config``; pyslurm: its config), else the start of its statistics
+    (rest: slurmrestd serves no boot time), which Slurm also resets daily at midnight UTC and on ``sdiag
+    --reset``, so it is never before the last start but may be well after it. None where the adapter cannot
+    tell, which includes the first second or two after slurmctld starts (its statistics start is still 0
+    then, measured on 22.05). ``accounting_backlog`` is how many messages slurmctld still holds for slurmdbd
+    (0 where there is none; None: unknown): until it is 0, slurmdbd may miss recent jobs.
     """
 
     ok: bool

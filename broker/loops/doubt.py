@@ -101,9 +101,11 @@ def _restart_since(attempt: Attempt, health: Health, skew: timedelta) -> str | N
     if health.up_since is None:
         return "slurmctld cannot say since when it has run, so a restart that dropped the job cannot be ruled out"
     if health.up_since > attempt.started_at - skew:
+        since = f"{health.up_since:%Y-%m-%d %H:%M:%S}"
         return (
-            f"slurmctld has (re)started since the attempt (statistics since {health.up_since:%Y-%m-%d %H:%M:%S} "
-            "UTC); it may have dropped the job before saving it"
+            f"slurmctld may have restarted since the attempt (it vouches only for {since} UTC on: its start or, "
+            "where the adapter reads no boot time, its statistics' daily reset); a restart may have dropped the "
+            "job before saving it"
         )
     return None
 

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from slurm_adapters.cli.cluster import partitions_from_key_values, sdiag_facts
+from slurm_adapters.cli.cluster import boot_time, partitions_from_key_values, sdiag_facts
 from slurm_adapters.cli.errors import classify, error_lines, slurm_messages
 from slurm_adapters.cli.jobs import CliJob, from_key_values, jobs_from_json, json_errors
 from slurm_adapters.cli.render import export_file, parse_submit, submit_argv, tool_path_in
@@ -282,13 +282,14 @@ class CliAdapter(SlurmAdapter):
         release = await self.release()
         outcome = await self._operator(["scontrol", "show", "partition", "-o"])
         count = sum(1 for line in outcome.stdout.splitlines() if line.startswith("PartitionName="))
-        up_since, backlog = sdiag_facts((await self._operator(["sdiag"])).stdout)
+        statistics_since, backlog = sdiag_facts((await self._operator(["sdiag"])).stdout)
+        started = boot_time((await self._operator(["scontrol", "show", "config"])).stdout)
         who = self.operator_user or "the adapter's identity"
         return Health(
             ok=True,
             detail=f"slurmctld answered scontrol as {who} ({count} partitions)",
             release=release_text(release),
-            up_since=up_since,
+            up_since=started or statistics_since,
             accounting_backlog=backlog,
         )
 

@@ -1,4 +1,5 @@
-"""Partitions from ``scontrol show partition -o`` and controller facts from ``sdiag`` (every release).
+"""Partitions from ``scontrol show partition -o`` and controller facts from ``sdiag`` and ``scontrol show config``
+(every release).
 
 Nodes come as JSON (22.05 ``sinfo --json``, 23.02+ ``scontrol show node --json``), read by the release's
 record format (:func:`slurm_adapters.formats.common.parse_nodes`); partition membership and GPU totals come
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 
 from slurm_adapters.convert import from_epoch, parse_duration_min, parse_key_values
 from slurm_adapters.formats.common import partition_info
@@ -50,3 +51,16 @@ def sdiag_facts(output: str) -> tuple[datetime | None, int | None]:
     since = _DATA_SINCE.search(output)
     queue = _DBD_QUEUE.search(output)
     return (from_epoch(int(since.group(1))) if since else None, int(queue.group(1)) if queue else None)
+
+
+_BOOT_TIME = re.compile(r"^BOOT_TIME\s*=\s*(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\s*$", re.MULTILINE)
+
+
+def boot_time(config_output: str) -> datetime | None:
+    """When slurmctld started, from ``scontrol show config`` run with ``TZ=UTC`` (as the runner does).
+
+    Unlike sdiag's "Data since", which Slurm also resets at midnight UTC and on ``sdiag --reset``, this moves
+    only when slurmctld restarts (measured on 22.05: unchanged by ``scontrol reconfigure`` and by a reset).
+    """
+    found = _BOOT_TIME.search(config_output)
+    return datetime.fromisoformat(found.group(1)).replace(tzinfo=UTC) if found else None

@@ -26,6 +26,7 @@ import pytest
 
 from dev.lab import procs
 from dev.lab.commands import munged_argv
+from slurm_adapters.cli.cluster import boot_time
 from slurm_adapters.convert import parse_duration_min, parse_gres
 from slurm_adapters.errors import (
     AccountingUnavailable,
@@ -240,6 +241,21 @@ async def test_health_says_since_when_slurmctld_has_run(adapter: SlurmAdapter, c
     assert first.up_since <= datetime.now(UTC)
     assert first.accounting_backlog == 0
     assert (await adapter.health()).up_since == first.up_since  # stable while slurmctld runs
+
+
+async def test_health_vouches_from_slurmctlds_boot_where_the_adapter_can_read_it(
+    adapter: SlurmAdapter, cluster: Cluster
+) -> None:
+    """cli and pyslurm read slurmctld's boot time, which Slurm's daily statistics reset (midnight UTC) does not
+    move; slurmrestd serves no boot time, so rest vouches only from the statistics' start, never earlier."""
+    health = await adapter.health()
+    booted = boot_time(cluster.slurm("scontrol", "show", "config"))
+    assert booted is not None
+    assert health.up_since is not None
+    if adapter.kind == "rest":
+        assert health.up_since >= booted
+    else:
+        assert health.up_since == booted
 
 
 async def test_gpu_type_the_cluster_lacks_is_rejected(adapter: SlurmAdapter, cluster: Cluster) -> None:

@@ -622,7 +622,7 @@ def _forgotten(job: dict[str, Any], amnesia: SlurmAmnesia, ran: list[str], in_sl
     # started) it unsaved (broker/loops/doubt.py). Lost, never twice.
     reason = job["state_reason"] or ""
     in_doubt = submitted_at is None and any(
-        words in reason for words in ("(re)started since the attempt", "cannot say since when it has run")
+        words in reason for words in ("may have restarted since the attempt", "cannot say since when it has run")
     )
     if submitted_at is None and not in_doubt:
         problems.append(f"lost before Slurm took it, for a reason that is not slurmctld's restart: {reason}")

@@ -21,7 +21,7 @@ import pytest
 
 from slurm_adapters.cli import CliAdapter
 from slurm_adapters.cli.adapter import parse_release, release_text
-from slurm_adapters.cli.cluster import partitions_from_key_values, sdiag_facts
+from slurm_adapters.cli.cluster import boot_time, partitions_from_key_values, sdiag_facts
 from slurm_adapters.cli.errors import classify, error_lines
 from slurm_adapters.cli.jobs import CliJob, from_key_values, jobs_from_json
 from slurm_adapters.cli.render import export_file, parse_submit, sbatch_argv
@@ -630,3 +630,11 @@ def test_sdiag_tells_since_when_slurmctld_statistics_run_and_the_slurmdbd_backlo
     assert since == datetime.fromtimestamp(epoch, UTC)
     assert backlog == queued
     assert sdiag_facts("sdiag: error: Unable to contact slurm controller") == (None, None)
+
+
+def test_boot_time_is_read_from_scontrol_show_config_in_utc() -> None:
+    text = "Configuration data as of 2026-12-07T00:06:12\nAccountingStorageBackupHost = (null)\n" + (
+        "BOOT_TIME               = 2026-12-07T00:06:09\nBcastExclude            = /lib,/usr/lib\n"
+    )
+    assert boot_time(text) == datetime(2026, 12, 7, 0, 6, 9, tzinfo=UTC)
+    assert boot_time("scontrol: error: Unable to contact slurm controller") is None
