@@ -35,11 +35,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import slurm_adapters
-from slurm_adapters.errors import ClusterUnavailable, SlurmError
-from slurm_adapters.interface import SlurmAdapter
-from slurm_adapters.pyslurm.mapping import submit_kwargs
-from slurm_adapters.pyslurm.process import WorkerFailed, WorkerProcess
-from slurm_adapters.pyslurm.protocol import (
+from slurm_adapters.codec import (
     ProtocolError,
     cluster_info_from_json,
     health_from_json,
@@ -48,6 +44,10 @@ from slurm_adapters.pyslurm.protocol import (
     records_from_json,
     str_from_json,
 )
+from slurm_adapters.errors import ClusterUnavailable, SlurmError
+from slurm_adapters.interface import SlurmAdapter
+from slurm_adapters.pyslurm.mapping import submit_kwargs
+from slurm_adapters.pyslurm.process import WorkerFailed, WorkerProcess
 from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec
 from slurm_adapters.safety import SitePolicy, check_spec
 

@@ -14,11 +14,11 @@ import signal
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from slurm_adapters.codec import ProtocolError
 from slurm_adapters.pyslurm.protocol import (
     MAX_LINE_BYTES,
     PROTOCOL,
     Hello,
-    ProtocolError,
     decode_response,
     encode_request,
     hello_from_json,

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from slurm_adapters.codec import ProtocolError, cluster_info_to_json, health_to_json, record_to_json
 from slurm_adapters.errors import (
     ClusterUnavailable,
     InvalidRequest,
@@ -37,15 +38,11 @@ from slurm_adapters.pyslurm.mapping import job_record, map_error, node_info, par
 from slurm_adapters.pyslurm.protocol import (
     PROTOCOL,
     Hello,
-    ProtocolError,
     Request,
-    cluster_info_to_json,
     decode_request,
     encode_error,
     encode_result,
-    health_to_json,
     hello_to_json,
-    record_to_json,
 )
 from slurm_adapters.records import ClusterInfo, Health
 from slurm_adapters.safety import read_owned_tail, site_path
@@ -236,7 +233,9 @@ class Operations:
         release = str(config.version) if config.version else None
         detail = f"slurmctld of {config.cluster_name} answered in {millis:.0f} ms via libslurm"
         stats = self.pyslurm.slurmctld.diag()  # sdiag's figures: when its statistics began, slurmdbd backlog
-        since = int(stats.data_since) if stats.data_since else None
+        # slurmctld's start; its statistics' start (also reset at midnight UTC) only where pyslurm lacks it
+        booted = getattr(config, "slurmctld_boot_time", None)
+        since = int(booted) if booted else (int(stats.data_since) if stats.data_since else None)
         backlog = stats.dbd_agent_queue_size
         health = Health(
             ok=True,

@@ -8,6 +8,17 @@ from typing import Any
 
 import pytest
 
+from slurm_adapters.codec import (
+    ERROR_TYPES,
+    ProtocolError,
+    cluster_info_from_json,
+    cluster_info_to_json,
+    health_from_json,
+    health_to_json,
+    record_from_json,
+    record_to_json,
+    records_from_json,
+)
 from slurm_adapters.errors import (
     AuthenticationError,
     ClusterUnavailable,
@@ -19,24 +30,15 @@ from slurm_adapters.errors import (
     UnsafeRequest,
 )
 from slurm_adapters.pyslurm.protocol import (
-    ERROR_TYPES,
     PROTOCOL,
     Hello,
-    ProtocolError,
-    cluster_info_from_json,
-    cluster_info_to_json,
     decode_request,
     decode_response,
     encode_error,
     encode_request,
     encode_result,
-    health_from_json,
-    health_to_json,
     hello_from_json,
     hello_to_json,
-    record_from_json,
-    record_to_json,
-    records_from_json,
 )
 from slurm_adapters.records import ClusterInfo, Health, JobRecord, NodeInfo, PartitionInfo, SlurmJobState
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from slurm_adapters.codec import cluster_info_from_json, health_from_json, record_from_json, records_from_json
 from slurm_adapters.environment import Login
 from slurm_adapters.errors import (
     AuthenticationError,
@@ -26,14 +27,7 @@ from slurm_adapters.errors import (
     UnsafeRequest,
 )
 from slurm_adapters.pyslurm.mapping import submit_kwargs
-from slurm_adapters.pyslurm.protocol import (
-    cluster_info_from_json,
-    decode_response,
-    encode_request,
-    health_from_json,
-    record_from_json,
-    records_from_json,
-)
+from slurm_adapters.pyslurm.protocol import decode_response, encode_request
 from slurm_adapters.pyslurm.worker import Operations, load_pyslurm
 from slurm_adapters.records import SlurmJobSpec, SlurmJobState
 
