@@ -1,0 +1,283 @@
+"""The Factory agent's link to the broker: the messages both sides exchange and how each request is signed.
+
+The agent runs inside a site and opens every connection itself (outbound only). Its requests, all ``POST``
+with a JSON body under :data:`PREFIX`, are:
+
+* ``/sessions`` (:class:`Hello` -> :class:`SessionGranted`): a new session; the agent announces its version,
+  adapter, Slurm release and the job-spec fields it knows (:data:`FEATURES`). A restarted agent starts over
+  with a new session: it keeps nothing on disk.
+* ``/sessions/{id}/heartbeat`` (:class:`Heartbeat` -> :class:`HeartbeatAnswer`): keeps the session alive and
+  competes for the Factory's agent lease. The lease holder, at the lease's fencing ``epoch``, is the only
+  session that receives submit and cancel orders; the others are standbys that take over when it lapses.
+  Every answer carries the broker's clock, from which the agent knows its offset.
+* ``/sessions/{id}/orders`` (:class:`Poll` -> :class:`Orders`): a long poll. Orders are bound to (session,
+  epoch, ``not_after``) and redelivered only within their own session until acknowledged by cursor; the
+  agent drops repeats by order id (and a submit's repeat by attempt id).
+* ``/sessions/{id}/reports`` (:class:`Reports` -> :class:`ReportsAnswer`): facts, accepted from any
+  authenticated session of the Factory, idempotent by order id.
+
+The at-most-once rule across the boundary: the broker commits the attempt before its submit order exists, and
+the order's ``not_after`` (broker time) is the last moment its Slurm call may still be running. The agent
+starts a submit only if, by its own clock corrected by the offset, the call's deadline ends before
+``not_after``, and takes no order while the offset exceeds the Factory's ``clock_skew_s``. The broker looks
+the attempt up at the site only after ``not_after`` + Slurm's MessageTimeout + the skew; the agent gathers
+that evidence (read orders) and the broker decides, never the agent.
+
+Every request carries ``Authorization: Agent <JWS>`` (:func:`sign`): a JWT of type :data:`TYP` that the agent
+signs with its Factory's registered key, ``iss`` = ``sub`` = the Factory, ``aud`` = the broker, at most
+:data:`MAX_LIFETIME_S` long, a ``jti`` accepted once, and bound to the request by ``htm``/``htu``/``bh`` (method,
+path with query, SHA-256 of the body), as Antenna assertions are.
+
+Slurm data inside messages (job specs, records, errors) is encoded by :mod:`slurm_adapters.codec`; a spec with
+a field the agent does not know is refused with that reason, never run without it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import time
+from datetime import datetime
+from typing import Annotated, Any, Final, Literal
+
+import jwt
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from slurm_adapters.codec import SPEC_FIELDS
+
+PROTOCOL: Final = 1
+PREFIX: Final = "/v1/agent"
+TYP: Final = "conveyor-agent+jwt"
+SCHEME: Final = "Agent"  # Authorization: Agent <assertion>
+MAX_LIFETIME_S: Final = 300
+DEFAULT_LIFETIME_S: Final = 60
+
+# What an agent of this code knows: every field of the adapter-level job spec, and every order kind.
+FEATURES: Final = tuple(f"spec.{name}" for name in SPEC_FIELDS)
+
+# The adapter operations a read order may ask for (the SlurmAdapter methods that change nothing).
+READ_OPS: Final = frozenset({"get_job", "list_jobs", "accounted_jobs", "read_output", "cluster_info", "health"})
+
+MAX_ORDERS: Final = 500  # per poll answer
+MAX_REPORTS: Final = 500  # per reports request
+MAX_WAIT_S: Final = 30.0  # longest long poll
+
+Name = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+class Message(BaseModel):
+    """Every message: unknown fields are refused, so a newer side's field is never silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- sessions ----------------------------------------------------------------------------------------------
+
+
+class Hello(Message):
+    """A new session: who the agent is and what it can do."""
+
+    protocol: int = PROTOCOL
+    agent_version: Name
+    adapter: Literal["rest", "cli", "pyslurm"]
+    slurm_release: Name | None = None
+    features: list[Name] = Field(max_length=1000)
+    agent_time: AwareDatetime
+
+
+class SessionGranted(Message):
+    """The session's id and the broker's timing rules for it."""
+
+    session_id: Name
+    factory: Name
+    broker_time: AwareDatetime
+    heartbeat_s: float = Field(gt=0)
+    lease_s: float = Field(gt=0)
+    poll_wait_s: float = Field(gt=0, le=MAX_WAIT_S)
+    clock_skew_s: float = Field(ge=0)
+
+
+class Heartbeat(Message):
+    """Alive; ``paused`` when the site's local switch stops new submits (reports go on)."""
+
+    agent_time: AwareDatetime
+    paused: bool = False
+
+
+class HeartbeatAnswer(Message):
+    """Whether this session holds the Factory's agent lease, at which fencing epoch, until when."""
+
+    broker_time: AwareDatetime
+    holder: bool
+    epoch: int | None = None
+    lease_expires_at: AwareDatetime | None = None
+
+
+# --- orders ------------------------------------------------------------------------------------------------
+
+
+class Requester(Message):
+    """On whose behalf a submit is asked: the site's policy may decide by it."""
+
+    user: Name
+    project: Name
+    antenna: Name | None = None
+
+
+class SubmitOrder(Message):
+    """Submit ``spec`` (:func:`slurm_adapters.codec.spec_to_json`) as ``site_user`` (the broker's proposal)."""
+
+    kind: Literal["submit"] = "submit"
+    id: int
+    epoch: int
+    not_after: AwareDatetime
+    attempt: Name  # "<job id>/<attempt number>": a repeat of it is dropped
+    spec: dict[str, Any]
+    site_user: Name
+    requester: Requester
+
+
+class CancelOrder(Message):
+    """Cancel Slurm job ``slurm_job_id`` only if its tag and user still match (ids are re-issued)."""
+
+    kind: Literal["cancel"] = "cancel"
+    id: int
+    epoch: int
+    not_after: AwareDatetime
+    slurm_job_id: int
+    tag: Name
+    site_user: Name
+
+
+class ReadOrder(Message):
+    """Run a read-only adapter operation (:data:`READ_OPS`) and report its result."""
+
+    kind: Literal["read"] = "read"
+    id: int
+    not_after: AwareDatetime
+    op: Literal["get_job", "list_jobs", "accounted_jobs", "read_output", "cluster_info", "health"]
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+Order = Annotated[SubmitOrder | CancelOrder | ReadOrder, Field(discriminator="kind")]
+
+
+class Poll(Message):
+    """Wait up to ``wait_s`` for orders; every order with id <= ``ack`` has been received."""
+
+    ack: int = Field(ge=0)
+    wait_s: float = Field(ge=0, le=MAX_WAIT_S)
+    max_orders: int = Field(default=100, ge=1, le=MAX_ORDERS)
+
+
+class Orders(Message):
+    """Orders for this session, oldest first, with the broker's clock at hand-out."""
+
+    broker_time: AwareDatetime
+    orders: list[Order] = Field(max_length=MAX_ORDERS)
+
+
+# --- reports -----------------------------------------------------------------------------------------------
+
+
+class Report(Message):
+    """What came of one order. ``ok``: ``result`` is the operation's data (:mod:`slurm_adapters.codec`);
+    otherwise ``error`` is a typed error (``codec.error_to_json``). ``refused``: the site's policy said no,
+    before Slurm was asked. ``site_account`` is the account a submit ran as."""
+
+    order: int
+    ok: bool
+    result: Any = None
+    error: dict[str, Any] | None = None
+    refused: bool = False
+    site_account: Name | None = None
+    finished_at: AwareDatetime
+
+
+class Reports(Message):
+    reports: list[Report] = Field(min_length=1, max_length=MAX_REPORTS)
+
+
+class ReportsAnswer(Message):
+    """``applied``: reports that settled an open order; ``ignored``: repeats and orders already settled."""
+
+    applied: int
+    ignored: int
+
+
+# --- signing -----------------------------------------------------------------------------------------------
+
+
+def body_hash(body: bytes) -> str:
+    """The ``bh`` claim: base64url SHA-256 of the exact body bytes, without padding."""
+    return base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b"=").decode("ascii")
+
+
+def request_claims(method: str, target: str, body: bytes) -> dict[str, str]:
+    """The claims that bind an assertion to one request: method, path with query, body hash."""
+    return {"htm": method.upper(), "htu": target, "bh": body_hash(body)}
+
+
+def sign(
+    private_key: Any,
+    *,
+    kid: str,
+    alg: str,
+    factory: str,
+    audience: str,
+    method: str,
+    target: str,
+    body: bytes,
+    lifetime_s: int = DEFAULT_LIFETIME_S,
+    now: float | None = None,
+) -> str:
+    """The agent's assertion for one request; ``private_key`` is what PyJWT signs with."""
+    issued = int(time.time() if now is None else now)
+    payload = {
+        "iss": factory,
+        "sub": factory,
+        "aud": audience,
+        "iat": issued,
+        "nbf": issued,
+        "exp": issued + lifetime_s,
+        "jti": secrets.token_urlsafe(16),
+        **request_claims(method, target, body),
+    }
+    return jwt.encode(payload, private_key, algorithm=alg, headers={"kid": kid, "typ": TYP})
+
+
+def offset_s(broker_time: datetime, sent: datetime, received: datetime) -> float:
+    """How far the broker's clock is ahead of ours, from one round trip (its answer's midpoint)."""
+    midpoint = sent + (received - sent) / 2
+    return (broker_time - midpoint).total_seconds()
+
+
+__all__ = [
+    "DEFAULT_LIFETIME_S",
+    "FEATURES",
+    "MAX_LIFETIME_S",
+    "PREFIX",
+    "PROTOCOL",
+    "READ_OPS",
+    "SCHEME",
+    "TYP",
+    "CancelOrder",
+    "Heartbeat",
+    "HeartbeatAnswer",
+    "Hello",
+    "Order",
+    "Orders",
+    "Poll",
+    "ReadOrder",
+    "Report",
+    "Reports",
+    "ReportsAnswer",
+    "Requester",
+    "SessionGranted",
+    "SubmitOrder",
+    "body_hash",
+    "offset_s",
+    "request_claims",
+    "sign",
+]
