@@ -7,7 +7,15 @@ from collections.abc import Collection
 from datetime import datetime
 
 from slurm_adapters.errors import AccountingUnavailable
-from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec
+from slurm_adapters.records import (
+    ClusterInfo,
+    Health,
+    JobRecord,
+    OutputStream,
+    Rendering,
+    SlurmJobSpec,
+    SubmitContext,
+)
 
 
 class SlurmAdapter(abc.ABC):
@@ -27,8 +35,9 @@ class SlurmAdapter(abc.ABC):
         """What :meth:`submit` would send, without sending it. Applies the same safety checks."""
 
     @abc.abstractmethod
-    async def submit(self, spec: SlurmJobSpec, user: str) -> int:
-        """Submit the job as ``user``; return Slurm's job id."""
+    async def submit(self, spec: SlurmJobSpec, user: str, context: SubmitContext | None = None) -> int:
+        """Submit the job as ``user``; return Slurm's job id. With a ``context``, never start a call that
+        could still be running after ``context.not_after`` (see :class:`SubmitContext`)."""
 
     @abc.abstractmethod
     async def get_job(self, job_id: int) -> JobRecord:
@@ -43,8 +52,10 @@ class SlurmAdapter(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def cancel(self, job_id: int, user: str) -> None:
-        """Cancel as ``user``. Cancelling a job that already ended is not an error; an unknown id is."""
+    async def cancel(self, job_id: int, user: str, tag: str | None = None) -> None:
+        """Cancel as ``user``. Cancelling a job that already ended is not an error; an unknown id is. With a
+        ``tag``, the job is read back first and cancelled only if its tag and user still match (slurmctld
+        re-issues ids after a crash): otherwise :class:`JobNotFound`."""
 
     @abc.abstractmethod
     async def read_output(self, job_id: int, stream: OutputStream = "stdout", max_bytes: int = 65536) -> str:

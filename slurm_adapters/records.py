@@ -45,6 +45,24 @@ class SlurmJobSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class SubmitContext:
+    """What a submit is part of: the broker's attempt, until when its call may still be running, and for whom.
+
+    ``not_after`` is the attempt's hand-out window's end: no adapter starts a submit whose own deadline would
+    end after it (it raises :class:`~slurm_adapters.errors.ClusterUnavailable`, not applied), so once it has
+    passed (plus Slurm's MessageTimeout and the clock skew) the attempt can be looked up and settled.
+    ``attempt`` is ``"<job id>/<attempt number>"``; the requester fields say on whose behalf (a site's agent
+    may decide by them).
+    """
+
+    attempt: str
+    not_after: datetime
+    requester_user: str
+    requester_project: str
+    requester_antenna: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Rendering:
     """What :meth:`SlurmAdapter.submit` would send, for dry runs and for tests of the renderers.
 

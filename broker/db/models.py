@@ -9,7 +9,19 @@ import enum
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import BigInteger, Enum, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint, text
+from sqlalchemy import (
+    BigInteger,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from broker.db.types import UTCDateTime, json_document
@@ -392,3 +404,88 @@ class AntennaAssertionSeen(Base):
     expires_at: Mapped[datetime]
 
     __table_args__ = (Index(None, "expires_at"),)
+
+
+# --- the Factory agent (issue #13) ----------------------------------------------------------------------
+
+
+class AgentKeys(Base):
+    """The public keys (a JWKS) a Factory's agent signs its requests with, set by the Factory's operators or an
+    admin; a new upload replaces them, so a key left out is revoked at once."""
+
+    __tablename__ = "agent_keys"
+
+    factory_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    jwks: Mapped[dict[str, Any]]
+    updated_at: Mapped[datetime]
+    updated_by: Mapped[str] = mapped_column(String(255))
+
+
+class AgentAssertionSeen(Base):
+    """Each (Factory, jti) of an agent's assertion is accepted once, by whichever replica sees it first."""
+
+    __tablename__ = "agent_assertions_seen"
+
+    factory_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    jti: Mapped[str] = mapped_column(String(255), primary_key=True)
+    expires_at: Mapped[datetime]
+
+    __table_args__ = (Index(None, "expires_at"),)
+
+
+class AgentSession(Base):
+    """One connection of a Factory's agent: what it announced at hello, and until when it is alive. A
+    restarted agent opens a new session; a session whose ``expires_at`` has passed is over for good."""
+
+    __tablename__ = "agent_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    factory_id: Mapped[str] = mapped_column(String(64))
+    kid: Mapped[str] = mapped_column(String(255))
+    agent_version: Mapped[str] = mapped_column(String(255))
+    adapter: Mapped[str] = mapped_column(String(16))
+    slurm_release: Mapped[str | None] = mapped_column(String(255))
+    features: Mapped[list[str]]
+    opened_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    paused: Mapped[bool] = mapped_column(default=False)
+    clock_offset_s: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (Index(None, "factory_id", "expires_at"),)
+
+
+class AgentLease(Base):
+    """Which session of a Factory's agent receives its submit and cancel orders, at which fencing epoch, until
+    when. Taken over only once expired, by compare-and-set, and every take-over raises ``epoch``."""
+
+    __tablename__ = "agent_leases"
+
+    factory_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(String(64))
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[datetime]
+
+
+class AgentOrder(Base):
+    """An order for a Factory's agent: ``submit`` and ``cancel`` are bound to (session, epoch) when written and
+    delivered only to that session before ``not_after``; a ``read`` goes to the first live session that takes
+    it. ``state``: open -> answered (the report, applied once by compare-and-set) or expired."""
+
+    __tablename__ = "agent_orders"
+
+    id: Mapped[int] = mapped_column(EVENT_ID, primary_key=True, autoincrement=True)
+    factory_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    session_id: Mapped[str | None] = mapped_column(String(64))
+    epoch: Mapped[int | None] = mapped_column(BigInteger)
+    attempt: Mapped[str | None] = mapped_column(String(255))
+    not_after: Mapped[datetime]
+    payload: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]
+    answered_at: Mapped[datetime | None]
+    report: Mapped[dict[str, Any] | None]
+
+    __table_args__ = (Index(None, "factory_id", "state", "id"), Index(None, "session_id", "id"))

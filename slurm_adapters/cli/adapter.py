@@ -29,7 +29,7 @@ from slurm_adapters.errors import (
 )
 from slurm_adapters.formats import DATA_PARSER_RELEASE, RecordFormat, for_release
 from slurm_adapters.interface import SlurmAdapter
-from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec
+from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec, SubmitContext
 from slurm_adapters.safety import SitePolicy, check_spec, fenced_script, read_owned_tail, site_path
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class CliAdapter(SlurmAdapter):
     def _submit_argv(self, spec: SlurmJobSpec) -> list[str]:
         return submit_argv(spec, self.runner.slurm_conf, self.sbatch)
 
-    async def submit(self, spec: SlurmJobSpec, user: str) -> int:
+    async def submit(self, spec: SlurmJobSpec, user: str, context: SubmitContext | None = None) -> int:
         rendering = self.render(spec, user)
         outcome = await self.runner.run(
             self._submit_argv(spec),
@@ -226,7 +226,7 @@ class CliAdapter(SlurmAdapter):
 
     # -- cancel -------------------------------------------------------------------------------------
 
-    async def cancel(self, job_id: int, user: str) -> None:
+    async def cancel(self, job_id: int, user: str, tag: str | None = None) -> None:
         """scancel exits 0 for unknown and finished jobs, so the job is looked up first."""
         self.policy.check_user(user, cluster=self.cluster)
         record = await self.get_job(job_id)  # JobNotFound for an unknown id

@@ -48,7 +48,7 @@ from slurm_adapters.errors import ClusterUnavailable, SlurmError
 from slurm_adapters.interface import SlurmAdapter
 from slurm_adapters.pyslurm.mapping import submit_kwargs
 from slurm_adapters.pyslurm.process import WorkerFailed, WorkerProcess
-from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec
+from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec, SubmitContext
 from slurm_adapters.safety import SitePolicy, check_spec
 
 T = TypeVar("T")
@@ -228,7 +228,7 @@ class PyslurmAdapter(SlurmAdapter):
         kwargs = submit_kwargs(spec, self.policy.login(user), self._gid(user), socket.gethostname())
         return Rendering(adapter=self.kind, user=user, script=kwargs["script"], payload=kwargs)
 
-    async def submit(self, spec: SlurmJobSpec, user: str) -> int:
+    async def submit(self, spec: SlurmJobSpec, user: str, context: SubmitContext | None = None) -> int:
         description = self.render(spec, user).payload
         return await self._call("submit", {"description": description}, _job_id, submitting=True)
 
@@ -239,7 +239,7 @@ class PyslurmAdapter(SlurmAdapter):
         args = {"tags": sorted(tags) if tags is not None else None, "tag_prefix": tag_prefix}
         return await self._call("list_jobs", args, records_from_json)
 
-    async def cancel(self, job_id: int, user: str) -> None:
+    async def cancel(self, job_id: int, user: str, tag: str | None = None) -> None:
         self.policy.check_user(user, cluster=self.cluster)
         await self._call("cancel", {"job_id": int(job_id), "user": user}, _nothing)
 

@@ -35,7 +35,7 @@ from slurm_adapters.formats.common import (
     number,
 )
 from slurm_adapters.interface import SlurmAdapter
-from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec
+from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec, SubmitContext
 from slurm_adapters.rest.codec import Codec
 from slurm_adapters.rest.errors import Operation, classify
 from slurm_adapters.rest.v0038 import V0038
@@ -215,7 +215,7 @@ class RestAdapter(SlurmAdapter):
         """The JSON body for the negotiated version (the newest supported one before any call)."""
         return self._render(self._codec or CODECS[0], spec, user)
 
-    async def submit(self, spec: SlurmJobSpec, user: str) -> int:
+    async def submit(self, spec: SlurmJobSpec, user: str, context: SubmitContext | None = None) -> int:
         self.policy.check_user(user, cluster=self.cluster)  # refuse before anything reaches slurmrestd
         check_spec(spec, cluster=self.cluster)
         codec = await self._negotiated()
@@ -255,7 +255,7 @@ class RestAdapter(SlurmAdapter):
             records = [r for r in records if r.tag is not None and r.tag.startswith(tag_prefix)]
         return records
 
-    async def cancel(self, job_id: int, user: str) -> None:
+    async def cancel(self, job_id: int, user: str, tag: str | None = None) -> None:
         self.policy.check_user(user, cluster=self.cluster)
         codec = await self._negotiated()
         await self._call("DELETE", codec.job_path(job_id), operation="cancel", user=user)

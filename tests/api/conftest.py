@@ -35,7 +35,7 @@ from broker.settings import Settings
 from slurm_adapters.errors import OutputUnavailable, SlurmError
 from slurm_adapters.factory import AdapterConfig, build_adapter
 from slurm_adapters.interface import SlurmAdapter
-from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec
+from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec, SubmitContext
 from tests.db.conftest import (  # noqa: F401 - fixtures shared with the database tests
     database_url,
     db,
@@ -111,7 +111,7 @@ class FakeAdapter(SlurmAdapter):
             raise OutputUnavailable(f"no {stream} for job {job_id}", cluster=self.cluster)
         return text.encode()[-max_bytes:].decode(errors="replace")
 
-    async def submit(self, spec: SlurmJobSpec, user: str) -> int:
+    async def submit(self, spec: SlurmJobSpec, user: str, context: SubmitContext | None = None) -> int:
         raise AssertionError("the API must never submit to Slurm")
 
     async def get_job(self, job_id: int) -> JobRecord:
@@ -120,7 +120,7 @@ class FakeAdapter(SlurmAdapter):
     async def list_jobs(self, *, tags: Collection[str] | None = None, tag_prefix: str | None = None) -> list[JobRecord]:
         raise AssertionError("the API must never list Slurm jobs")
 
-    async def cancel(self, job_id: int, user: str) -> None:
+    async def cancel(self, job_id: int, user: str, tag: str | None = None) -> None:
         raise AssertionError("the API must never cancel in Slurm itself")
 
     async def cluster_info(self) -> ClusterInfo:

@@ -82,7 +82,7 @@ class ScriptedSlurm(FakeAdapter):
     async def list_jobs(self, *, tags: Collection[str] | None = None, tag_prefix: str | None = None) -> list[JobRecord]:
         return list(self.records)
 
-    async def cancel(self, job_id: int, user: str) -> None:
+    async def cancel(self, job_id: int, user: str, tag: str | None = None) -> None:
         return None
 
 

@@ -26,6 +26,7 @@ from slurm_adapters.records import (
     Rendering,
     SlurmJobSpec,
     SlurmJobState,
+    SubmitContext,
 )
 from tests.api.conftest import write_factories  # the two Factories of the API tests
 from tests.db.helpers import at, new_job
@@ -44,13 +45,13 @@ class CannedSlurm(SlurmAdapter):
     async def list_jobs(self, *, tags: Collection[str] | None = None, tag_prefix: str | None = None) -> list[JobRecord]:
         return list(self.records.values())
 
-    async def cancel(self, job_id: int, user: str) -> None:
+    async def cancel(self, job_id: int, user: str, tag: str | None = None) -> None:
         self.cancelled.append(job_id)
 
     def render(self, spec: SlurmJobSpec, user: str) -> Rendering:
         raise AssertionError("not called by the reconciler")
 
-    async def submit(self, spec: SlurmJobSpec, user: str) -> int:
+    async def submit(self, spec: SlurmJobSpec, user: str, context: SubmitContext | None = None) -> int:
         raise AssertionError("not called by the reconciler")
 
     async def get_job(self, job_id: int) -> JobRecord:

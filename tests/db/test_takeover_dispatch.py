@@ -24,7 +24,7 @@ from broker.settings import Settings
 from conveyor.spec import JobState
 from slurm_adapters.factory import AdapterConfig
 from slurm_adapters.interface import SlurmAdapter
-from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec
+from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec, SubmitContext
 from tests.api.conftest import write_factories  # the two Factories of the API tests
 from tests.db.helpers import at, new_job
 
@@ -51,7 +51,7 @@ class ScriptedSlurm(SlurmAdapter):
         self.release: asyncio.Event | None = None
         self.submitting = asyncio.Event()
 
-    async def submit(self, spec: SlurmJobSpec, user: str) -> int:
+    async def submit(self, spec: SlurmJobSpec, user: str, context: SubmitContext | None = None) -> int:
         self.calls.append("submit")
         self.submitting.set()
         if self.release is not None:
@@ -72,7 +72,7 @@ class ScriptedSlurm(SlurmAdapter):
     async def get_job(self, job_id: int) -> JobRecord:
         raise AssertionError("not called")
 
-    async def cancel(self, job_id: int, user: str) -> None:
+    async def cancel(self, job_id: int, user: str, tag: str | None = None) -> None:
         raise AssertionError("not called")
 
     async def read_output(self, job_id: int, stream: OutputStream = "stdout", max_bytes: int = 65536) -> str:
