@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from slurm_adapters.interface import SlurmAdapter
@@ -37,7 +37,7 @@ from slurm_adapters.safety import (
 )
 from slurm_adapters.tokens import DEFAULT_LIFETIME_S, MAX_LIFETIME_S
 
-AdapterKind = Literal["rest", "cli", "pyslurm"]
+AdapterKind = Literal["rest", "cli", "pyslurm", "agent"]
 UserLookup = Literal["passwd", "nss", "none"]
 
 # Slurm's own pattern for ClusterName is loose; this one keeps names safe in argv, URLs and logs.
@@ -207,7 +207,24 @@ class PyslurmConfig(_SiteConfig):
         self._check_lookup(self.user_lookup, self.fs_root)
 
 
-AdapterConfig = RestConfig | CliConfig | PyslurmConfig
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AgentConfig(_SiteConfig):
+    """A Factory reached through its own agent (issue #13), which runs the adapter at the site: the broker holds
+    no Slurm credential, reaches nothing and resolves no uid, so only names are checked here (the agent's
+    policy file has the final word)."""
+
+    kind: Literal["agent"] = "agent"
+    user_lookup: ClassVar[UserLookup] = "none"
+    fs_root: ClassVar[str | None] = None
+
+    def __post_init__(self) -> None:
+        self._check_site("agent")
+
+
+AdapterConfig = RestConfig | CliConfig | PyslurmConfig | AgentConfig
+# An agent Factory's site users when its file sets no allowed_users: any name is_user_name takes (root, SlurmUser
+# and forbidden_users are still refused by name; the agent's policy decides the rest).
+_ANY_USER_NAME = ".+"
 
 
 def _lookup(config: AdapterConfig) -> Callable[[str], PasswdEntry | None] | None:
@@ -229,13 +246,16 @@ def _login_defs(config: AdapterConfig) -> Path | None:
 
 def site_policy(config: AdapterConfig) -> SitePolicy:
     """Who this cluster's adapter may submit as: people, never root, SlurmUser, a forbidden or a system account."""
+    allowed_users = config.allowed_users
+    if isinstance(config, AgentConfig) and allowed_users is None:
+        allowed_users = _ANY_USER_NAME
     return SitePolicy(
         slurm_user=config.slurm_user,
         forbidden_users=frozenset(config.forbidden_users),
         lookup=_lookup(config),
         uid_ranges=config.uid_ranges,
         login_defs=_login_defs(config),
-        allowed_users=None if config.allowed_users is None else re.compile(config.allowed_users),
+        allowed_users=None if allowed_users is None else re.compile(allowed_users),
     )
 
 
@@ -270,6 +290,8 @@ def build_adapter(config: AdapterConfig) -> SlurmAdapter:
             as_root=config.as_root,
             timeout_s=config.timeout_s,
         )
+    if isinstance(config, AgentConfig):
+        raise AdapterConfigError("kind", f"cluster {config.cluster} is reached through its agent, not an adapter here")
     from slurm_adapters.pyslurm.adapter import PyslurmAdapter
 
     return PyslurmAdapter(
@@ -300,6 +322,7 @@ __all__ = [
     "AdapterConfig",
     "AdapterConfigError",
     "AdapterKind",
+    "AgentConfig",
     "CliConfig",
     "PyslurmConfig",
     "RestConfig",

@@ -48,7 +48,7 @@ AccountName = Annotated[str, StringConstraints(min_length=1, max_length=64, patt
 Text = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 JobRoot = Annotated[str, StringConstraints(min_length=2, max_length=1024, pattern=r"^/[^\x00-\x1f\x7f]*$")]
 WorkingRoot = Annotated[JobRoot, AfterValidator(working_roots.check_root)]
-_ADAPTER_KINDS = {"rest", "cli", "pyslurm"}
+_ADAPTER_KINDS = {"rest", "cli", "pyslurm", "agent"}
 
 
 def _site_user(name: str) -> str:
