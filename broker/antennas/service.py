@@ -21,7 +21,6 @@ from broker.antennas.assertion import (
     InvalidAssertion,
     Reason,
     RegisteredKey,
-    parse_jwks,
     unverified_antenna,
     verify,
 )
@@ -33,6 +32,7 @@ from broker.db.types import utc_now
 from broker.errors import AlreadyExists, Forbidden, Invalid, InvalidInput, NotFound, TooManyRequests
 from broker.factories.registry import FactoryRegistry
 from broker.identity import Principal, Scope
+from broker.identity.assertions import registered_keys
 from broker.identity.limits import RequestRate
 from broker.identity.service import AuthenticationFailed
 
@@ -225,10 +225,7 @@ class AntennaService:
 
 def _keys(jwks: dict[str, Any]) -> dict[str, RegisteredKey]:
     """The registered keys of a stored or uploaded JWKS; an unusable upload is a 422 naming the key."""
-    try:
-        return parse_jwks(jwks)
-    except ValueError as exc:
-        raise InvalidInput([Invalid(("body", "jwks"), str(exc), "invalid_jwks")]) from None
+    return registered_keys(jwks, purpose="antenna upload")
 
 
 __all__ = ["NATIONAL_SCOPES", "AntennaService"]

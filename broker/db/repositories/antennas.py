@@ -12,13 +12,13 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db.engine import Database
 from broker.db.models import Antenna, AntennaAssertionSeen, AntennaOperator, User
 from broker.db.repositories.errors import AntennaQuotaFull
-from broker.db.repositories.sql import insert_ignoring_conflict
+from broker.db.repositories.sql import accept_once, insert_ignoring_conflict
 from broker.db.types import utc_now
 
 NATIONAL_ISSUER_PREFIX = "antenna:"  # a national user is the user of identity ("antenna:<id>", sub)
@@ -79,22 +79,11 @@ class AntennaRepository:
             return await session.get(AntennaOperator, (antenna_id, user_id)) is not None
 
     async def accept_once(self, antenna_id: str, jti: str, expires_at: datetime) -> bool:
-        """Record (Antenna, jti) as used; False if it was used before, by this replica or any other.
-
-        The primary key decides, so two replicas racing on one jti cannot both win. Rows of assertions that
-        expired are dropped on the way (they would be refused as expired anyway)."""
+        """Record (Antenna, jti) as used; False if it was used before, by this replica or any other
+        (:func:`~broker.db.repositories.sql.accept_once`)."""
         async with self._db.write() as session:
-            await session.execute(
-                delete(AntennaAssertionSeen).where(
-                    AntennaAssertionSeen.antenna_id == antenna_id, AntennaAssertionSeen.expires_at < self._clock()
-                )
-            )
-            added = await session.scalar(
-                insert_ignoring_conflict(
-                    session, AntennaAssertionSeen, antenna_id=antenna_id, jti=jti, expires_at=expires_at
-                ).returning(AntennaAssertionSeen.jti)
-            )
-            return added is not None
+            return await accept_once(session, AntennaAssertionSeen, "antenna_id", antenna_id, jti, expires_at,
+                                     self._clock())  # fmt: skip
 
 
 async def take_slots(session: AsyncSession, wants: Sequence[tuple[str, str]]) -> dict[str, AntennaQuotaFull]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
+from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,6 +21,21 @@ def insert_ignoring_conflict(
     ``.values(rows)`` for several rows."""
     insert = postgresql.insert(model) if session.get_bind().dialect.name == "postgresql" else sqlite.insert(model)
     return (insert.values(**values) if values else insert).on_conflict_do_nothing()
+
+
+async def accept_once(  # noqa: PLR0917 - the table, its row, and the clock
+    session: AsyncSession, seen: type[Base], owner: str, owner_id: str, jti: str, expires_at: datetime, now: datetime
+) -> bool:
+    """Record the assertion id ``jti`` of ``owner_id`` in ``seen`` (a table keyed by (``owner`` column, jti),
+    with ``expires_at``); False if it was there before, put by this replica or any other.
+
+    The primary key decides, so two replicas racing on one jti cannot both win. The owner's rows of expired
+    assertions are dropped on the way (they would be refused as expired anyway)."""
+    columns = seen.__table__.c
+    await session.execute(delete(seen).where(columns[owner] == owner_id, columns.expires_at < now))
+    values = {owner: owner_id, "jti": jti, "expires_at": expires_at}
+    added = await session.scalar(insert_ignoring_conflict(session, seen, **values).returning(columns.jti))
+    return added is not None
 
 
 def is_sqlite(session: AsyncSession) -> bool:
