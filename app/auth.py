@@ -103,11 +103,11 @@ def oidc_verifier(settings: Settings) -> OidcVerifier | None:
     return OidcVerifier(settings.oidc_issuers, verify=verify)
 
 
-def challenge(error: str | None = None, description: str | None = None) -> str:
+def challenge(error: str | None = None, description: str | None = None, *, scheme: str = "Bearer") -> str:
     """A WWW-Authenticate value (RFC 6750 section 3): no error member when no credential was sent at all."""
     parts = [f'realm="{REALM}"']
     if error:
         parts.append(f'error="{error}"')
     if description:
         parts.append(f'error_description="{description}"')
-    return "Bearer " + ", ".join(parts)
+    return f"{scheme} " + ", ".join(parts)

@@ -12,6 +12,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.auth import Authenticator, challenge
 from app.problems import Unauthenticated
+from broker.agents.auth import AgentAuthenticator
+from broker.agents.keys import AgentKeyService
 from broker.antennas.assertion import SCHEME, BoundRequest
 from broker.antennas.service import AntennaService
 from broker.db.engine import Database
@@ -55,6 +57,8 @@ class AppState:
     allocations: AllocationService
     site_accounts: SiteAccountService
     antennas: AntennaService
+    agent_auth: AgentAuthenticator
+    agent_keys: AgentKeyService
     jobs: JobService
     factories: FactoryService
     stats: JobStats
@@ -77,9 +81,7 @@ async def get_principal(
     if credentials is None and assertion is None:
         raise Unauthenticated("send 'Authorization: Bearer <token>'", challenge())
     source = client_address(request)
-    retry_after = state.auth_failures.retry_after_s(source)
-    if retry_after is not None:
-        raise TooManyRequests("too many failed authentications from this address; wait and retry", retry_after)
+    refuse_if_failing(state, source)
     try:
         if assertion is not None:
             caller = await state.antennas.authenticate(assertion, await bound_request(request), source=source)
@@ -99,8 +101,13 @@ async def get_principal(
 
 def _antenna_assertion(request: Request) -> str | None:
     """The assertion of ``Authorization: Antenna <JWS>`` (an Antenna gateway's request), else None."""
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    return value.strip() if scheme.lower() == SCHEME.lower() else None
+    return scheme_credential(request, SCHEME)
+
+
+def scheme_credential(request: Request, scheme: str) -> str | None:
+    """The credential of ``Authorization: <scheme> <credential>`` (scheme case-insensitive), else None."""
+    name, _, value = request.headers.get("authorization", "").partition(" ")
+    return value.strip() if name.lower() == scheme.lower() else None
 
 
 async def bound_request(request: Request) -> BoundRequest:
@@ -109,6 +116,13 @@ async def bound_request(request: Request) -> BoundRequest:
     query = request.scope.get("query_string", b"")
     target = raw_path.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else "")
     return BoundRequest(method=request.method, target=target, body=await request.body())
+
+
+def refuse_if_failing(state: AppState, source: str | None) -> None:
+    """429 for an address that failed to authenticate too often lately."""
+    retry_after = state.auth_failures.retry_after_s(source)
+    if retry_after is not None:
+        raise TooManyRequests("too many failed authentications from this address; wait and retry", retry_after)
 
 
 def client_address(request: Request) -> str | None:
@@ -153,6 +167,10 @@ def get_site_accounts(state: StateDep) -> SiteAccountService:
     return state.site_accounts
 
 
+def get_agent_keys(state: StateDep) -> AgentKeyService:
+    return state.agent_keys
+
+
 def get_database(state: StateDep) -> Database:
     return state.database
 
@@ -168,3 +186,4 @@ IdentitiesDep = Annotated[IdentityService, Depends(get_identities)]
 ProjectsDep = Annotated[ProjectService, Depends(get_projects)]
 AllocationsDep = Annotated[AllocationService, Depends(get_allocations)]
 SiteAccountsDep = Annotated[SiteAccountService, Depends(get_site_accounts)]
+AgentKeysDep = Annotated[AgentKeyService, Depends(get_agent_keys)]

@@ -19,7 +19,9 @@ from app import problems
 from app.auth import Authenticator, authenticator_from_settings, oidc_verifier
 from app.deps import AppState, RuntimeLike
 from app.limits import EDGE_ERRORS, EdgeLimits, RequestLimits
-from app.routes import admin, allocations, antennas, factories, health, jobs, projects, site_accounts, tokens
+from app.routes import admin, agents, allocations, antennas, factories, health, jobs, projects, site_accounts, tokens
+from broker.agents.auth import AgentAuthenticator
+from broker.agents.keys import AgentKeyService
 from broker.antennas.service import AntennaService
 from broker.db.engine import database_from_settings
 from broker.db.migrate import schema_is_current
@@ -91,6 +93,7 @@ def create_app(
         allocations.router,
         site_accounts.router,
         antennas.router,
+        agents.router,
     ):
         app.include_router(router, prefix=API_ROOT, responses=API_ERRORS)
     app.include_router(health.router, responses=EDGE_ERRORS)
@@ -161,6 +164,8 @@ async def _running(
                 allocations=AllocationService(database, registry),
                 site_accounts=SiteAccountService(database, registry),
                 antennas=AntennaService(database, registry, audience=settings.antenna_audience),
+                agent_auth=AgentAuthenticator(database, registry, audience=settings.antenna_audience),
+                agent_keys=AgentKeyService(database, registry),
                 jobs=JobService(
                     database,
                     registry,

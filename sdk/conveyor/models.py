@@ -744,6 +744,24 @@ class AntennaUpdate(WireRequest):
     max_active_jobs: StrictInt | None = Field(None, ge=0, le=MAX_ANTENNA_ACTIVE_JOBS)
 
 
+class AgentKeysView(WireAnswer):
+    """A Factory's registered agent keys: the public JWK Set its agent signs every request with (a kid not
+    in it is refused on the agent's next request)."""
+
+    factory: FactoryId
+    kids: list[str] = Field(description="The key ids of its registered keys.")
+    jwks: dict[str, Any] = Field(description="The JWK Set as registered: public keys only.")
+    updated_at: UtcDatetime
+    updated_by: str = Field(description="The user who registered this set.")
+
+
+class AgentIdentity(WireAnswer):
+    """Who a Factory agent's request was authenticated as (``POST /v1/agent/whoami``)."""
+
+    factory: FactoryId
+    kid: str = Field(description="The registered key that signed the request.")
+
+
 class AntennaView(WireAnswer):
     id: AntennaId
     country: Country

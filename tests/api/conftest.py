@@ -11,6 +11,7 @@ fail loudly if anything tries to submit, cancel or list: the API itself must nev
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
@@ -291,12 +292,18 @@ class Broker:
         assert granted.status_code == 204, granted.text
 
 
-@pytest.fixture
-async def broker(db: Database, database_url: str, tmp_path: Path, registry: FactoryRegistry) -> AsyncIterator[Broker]:  # noqa: F811
-    settings = api_settings(tmp_path, database_url, dev_mode=False, dev_token=None)
-    pool = AdapterPool(registry, build=FakeAdapter)
+@contextlib.asynccontextmanager
+async def running_broker(db: Database, settings: Settings) -> AsyncIterator[Broker]:  # noqa: F811
+    """The app of ``settings`` (its Factory file's registry, with fake adapters) and its first admin."""
+    pool = AdapterPool(load_factories(settings.factories_file), build=FakeAdapter)
     app = create_app(settings, adapters=pool)
     _, issued = await IdentityService(db).create_first_admin("ops")
     async with app.router.lifespan_context(app):
         yield Broker(app, db, issued.text)
     await pool.aclose()
+
+
+@pytest.fixture
+async def broker(db: Database, database_url: str, tmp_path: Path) -> AsyncIterator[Broker]:  # noqa: F811
+    async with running_broker(db, api_settings(tmp_path, database_url, dev_mode=False, dev_token=None)) as running:
+        yield running

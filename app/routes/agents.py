@@ -1,0 +1,52 @@
+"""The Factory agent's routes: its keys (for the Factory's operators and admins) and the link's connectivity
+check, ``POST /v1/agent/whoami``, which an agent operator calls to see that the agent's key, clock and the
+broker's audience agree (it answers the Factory and kid the broker authenticated, or a 401 saying why not)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request
+
+from app.agent_auth import AgentCallerDep
+from app.deps import AgentKeysDep, Reader, Submitter, client_address
+from app.problems import BODY_UNREADABLE
+from app.routes.antennas import jwks_document
+from broker.db.models import AgentKeys
+from conveyor.models import AgentIdentity, AgentKeysView, PublicJwks
+from conveyor.problems import Problem
+from conveyor.spec import FactoryId
+
+router = APIRouter(tags=["agents"])
+FactoryPath = Annotated[FactoryId, Path()]
+_ERRORS: dict[int | str, dict[str, Any]] = {403: {"model": Problem}, 404: {"model": Problem}}
+
+
+def agent_keys_view(keys: AgentKeys) -> AgentKeysView:
+    kids = [str(jwk["kid"]) for jwk in keys.jwks["keys"]]
+    return AgentKeysView(factory=keys.factory_id, kids=sorted(kids), jwks=keys.jwks, updated_at=keys.updated_at,
+                         updated_by=keys.updated_by)  # fmt: skip
+
+
+@router.put("/factories/{factory_id}/agent-keys", summary="Register or replace a Factory agent's public keys",
+            responses={**_ERRORS, **BODY_UNREADABLE})  # fmt: skip
+async def replace_agent_keys(
+    factory_id: FactoryPath, jwks: PublicJwks, request: Request, caller: Submitter, keys: AgentKeysDep
+) -> AgentKeysView:
+    """For the Factory's operators and admins. The set replaces the registered one: a kid left out is refused
+    from the agent's next request on (to rotate, upload old and new, then the new alone)."""
+    stored = await keys.replace(caller, factory_id, jwks_document(jwks), source=client_address(request))
+    return agent_keys_view(stored)
+
+
+@router.get("/factories/{factory_id}/agent-keys", summary="A Factory agent's registered public keys",
+            responses=_ERRORS)  # fmt: skip
+async def get_agent_keys_of(factory_id: FactoryPath, caller: Reader, keys: AgentKeysDep) -> AgentKeysView:
+    return agent_keys_view(await keys.keys(caller, factory_id))
+
+
+@router.post("/agent/whoami", summary="The agent link's connectivity check: who the broker takes the agent for",
+             responses={401: {"model": Problem}})  # fmt: skip
+async def agent_whoami(agent: AgentCallerDep) -> AgentIdentity:
+    """Signed like every request of the agent (``Authorization: Agent <JWS>``, any body, usually empty)."""
+    return AgentIdentity(factory=agent.factory_id, kid=agent.kid)
