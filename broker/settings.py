@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from broker.identity.oidc import OidcIssuers
 from conveyor.spec import MAX_SCRIPT_BYTES
+from slurm_adapters.agent_protocol import MAX_WAIT_S
 
 DEFAULT_DATA_DIR = Path("/var/lib/conveyor")
 # The largest job with room to spare: a 1 MiB script even where JSON escapes (newlines, quotes, tabs) grow it,
@@ -129,6 +130,39 @@ class Settings(BaseSettings):
     run_loops: bool = Field(
         True, description="run the dispatcher, reconciler and health loops in this process; off: serve the API only"
     )
+    agent_session_ttl_s: float = Field(
+        30.0, gt=0, le=600, description="a Factory agent's session silent this long is over; the agent opens a new one"
+    )
+    agent_lease_s: float = Field(
+        15.0,
+        gt=0,
+        le=600,
+        description="how long a heartbeat keeps a session the holder of its Factory's agent lease (the only session "
+        "that receives submit and cancel orders); a lapsed lease is taken over by another session at a new epoch",
+    )
+    agent_heartbeat_s: float = Field(
+        5.0, gt=0, le=60, description="how often a Factory agent is told to send its heartbeat"
+    )
+    agent_poll_wait_s: float = Field(
+        20.0, gt=0, le=MAX_WAIT_S, description="how long a Factory agent's long poll for orders is told to wait"
+    )
+    agent_bell_interval_s: float = Field(
+        0.15,
+        gt=0,
+        le=5,
+        description="how often one check per process looks for orders and reports written by other broker "
+        "replicas (local writes wake waiters at once)",
+    )
+    agent_read_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="how long a read through a Factory agent (job list, health...) may take"
+    )
+    agent_report_grace_s: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="how long after an order's not_after the broker still waits for its report before the "
+        "outcome is in doubt",
+    )
 
     @model_validator(mode="after")
     def _url_is_async(self) -> Settings:
@@ -140,6 +174,14 @@ class Settings(BaseSettings):
     def _one_field_fits_the_head(self) -> Settings:
         if self.max_header_field_bytes > self.max_header_bytes:
             raise ValueError("max_header_field_bytes must not exceed max_header_bytes")
+        return self
+
+    @model_validator(mode="after")
+    def _agent_timings_fit(self) -> Settings:
+        if self.agent_lease_s < 2 * self.agent_heartbeat_s:
+            raise ValueError("agent_lease_s must be at least twice agent_heartbeat_s (one late beat loses no lease)")
+        if self.agent_session_ttl_s < self.agent_lease_s:
+            raise ValueError("agent_session_ttl_s must be at least agent_lease_s (a lease outlives no session)")
         return self
 
     @model_validator(mode="after")
