@@ -1,0 +1,176 @@
+"""Waking the waiters of the agent link (long polls, adapter calls) when something they wait for changed.
+
+Within a process, a write rings the bell itself (:meth:`Bell.ring_orders`, :meth:`Bell.ring_answers`) after
+its commit. Writes of other processes (broker replicas on one PostgreSQL) are seen by ONE check per process
+every ``interval_s``, shared by all its waiters: the newest open order id of each Factory someone polls, and
+which awaited orders have been answered. No waiter, no query; twenty idle long polls cost one small query per
+interval. A Factory's order ids are committed in id order (writers serialize per Factory, see
+:mod:`broker.agents.orders`), so a new order always changes its Factory's newest open id.
+
+A waiter registers before it reads the database (:meth:`Bell.listen`), so a ring between its read and its
+wait is never lost; a ring may be spurious (the waiter reads again and finds nothing). Leaving the ``async
+with`` block, cancelled or not, unregisters it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable
+from typing import TypeVar
+
+from sqlalchemy import String, func, literal, select, union_all
+from sqlalchemy.sql import CompoundSelect, Select
+
+from broker.db.engine import Database
+from broker.db.models import AgentOrder
+
+log = logging.getLogger(__name__)
+_K = TypeVar("_K")
+
+
+class Signal:
+    """One waiter's doorbell: rung by the bell, awaited by its owner."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def ring(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout_s: float) -> bool:
+        """Whether it rang within ``timeout_s``; a ring is consumed by the wait that sees it."""
+        if timeout_s > 0 and not self._event.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), timeout_s)
+        rang = self._event.is_set()
+        self._event.clear()
+        return rang
+
+
+class Bell:
+    """The process's bell for the agent link; ``checks`` counts the database checks made so far."""
+
+    def __init__(self, database: Database, interval_s: float) -> None:
+        self._db = database
+        self._interval_s = interval_s
+        self._by_factory: dict[str, set[Signal]] = {}
+        self._by_order: dict[int, set[Signal]] = {}
+        self._newest: dict[str, int | None] = {}  # last seen newest open order id per Factory
+        self._task: asyncio.Task[None] | None = None
+        self.checks = 0
+
+    @contextlib.asynccontextmanager
+    async def listen(self, *, factory_id: str | None = None, order_ids: Iterable[int] = ()) -> AsyncIterator[Signal]:
+        """A signal rung when ``factory_id`` gets a new order (or one of its open orders changes) or when one
+        of ``order_ids`` is answered."""
+        signal = Signal()
+        orders = list(order_ids)
+        if factory_id is not None:
+            self._by_factory.setdefault(factory_id, set()).add(signal)
+        for order_id in orders:
+            self._by_order.setdefault(order_id, set()).add(signal)
+        self._ensure_checking()
+        try:
+            yield signal
+        finally:
+            if factory_id is not None:
+                _discard(self._by_factory, factory_id, signal)
+            for order_id in orders:
+                _discard(self._by_order, order_id, signal)
+
+    def ring_orders(self, factory_id: str) -> None:
+        """``factory_id`` has a new order (or one of its orders changed): wake its pollers."""
+        for signal in list(self._by_factory.get(factory_id, ())):
+            signal.ring()
+
+    def ring_answers(self, order_ids: Iterable[int]) -> None:
+        """These orders were answered: wake whoever waits for them."""
+        for order_id in order_ids:
+            for signal in list(self._by_order.get(order_id, ())):
+                signal.ring()
+
+    @property
+    def waiting(self) -> int:
+        """Registered waiters (a waiter on several orders counts once per order)."""
+        return sum(len(s) for s in self._by_factory.values()) + sum(len(s) for s in self._by_order.values())
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _ensure_checking(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="agent-bell")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            if not self._by_factory and not self._by_order:
+                continue
+            try:
+                await self.check()
+            except Exception as exc:  # the database is away: waiters still end at their own deadlines
+                log.warning("the agent link's bell could not check the database: %s", exc)
+
+    async def check(self) -> None:
+        """One look at the database for every waiter of this process; rings what changed."""
+        factories, orders = sorted(self._by_factory), sorted(self._by_order)
+        statement = _check_statement(factories, orders)
+        if statement is None:
+            return
+        async with self._db.read() as session:
+            rows = (await session.execute(statement)).all()
+        self.checks += 1
+        newest: dict[str, int | None] = dict.fromkeys(factories)
+        answered: list[int] = []
+        for kind, factory_id, number in rows:
+            if kind == "o":
+                newest[factory_id] = number
+            else:
+                answered.append(number)
+        for factory_id, newest_id in newest.items():
+            # A Factory seen for the first time rings too: an order may have come before this first look.
+            if factory_id not in self._newest or self._newest[factory_id] != newest_id:
+                self._newest[factory_id] = newest_id
+                self.ring_orders(factory_id)
+        self.ring_answers(answered)
+
+
+_Check = Select[str, str, int] | CompoundSelect[str, str, int]
+
+
+def _check_statement(factories: list[str], orders: list[int]) -> _Check | None:
+    parts: list[Select[str, str, int]] = []
+    if factories:
+        parts.append(
+            select(literal("o", String).label("kind"), AgentOrder.factory_id, func.max(AgentOrder.id))
+            .where(AgentOrder.factory_id.in_(factories), AgentOrder.state == "open")
+            .group_by(AgentOrder.factory_id)
+        )
+    if orders:
+        parts.append(
+            select(literal("a", String).label("kind"), literal("", String), AgentOrder.id).where(
+                AgentOrder.id.in_(orders), AgentOrder.state == "answered"
+            )
+        )
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    return union_all(*parts)
+
+
+def _discard(index: dict[_K, set[Signal]], key: _K, signal: Signal) -> None:
+    waiters = index.get(key)
+    if waiters is not None:
+        waiters.discard(signal)
+        if not waiters:
+            del index[key]
+
+
+__all__ = ["Bell", "Signal"]

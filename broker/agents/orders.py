@@ -1,0 +1,367 @@
+"""The order mailbox of a Factory's agent: orders written by the broker, taken by the agent's sessions, and
+the agent's reports applied to them.
+
+Rules every method keeps:
+
+- A submit or cancel order is bound when written to the Factory's live lease holder (session, epoch); with
+  none there is :class:`NoAgent` and nothing is written. It is delivered only to that session, only while
+  that session still holds the lease at that epoch, only before ``not_after`` (broker clock), and again on
+  every poll of that session until the session acknowledges it (``ack`` >= its id). Orders of a lapsed
+  session are never delivered to another session: they stay open until ``not_after`` passes (then they are
+  marked ``expired``), and the dispatcher settles the attempt by tag lookup.
+- A read order is unbound: the first live session of the Factory whose poll meets it claims it by
+  compare-and-set, and only that session is sent it (again, until acknowledged).
+- A Factory's order ids are committed in id order: writers of one Factory serialize (SQLite has one writer;
+  PostgreSQL takes a per-Factory transaction advisory lock), so an order can never appear below a cursor an
+  agent already acknowledged.
+- A report is a fact: accepted from any live session of the order's own Factory, applied once by
+  compare-and-set (open or expired -> answered), only to an order that was delivered. Repeats, orders
+  already answered and another Factory's orders are counted as ignored, never applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from broker.agents.bell import Bell
+from broker.agents.errors import NoAgent
+from broker.agents.sessions import live_session, read_lease
+from broker.db.engine import Database
+from broker.db.models import AgentOrder, AgentSession
+from broker.db.repositories.sql import is_sqlite
+from broker.db.types import utc_now
+from slurm_adapters.agent_protocol import (
+    CancelOrder,
+    Order,
+    Orders,
+    Poll,
+    ReadOrder,
+    Report,
+    Reports,
+    ReportsAnswer,
+    Requester,
+    SubmitOrder,
+)
+
+OrderState = Literal["open", "answered", "expired"]
+ReadOp = Literal["get_job", "list_jobs", "accounted_jobs", "read_output", "cluster_info", "health"]
+_BOUND_KINDS = ("submit", "cancel")
+_NO_UPDATE_SYNC = {"synchronize_session": False}
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedOrder:
+    """An order as written: its id, and the (session, epoch) it is bound to (None for a read)."""
+
+    id: int
+    factory_id: str
+    session_id: str | None
+    epoch: int | None
+    not_after: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """An order's state and, once answered, the agent's report."""
+
+    state: OrderState
+    report: Report | None
+
+
+def _lock_key(factory_id: str) -> int:
+    digest = hashlib.sha256(f"conveyor-agent-orders:{factory_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+async def _serialize_writers(session: AsyncSession, factory_id: str) -> None:
+    """Order writers of one Factory one at a time until commit, so its ids are committed in id order."""
+    if not is_sqlite(session):  # SQLite: one writer at a time already
+        await session.execute(select(func.pg_advisory_xact_lock(_lock_key(factory_id))))
+
+
+class OrderRepository:
+    """Writing orders, handing them to sessions, applying reports. ``bell`` (if any) is rung after commits."""
+
+    def __init__(self, database: Database, bell: Bell | None = None, clock: Callable[[], datetime] = utc_now) -> None:
+        self._db = database
+        self._bell = bell
+        self._clock = clock
+
+    # -- writing -------------------------------------------------------------------------------------------
+
+    async def put_submit(
+        self,
+        factory_id: str,
+        *,
+        attempt: str,
+        spec: dict[str, Any],
+        site_user: str,
+        requester: Requester,
+        not_after: datetime,
+        now: datetime | None = None,
+    ) -> PlacedOrder:
+        """A submit order for the Factory's lease holder; :class:`NoAgent` when there is none."""
+        payload = {"spec": spec, "site_user": site_user, "requester": requester.model_dump(mode="json")}
+        return await self._put_bound(factory_id, "submit", payload, attempt=attempt, not_after=not_after, now=now)
+
+    async def put_cancel(
+        self,
+        factory_id: str,
+        *,
+        slurm_job_id: int,
+        tag: str,
+        site_user: str,
+        not_after: datetime,
+        now: datetime | None = None,
+    ) -> PlacedOrder:
+        """A cancel order (by Slurm id AND tag) for the Factory's lease holder; :class:`NoAgent` without one."""
+        payload = {"slurm_job_id": int(slurm_job_id), "tag": tag, "site_user": site_user}
+        return await self._put_bound(factory_id, "cancel", payload, attempt=None, not_after=not_after, now=now)
+
+    async def put_read(
+        self,
+        factory_id: str,
+        *,
+        op: ReadOp,
+        args: dict[str, Any],
+        not_after: datetime,
+        now: datetime | None = None,
+    ) -> PlacedOrder:
+        """A read order for whichever live session takes it first; :class:`NoAgent` when none is live."""
+        now = now or self._clock()
+        async with self._db.write() as session:
+            await _serialize_writers(session, factory_id)
+            live = await session.scalar(
+                select(AgentSession.id)
+                .where(AgentSession.factory_id == factory_id, AgentSession.expires_at > now)
+                .limit(1)
+            )
+            if live is None:
+                raise NoAgent(f"Factory {factory_id!r} has no connected agent")
+            row = _row(
+                factory_id, "read", {"op": op, "args": args}, bound=None, attempt=None, not_after=not_after, now=now
+            )
+            session.add(row)
+            await session.flush()
+            placed = PlacedOrder(row.id, factory_id, None, None, not_after)
+        self._ring_orders(factory_id)
+        return placed
+
+    async def _put_bound(
+        self,
+        factory_id: str,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        attempt: str | None,
+        not_after: datetime,
+        now: datetime | None,
+    ) -> PlacedOrder:
+        now = now or self._clock()
+        async with self._db.write() as session:
+            await _serialize_writers(session, factory_id)
+            lease = await read_lease(session, factory_id)
+            if lease is None or lease.expires_at <= now:
+                raise NoAgent(f"Factory {factory_id!r} has no connected agent holding its lease")
+            bound = (lease.session_id, lease.epoch)
+            row = _row(factory_id, kind, payload, bound=bound, attempt=attempt, not_after=not_after, now=now)
+            session.add(row)
+            await session.flush()
+            placed = PlacedOrder(row.id, factory_id, lease.session_id, lease.epoch, not_after)
+        self._ring_orders(factory_id)
+        return placed
+
+    # -- handing out ---------------------------------------------------------------------------------------
+
+    async def take(self, factory_id: str, session_id: str, poll: Poll, *, now: datetime | None = None) -> Orders:
+        """The orders due to this session now, oldest first (see the module's rules); unclaimed reads among
+        them are claimed for it. Raises :class:`~broker.agents.errors.UnknownSession` or
+        :class:`~broker.agents.errors.SessionExpired`."""
+        now = now or self._clock()
+        async with self._db.write() as session:
+            await live_session(session, factory_id, session_id, now)
+            await self._expire(session, factory_id, now)
+            lease = await read_lease(session, factory_id)
+            reads = and_(
+                AgentOrder.kind == "read", or_(AgentOrder.session_id.is_(None), AgentOrder.session_id == session_id)
+            )
+            due = reads
+            if lease is not None and lease.held_by(session_id, now):
+                bound = and_(
+                    AgentOrder.kind.in_(_BOUND_KINDS),
+                    AgentOrder.session_id == session_id,
+                    AgentOrder.epoch == lease.epoch,
+                )
+                due = or_(bound, reads)
+            # One statement: it sees a prefix of the Factory's ids (committed in order), so nothing below the
+            # newest id it returns can appear later.
+            rows = (
+                await session.scalars(
+                    select(AgentOrder)
+                    .where(
+                        AgentOrder.factory_id == factory_id,
+                        AgentOrder.state == "open",
+                        AgentOrder.id > poll.ack,
+                        AgentOrder.not_after > now,
+                        due,
+                    )
+                    .order_by(AgentOrder.id)
+                    .limit(poll.max_orders)
+                )
+            ).all()
+            unclaimed = [row.id for row in rows if row.session_id is None]
+            claimed: set[int] = set()
+            if unclaimed:
+                claimed = set(
+                    (
+                        await session.scalars(
+                            update(AgentOrder)
+                            .where(AgentOrder.id.in_(unclaimed), AgentOrder.session_id.is_(None))
+                            .values(session_id=session_id)
+                            .returning(AgentOrder.id),
+                            execution_options=_NO_UPDATE_SYNC,
+                        )
+                    ).all()
+                )
+            handed = [row for row in rows if row.session_id is not None or row.id in claimed]
+            first = [row.id for row in handed if row.delivered_at is None]
+            if first:
+                await session.execute(
+                    update(AgentOrder)
+                    .where(AgentOrder.id.in_(first), AgentOrder.delivered_at.is_(None))
+                    .values(delivered_at=now),
+                    execution_options=_NO_UPDATE_SYNC,
+                )
+            orders = [_order(row) for row in handed]
+        return Orders(broker_time=now, orders=orders)
+
+    async def expire(self, factory_id: str, *, now: datetime | None = None) -> int:
+        """Mark the Factory's open orders whose not_after has passed as expired; how many."""
+        now = now or self._clock()
+        async with self._db.write() as session:
+            return await self._expire(session, factory_id, now)
+
+    @staticmethod
+    async def _expire(session: AsyncSession, factory_id: str, now: datetime) -> int:
+        expired = await session.scalars(
+            update(AgentOrder)
+            .where(AgentOrder.factory_id == factory_id, AgentOrder.state == "open", AgentOrder.not_after <= now)
+            .values(state="expired")
+            .returning(AgentOrder.id),
+            execution_options=_NO_UPDATE_SYNC,
+        )
+        return len(expired.all())
+
+    # -- reports -------------------------------------------------------------------------------------------
+
+    async def apply_reports(
+        self, factory_id: str, session_id: str, reports: Reports, *, now: datetime | None = None
+    ) -> ReportsAnswer:
+        """Apply each report once to its delivered order of this Factory; count the rest as ignored."""
+        now = now or self._clock()
+        applied: list[int] = []
+        async with self._db.write() as session:
+            await live_session(session, factory_id, session_id, now)
+            seen: set[int] = set()
+            for report in reports.reports:
+                if report.order in seen:
+                    continue
+                seen.add(report.order)
+                done = await session.scalar(
+                    update(AgentOrder)
+                    .where(
+                        AgentOrder.id == report.order,
+                        AgentOrder.factory_id == factory_id,
+                        AgentOrder.state.in_(("open", "expired")),
+                        AgentOrder.delivered_at.is_not(None),
+                    )
+                    .values(state="answered", answered_at=now, report=report.model_dump(mode="json"))
+                    .returning(AgentOrder.id),
+                    execution_options=_NO_UPDATE_SYNC,
+                )
+                if done is not None:
+                    applied.append(done)
+        if self._bell is not None and applied:
+            self._bell.ring_answers(applied)
+            self._bell.ring_orders(factory_id)
+        return ReportsAnswer(applied=len(applied), ignored=len(reports.reports) - len(applied))
+
+    async def outcome(self, order_id: int) -> Outcome | None:
+        """The order's state and report (None: no such order)."""
+        async with self._db.read() as session:
+            row = (
+                await session.execute(select(AgentOrder.state, AgentOrder.report).where(AgentOrder.id == order_id))
+            ).one_or_none()
+        if row is None:
+            return None
+        report = Report.model_validate(row.report) if row.report is not None else None
+        state: OrderState = row.state
+        return Outcome(state, report)
+
+    async def wait_report(self, order_id: int, until: datetime) -> Report | None:
+        """The order's report once it is answered; None if it is not by ``until`` (broker clock)."""
+        deadline = time.monotonic() + (until - self._clock()).total_seconds()
+        if self._bell is None:
+            raise RuntimeError("waiting for a report needs the bell")
+        async with self._bell.listen(order_ids=[order_id]) as signal:
+            while True:
+                outcome = await self.outcome(order_id)
+                if outcome is not None and outcome.report is not None:
+                    return outcome.report
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                await signal.wait(remaining)
+
+    def _ring_orders(self, factory_id: str) -> None:
+        if self._bell is not None:
+            self._bell.ring_orders(factory_id)
+
+
+def _row(
+    factory_id: str,
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    bound: tuple[str, int] | None,
+    attempt: str | None,
+    not_after: datetime,
+    now: datetime,
+) -> AgentOrder:
+    return AgentOrder(
+        factory_id=factory_id,
+        kind=kind,
+        state="open",
+        session_id=bound[0] if bound else None,
+        epoch=bound[1] if bound else None,
+        attempt=attempt,
+        not_after=not_after,
+        payload=payload,
+        created_at=now,
+        delivered_at=None,
+        answered_at=None,
+        report=None,
+    )
+
+
+def _order(row: AgentOrder) -> Order:
+    payload = dict(row.payload)
+    if row.kind == "submit":
+        assert row.epoch is not None
+        assert row.attempt is not None
+        return SubmitOrder(id=row.id, epoch=row.epoch, not_after=row.not_after, attempt=row.attempt, **payload)
+    if row.kind == "cancel":
+        assert row.epoch is not None
+        return CancelOrder(id=row.id, epoch=row.epoch, not_after=row.not_after, **payload)
+    return ReadOrder(id=row.id, not_after=row.not_after, **payload)
+
+
+__all__ = ["OrderRepository", "OrderState", "Outcome", "PlacedOrder", "ReadOp"]
