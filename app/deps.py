@@ -14,6 +14,7 @@ from app.auth import Authenticator, challenge
 from app.problems import Unauthenticated
 from broker.agents.auth import AgentAuthenticator
 from broker.agents.keys import AgentKeyService
+from broker.agents.service import AgentService
 from broker.antennas.assertion import SCHEME, BoundRequest
 from broker.antennas.service import AntennaService
 from broker.db.engine import Database
@@ -63,6 +64,7 @@ class AppState:
     factories: FactoryService
     stats: JobStats
     runtime: RuntimeLike | None
+    agents: AgentService
 
 
 def get_state(request: Request) -> AppState:

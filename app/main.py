@@ -22,6 +22,8 @@ from app.limits import EDGE_ERRORS, EdgeLimits, RequestLimits
 from app.routes import admin, agents, allocations, antennas, factories, health, jobs, projects, site_accounts, tokens
 from broker.agents.auth import AgentAuthenticator
 from broker.agents.keys import AgentKeyService
+from broker.agents.link import AgentLink
+from broker.agents.service import AgentService
 from broker.antennas.service import AntennaService
 from broker.db.engine import database_from_settings
 from broker.db.migrate import schema_is_current
@@ -136,8 +138,10 @@ async def _running(
                 "(with the same CONVEYOR_* settings) before starting the broker"
             )
         async with contextlib.AsyncExitStack() as stack:
+            agent_link = AgentLink.from_settings(database, settings)
+            stack.push_async_callback(agent_link.aclose)
             if adapters is None:
-                pool = AdapterPool(registry)
+                pool = AdapterPool(registry, agents=agent_link)
                 stack.push_async_callback(pool.aclose)
                 adapters = pool
             oidc = oidc_verifier(settings)
@@ -176,6 +180,7 @@ async def _running(
                 factories=FactoryService(database, registry, runtime.capacity if runtime else None),
                 stats=JobStats(database),
                 runtime=runtime,
+                agents=AgentService(agent_link, registry),
             )
     finally:
         await database.dispose()

@@ -46,6 +46,8 @@ _CLUSTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # validating a config needs no httpx).
 REST_API_VERSIONS = ("v0.0.42", "v0.0.38")
 DEFAULT_TIMEOUT_S = 8.0
+DEFAULT_AGENT_TIMEOUT_S = 30.0
+# Any valid name: behind an agent, the site's own policy decides who may submit (see AgentConfig).
 
 
 class AdapterConfigError(ValueError):
@@ -209,11 +211,13 @@ class PyslurmConfig(_SiteConfig):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class AgentConfig(_SiteConfig):
-    """A Factory reached through its own agent (issue #13), which runs the adapter at the site: the broker holds
-    no Slurm credential, reaches nothing and resolves no uid, so only names are checked here (the agent's
-    policy file has the final word)."""
+    """A Factory reached through its own agent, which dials out to the broker and runs the adapter at the site:
+    no URL and no key here (the broker holds none), it reaches nothing and resolves no uid, so only names are
+    checked here (the agent's policy file has the final word). The broker builds this adapter itself (it needs
+    the broker's database), so :func:`build_adapter` refuses it."""
 
     kind: Literal["agent"] = "agent"
+    timeout_s: float = DEFAULT_AGENT_TIMEOUT_S  # how long an order without a deadline of its own waits
     user_lookup: ClassVar[UserLookup] = "none"
     fs_root: ClassVar[str | None] = None
 
@@ -225,6 +229,8 @@ AdapterConfig = RestConfig | CliConfig | PyslurmConfig | AgentConfig
 # An agent Factory's site users when its file sets no allowed_users: any name is_user_name takes (root, SlurmUser
 # and forbidden_users are still refused by name; the agent's policy decides the rest).
 _ANY_USER_NAME = ".+"
+
+SiteAdapterConfig = RestConfig | CliConfig | PyslurmConfig
 
 
 def _lookup(config: AdapterConfig) -> Callable[[str], PasswdEntry | None] | None:
@@ -260,7 +266,10 @@ def site_policy(config: AdapterConfig) -> SitePolicy:
 
 
 def build_adapter(config: AdapterConfig) -> SlurmAdapter:
-    """The adapter a config describes. Adapters are imported lazily: each pulls in its own dependencies."""
+    """The adapter a config describes. Adapters are imported lazily: each pulls in its own dependencies.
+    An :class:`AgentConfig` is refused: its adapter lives in the broker (``broker.agents``)."""
+    if isinstance(config, AgentConfig):
+        raise AdapterConfigError("kind", "an agent Factory's adapter is built by the broker, which holds its orders")
     if isinstance(config, RestConfig):
         from slurm_adapters.rest import RestAdapter
 
@@ -290,8 +299,6 @@ def build_adapter(config: AdapterConfig) -> SlurmAdapter:
             as_root=config.as_root,
             timeout_s=config.timeout_s,
         )
-    if isinstance(config, AgentConfig):
-        raise AdapterConfigError("kind", f"cluster {config.cluster} is reached through its agent, not an adapter here")
     from slurm_adapters.pyslurm.adapter import PyslurmAdapter
 
     return PyslurmAdapter(
@@ -326,6 +333,7 @@ __all__ = [
     "CliConfig",
     "PyslurmConfig",
     "RestConfig",
+    "SiteAdapterConfig",
     "UserLookup",
     "build_adapter",
     "config_to_dict",

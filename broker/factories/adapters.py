@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from broker.factories.registry import FactoryRegistry
-from slurm_adapters.factory import AdapterConfig, build_adapter
+from slurm_adapters.factory import AdapterConfig, AgentConfig, build_adapter
 from slurm_adapters.interface import SlurmAdapter
+
+if TYPE_CHECKING:
+    from broker.agents.link import AgentLink
 
 log = logging.getLogger(__name__)
 
@@ -25,20 +28,31 @@ class AdapterProvider(Protocol):
 
 
 class AdapterPool:
-    """The adapters of a registry's Factories. ``build`` is replaceable so tests can wrap real adapters."""
+    """The adapters of a registry's Factories. ``build`` is replaceable so tests can wrap real adapters.
+    An agent Factory's adapter is built on ``agents`` (the process's agent link) when it is given and
+    ``build`` is the default; otherwise ``build`` gets its config like any other."""
 
     def __init__(
-        self, registry: FactoryRegistry, *, build: Callable[[AdapterConfig], SlurmAdapter] = build_adapter
+        self,
+        registry: FactoryRegistry,
+        *,
+        build: Callable[[AdapterConfig], SlurmAdapter] = build_adapter,
+        agents: AgentLink | None = None,
     ) -> None:
         self._registry = registry
         self._build = build
+        self._agents = agents
         self._adapters: dict[str, SlurmAdapter] = {}
 
     def get(self, factory_id: str) -> SlurmAdapter:
         """The Factory's adapter; KeyError for a Factory the registry does not know."""
         adapter = self._adapters.get(factory_id)
         if adapter is None:
-            adapter = self._build(self._registry[factory_id].adapter)
+            config = self._registry[factory_id].adapter
+            if isinstance(config, AgentConfig) and self._agents is not None and self._build is build_adapter:
+                adapter = self._agents.adapter(factory_id, config)
+            else:
+                adapter = self._build(config)
             self._adapters[factory_id] = adapter
         return adapter
 

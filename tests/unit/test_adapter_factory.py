@@ -18,6 +18,7 @@ from slurm_adapters.factory import (
     REST_API_VERSIONS,
     AdapterConfig,
     AdapterConfigError,
+    AgentConfig,
     CliConfig,
     PyslurmConfig,
     RestConfig,
@@ -244,3 +245,20 @@ def test_defect_02_a_rest_adapter_that_cannot_resolve_uids_needs_allowed_users()
     with pytest.raises(AdapterConfigError) as refused:
         rest_config(user_lookup="none", allowed_users=None)
     assert refused.value.field == "allowed_users"
+
+
+def test_an_agent_config_holds_no_key_and_its_adapter_lives_in_the_broker() -> None:
+    config = AgentConfig(cluster="alpha")
+    assert (config.timeout_s, config_to_dict(config)) == (30.0, {"kind": "agent", "cluster": "alpha"})
+    with pytest.raises(AdapterConfigError) as refused:
+        build_adapter(config)
+    assert refused.value.field == "kind"
+    with pytest.raises(AdapterConfigError) as bad:
+        AgentConfig(cluster="alpha", timeout_s=0)
+    assert bad.value.field == "timeout_s"
+    # Names only: never root nor SlurmUser; the agent's own policy decides the rest.
+    policy = site_policy(config)
+    policy.check_user("alice")
+    for user in ("root", "slurm", "not a name"):
+        with pytest.raises(UnsafeRequest):
+            policy.check_user(user)

@@ -1,0 +1,192 @@
+"""The adapter of a Factory reached through its agent: every Slurm call becomes an order in the Factory's
+mailbox, answered by the agent's report.
+
+At-most-once across the boundary: a submit order carries the attempt's ``not_after`` (the agent never starts
+the call after it); the adapter waits for the report until ``not_after`` + the report grace. No report by then
+means the job may exist (``ClusterUnavailable(maybe_applied=True)``): the dispatcher settles the attempt by tag
+lookup. No agent to give the order to means nothing was written (``maybe_applied=False``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from broker.agents.errors import NoAgent
+from broker.agents.orders import OrderRepository, PlacedOrder, ReadOp
+from broker.db.types import utc_now
+from slurm_adapters.agent_protocol import Report, Requester
+from slurm_adapters.codec import (
+    ProtocolError,
+    cluster_info_from_json,
+    error_from_json,
+    health_from_json,
+    int_from_json,
+    record_from_json,
+    records_from_json,
+    spec_to_json,
+    str_from_json,
+)
+from slurm_adapters.errors import ClusterUnavailable, InvalidRequest, SlurmError, UnsafeRequest
+from slurm_adapters.interface import SlurmAdapter
+from slurm_adapters.records import (
+    ClusterInfo,
+    Health,
+    JobRecord,
+    OutputStream,
+    Rendering,
+    SlurmJobSpec,
+    SubmitContext,
+)
+
+_T = TypeVar("_T")
+
+
+class AgentAdapter(SlurmAdapter):
+    """One agent Factory's Slurm, reached by orders. ``timeout_s`` bounds a submit without a context and a
+    cancel; ``read_timeout_s`` a read; ``report_grace_s`` is how long after not_after a report may come."""
+
+    kind = "agent"
+
+    def __init__(
+        self,
+        cluster: str,
+        *,
+        factory_id: str,
+        orders: OrderRepository,
+        timeout_s: float,
+        read_timeout_s: float,
+        report_grace_s: float,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        super().__init__(cluster)
+        self.factory_id = factory_id
+        self._orders = orders
+        self._timeout = timedelta(seconds=timeout_s)
+        self._read_timeout = timedelta(seconds=read_timeout_s)
+        self._grace = timedelta(seconds=report_grace_s)
+        self._clock = clock
+
+    def render(self, spec: SlurmJobSpec, user: str) -> Rendering:
+        """The spec as the agent receives it; the site renders its own script and payload."""
+        return Rendering(adapter=self.kind, user=user, script=spec.script, payload=spec_to_json(spec))
+
+    async def submit(self, spec: SlurmJobSpec, user: str, context: SubmitContext | None = None) -> int:
+        now = self._clock()
+        if context is None:  # a caller outside the dispatcher: the adapter's own deadline, no attempt number
+            not_after = now + self._timeout
+            attempt, requester = f"{spec.tag}/-", Requester(user=user, project="-")
+        else:
+            not_after = context.not_after
+            attempt = context.attempt
+            requester = Requester(
+                user=context.requester_user, project=context.requester_project, antenna=context.requester_antenna
+            )
+        if not_after <= now:
+            raise self._unavailable("the attempt's submit window has passed; nothing was sent", maybe_applied=False)
+        try:
+            placed = await self._orders.put_submit(
+                self.factory_id,
+                attempt=attempt,
+                spec=spec_to_json(spec),
+                site_user=user,
+                requester=requester,
+                not_after=not_after,
+                now=now,
+            )
+        except NoAgent as exc:
+            raise self._unavailable(exc.message, maybe_applied=False) from None
+        report = await self._report(placed, "submit", in_doubt=True)
+        try:
+            return int_from_json(report.result, "submit")
+        except ProtocolError as exc:
+            raise self._unavailable(f"the agent's submit report is malformed: {exc}", maybe_applied=True) from None
+
+    async def cancel(self, job_id: int, user: str, tag: str | None = None) -> None:
+        if tag is None:
+            raise InvalidRequest("an agent cancels only by Slurm id and tag", cluster=self.cluster)
+        now = self._clock()
+        try:
+            placed = await self._orders.put_cancel(
+                self.factory_id, slurm_job_id=job_id, tag=tag, site_user=user, not_after=now + self._timeout, now=now
+            )
+        except NoAgent as exc:
+            raise self._unavailable(exc.message, maybe_applied=False) from None
+        await self._report(placed, "cancel", in_doubt=True)
+
+    async def get_job(self, job_id: int) -> JobRecord:
+        return await self._read("get_job", {"job_id": int(job_id)}, record_from_json)
+
+    async def list_jobs(self, *, tags: Collection[str] | None = None, tag_prefix: str | None = None) -> list[JobRecord]:
+        args = {"tags": sorted(tags) if tags is not None else None, "tag_prefix": tag_prefix}
+        return await self._read("list_jobs", args, records_from_json)
+
+    async def accounted_jobs(
+        self, *, job_ids: Collection[int] = (), submitted_after: datetime | None = None
+    ) -> list[JobRecord]:
+        args = {
+            "job_ids": sorted(int(job_id) for job_id in job_ids),
+            "submitted_after": submitted_after.isoformat() if submitted_after is not None else None,
+        }
+        return await self._read("accounted_jobs", args, records_from_json)
+
+    async def read_output(self, job_id: int, stream: OutputStream = "stdout", max_bytes: int = 65536) -> str:
+        args = {"job_id": int(job_id), "stream": stream, "max_bytes": int(max_bytes)}
+        return await self._read("read_output", args, lambda data: str_from_json(data, "read_output"))
+
+    async def cluster_info(self) -> ClusterInfo:
+        return await self._read("cluster_info", {}, cluster_info_from_json)
+
+    async def health(self) -> Health:
+        return await self._read("health", {}, health_from_json)
+
+    # -- the mailbox -------------------------------------------------------------------------------------------
+
+    async def _read(self, op: ReadOp, args: dict[str, Any], decode: Callable[[object], _T]) -> _T:
+        now = self._clock()
+        try:
+            placed = await self._orders.put_read(
+                self.factory_id, op=op, args=args, not_after=now + self._read_timeout, now=now
+            )
+        except NoAgent as exc:
+            raise self._unavailable(exc.message, maybe_applied=False) from None
+        report = await self._report(placed, op, in_doubt=False)
+        try:
+            return decode(report.result)
+        except ProtocolError as exc:
+            raise self._unavailable(f"the agent's {op} report is malformed: {exc}", maybe_applied=False) from None
+
+    async def _report(self, placed: PlacedOrder, what: str, *, in_doubt: bool) -> Report:
+        """The order's successful report; its typed error otherwise (see the module's docstring)."""
+        report = await self._orders.wait_report(placed.id, placed.not_after + self._grace)
+        if report is None:
+            outcome = "its outcome is unknown" if in_doubt else "nothing was changed"
+            raise self._unavailable(
+                f"no report from the agent for {what} order {placed.id} by its deadline: {outcome}",
+                maybe_applied=in_doubt,
+            )
+        if report.ok:
+            return report
+        raise self._error(report, what, in_doubt=in_doubt)
+
+    def _error(self, report: Report, what: str, *, in_doubt: bool) -> SlurmError:
+        source = f"the agent of Factory {self.factory_id}"
+        try:
+            error = error_from_json(report.error, cluster=self.cluster, source=source) if report.error else None
+        except ProtocolError as exc:
+            error = self._unavailable(f"the agent's {what} error is malformed: {exc}", maybe_applied=in_doubt)
+        if report.refused:
+            if isinstance(error, InvalidRequest):  # UnsafeRequest included: keep the site's own class
+                return error
+            reason = error.message if error is not None else "no reason given"
+            return UnsafeRequest(f"refused by the site's policy: {reason}", cluster=self.cluster)
+        if error is None:
+            return self._unavailable(f"the agent reported a failed {what} without an error", maybe_applied=in_doubt)
+        return error
+
+    def _unavailable(self, message: str, *, maybe_applied: bool) -> ClusterUnavailable:
+        return ClusterUnavailable(message, cluster=self.cluster, maybe_applied=maybe_applied)
+
+
+__all__ = ["AgentAdapter"]

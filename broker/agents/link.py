@@ -1,0 +1,51 @@
+"""One process's side of the agent link: the bell, the repositories and the timings, shared by the routes'
+service and the Factories' adapters (so a report applied here wakes the adapter waiting here at once)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from broker.agents.adapter import AgentAdapter
+from broker.agents.bell import Bell
+from broker.agents.orders import OrderRepository
+from broker.agents.sessions import SessionRepository
+from broker.agents.timings import AgentTimings
+from broker.db.engine import Database
+from broker.db.types import utc_now
+from broker.settings import Settings
+from slurm_adapters.factory import AgentConfig
+
+
+class AgentLink:
+    """Build one per process (:meth:`from_settings`); :meth:`aclose` at shutdown stops the bell's check."""
+
+    def __init__(self, database: Database, timings: AgentTimings, *, clock: Callable[[], datetime] = utc_now) -> None:
+        self.database = database
+        self.timings = timings
+        self.clock = clock
+        self.bell = Bell(database, timings.bell_interval_s)
+        self.sessions = SessionRepository(database, timings, clock)
+        self.orders = OrderRepository(database, self.bell, clock)
+
+    @classmethod
+    def from_settings(cls, database: Database, settings: Settings) -> AgentLink:
+        return cls(database, AgentTimings.from_settings(settings))
+
+    def adapter(self, factory_id: str, config: AgentConfig) -> AgentAdapter:
+        """The adapter of an agent Factory."""
+        return AgentAdapter(
+            config.cluster,
+            factory_id=factory_id,
+            orders=self.orders,
+            timeout_s=config.timeout_s,
+            read_timeout_s=self.timings.read_timeout_s,
+            report_grace_s=self.timings.report_grace_s,
+            clock=self.clock,
+        )
+
+    async def aclose(self) -> None:
+        await self.bell.aclose()
+
+
+__all__ = ["AgentLink"]

@@ -1,0 +1,83 @@
+"""What the agent's HTTP routes call: one method per route, taking and returning the wire messages of
+:mod:`slurm_adapters.agent_protocol`. The caller has authenticated the request as ``factory_id``'s agent.
+
+Refusals are typed (:mod:`broker.agents.errors`): :class:`UnknownFactory` and :class:`UnknownSession` (404),
+:class:`SessionExpired` (409; the agent opens a new session)."""
+
+from __future__ import annotations
+
+import time
+
+from broker.agents.errors import UnknownFactory
+from broker.agents.link import AgentLink
+from broker.agents.sessions import Connection
+from broker.factories.registry import FactoryRegistry
+from slurm_adapters.agent_protocol import (
+    Heartbeat,
+    HeartbeatAnswer,
+    Hello,
+    Orders,
+    Poll,
+    Reports,
+    ReportsAnswer,
+    SessionGranted,
+)
+from slurm_adapters.factory import AgentConfig
+
+
+class AgentService:
+    """Sessions, heartbeats, long polls and reports of the Factories' agents."""
+
+    def __init__(self, link: AgentLink, registry: FactoryRegistry) -> None:
+        self._link = link
+        self._registry = registry
+
+    def _agent_factory(self, factory_id: str) -> float:
+        """The Factory's clock_skew_s; :class:`UnknownFactory` unless it is reached through an agent."""
+        factory = self._registry.get(factory_id)
+        if factory is None or not isinstance(factory.adapter, AgentConfig):
+            raise UnknownFactory(f"Factory {factory_id!r} is not reached through an agent")
+        return factory.clock_skew_s
+
+    async def open_session(self, factory_id: str, kid: str, hello: Hello) -> SessionGranted:
+        """A new session (its first heartbeat competes for the lease)."""
+        skew = self._agent_factory(factory_id)
+        row = await self._link.sessions.open(factory_id, kid, hello)
+        timings = self._link.timings
+        return SessionGranted(
+            session_id=row.id,
+            factory=factory_id,
+            broker_time=row.opened_at,
+            heartbeat_s=timings.heartbeat_s,
+            lease_s=timings.lease_s,
+            poll_wait_s=timings.poll_wait_s,
+            clock_skew_s=skew,
+        )
+
+    async def heartbeat(self, factory_id: str, session_id: str, beat: Heartbeat) -> HeartbeatAnswer:
+        self._agent_factory(factory_id)
+        return await self._link.sessions.heartbeat(factory_id, session_id, beat)
+
+    async def poll(self, factory_id: str, session_id: str, poll: Poll) -> Orders:
+        """The session's due orders, waiting up to ``poll.wait_s`` for some; an empty answer after the wait."""
+        self._agent_factory(factory_id)
+        orders = self._link.orders
+        deadline = time.monotonic() + poll.wait_s
+        async with self._link.bell.listen(factory_id=factory_id) as signal:
+            while True:
+                answer = await orders.take(factory_id, session_id, poll)
+                remaining = deadline - time.monotonic()
+                if answer.orders or remaining <= 0:
+                    return answer
+                await signal.wait(remaining)
+
+    async def report(self, factory_id: str, session_id: str, reports: Reports) -> ReportsAnswer:
+        self._agent_factory(factory_id)
+        return await self._link.orders.apply_reports(factory_id, session_id, reports)
+
+    async def connections(self) -> dict[str, list[Connection]]:
+        """Per Factory, its agent's live sessions (id, version, adapter, Slurm release, last heartbeat, lease)."""
+        return await self._link.sessions.connections()
+
+
+__all__ = ["AgentService"]
