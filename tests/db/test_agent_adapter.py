@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import event, func, select
 
 from broker.agents.adapter import AgentAdapter
+from broker.agents.errors import UnknownFactory, UnknownSession
 from broker.agents.link import AgentLink
 from broker.agents.service import AgentService
 from broker.agents.timings import AgentTimings
@@ -339,3 +340,20 @@ def test_the_adapter_pool_builds_agent_factories_on_the_link(link: AgentLink) ->
     assert not isinstance(pool.get("charlie"), AgentAdapter)  # a direct Factory: its own adapter
     with pytest.raises(AdapterConfigError):  # without the link, nothing can reach an agent Factory
         AdapterPool(agent_registry()).get("alpha")
+
+
+async def test_the_service_opens_sessions_for_agent_factories_only(service: AgentService) -> None:
+    granted = await service.open_session("alpha", "key-1", hello(now()))
+    assert (granted.factory, granted.clock_skew_s) == ("alpha", 3.0)  # the Factory's own skew
+    assert (granted.heartbeat_s, granted.lease_s, granted.poll_wait_s) == (5, 15, 5)
+    for factory_id in ("charlie", "nowhere"):  # a direct Factory, an unknown one
+        with pytest.raises(UnknownFactory):
+            await service.open_session(factory_id, "key-1", hello(now()))
+    with pytest.raises(UnknownSession):  # alpha's session under bravo's name
+        await service.poll("bravo", granted.session_id, Poll(ack=0, wait_s=0))
+    answer = await service.heartbeat("alpha", granted.session_id, beat(now()))
+    assert (answer.holder, answer.epoch) == (True, 1)
+    [connection] = (await service.connections())["alpha"]
+    assert (connection.session_id, connection.holder, connection.epoch, connection.paused) == (
+        granted.session_id, True, 1, False
+    )  # fmt: skip

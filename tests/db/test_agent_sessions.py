@@ -115,9 +115,7 @@ async def test_heartbeats_record_the_clock_offset_and_connections_show_the_live_
 
 
 @pytest.mark.parametrize("racers", [2, 5])
-async def test_sessions_racing_for_a_lapsed_lease_one_wins_each_time(
-    sessions: SessionRepository, racers: int
-) -> None:
+async def test_sessions_racing_for_a_lapsed_lease_one_wins_each_time(sessions: SessionRepository, racers: int) -> None:
     ids = [await _open(sessions) for _ in range(racers)]
     t = 1.0
     for round_number in range(1, 16):
