@@ -22,9 +22,9 @@ def agent_document(**adapter: Any) -> dict[str, Any]:
 def test_an_agent_factory_loads_with_its_cluster_alone_and_the_broker_builds_no_adapter_for_it() -> None:
     lumi = parse_factories(agent_document())["lumi"]
     assert isinstance(lumi.adapter, AgentConfig)
-    assert (lumi.adapter.kind, lumi.adapter.cluster, lumi.adapter.timeout_s) == ("agent", "lumi", 8.0)
+    assert (lumi.adapter.kind, lumi.adapter.cluster, lumi.adapter.timeout_s) == ("agent", "lumi", 30.0)
     assert config_to_dict(lumi.adapter) == {"kind": "agent", "cluster": "lumi"}
-    with pytest.raises(AdapterConfigError, match="reached through its agent"):
+    with pytest.raises(AdapterConfigError, match="built by the broker"):
         build_adapter(lumi.adapter)
 
 
