@@ -24,6 +24,7 @@ from slurm_adapters.errors import (
     OutputUnavailable,
     SiteError,
     SlurmError,
+    SubmitWindowClosed,
     UnsafeRequest,
 )
 from slurm_adapters.records import ClusterInfo, Health, JobRecord, NodeInfo, PartitionInfo, SlurmJobSpec, SlurmJobState
@@ -39,6 +40,7 @@ ERROR_TYPES: Final[Mapping[str, type[SlurmError]]] = {
         SiteError,
         AuthenticationError,
         ClusterUnavailable,
+        SubmitWindowClosed,
         JobNotFound,
         OutputUnavailable,
         AccountingUnavailable,

@@ -59,6 +59,15 @@ class ClusterUnavailable(SiteError):
         self.maybe_applied = maybe_applied
 
 
+class SubmitWindowClosed(ClusterUnavailable):
+    """A submit refused before it started: its call could still have been running after the attempt's
+    ``not_after`` (see :class:`~slurm_adapters.records.SubmitContext`). Nothing reached Slurm
+    (``maybe_applied`` is always False), and the fault is the caller's lateness, not the site's."""
+
+    def __init__(self, message: str, *, cluster: str | None = None, errors: Collection[str] = ()) -> None:
+        super().__init__(message, cluster=cluster, errors=errors, maybe_applied=False)
+
+
 class JobNotFound(SiteError):
     """Slurm does not know the job id (never existed, or purged after MinJobAge)."""
 

@@ -27,6 +27,7 @@ from slurm_adapters.errors import (
     SiteError,
     SlurmError,
 )
+from slurm_adapters.fencing import check_cancel_target, check_submit_window
 from slurm_adapters.formats import DATA_PARSER_RELEASE, RecordFormat, for_release
 from slurm_adapters.interface import SlurmAdapter
 from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec, SubmitContext
@@ -142,8 +143,10 @@ class CliAdapter(SlurmAdapter):
 
     async def submit(self, spec: SlurmJobSpec, user: str, context: SubmitContext | None = None) -> int:
         rendering = self.render(spec, user)
+        argv = self._submit_argv(spec)
+        check_submit_window(context, self.runner.timeout_s, cluster=self.cluster)  # the last thing before sbatch
         outcome = await self.runner.run(
-            self._submit_argv(spec),
+            argv,
             user=user,
             stdin=rendering.script.encode(),
             export_file=export_file(rendering.payload["export"]),
@@ -227,9 +230,12 @@ class CliAdapter(SlurmAdapter):
     # -- cancel -------------------------------------------------------------------------------------
 
     async def cancel(self, job_id: int, user: str, tag: str | None = None) -> None:
-        """scancel exits 0 for unknown and finished jobs, so the job is looked up first."""
+        """scancel exits 0 for unknown and finished jobs, so the job is looked up first; that same read
+        checks the ``tag`` and the user, where a tag is given."""
         self.policy.check_user(user, cluster=self.cluster)
         record = await self.get_job(job_id)  # JobNotFound for an unknown id
+        if tag is not None:
+            check_cancel_target(record, user=user, tag=tag, cluster=self.cluster)
         if record.state.is_terminal:
             return
         outcome = await self.runner.run(["scancel", str(int(job_id))], user=user, maybe_applied=True)

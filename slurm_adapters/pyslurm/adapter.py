@@ -45,6 +45,7 @@ from slurm_adapters.codec import (
     str_from_json,
 )
 from slurm_adapters.errors import ClusterUnavailable, SlurmError
+from slurm_adapters.fencing import check_submit_window
 from slurm_adapters.interface import SlurmAdapter
 from slurm_adapters.pyslurm.mapping import submit_kwargs
 from slurm_adapters.pyslurm.process import WorkerFailed, WorkerProcess
@@ -230,6 +231,9 @@ class PyslurmAdapter(SlurmAdapter):
 
     async def submit(self, spec: SlurmJobSpec, user: str, context: SubmitContext | None = None) -> int:
         description = self.render(spec, user).payload
+        # Here, not in the worker: the call's deadline (``timeout_s``, the wait behind earlier calls included)
+        # starts in _call right after this check, and a late submit never reaches the worker.
+        check_submit_window(context, self.timeout_s, cluster=self.cluster)
         return await self._call("submit", {"description": description}, _job_id, submitting=True)
 
     async def get_job(self, job_id: int) -> JobRecord:
@@ -240,8 +244,9 @@ class PyslurmAdapter(SlurmAdapter):
         return await self._call("list_jobs", args, records_from_json)
 
     async def cancel(self, job_id: int, user: str, tag: str | None = None) -> None:
+        """The worker reads the job once and checks its owner (and, with a ``tag``, its tag) before cancelling."""
         self.policy.check_user(user, cluster=self.cluster)
-        await self._call("cancel", {"job_id": int(job_id), "user": user}, _nothing)
+        await self._call("cancel", {"job_id": int(job_id), "user": user, "tag": tag}, _nothing)
 
     async def read_output(self, job_id: int, stream: OutputStream = "stdout", max_bytes: int = 65536) -> str:
         """The tail of the job's file; the worker reads it only if the job's own uid owns it."""

@@ -9,7 +9,8 @@ kill it on a deadline, and never in the broker's own process.
 
 Privilege: the worker runs as root (or SlurmUser) so that slurmctld honours ``user_id``/``group_id`` on a
 submit. libslurm cannot impersonate anyone for a cancel, so the worker checks the job's owner itself; and it
-reads output files only when the job's own uid owns them.
+reads output files only when the job's own uid owns them. A cancel that names the broker's tag cancels only a
+job that still carries it (slurmctld re-issues ids after a crash).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from slurm_adapters.errors import (
     SlurmError,
     UnsafeRequest,
 )
+from slurm_adapters.fencing import check_cancel_target
 from slurm_adapters.pyslurm.mapping import job_record, map_error, node_info, partition_infos, with_gpus_in_use
 from slurm_adapters.pyslurm.protocol import (
     PROTOCOL,
@@ -172,10 +174,14 @@ class Operations:
         return [record_to_json(record) for record in sorted(records, key=lambda record: record.job_id)]
 
     def cancel(self, args: dict[str, Any]) -> None:
+        """One read, then the cancel. With ``tag``: a job whose tag or owner differs is not found."""
         job_id = _int_arg(args, "job_id")
         user = _str_arg(args, "user")
+        tag = _str_arg(args, "tag", optional=True)
         # pyslurm's cancel() ignores "Invalid job id" for SIGKILL: load first so an unknown id is an error.
         job = self.pyslurm.Job.load(job_id)
+        if tag is not None:
+            check_cancel_target(job_record(job), user=str(user), tag=tag, cluster=self.cluster)
         owner = job.user_name
         if owner != user:
             raise InvalidRequest(

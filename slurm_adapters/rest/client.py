@@ -27,6 +27,7 @@ from slurm_adapters.errors import (
     OutputUnavailable,
     SlurmError,
 )
+from slurm_adapters.fencing import check_cancel_target, check_submit_window
 from slurm_adapters.formats.common import (
     Json,
     controller_uptime_facts,
@@ -74,8 +75,9 @@ class RestAdapter(SlurmAdapter):
 
         ``timeout_s`` bounds every call but the job listing (``list_timeout_s``): it stays below Slurm's
         default MessageTimeout (10 s), for which slurmrestd keeps retrying a dead slurmctld before it
-        answers, so an unreachable cluster shows as such in seconds. ``api_version`` pins a version and
-        skips negotiation; ``transport`` is for tests.
+        answers, so an unreachable cluster shows as such in seconds. For a submit it is the whole request's
+        deadline (httpx's timeouts bound each phase only), which the submit fence relies on.
+        ``api_version`` pins a version and skips negotiation; ``transport`` is for tests.
         """
         super().__init__(cluster)
         if api_version is not None and api_version not in CODECS_BY_VERSION:
@@ -83,6 +85,7 @@ class RestAdapter(SlurmAdapter):
         self.base_url = base_url.rstrip("/")
         self.operator_user = operator_user
         self.policy = policy
+        self.timeout_s = timeout_s
         self.output_root = None if output_root is None else Path(output_root)
         self._tokens = TokenMinter(jwt_key_file, lifetime_s=token_lifetime_s)
         self._codec: Codec | None = CODECS_BY_VERSION[api_version] if api_version else None
@@ -220,7 +223,18 @@ class RestAdapter(SlurmAdapter):
         check_spec(spec, cluster=self.cluster)
         codec = await self._negotiated()
         rendering = self._render(codec, spec, user)
-        status, payload, elapsed = await self._send("POST", codec.submit_path, user=user, body=rendering.payload)
+        check_submit_window(context, self.timeout_s, cluster=self.cluster)  # the last thing before the call
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                status, payload, elapsed = await self._send(
+                    "POST", codec.submit_path, user=user, body=rendering.payload
+                )
+        except TimeoutError:
+            raise ClusterUnavailable(
+                f"slurmrestd at {self.base_url} did not answer the submit within {self.timeout_s:g} s",
+                cluster=self.cluster,
+                maybe_applied=True,
+            ) from None
         job_id = codec.parse_submit(payload)
         if job_id is not None and status < 400:
             return job_id  # a job exists: never turn it into an error (the caller would resubmit)
@@ -256,8 +270,11 @@ class RestAdapter(SlurmAdapter):
         return records
 
     async def cancel(self, job_id: int, user: str, tag: str | None = None) -> None:
+        """With a ``tag``: one read (the operator's view) to check tag and user, then the DELETE."""
         self.policy.check_user(user, cluster=self.cluster)
         codec = await self._negotiated()
+        if tag is not None:
+            check_cancel_target(await self.get_job(job_id), user=user, tag=tag, cluster=self.cluster)
         await self._call("DELETE", codec.job_path(job_id), operation="cancel", user=user)
 
     async def read_output(self, job_id: int, stream: OutputStream = "stdout", max_bytes: int = 65536) -> str:

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import pytest
 
 from dev.lab import procs
 from dev.lab.commands import munged_argv
+from dev.lab.view import adapter_config
 from slurm_adapters.cli.cluster import boot_time
 from slurm_adapters.convert import parse_duration_min, parse_gres
 from slurm_adapters.errors import (
@@ -37,10 +38,12 @@ from slurm_adapters.errors import (
     UnsafeRequest,
 )
 from slurm_adapters.interface import SlurmAdapter
-from slurm_adapters.records import SlurmJobSpec, SlurmJobState
+from slurm_adapters.records import SlurmJobSpec, SlurmJobState, SubmitContext
 from tests.lab import SUBMIT_USER, Cluster, clusters, job_dir, make_adapter, new_tag, wait_for_job, wait_until
 
 pytestmark = pytest.mark.lab
+
+OTHER_USER = "bob"  # the lab's second person: a user the site policy accepts, but not the job's owner
 
 KINDS = os.environ.get("CONVEYOR_ADAPTERS", "rest,cli").split(",")
 
@@ -295,6 +298,57 @@ async def test_running_job_is_cancelled(adapter: SlurmAdapter, cluster: Cluster)
     assert record.state is SlurmJobState.CANCELLED
     assert cluster.show_job(job_id)["JobState"] == "CANCELLED"
     await adapter.cancel(job_id, SUBMIT_USER)  # cancelling a finished job is not an error
+
+
+def submit_context(spec: SlurmJobSpec, not_after: datetime) -> SubmitContext:
+    return SubmitContext(f"{spec.tag}/1", not_after, requester_user="user:conformance", requester_project="EHPC-T-1")
+
+
+def call_deadline_s(case: tuple[str, Cluster]) -> float:
+    """The adapter's own call deadline, as the lab configures it (the submit fence measures with it)."""
+    kind, cluster = case
+    return adapter_config(kind, cluster).timeout_s
+
+
+async def test_cancel_by_tag_cancels_only_the_job_that_still_carries_it(
+    case: tuple[str, Cluster], adapter: SlurmAdapter, cluster: Cluster
+) -> None:
+    """Slurm re-issues ids after a controller crash: a cancel naming the tag cancels only our own job."""
+    spec = simple_spec(cluster, "echo started\nsleep 300\n", "tagcancel")
+    roomy = submit_context(spec, datetime.now(UTC) + timedelta(seconds=call_deadline_s(case) + 60))
+    job_id = await adapter.submit(spec, SUBMIT_USER, roomy)  # a context with room: submitted as without one
+    try:
+        running = await wait_for_job(adapter, job_id, {SlurmJobState.RUNNING})
+        assert running.state is SlurmJobState.RUNNING, running
+        with pytest.raises(JobNotFound, match="its tag is") as caught:
+            await adapter.cancel(job_id, SUBMIT_USER, tag=new_tag("another-job"))
+        assert "its user" not in caught.value.message
+        assert cluster.show_job(job_id)["JobState"] == "RUNNING"
+        with pytest.raises(JobNotFound, match="its user is") as caught:
+            await adapter.cancel(job_id, OTHER_USER, tag=spec.tag)
+        assert "its tag" not in caught.value.message
+        assert cluster.show_job(job_id)["JobState"] == "RUNNING"
+        await adapter.cancel(job_id, SUBMIT_USER, tag=spec.tag)
+        record = await wait_for_job(adapter, job_id, {SlurmJobState.CANCELLED}, timeout_s=30)
+        assert record.state is SlurmJobState.CANCELLED
+        assert cluster.show_job(job_id)["JobState"] == "CANCELLED"
+        await adapter.cancel(job_id, SUBMIT_USER, tag=spec.tag)  # a finished job: still not an error
+    finally:
+        cluster.slurm("scancel", str(job_id))  # never leave it running if an assertion failed
+
+
+async def test_a_submit_that_could_outlast_not_after_never_reaches_slurm(
+    case: tuple[str, Cluster], adapter: SlurmAdapter, cluster: Cluster
+) -> None:
+    """The submit fence: with less than its call deadline left before ``not_after``, nothing is sent."""
+    spec = simple_spec(cluster, "true\n", "fence")
+    too_close = submit_context(spec, datetime.now(UTC) + timedelta(seconds=call_deadline_s(case) - 1))
+    with pytest.raises(ClusterUnavailable, match="not started") as caught:
+        await adapter.submit(spec, SUBMIT_USER, too_close)
+    assert caught.value.maybe_applied is False
+    assert await adapter.list_jobs(tags={spec.tag}) == []
+    comments = cluster.slurm("squeue", "--all", "--states=all", "--noheader", "--format=%k").split()
+    assert spec.tag not in comments
 
 
 async def test_list_finds_jobs_by_tag_finished_ones_included(adapter: SlurmAdapter, cluster: Cluster) -> None:

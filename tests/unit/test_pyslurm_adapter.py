@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,13 @@ from slurm_adapters.errors import (
     InvalidRequest,
     JobNotFound,
     SiteError,
+    SubmitWindowClosed,
     UnsafeRequest,
 )
 from slurm_adapters.pyslurm import adapter as pyslurm_adapter
 from slurm_adapters.pyslurm.adapter import PyslurmAdapter, package_root, worker_environment
 from slurm_adapters.pyslurm.mapping import map_error, tres_mapping
-from slurm_adapters.records import SlurmJobSpec, SlurmJobState
+from slurm_adapters.records import SlurmJobSpec, SlurmJobState, SubmitContext
 from slurm_adapters.safety import DIRECTIVE_FENCE, SitePolicy
 from tests.unit.sites import policy_of
 
@@ -397,6 +399,15 @@ async def test_unsafe_users_are_refused_before_any_worker(conf: Path, user: str)
     with pytest.raises(UnsafeRequest):
         await adapter.cancel(1, user)
     assert adapter.worker_pid is None
+
+
+async def test_a_submit_whose_deadline_would_pass_not_after_never_reaches_a_worker(conf: Path) -> None:
+    adapter = PyslurmAdapter("delta", conf, policy=_policy(), timeout_s=8.0)
+    late = SubmitContext("job_x/1", datetime.now(UTC) + timedelta(seconds=7), "user:1", "EHPC-AIF-2026PG01-1147")
+    with pytest.raises(SubmitWindowClosed) as caught:
+        await adapter.submit(FULL_SPEC, "alice", late)
+    assert not caught.value.maybe_applied
+    assert adapter.worker_pid is None  # checked in this process, before any worker was started or asked
 
 
 def test_worker_environment_is_clean(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,6 +27,7 @@ from slurm_adapters.errors import (
     OutputUnavailable,
     SiteError,
     SlurmError,
+    SubmitWindowClosed,
     UnsafeRequest,
 )
 from slurm_adapters.pyslurm.protocol import (
@@ -127,6 +128,7 @@ ERRORS: list[SlurmError] = [
     UnsafeRequest("refusing a submit without a non-root user_id"),
     ClusterUnavailable("Socket timed out on send/recv operation", errors=["x"], maybe_applied=True),
     ClusterUnavailable("Unable to contact slurm controller", maybe_applied=False),
+    SubmitWindowClosed("submit of attempt job_x/1 not started: its call deadline would end after not_after"),
     AuthenticationError("Protocol authentication error"),
     JobNotFound("Invalid job id specified"),
     OutputUnavailable("job 1 has no stdout file"),

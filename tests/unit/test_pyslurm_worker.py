@@ -269,6 +269,20 @@ def test_cancel_checks_owner_and_existence(fake: FakePyslurm) -> None:
         call(worker, "cancel", job_id=99, user="alice")
 
 
+def test_cancel_by_tag_cancels_only_the_job_that_still_carries_it_and_says_what_differed(fake: FakePyslurm) -> None:
+    fake.jobs = {1: fake_job(1, state="RUNNING", comment="conveyor-a")}  # a re-issued id: another job now
+    worker = ops(fake)
+    with pytest.raises(JobNotFound, match="its tag is 'conveyor-a', not 'conveyor-b'"):
+        call(worker, "cancel", job_id=1, user="alice", tag="conveyor-b")
+    with pytest.raises(JobNotFound, match="its user is 'alice', not 'bob'"):
+        call(worker, "cancel", job_id=1, user="bob", tag="conveyor-a")
+    assert fake.cancelled == []
+    assert call(worker, "cancel", job_id=1, user="alice", tag="conveyor-a") is None
+    assert fake.cancelled == [1]
+    with pytest.raises(JobNotFound):
+        call(worker, "cancel", job_id=99, user="alice", tag="conveyor-a")
+
+
 JOB_UID = 4242
 
 

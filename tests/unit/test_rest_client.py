@@ -5,9 +5,12 @@ The fake answers with the real bodies from data/rest/; the live daemons are the 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,9 +25,10 @@ from slurm_adapters.errors import (
     InvalidRequest,
     JobNotFound,
     OutputUnavailable,
+    SubmitWindowClosed,
     UnsafeRequest,
 )
-from slurm_adapters.records import SlurmJobSpec, SlurmJobState
+from slurm_adapters.records import SlurmJobSpec, SlurmJobState, SubmitContext
 from slurm_adapters.rest import RestAdapter
 from slurm_adapters.safety import SitePolicy
 from slurm_adapters.tokens import verify_token
@@ -275,6 +279,63 @@ async def test_cancel_reads_the_per_job_status(key_file: Path) -> None:
     with pytest.raises(JobNotFound):
         await rest.cancel(999999, "alice")
     await rest.cancel(2, "alice")  # already ended: fine
+    await rest.aclose()
+
+
+async def test_cancel_by_tag_reads_the_job_first_and_cancels_only_a_match(key_file: Path) -> None:
+    job = json.loads((DATA / "job-get-v0.0.42.json").read_text())  # job 2, alice's
+    job["jobs"][0]["comment"] = "cvy-1"
+    routes: dict[tuple[str, str], Handler | httpx.Response] = {
+        V42_PING: ok(),
+        ("GET", "/slurm/v0.0.42/job/2"): httpx.Response(200, json=job),
+        ("DELETE", "/slurm/v0.0.42/job/2"): capture("v0042-delete-finished-job.json"),
+    }
+    fake = FakeRest(routes)
+    rest = adapter(fake, key_file)
+    with pytest.raises(JobNotFound, match="its tag is 'cvy-1', not 'cvy-2'"):
+        await rest.cancel(2, "alice", tag="cvy-2")
+    with pytest.raises(JobNotFound, match="its user is 'alice', not 'bob'"):
+        await rest.cancel(2, "bob", tag="cvy-1")
+    assert "DELETE /slurm/v0.0.42/job/2" not in fake.paths()
+    await rest.cancel(2, "alice", tag="cvy-1")
+    assert fake.paths()[-2:] == ["GET /slurm/v0.0.42/job/2", "DELETE /slurm/v0.0.42/job/2"]  # one read, one cancel
+    await rest.aclose()
+
+
+async def test_a_submit_whose_deadline_would_pass_not_after_is_never_sent(key_file: Path) -> None:
+    fake = FakeRest({V42_PING: ok(), ("POST", "/slurm/v0.0.42/job/submit"): ok({"job_id": 5})})
+    rest = adapter(fake, key_file)  # timeout_s 8 s
+    now = datetime.now(UTC)
+    late = SubmitContext("job_x/1", not_after=now + timedelta(seconds=7), requester_user="u", requester_project="p")
+    with pytest.raises(SubmitWindowClosed) as caught:
+        await rest.submit(spec(), "alice", late)
+    assert isinstance(caught.value, ClusterUnavailable)
+    assert not caught.value.maybe_applied
+    assert "POST /slurm/v0.0.42/job/submit" not in fake.paths()
+    in_time = replace(late, not_after=now + timedelta(seconds=60))
+    assert await rest.submit(spec(), "alice", in_time) == 5
+    await rest.aclose()
+
+
+async def test_the_submit_timeout_bounds_the_whole_request(key_file: Path) -> None:
+    """httpx's timeouts bound each phase; the submit fence needs the call's whole deadline to be timeout_s."""
+
+    fake = FakeRest({V42_PING: ok(), ("POST", "/slurm/v0.0.42/job/submit"): ok({"job_id": 5})})
+
+    async def slow_submit(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            await asyncio.sleep(30)  # no httpx timeout fires in a mock transport
+        return fake(request)
+
+    transport = httpx.MockTransport(slow_submit)
+    rest = RestAdapter(
+        "alpha", "http://slurmrestd.test", key_file, "root", policy(), timeout_s=0.3, transport=transport
+    )
+    started = time.monotonic()
+    with pytest.raises(ClusterUnavailable, match=r"within 0\.3 s") as caught:
+        await rest.submit(spec(), "alice")
+    assert caught.value.maybe_applied
+    assert time.monotonic() - started < 5
     await rest.aclose()
 
 
