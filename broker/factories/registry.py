@@ -49,6 +49,10 @@ Text = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"
 JobRoot = Annotated[str, StringConstraints(min_length=2, max_length=1024, pattern=r"^/[^\x00-\x1f\x7f]*$")]
 WorkingRoot = Annotated[JobRoot, AfterValidator(working_roots.check_root)]
 _ADAPTER_KINDS = {"rest", "cli", "pyslurm", "agent"}
+# The time a dispatcher may take between committing an attempt (its started_at) and starting the adapter's
+# call: the commit's return, the adapter's own preparation (rendering, a first version negotiation). A
+# call that would start later is refused by the submit fence (SubmitContext.not_after), never made late.
+SUBMIT_SLACK_S = 5.0
 
 
 def _site_user(name: str) -> str:
@@ -143,7 +147,7 @@ class Factory(_Strict):
         ge=1,
         le=3600,
         description="Slurm's MessageTimeout: how long a request may still travel to slurmctld after the broker "
-        "gave up on it; nobody settles a submit in doubt before its start + the call's deadline + this + the "
+        "gave up on it; nobody settles a submit in doubt before its start + the submit window + this + the "
         "clock skew",
     )
     clock_skew_s: float = Field(
@@ -197,6 +201,14 @@ class Factory(_Strict):
     @property
     def gpu_types(self) -> frozenset[str]:
         return frozenset(gpu_type for partition in self.partitions for gpu_type in partition.gpus_per_node)
+
+    @property
+    def submit_window_s(self) -> float:
+        """How long after its attempt is committed a submit's call may still be running, whatever the adapter
+        kind: the adapter's call deadline + :data:`SUBMIT_SLACK_S`. The dispatcher hands each submit
+        ``not_after`` = the attempt's start + this, and the adapter's fence never starts a call that could
+        run past it."""
+        return self.adapter.timeout_s + SUBMIT_SLACK_S
 
 
 class _FactoriesFile(_Strict):
@@ -299,6 +311,7 @@ def load_factories(path: str | Path) -> FactoryRegistry:
 
 
 __all__ = [
+    "SUBMIT_SLACK_S",
     "Factory",
     "FactoryConfigError",
     "FactoryRegistry",

@@ -12,12 +12,16 @@ Why it is shaped like this:
   and MinJobAge not yet passed or slurmdbd explaining every job since), so it may be submitted again.
   Otherwise Slurm can no longer tell, and the job becomes ``lost`` with that reason: never resubmitted
   blindly, so a job reaches Slurm at most once.
-- Nobody settles an attempt before its start + the adapter's call deadline + Slurm's MessageTimeout + the
+- Nobody settles an attempt before its start + the Factory's submit window + Slurm's MessageTimeout + the
   clock skew (:func:`settle_not_before`): until then the call may still reach Slurm, whoever holds the
-  claim now. A claim whose process died is taken over as soon as its heartbeat lapses
-  (:mod:`broker.db.repositories.instances`), so this rule, not the lease, is what keeps a job from being
-  submitted twice; and while a claimed job's Slurm call is in flight (:attr:`Dispatcher.in_flight`), the
-  heartbeat renews its lease.
+  claim now. The submit window (:attr:`Factory.submit_window_s`: the adapter's call deadline +
+  ``SUBMIT_SLACK_S``, the same rule for every adapter kind) is enforced, not assumed: each submit carries
+  ``not_after`` = the attempt's start + that window (:func:`submit_context`), and the adapter never starts a
+  call that could still run after it; a dispatcher delayed between the commit and the call has its submit
+  refused (not applied) and retried, never made late. A claim whose process died is taken over as soon as
+  its heartbeat lapses (:mod:`broker.db.repositories.instances`), so this rule, not the lease, is what keeps
+  a job from being submitted twice; and while a claimed job's Slurm call is in flight
+  (:attr:`Dispatcher.in_flight`), the heartbeat renews its lease.
 - The jobs of a claimed batch share their writes: their attempts are one group commit
   (:mod:`broker.db.group_commit`), each still committed before its own Slurm call, and the submissions that
   return together another, each in a savepoint; what they read (health, reserved Factories, site accounts)
@@ -67,8 +71,9 @@ from slurm_adapters.errors import (
     JobError,
     SiteError,
     SlurmError,
+    SubmitWindowClosed,
 )
-from slurm_adapters.records import SlurmJobSpec
+from slurm_adapters.records import SlurmJobSpec, SubmitContext
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +118,23 @@ def retry_delay_s(attempts: int, cap_s: float) -> float:
     return float(min(cap_s, RETRY_BASE_S * 2.0**exponent))
 
 
+def submit_context(job: Job, attempt: DispatchAttempt, factory: Factory) -> SubmitContext:
+    """What a submit of ``attempt`` carries: its id, and ``not_after`` = its start + the Factory's submit
+    window, after which the adapter starts no call of it; on whose behalf (owner, project, Antenna)."""
+    return SubmitContext(
+        attempt=f"{job.id}/{attempt.attempt}",
+        not_after=attempt.started_at + timedelta(seconds=factory.submit_window_s),
+        requester_user=job.owner,
+        requester_project=job.project,
+        requester_antenna=job.antenna,
+    )
+
+
 def settle_not_before(factory: Factory, attempt: DispatchAttempt) -> datetime:
-    """The earliest time an attempt's outcome may be looked up in Slurm: after it, its Slurm call has ended
-    (the adapter's deadline) and no message of it can still reach slurmctld (MessageTimeout), even by a
-    clock that runs ``clock_skew_s`` behind."""
-    window = factory.adapter.timeout_s + factory.message_timeout_s + factory.clock_skew_s
+    """The earliest time an attempt's outcome may be looked up in Slurm: after it, no call of it can still be
+    running (its submit window, which the adapter's fence enforces through ``not_after``) and no message of
+    it can still reach slurmctld (MessageTimeout), even by a clock that runs ``clock_skew_s`` behind."""
+    window = factory.submit_window_s + factory.message_timeout_s + factory.clock_skew_s
     return attempt.started_at + timedelta(seconds=window)
 
 
@@ -236,31 +253,44 @@ class Dispatcher:
         if attempt is None:
             _job_log(logging.WARNING, job.id, "lease lost before submission; another dispatcher has it")
             return
-        await self.submit(job.id, attempt.attempt, factory, slurm_spec, user)
+        await self.submit(job, attempt, factory, slurm_spec, user)
 
-    async def submit(self, job_id: str, attempt: int, factory: Factory, spec: SlurmJobSpec, user: str) -> None:
-        """Submit one attempt (already committed) and record what came of it."""
+    async def submit(self, job: Job, attempt: DispatchAttempt, factory: Factory, spec: SlurmJobSpec, user: str) -> None:
+        """Submit one attempt of ``job`` (already committed: its start bounds the call, see
+        :func:`submit_context`) and record what came of it."""
+        job_id, number = job.id, attempt.attempt
+        context = submit_context(job, attempt, factory)
         self._failpoint("before_submit")
         try:
-            slurm_job_id = await self._adapters.get(factory.id).submit(spec, user)
+            slurm_job_id = await self._adapters.get(factory.id).submit(spec, user, context)
+        except SubmitWindowClosed as exc:  # this dispatcher was late, not the site: nothing was sent
+            await self._too_late(job_id, number, factory.id, exc)
+            return
         except JobError as exc:
             message = _describe(exc)
-            refused = ClosedAttempt(attempt, AttemptOutcome.REFUSED, message)
+            refused = ClosedAttempt(number, AttemptOutcome.REFUSED, message)
             await self._reject(job_id, f"Slurm refused the job on {factory.id}: {message}", attempt=refused)
             return
         except (AuthenticationError, ClusterUnavailable) as exc:
-            await self._site_failure(job_id, attempt, factory.id, exc)
+            await self._site_failure(job_id, number, factory.id, exc)
             return
         except SlurmError as exc:  # an error the adapter could not classify: it may have reached Slurm
             self._count_error(factory.id)
-            await self._in_doubt(job_id, attempt, factory.id, _describe(exc))
+            await self._in_doubt(job_id, number, factory.id, _describe(exc))
             return
         self._failpoint("after_submit")
         # Shielded: Slurm has the job, so its record is written even if this dispatcher is being stopped.
-        if await asyncio.shield(self._submissions.submit(Submitted(job_id, attempt, str(slurm_job_id), ACTOR))):
+        if await asyncio.shield(self._submissions.submit(Submitted(job_id, number, str(slurm_job_id), ACTOR))):
             _job_log(logging.INFO, job_id, "submitted to %s as Slurm job %s", factory.id, slurm_job_id)
         else:
             _job_log(logging.WARNING, job_id, "Slurm job %s submitted but the job had left queued", slurm_job_id)
+
+    async def _too_late(self, job_id: str, attempt: int, factory_id: str, exc: SubmitWindowClosed) -> None:
+        """The attempt's submit window closed before its call could start: closed as not applied and retried,
+        with the Factory's health untouched."""
+        message = _describe(exc)
+        await self._jobs.finish_attempt(job_id, attempt, outcome=AttemptOutcome.NOT_APPLIED, error=message, actor=ACTOR)
+        await self._retry(job_id, attempt, f"the submission to {factory_id} was not started in time: {message}")
 
     async def _site_failure(
         self, job_id: str, attempt: int, factory_id: str, exc: AuthenticationError | ClusterUnavailable
@@ -399,4 +429,4 @@ def _describe(exc: SlurmError) -> str:
     return "; ".join([str(exc), *extra])
 
 
-__all__ = ["Dispatcher", "active_failpoints", "retry_delay_s", "settle_not_before"]
+__all__ = ["Dispatcher", "active_failpoints", "retry_delay_s", "settle_not_before", "submit_context"]

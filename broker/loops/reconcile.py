@@ -15,6 +15,8 @@ whatever the number of jobs or clients. Every change is a compare-and-set with i
   on purpose leaves it ``submitted`` with a ``state_reason`` saying who can release it, counted per Factory
   (``reconcile_held_jobs``).
 - Slurm's exceptions (requeue, preemption, a lost job seen again) are applied and recorded as such.
+- Every cancel names the job's tag (its broker id): slurmctld re-issues ids after a crash that lost its state,
+  so the adapter cancels only a Slurm job that still carries the tag and belongs to the job's Slurm user.
 """
 
 from __future__ import annotations
@@ -225,7 +227,8 @@ class Reconciler:
         }
         user = job.slurm_user or site_user(self._registry[job.factory or ""])
         if record.never_starts and job.state in {JobState.SUBMITTED, JobState.LOST}:
-            await adapter.cancel(record.job_id, user)  # first: a rejected job must not linger in Slurm's queue
+            # First: a rejected job must not linger in Slurm's queue.
+            await adapter.cancel(record.job_id, user, tag=job.id)
             stats.cancel_calls += 1
             reason = f"Slurm can never start the job: {record.reason}"
             if await self._jobs.reject(
@@ -242,7 +245,7 @@ class Reconciler:
         if hold is not None:
             stats.held += 1
         if job.cancel_requested_at is not None and not record.state.is_terminal:
-            await adapter.cancel(record.job_id, user)  # the listing of a later cycle shows it cancelled
+            await adapter.cancel(record.job_id, user, tag=job.id)  # the listing of a later cycle shows it cancelled
             stats.cancel_calls += 1
             _log(logging.INFO, job.id, "cancel requested: scancel of Slurm job %s sent", record.job_id)
         target = from_slurm(record.state)
@@ -290,7 +293,8 @@ class Reconciler:
         charged what Slurm says it held, in the transaction of that move."""
         if job.state.is_terminal and job.state is not JobState.LOST:
             return
-        await adapter.cancel(record.job_id, user)  # first: an ended job must not linger held in Slurm's queue
+        # First: an ended job must not linger held in Slurm's queue.
+        await adapter.cancel(record.job_id, user, tag=job.id)
         stats.cancel_calls += 1
         reason = hold.state_reason()
         fields: dict[str, Any] = {

@@ -89,10 +89,10 @@ class Broker:
         return job
 
     def past_the_settle_window(self, factory_id: str) -> None:
-        """Move the clock past the settle window of an attempt started now (its call deadline + MessageTimeout
+        """Move the clock past the settle window of an attempt started now (its submit window + MessageTimeout
         + clock skew), before which nobody may look its tag up."""
         factory = self.registry[factory_id]
-        window_s = factory.adapter.timeout_s + factory.message_timeout_s + factory.clock_skew_s
+        window_s = factory.submit_window_s + factory.message_timeout_s + factory.clock_skew_s
         self.clock.offset += timedelta(seconds=window_s + 1)
 
     async def cycle(self) -> None:

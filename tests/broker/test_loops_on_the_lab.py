@@ -22,7 +22,7 @@ from broker.tenancy.site_accounts import SiteAccountService
 from conveyor.spec import JobSpec, JobState
 from slurm_adapters.errors import ClusterUnavailable, JobNotFound
 from slurm_adapters.interface import SlurmAdapter
-from slurm_adapters.records import JobRecord, SlurmJobSpec
+from slurm_adapters.records import JobRecord, SlurmJobSpec, SubmitContext
 from tests.broker.conftest import Broker
 from tests.db.helpers import wait_until
 from tests.lab import Cluster, clusters, job_dir, new_tag
@@ -151,7 +151,7 @@ async def _attempt_then_crash(broker: Broker, job_id: str, *, submit: bool) -> t
         slurm_spec: SlurmJobSpec = to_slurm_spec(job_id, spec, placement, factory)
         slurm_id = await broker.adapters.get(factory.id).submit(slurm_spec, site_user(factory))
     # Its lease runs out (released here rather than waited for), and so does the attempt's settle window
-    # (call deadline + MessageTimeout + clock skew), before which nobody may look its tag up.
+    # (submit window + MessageTimeout + clock skew), before which nobody may look its tag up.
     assert await broker.jobs.release_lease(job_id, "crashed-dispatcher")
     broker.past_the_settle_window(factory.id)
     return factory.id, slurm_id
@@ -289,8 +289,8 @@ async def test_an_ambiguous_submit_failure_is_settled_by_tag_not_by_a_second_sub
     adapter = broker.adapters.get("alpha")
     real_submit = adapter.submit
 
-    async def submit_then_time_out(spec: SlurmJobSpec, user: str) -> int:
-        await real_submit(spec, user)
+    async def submit_then_time_out(spec: SlurmJobSpec, user: str, context: SubmitContext | None = None) -> int:
+        await real_submit(spec, user, context)
         raise ClusterUnavailable("read timeout after sending", cluster="alpha", maybe_applied=True)
 
     monkeypatch.setattr(adapter, "submit", submit_then_time_out)

@@ -41,12 +41,14 @@ class CannedSlurm(SlurmAdapter):
         super().__init__(config.cluster)
         self.records: dict[int, JobRecord] = {}
         self.cancelled: list[int] = []
+        self.cancel_tags: dict[int, str | None] = {}  # the tag each cancel named
 
     async def list_jobs(self, *, tags: Collection[str] | None = None, tag_prefix: str | None = None) -> list[JobRecord]:
         return list(self.records.values())
 
     async def cancel(self, job_id: int, user: str, tag: str | None = None) -> None:
         self.cancelled.append(job_id)
+        self.cancel_tags[job_id] = tag
 
     def render(self, spec: SlurmJobSpec, user: str) -> Rendering:
         raise AssertionError("not called by the reconciler")
@@ -125,6 +127,8 @@ async def test_defect_13_a_held_job_ends_or_says_who_can_release_it_and_is_count
         assert reason in job.state_reason  # Slurm's own words
         assert job.slurm_reason == reason
     assert sorted(slurm.cancelled) == sorted(ENDING)  # ended in Slurm too, not left held in its queue
+    # Each cancel names the broker job's id, its tag: a re-issued Slurm id cannot cancel another job.
+    assert slurm.cancel_tags == {slurm_job_id: ids[slurm_job_id] for slurm_job_id in ENDING}
     for slurm_job_id, (reason, who) in RELEASABLE.items():
         job = await jobs.get(ids[slurm_job_id])
         assert job is not None
