@@ -173,6 +173,10 @@ def get_agent_keys(state: StateDep) -> AgentKeyService:
     return state.agent_keys
 
 
+def get_agents(state: StateDep) -> AgentService:
+    return state.agents
+
+
 def get_database(state: StateDep) -> Database:
     return state.database
 
@@ -189,3 +193,4 @@ ProjectsDep = Annotated[ProjectService, Depends(get_projects)]
 AllocationsDep = Annotated[AllocationService, Depends(get_allocations)]
 SiteAccountsDep = Annotated[SiteAccountService, Depends(get_site_accounts)]
 AgentKeysDep = Annotated[AgentKeyService, Depends(get_agent_keys)]
+AgentsDep = Annotated[AgentService, Depends(get_agents)]

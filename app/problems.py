@@ -19,8 +19,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from broker import errors
+from broker.agents.errors import SessionExpired, UnknownFactory, UnknownSession
 from broker.db.repositories.sql import sqlstate_starts_with
 from conveyor.problems import (
+    AGENT_SESSION_ENDED,
     ALREADY_EXISTS,
     CANCEL_NOT_POSSIBLE,
     FORBIDDEN,
@@ -75,8 +77,10 @@ def validation_problem(errs: list[FieldError], instance: str) -> Problem:
 
 def domain_problem(error: errors.BrokerError, instance: str) -> Problem:  # noqa: PLR0911 - one branch per error
     """The problem for a domain error; the single mapping from the broker's errors to HTTP."""
-    if isinstance(error, errors.NotFound):
+    if isinstance(error, errors.NotFound | UnknownFactory | UnknownSession):
         return NOT_FOUND.problem(error.message, instance=instance)
+    if isinstance(error, SessionExpired):
+        return AGENT_SESSION_ENDED.problem(error.message, instance=instance)
     if isinstance(error, errors.Forbidden):
         return FORBIDDEN.problem(error.message, instance=instance)
     if isinstance(error, errors.InvalidInput):

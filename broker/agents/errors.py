@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
+from broker.errors import BrokerError
 
-class AgentLinkError(Exception):
+
+class AgentLinkError(BrokerError):
     """Base of the link's refusals; ``message`` is safe to show to the agent."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 class UnknownFactory(AgentLinkError):

@@ -152,6 +152,8 @@ IDEMPOTENCY_CONFLICT: Final = ProblemType(
 PLACEMENT_FAILED: Final = ProblemType("placement_failed", "No Factory can run this job", 422)
 ALREADY_EXISTS: Final = ProblemType("already_exists", "Something with that id exists already", 409)
 CANCEL_NOT_POSSIBLE: Final = ProblemType("cancel_not_possible", "The job can no longer be cancelled", 409)
+# A Factory agent's session has lapsed (no heartbeat within its TTL): the agent opens a new one.
+AGENT_SESSION_ENDED: Final = ProblemType("agent_session_ended", "The agent's session is over; open a new one", 409)
 # The job's output cannot be read now: it has not reached Slurm yet, or its Factory's adapter cannot read files.
 # The sub-code says which (output_unavailable.not_submitted, .not_started, .not_readable, .gone: Slurm no longer
 # knows the job). Never retried: a Factory that does not answer is a 503 instead.
@@ -182,6 +184,7 @@ PROBLEM_TYPES: Final[Mapping[str, ProblemType]] = {
         ALREADY_EXISTS,
         PLACEMENT_FAILED,
         CANCEL_NOT_POSSIBLE,
+        AGENT_SESSION_ENDED,
         OUTPUT_UNAVAILABLE,
         PAYLOAD_TOO_LARGE,
         HEADERS_TOO_LARGE,
@@ -347,6 +350,7 @@ _BY_CODE: Mapping[str, type[ConveyorError]] = {
     ALREADY_EXISTS.code: Conflict,
     PLACEMENT_FAILED.code: PlacementFailed,
     CANCEL_NOT_POSSIBLE.code: CancelNotPossible,
+    AGENT_SESSION_ENDED.code: Conflict,
     OUTPUT_UNAVAILABLE.code: OutputUnavailable,
     PAYLOAD_TOO_LARGE.code: ValidationFailed,
     HEADERS_TOO_LARGE.code: ValidationFailed,
