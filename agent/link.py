@@ -1,0 +1,139 @@
+"""The agent's HTTPS link to the broker: every request signed, bound to its method, path and exact body.
+
+Errors come out as two kinds: :class:`SessionLost` (the broker no longer knows the session: open a new one) and
+:class:`LinkDown` (anything else that did not work: back off and try again).
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from agent import __version__
+from agent.config import check_broker_url
+from agent.keys import SigningKey
+from slurm_adapters.agent_protocol import (
+    MAX_WAIT_S,
+    PREFIX,
+    SCHEME,
+    Heartbeat,
+    HeartbeatAnswer,
+    Hello,
+    Orders,
+    Poll,
+    Reports,
+    ReportsAnswer,
+    SessionGranted,
+    sign,
+)
+
+Answer = TypeVar("Answer", bound=BaseModel)
+
+SESSION_GONE = frozenset({404, 409, 410})
+REQUEST_TIMEOUT_S = 15.0
+USER_AGENT = f"conveyor-agent/{__version__}"
+
+
+class LinkDown(Exception):
+    """The request did not succeed (connection, timeout, 5xx, an unreadable answer, a refused assertion)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class SessionLost(LinkDown):
+    """The broker does not know the session (unknown, expired or taken over): a new hello is needed."""
+
+
+class BrokerLink:
+    """Signed requests to one broker; ``transport`` replaces the network (tests)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        factory: str,
+        audience: str,
+        key: SigningKey,
+        ca_file: Path | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.factory = factory
+        self.audience = audience
+        self.key = key
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+        self.client = httpx.AsyncClient(
+            base_url=check_broker_url(base_url),
+            transport=transport,
+            verify=verify,
+            timeout=REQUEST_TIMEOUT_S,
+            follow_redirects=False,  # an assertion is bound to one path: never replayed to another
+            headers={"User-Agent": USER_AGENT},
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def hello(self, message: Hello) -> SessionGranted:
+        return await self._post(f"{PREFIX}/sessions", message, SessionGranted)
+
+    async def heartbeat(self, session_id: str, message: Heartbeat) -> HeartbeatAnswer:
+        return await self._post(f"{PREFIX}/sessions/{session_id}/heartbeat", message, HeartbeatAnswer)
+
+    async def poll(self, session_id: str, message: Poll) -> Orders:
+        budget = min(message.wait_s, MAX_WAIT_S) + REQUEST_TIMEOUT_S
+        return await self._post(f"{PREFIX}/sessions/{session_id}/orders", message, Orders, time_budget_s=budget)
+
+    async def report(self, session_id: str, message: Reports) -> ReportsAnswer:
+        return await self._post(f"{PREFIX}/sessions/{session_id}/reports", message, ReportsAnswer)
+
+    async def _post(
+        self, path: str, message: BaseModel, answer: type[Answer], *, time_budget_s: float = REQUEST_TIMEOUT_S
+    ) -> Answer:
+        body = message.model_dump_json().encode()
+        request = self.client.build_request(
+            "POST",
+            path,
+            content=body,
+            headers={"Content-Type": "application/json"},
+            timeout=time_budget_s,
+        )
+        target = request.url.raw_path.decode("ascii")  # the path with its query, as the broker receives it
+        assertion = sign(
+            self.key.key,
+            kid=self.key.kid,
+            alg=self.key.alg,
+            factory=self.factory,
+            audience=self.audience,
+            method="POST",
+            target=target,
+            body=body,
+        )
+        request.headers["Authorization"] = f"{SCHEME} {assertion}"
+        try:
+            response = await self.client.send(request)
+        except httpx.HTTPError as exc:
+            raise LinkDown(f"POST {path}: {type(exc).__name__}: {exc}") from exc
+        return self._answer(path, response, answer)
+
+    @staticmethod
+    def _answer(path: str, response: httpx.Response, answer: type[Answer]) -> Answer:
+        status = response.status_code
+        if status in SESSION_GONE and "/sessions/" in path:
+            raise SessionLost(f"POST {path}: the broker no longer knows the session (HTTP {status})", status)
+        if not 200 <= status < 300:
+            raise LinkDown(f"POST {path}: HTTP {status}: {_excerpt(response)}", status)
+        try:
+            return answer.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise LinkDown(f"POST {path}: an answer that is not a {answer.__name__}: {exc}", status) from exc
+
+
+def _excerpt(response: httpx.Response) -> Any:
+    text = response.text
+    return text[:300] + ("..." if len(text) > 300 else "")

@@ -1,0 +1,251 @@
+"""The agent's main loop: a session, its heartbeat, the long poll, bounded execution and batched reports.
+
+One session at a time. A session the broker no longer knows (404/409/410) is replaced by a new hello; a broken
+link is retried with jittered back-off and never ends the process. Orders are taken only while the clock is
+within the Factory's skew and a slot is free (the poll asks for no more orders than free slots). Reports are
+sent in batches from one queue that survives session changes. On stop (SIGTERM): no more polling, in-flight
+orders get ``shutdown_grace_s`` to finish, their reports are flushed, and the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from agent import __version__
+from agent.backoff import Backoff, sleep_unless
+from agent.clock import BrokerClock
+from agent.executor import Executor, Lease, PauseSwitch
+from agent.link import BrokerLink, LinkDown, SessionLost
+from agent.reports import ReportQueue
+from slurm_adapters.agent_protocol import FEATURES, MAX_REPORTS, Heartbeat, Hello, Order, Poll, Reports, SessionGranted
+
+log = logging.getLogger("conveyor.agent")
+
+
+@dataclass(slots=True)
+class Session:
+    granted: SessionGranted
+    ack: int = 0  # every order up to this id has been received
+
+
+class Agent:
+    def __init__(
+        self,
+        link: BrokerLink,
+        executor: Executor,
+        *,
+        concurrency: int = 8,
+        report_batch: int = 100,
+        shutdown_grace_s: float = 30.0,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.link = link
+        self.executor = executor
+        self.clock: BrokerClock = executor.clock
+        self.pause: PauseSwitch = executor.pause
+        self.reports = ReportQueue()
+        self.slots = asyncio.Semaphore(concurrency)
+        self.concurrency = concurrency
+        self.report_batch = min(report_batch, MAX_REPORTS)
+        self.shutdown_grace_s = shutdown_grace_s
+        self.backoff = backoff or Backoff()
+        self.session: Session | None = None
+        self.session_changed = asyncio.Event()
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self.sessions_opened = 0
+        self.slurm_release: str | None = None
+
+    def _backoff(self, cap_s: float | None = None) -> Backoff:
+        """A fresh back-off of this agent's shape (each loop counts its own failures)."""
+        cap = self.backoff.cap_s if cap_s is None else min(cap_s, self.backoff.cap_s)
+        return Backoff(min(self.backoff.base_s, cap), cap, self.backoff.rng)
+
+    # -- the whole run ------------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until ``stop``: keep a session, take orders, report; then drain within the grace period."""
+        await self._probe_slurm()
+        drain = asyncio.Event()
+        reporter = asyncio.create_task(self._report_loop(drain), name="reports")
+        try:
+            while not stop.is_set():
+                session = await self._open_session(stop)
+                if session is None:
+                    break
+                await self._serve(session, stop)
+        finally:
+            await self._drain(drain, reporter)
+
+    async def _probe_slurm(self) -> None:
+        """The Slurm release for the hello (and the adapter's version negotiation, done before any order)."""
+        try:
+            health = await self.executor.adapter.health()
+            self.slurm_release = health.release
+        except Exception as exc:  # the site may be down at start; the agent connects all the same
+            log.warning("local Slurm health check failed at start: %s", exc)
+
+    async def _open_session(self, stop: asyncio.Event) -> Session | None:
+        while not stop.is_set():
+            sent = self.clock.now()
+            try:
+                granted = await self.link.hello(
+                    Hello(
+                        agent_version=__version__,
+                        adapter=self.executor.adapter.kind,
+                        slurm_release=self.slurm_release,
+                        features=list(FEATURES),
+                        agent_time=sent,
+                    )
+                )
+            except LinkDown as exc:
+                delay = self.backoff.next_delay()
+                log.warning("hello failed (%s); trying again in %.1f s", exc, delay)
+                await sleep_unless(stop, delay)
+                continue
+            self.backoff.reset()
+            self.clock.skew_s = granted.clock_skew_s
+            self.clock.observe(granted.broker_time, sent, self.clock.now())
+            self.executor.lease = Lease()
+            self.session = Session(granted)
+            self.sessions_opened += 1
+            self.session_changed.set()
+            log.info("session %s opened for Factory %s", granted.session_id, granted.factory)
+            return self.session
+        return None
+
+    async def _serve(self, session: Session, stop: asyncio.Event) -> None:
+        """Heartbeat and poll within one session until it is lost or ``stop`` is set."""
+        lost = asyncio.Event()
+        tasks = [
+            asyncio.create_task(self._heartbeat_loop(session, lost, stop), name="heartbeat"),
+            asyncio.create_task(self._poll_loop(session, lost, stop), name="poll"),
+        ]
+        waiters = [asyncio.create_task(lost.wait()), asyncio.create_task(stop.wait())]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks + waiters:
+                task.cancel()
+            await asyncio.gather(*tasks, *waiters, return_exceptions=True)
+        if lost.is_set():
+            log.warning("session %s lost; opening a new one", session.granted.session_id)
+
+    # -- heartbeat ----------------------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self, session: Session, lost: asyncio.Event, stop: asyncio.Event) -> None:
+        backoff = self._backoff(cap_s=session.granted.heartbeat_s)
+        while not stop.is_set():
+            sent = self.clock.now()
+            try:
+                answer = await self.link.heartbeat(
+                    session.granted.session_id, Heartbeat(agent_time=sent, paused=self.pause.paused)
+                )
+            except SessionLost:
+                lost.set()
+                return
+            except LinkDown as exc:
+                delay = backoff.next_delay()
+                log.warning("heartbeat failed (%s); trying again in %.1f s", exc, delay)
+                await sleep_unless(stop, delay)
+                continue
+            backoff.reset()
+            offset = self.clock.observe(answer.broker_time, sent, self.clock.now())
+            if not self.clock.in_sync:
+                log.error("clock offset %.2f s exceeds the Factory's skew %.2f s: taking no orders", offset,
+                          self.clock.skew_s)  # fmt: skip
+            self.executor.lease = Lease(holder=answer.holder, epoch=answer.epoch)
+            await sleep_unless(stop, session.granted.heartbeat_s)
+
+    # -- orders -------------------------------------------------------------------------------------------
+
+    async def _poll_loop(self, session: Session, lost: asyncio.Event, stop: asyncio.Event) -> None:
+        backoff = self._backoff()
+        while not stop.is_set():
+            if not self.clock.in_sync:
+                await sleep_unless(stop, min(1.0, session.granted.heartbeat_s))
+                continue
+            free = await self._free_slots()
+            try:
+                answer = await self.link.poll(
+                    session.granted.session_id,
+                    Poll(ack=session.ack, wait_s=session.granted.poll_wait_s, max_orders=free),
+                )
+            except SessionLost:
+                lost.set()
+                return
+            except LinkDown as exc:
+                delay = backoff.next_delay()
+                log.warning("poll failed (%s); trying again in %.1f s", exc, delay)
+                await sleep_unless(stop, delay)
+                continue
+            backoff.reset()
+            for order in answer.orders:
+                session.ack = max(session.ack, order.id)
+                if self.executor.accept(order):
+                    self._start(order)
+
+    async def _free_slots(self) -> int:
+        """Wait for at least one free slot; return how many are free."""
+        await self.slots.acquire()
+        self.slots.release()
+        return max(1, self.concurrency - len(self.in_flight))
+
+    def _start(self, order: Order) -> None:
+        task = asyncio.create_task(self._carry_out(order), name=f"order-{order.id}")
+        self.in_flight.add(task)
+        task.add_done_callback(self.in_flight.discard)
+
+    async def _carry_out(self, order: Order) -> None:
+        async with self.slots:
+            report = await self.executor.execute(order)
+        self.reports.put(report)
+
+    # -- reports ------------------------------------------------------------------------------------------
+
+    async def _report_loop(self, drain: asyncio.Event) -> None:
+        """Send queued reports in batches with the current session; keep them until the broker has them."""
+        backoff = self._backoff()
+        while True:
+            await self.reports.wait()
+            session = self.session
+            if session is None:
+                await self.session_changed.wait()
+                self.session_changed.clear()
+                continue
+            batch = self.reports.peek(self.report_batch)
+            try:
+                await self.link.report(session.granted.session_id, Reports(reports=batch))
+            except LinkDown as exc:
+                delay = backoff.next_delay()
+                log.warning("%d reports not delivered (%s); trying again in %.1f s", len(batch), exc, delay)
+                self.session_changed.clear()
+                if isinstance(exc, SessionLost) and drain.is_set():
+                    return  # stopping, and no session to report with: the broker settles by lookup
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.session_changed.wait(), timeout=delay)
+                continue
+            backoff.reset()
+            self.reports.done(len(batch))
+
+    async def _drain(self, drain: asyncio.Event, reporter: asyncio.Task[None]) -> None:
+        """In-flight orders get the grace period; their reports are flushed within the same bound."""
+        drain.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.shutdown_grace_s
+        if self.in_flight:
+            log.info("stopping: waiting up to %.0f s for %d orders in flight", self.shutdown_grace_s,
+                     len(self.in_flight))  # fmt: skip
+            _, late = await asyncio.wait(set(self.in_flight), timeout=self.shutdown_grace_s)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning("stopping: %d orders did not finish in time (the broker settles them)", len(late))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.reports.empty(), timeout=max(0.0, deadline - loop.time()))
+        if len(self.reports):
+            log.warning("stopping with %d reports undelivered (the broker settles their orders)", len(self.reports))
+        reporter.cancel()
+        await asyncio.gather(reporter, return_exceptions=True)

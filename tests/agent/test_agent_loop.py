@@ -1,0 +1,197 @@
+"""The agent's main loop against a fake broker that follows the contract and checks every assertion: sessions,
+heartbeats, the clock rule, the long poll with its cursor, batched reports that survive a broken link, a lost
+session, the pause switch and a bounded shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent import __version__
+from agent.backoff import Backoff
+from agent.clock import BrokerClock
+from agent.executor import Executor, PauseSwitch
+from agent.keys import SigningKey
+from agent.link import BrokerLink
+from agent.runner import Agent
+from slurm_adapters.agent_protocol import FEATURES
+from tests.agent.conftest import site_policy
+from tests.agent.fakes import (
+    AUDIENCE,
+    BROKER_URL,
+    FACTORY,
+    FakeBroker,
+    RecordingAdapter,
+    eventually,
+    read_order,
+    submit_order,
+)
+
+
+@dataclass
+class Running:
+    agent: Agent
+    broker: FakeBroker
+    adapter: RecordingAdapter
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+    pause_file: Path
+
+
+def build(key: SigningKey, broker: FakeBroker, adapter: RecordingAdapter, tmp_path: Path, **options: float) -> Agent:
+    link = BrokerLink(BROKER_URL, factory=FACTORY, audience=AUDIENCE, key=key, transport=broker.transport)
+    executor = Executor(adapter, site_policy(), BrokerClock(), PauseSwitch(tmp_path / "pause"), deadline_s=1.0)
+    return Agent(
+        link,
+        executor,
+        concurrency=int(options.get("concurrency", 4)),
+        shutdown_grace_s=options.get("grace", 5.0),
+        backoff=Backoff(base_s=0.01, cap_s=0.05),
+    )
+
+
+@pytest.fixture
+async def running(key: SigningKey, adapter: RecordingAdapter, tmp_path: Path) -> AsyncIterator[Running]:
+    broker = FakeBroker(key)
+    agent = build(key, broker, adapter, tmp_path)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    await broker.wait_for(lambda: bool(broker.polls))
+    yield Running(agent, broker, adapter, stop, task, tmp_path / "pause")
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    await agent.link.aclose()
+    assert broker.rejected == []  # every request carried a valid, request-bound, once-only assertion
+
+
+async def test_hello_announces_the_agent_and_orders_come_back_as_reports(running: Running) -> None:
+    broker = running.broker
+    [session] = broker.sessions.values()
+    hello = session.hello
+    assert (hello.agent_version, hello.adapter, hello.slurm_release) == (__version__, "rest", "24.11.0")
+    assert hello.features == list(FEATURES)
+    await broker.give(submit_order(1), read_order(2, "health"), submit_order(3, site_user="root"))
+    await broker.wait_for(lambda: {r["order"] for r in broker.reports} == {1, 2, 3})
+    by_order = {report["order"]: report for report in broker.reports}
+    assert by_order[1]["ok"]
+    assert by_order[1]["result"] == {"job_id": 1000}
+    assert by_order[1]["site_account"] == "alice"
+    assert by_order[2]["result"]["release"] == "24.11.0"
+    assert by_order[3]["refused"]
+    assert len(running.adapter.calls_of("submit")) == 1
+    await broker.wait_for(lambda: session.ack == 3)  # acknowledged by cursor: never handed out again
+
+
+async def test_repeats_over_the_wire_reach_slurm_once(running: Running) -> None:
+    broker = running.broker
+    first = submit_order(1, attempt="job-r/1")
+    await broker.give(first, first, submit_order(2, attempt="job-r/1"), submit_order(3, attempt="job-r/2"))
+    await broker.wait_for(lambda: {r["order"] for r in broker.reports} >= {1, 3})
+    assert [call.args["context"].attempt for call in running.adapter.calls_of("submit")] == ["job-r/1", "job-r/2"]
+    assert broker.reports_for(2) == []
+
+
+async def test_no_orders_are_taken_while_the_clock_is_out_of_skew(running: Running) -> None:
+    broker = running.broker
+    broker.offset_s = 30.0  # the broker's clock runs 30 s ahead: beyond the Factory's 2 s skew
+    await broker.wait_for(lambda: len(broker.heartbeats) >= 2)
+    polls = len(broker.polls)
+    await broker.give(submit_order(1))
+    await broker.wait_for(lambda: len(broker.heartbeats) >= 6)
+    assert len(broker.polls) <= polls + 1  # at most the poll already waiting when the clock drifted
+    assert running.adapter.calls_of("submit") == []
+    assert not running.agent.clock.in_sync
+    broker.offset_s = 0.5
+    await broker.wait_for(lambda: bool(broker.reports_for(1)))
+    assert broker.reports_for(1)[0]["ok"]
+
+
+async def test_a_lost_session_leads_to_a_new_hello(running: Running) -> None:
+    broker = running.broker
+    await broker.forget_sessions()
+    await broker.wait_for(lambda: len(broker.sessions) == 2 and bool(broker.current.hello))
+    await broker.give(submit_order(7))
+    await broker.wait_for(lambda: bool(broker.reports_for(7)))
+    assert running.agent.sessions_opened == 2
+
+
+async def test_reports_are_batched_and_survive_a_cut_link(running: Running) -> None:
+    broker, adapter = running.broker, running.adapter
+    adapter.gate = asyncio.Event()
+    await broker.give(*(submit_order(n) for n in range(1, 6)))
+    await broker.wait_for(lambda: len(adapter.calls_of("submit")) == 4)  # concurrency 4: the fifth waits
+    broker.fail["reports"] = 3  # the next three report requests die on the way
+    adapter.gate.set()
+    await broker.wait_for(lambda: {r["order"] for r in broker.reports} == {1, 2, 3, 4, 5})
+    assert broker.fail["reports"] == 0
+    assert max(broker.report_batches) > 1  # several reports per request
+    assert sum(broker.report_batches) == 5  # each delivered once, none lost
+    assert len(running.agent.reports) == 0
+
+
+async def test_the_pause_switch_is_heard_by_the_broker_and_stops_submits(running: Running) -> None:
+    broker = running.broker
+    running.pause_file.touch()
+    await broker.wait_for(lambda: broker.heartbeats[-1]["paused"] is True)
+    await broker.give(submit_order(1), read_order(2, "cluster_info"))
+    await broker.wait_for(lambda: len(broker.reports) == 2)
+    assert broker.reports_for(1)[0]["error"]["message"] == "paused by the site"
+    assert broker.reports_for(2)[0]["ok"]
+    assert running.adapter.calls_of("submit") == []
+    running.pause_file.unlink()
+    await broker.wait_for(lambda: broker.heartbeats[-1]["paused"] is False)
+
+
+async def test_a_broken_link_at_hello_is_retried(key: SigningKey, adapter: RecordingAdapter, tmp_path: Path) -> None:
+    broker = FakeBroker(key)
+    broker.fail["sessions"] = 5
+    agent = build(key, broker, adapter, tmp_path)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    await broker.wait_for(lambda: bool(broker.polls))
+    assert broker.fail["sessions"] == 0
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+
+async def test_stop_finishes_in_flight_orders_reports_them_and_polls_no_more(
+    key: SigningKey, adapter: RecordingAdapter, tmp_path: Path
+) -> None:
+    broker = FakeBroker(key)
+    agent = build(key, broker, adapter, tmp_path)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    await broker.wait_for(lambda: bool(broker.polls))
+    adapter.gate = asyncio.Event()
+    await broker.give(submit_order(1))
+    await broker.wait_for(lambda: bool(adapter.calls_of("submit")))
+    stop.set()
+    await eventually(lambda: not any(t.get_name() == "poll" for t in asyncio.all_tasks()))  # polling has ended
+    polls = len(broker.polls)
+    assert not task.done()  # waiting for the order in flight
+    adapter.gate.set()
+    await asyncio.wait_for(task, 10)
+    assert broker.reports_for(1)[0]["ok"]
+    assert len(broker.polls) == polls
+
+
+async def test_stop_waits_no_longer_than_the_grace_period(
+    key: SigningKey, adapter: RecordingAdapter, tmp_path: Path
+) -> None:
+    broker = FakeBroker(key)
+    agent = build(key, broker, adapter, tmp_path, grace=0.3)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    await broker.wait_for(lambda: bool(broker.polls))
+    adapter.gate = asyncio.Event()  # never opened: Slurm hangs
+    await broker.give(submit_order(1))
+    await broker.wait_for(lambda: bool(adapter.calls_of("submit")))
+    started = asyncio.get_running_loop().time()
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert asyncio.get_running_loop().time() - started < 2.0
+    assert broker.reports_for(1) == []  # never reported: the broker settles it by lookup
