@@ -42,6 +42,9 @@ UNAVAILABLE_MESSAGES = (
     "Slurm backup controller in standby mode",
     "Slurm temporarily unable to accept job",
     "Slurmctld is not responding",
+    # slurmctld's RPC rate limit (rl_enable, 23.02+): SLURMCTLD_COMMUNICATIONS_BACKOFF / _HARD_DROP. Congestion
+    # at the site, refused before the controller acted: never the job's fault.
+    "Rate limit exceeded",
 )
 # The controller may have acted before the failure (it did receive the request).
 _AMBIGUOUS_MESSAGES = ("Socket timed out on send/recv operation", "Connection reset by peer")

@@ -290,6 +290,8 @@ def test_refusals_of_the_job_are_invalid_requests_with_slurms_words(stderr: str,
         "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)\n",
         "squeue: error: Connection refused\n",
         "sbatch: fatal: Could not establish a configuration source\n",
+        "sbatch: error: Batch job submission failed: Rate limit exceeded, please retry momentarily\n",
+        "sbatch: error: Batch job submission failed: Rate limit exceeded, please retry later\n",
     ],
 )
 def test_unreachable_controller_is_cluster_unavailable_and_not_applied(stderr: str) -> None:
