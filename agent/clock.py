@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 
 from slurm_adapters.agent_protocol import offset_s
 
+COARSE_S = 2.0  # an HTTP Date is whole seconds, and the round trip adds its own
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -28,6 +30,16 @@ class BrokerClock:
         """Record one round trip's offset and return it."""
         self.offset_s = offset_s(broker_time, sent, received)
         return self.offset_s
+
+    def resync(self, broker_date: datetime, sent: datetime, received: datetime) -> bool:
+        """Adopt a coarse offset from a refusal's HTTP ``Date`` (whole seconds) when the measured one is off by
+        more than that: assertions are stamped on the broker's clock as this agent knows it, so a broker clock
+        that jumped would otherwise refuse every request, the heartbeat that would measure it included."""
+        coarse = offset_s(broker_date, sent, received)
+        if self.offset_s is not None and abs(coarse - self.offset_s) <= COARSE_S:
+            return False
+        self.offset_s = coarse
+        return True
 
     def broker_now(self) -> datetime:
         """The broker's clock now, as far as this agent can tell (own clock while no offset is known)."""

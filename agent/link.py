@@ -6,7 +6,11 @@ Errors come out as two kinds: :class:`SessionLost` (the broker no longer knows t
 
 from __future__ import annotations
 
+import email.utils
 import ssl
+import time
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,9 +45,10 @@ USER_AGENT = f"conveyor-agent/{__version__}"
 class LinkDown(Exception):
     """The request did not succeed (connection, timeout, 5xx, an unreadable answer, a refused assertion)."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, broker_date: datetime | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.broker_date = broker_date  # a refusal's HTTP Date: the broker's clock, to the second
 
 
 class SessionLost(LinkDown):
@@ -66,6 +71,7 @@ class BrokerLink:
         self.factory = factory
         self.audience = audience
         self.key = key
+        self.stamp: Callable[[], float] = time.time
         verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
         self.client = httpx.AsyncClient(
             base_url=check_broker_url(base_url),
@@ -75,6 +81,11 @@ class BrokerLink:
             follow_redirects=False,  # an assertion is bound to one path: never replayed to another
             headers={"User-Agent": USER_AGENT},
         )
+
+    def use_clock(self, stamp: Callable[[], float]) -> None:
+        """Stamp assertions (iat, nbf, exp) with ``stamp()``: the agent passes its estimate of the broker's clock,
+        so its own clock's error does not make the broker refuse them as not yet valid or expired."""
+        self.stamp = stamp
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -113,6 +124,7 @@ class BrokerLink:
             method="POST",
             target=target,
             body=body,
+            now=self.stamp(),
         )
         request.headers["Authorization"] = f"{SCHEME} {assertion}"
         try:
@@ -127,11 +139,19 @@ class BrokerLink:
         if status in SESSION_GONE and "/sessions/" in path:
             raise SessionLost(f"POST {path}: the broker no longer knows the session (HTTP {status})", status)
         if not 200 <= status < 300:
-            raise LinkDown(f"POST {path}: HTTP {status}: {_excerpt(response)}", status)
+            raise LinkDown(f"POST {path}: HTTP {status}: {_excerpt(response)}", status, _date(response))
         try:
             return answer.model_validate_json(response.content)
         except ValidationError as exc:
             raise LinkDown(f"POST {path}: an answer that is not a {answer.__name__}: {exc}", status) from exc
+
+
+def _date(response: httpx.Response) -> datetime | None:
+    try:
+        moment = email.utils.parsedate_to_datetime(response.headers["date"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return moment if moment.tzinfo is not None else None
 
 
 def _excerpt(response: httpx.Response) -> Any:

@@ -45,6 +45,7 @@ class Agent:
         self.link = link
         self.executor = executor
         self.clock: BrokerClock = executor.clock
+        link.use_clock(lambda: self.clock.broker_now().timestamp())
         self.pause: PauseSwitch = executor.pause
         self.reports = ReportQueue()
         self.slots = asyncio.Semaphore(concurrency)
@@ -147,6 +148,9 @@ class Agent:
                 lost.set()
                 return
             except LinkDown as exc:
+                if exc.broker_date is not None and self.clock.resync(exc.broker_date, sent, self.clock.now()):
+                    log.warning("refused by the broker; its clock (HTTP Date) is %+.0f s from ours: stamping anew",
+                                self.clock.offset_s)  # fmt: skip
                 delay = backoff.next_delay()
                 log.warning("heartbeat failed (%s); trying again in %.1f s", exc, delay)
                 await sleep_unless(stop, delay)

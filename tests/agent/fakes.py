@@ -14,10 +14,10 @@ import asyncio
 import contextlib
 import itertools
 import json
-import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 
 import httpx
@@ -209,6 +209,7 @@ class FakeBroker:
         self.poll_wait_s = 0.2
         self.clock_skew_s = 2.0
         self.offset_s = 0.0
+        self.leeway_s = 5.0  # how far an assertion's iat may be from the broker's clock
         self.holder = True
         self.epoch = 1
         self.sessions: dict[str, FakeSession] = {}
@@ -271,7 +272,7 @@ class FakeBroker:
         problem = self._check_assertion(request, body)
         if problem is not None:
             self.rejected.append(problem)
-            return httpx.Response(401, json={"title": problem})
+            return httpx.Response(401, json={"title": problem}, headers={"date": format_datetime(self.now(), True)})
         data = json.loads(body)
         if path == f"{PREFIX}/sessions":
             return self._hello(Hello.model_validate(data))
@@ -324,7 +325,8 @@ class FakeBroker:
             return "wrong typ"
         try:
             claims = jwt.decode(token, self.public.key, algorithms=[self.alg], audience=self.audience,
-                                issuer=self.factory)  # fmt: skip
+                                issuer=self.factory, options={"verify_exp": False, "verify_nbf": False,
+                                "verify_iat": False})  # fmt: skip
         except jwt.PyJWTError as exc:
             return f"invalid assertion: {exc}"
         expected = {"sub": self.factory, "htm": request.method, "htu": request.url.raw_path.decode(),
@@ -334,8 +336,9 @@ class FakeBroker:
                 return f"claim {name} is {claims.get(name)!r}, not {value!r}"
         if claims["jti"] in self.jtis:
             return "replayed jti"
-        if claims["exp"] - claims["iat"] > 300 or claims["iat"] > time.time() + 5:
-            return "lifetime"
+        now = self.now().timestamp()  # the time claims, on this broker's clock
+        if claims["exp"] - claims["iat"] > 300 or abs(claims["iat"] - now) > self.leeway_s or claims["exp"] < now:
+            return "lifetime or not stamped on the broker's clock"
         self.jtis.add(claims["jti"])
         return None
 

@@ -97,17 +97,25 @@ async def test_repeats_over_the_wire_reach_slurm_once(running: Running) -> None:
 
 async def test_no_orders_are_taken_while_the_clock_is_out_of_skew(running: Running) -> None:
     broker = running.broker
-    broker.offset_s = 30.0  # the broker's clock runs 30 s ahead: beyond the Factory's 2 s skew
-    await broker.wait_for(lambda: len(broker.heartbeats) >= 2)
+    broker.offset_s = 30.0  # the broker's clock jumps 30 s ahead: beyond the Factory's 2 s skew
+    # The agent stamps its assertions on the broker's clock as it knew it: refused until a refusal's HTTP Date
+    # tells it the broker's new time, then heard again (so the broker sees the offset in its heartbeats).
+    await broker.wait_for(lambda: bool(broker.rejected))
+    beats = len(broker.heartbeats)
+    await broker.wait_for(lambda: len(broker.heartbeats) >= beats + 2)
+    assert all(problem.startswith("lifetime") for problem in broker.rejected)
+    broker.rejected.clear()
     polls = len(broker.polls)
     await broker.give(submit_order(1))
-    await broker.wait_for(lambda: len(broker.heartbeats) >= 6)
+    await broker.wait_for(lambda: len(broker.heartbeats) >= beats + 6)
     assert len(broker.polls) <= polls + 1  # at most the poll already waiting when the clock drifted
     assert running.adapter.calls_of("submit") == []
     assert not running.agent.clock.in_sync
-    broker.offset_s = 0.5
+    broker.offset_s = 0.5  # and back: refused once more, resynchronized, in skew, the order runs
     await broker.wait_for(lambda: bool(broker.reports_for(1)))
     assert broker.reports_for(1)[0]["ok"]
+    assert all(problem.startswith("lifetime") for problem in broker.rejected)
+    broker.rejected.clear()
 
 
 async def test_a_lost_session_leads_to_a_new_hello(running: Running) -> None:
