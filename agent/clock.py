@@ -45,6 +45,10 @@ class BrokerClock:
         """The broker's clock now, as far as this agent can tell (own clock while no offset is known)."""
         return self.now() + timedelta(seconds=self.offset_s or 0.0)
 
+    def local(self, broker_time: datetime) -> datetime:
+        """A moment of the broker's clock on this host's clock."""
+        return broker_time - timedelta(seconds=self.offset_s or 0.0)
+
     @property
     def in_sync(self) -> bool:
         """Whether orders may be taken: an offset is known and within the allowed skew."""

@@ -143,12 +143,25 @@ class Executor:
             return await self._read(order)
         except Refusal as refusal:
             log.info("order %s refused: %s", order.id, refusal.reason)
-            error = refusal.error(refusal.reason, cluster=self.adapter.cluster)
-            return Report(
-                order=order.id, ok=False, refused=True, error=codec.error_to_json(error), finished_at=self.clock.now()
-            )
+            return self._failed(order, refusal.error(refusal.reason, cluster=self.adapter.cluster), refused=True)
         except SlurmError as error:
-            return Report(order=order.id, ok=False, error=codec.error_to_json(error), finished_at=self.clock.now())
+            return self._failed(order, error)
+        except Exception as exc:  # a fault of the agent or an adapter: reported, never a silent loss
+            log.exception("order %s failed inside the agent", order.id)
+            changes = isinstance(order, SubmitOrder | CancelOrder)  # the call may have reached Slurm
+            fault = ClusterUnavailable(
+                f"the agent failed: {type(exc).__name__}: {exc}", cluster=self.adapter.cluster, maybe_applied=changes
+            )
+            return self._failed(order, fault)
+
+    def _failed(self, order: Order, error: SlurmError, *, refused: bool = False) -> Report:
+        return Report(
+            order=order.id,
+            ok=False,
+            refused=refused,
+            error=codec.error_to_json(error),
+            finished_at=self.clock.broker_now(),
+        )
 
     # -- the orders -------------------------------------------------------------------------------------------
 
@@ -163,7 +176,7 @@ class Executor:
         decision = self.policy.decide(spec, order.site_user, order.requester)
         context = SubmitContext(
             attempt=order.attempt,
-            not_after=order.not_after,
+            not_after=self.clock.local(order.not_after),  # adapters keep the window by this host's clock
             requester_user=order.requester.user,
             requester_project=order.requester.project,
             requester_antenna=order.requester.antenna,
@@ -179,7 +192,7 @@ class Executor:
         log.info("order %s: attempt %s is Slurm job %s as %s", order.id, order.attempt, job_id, decision.site_user)
         return Report(
             order=order.id, ok=True, result={"job_id": job_id}, site_account=decision.site_user,
-            finished_at=self.clock.now(),
+            finished_at=self.clock.broker_now(),
         )  # fmt: skip
 
     async def _cancel(self, order: CancelOrder) -> Report:
@@ -191,11 +204,11 @@ class Executor:
             await self.adapter.cancel(order.slurm_job_id, order.site_user, tag=order.tag)
 
         await self._slurm(call, order.not_after)
-        return Report(order=order.id, ok=True, site_account=order.site_user, finished_at=self.clock.now())
+        return Report(order=order.id, ok=True, site_account=order.site_user, finished_at=self.clock.broker_now())
 
     async def _read(self, order: ReadOrder) -> Report:
         result = await self._slurm(lambda: self._run_read(order), order.not_after)
-        return Report(order=order.id, ok=True, result=result, finished_at=self.clock.now())
+        return Report(order=order.id, ok=True, result=result, finished_at=self.clock.broker_now())
 
     async def _run_read(self, order: ReadOrder) -> Any:
         args = dict(order.args)

@@ -153,3 +153,15 @@ async def test_the_link_signs_the_exact_path_and_tells_a_lost_session_from_a_bro
     assert claims["htm"] == "POST"
     assert (claims["iss"], claims["sub"], claims["aud"]) == ("f", "f", "a")
     assert seen[0].headers["authorization"] != seen[1].headers["authorization"]  # once-only: a new jti each time
+
+
+def test_the_documented_examples_load(tmp_path: Path) -> None:
+    """docs/agent.md's config and policy examples are what the agent accepts."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "agent.md").read_text()
+    blocks = [block.split("```", 1)[0] for block in text.split("```yaml\n")[1:]]
+    config_text, policy_text = blocks
+    (tmp_path / "agent.yaml").write_text(config_text)
+    config = load_config(tmp_path / "agent.yaml")
+    assert (config.factory, config.adapter.kind, config.adapter.timeout_s) == ("lumi-ai", "rest", 8)
+    policy = PolicyFile.model_validate(yaml.safe_load(policy_text))
+    assert policy.site_users == ("alice", "bob")

@@ -117,9 +117,12 @@ async def test_a_submit_whose_deadline_would_pass_not_after_never_starts(
     refused(report, "could still be running after its not_after")
     assert report.error is not None
     assert report.error["type"] == "SiteError"  # the site's timing, not the job's
-    report = await executor.execute(submit_order(2, not_after=now + timedelta(seconds=12)))
+    order = submit_order(2, not_after=now + timedelta(seconds=12))
+    report = await executor.execute(order)
     assert report.ok
-    assert len(adapter.calls_of("submit")) == 1
+    [call] = adapter.calls_of("submit")
+    # The adapter keeps the window by this host's clock: not_after moved by the offset.
+    assert call.args["context"].not_after == order.not_after - timedelta(seconds=1.5)
 
 
 async def test_no_submit_starts_while_the_clock_is_out_of_skew(
@@ -222,3 +225,15 @@ async def test_a_rate_limit_backs_off_at_the_site_and_never_rejects_the_job(
     assert isinstance(error, ClusterUnavailable)
     assert error.maybe_applied is False
     assert len(adapter.calls_of("submit")) == 4
+
+
+async def test_a_fault_inside_the_agent_is_reported_as_possibly_applied(
+    executor: Executor, adapter: RecordingAdapter
+) -> None:
+    adapter.fail_submits.append(RuntimeError("a bug"))  # type: ignore[arg-type]
+    report = await executor.execute(submit_order(1))
+    assert report.error is not None
+    error = codec.error_from_json(report.error)
+    assert isinstance(error, ClusterUnavailable)
+    assert error.maybe_applied is True
+    assert "RuntimeError: a bug" in error.message
