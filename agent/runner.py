@@ -4,7 +4,8 @@ One session at a time. A session the broker no longer knows (404/409/410) is rep
 link is retried with jittered back-off and never ends the process. Orders are taken only while the clock is
 within the Factory's skew and a slot is free (the poll asks for no more orders than free slots). Reports are
 sent in batches from one queue that survives session changes. On stop (SIGTERM): no more polling, in-flight
-orders get ``shutdown_grace_s`` to finish, their reports are flushed, and the process exits.
+orders get ``shutdown_grace_s`` to finish while the heartbeat keeps the session alive for their reports, the
+reports are flushed, and the process exits.
 """
 
 from __future__ import annotations
@@ -69,16 +70,21 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop``: keep a session, take orders, report; then drain within the grace period."""
         await self._probe_slurm()
-        drain = asyncio.Event()
+        drain, ended = asyncio.Event(), asyncio.Event()
         reporter = asyncio.create_task(self._report_loop(drain), name="reports")
+        heartbeat: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
                 session = await self._open_session(stop)
                 if session is None:
                     break
-                await self._serve(session, stop)
+                heartbeat = await self._serve(session, stop, ended)
         finally:
             await self._drain(drain, reporter)
+            ended.set()
+            if heartbeat is not None:
+                heartbeat.cancel()
+                await asyncio.gather(heartbeat, return_exceptions=True)
 
     async def _probe_slurm(self) -> None:
         """The Slurm release for the hello (and the adapter's version negotiation, done before any order)."""
@@ -117,28 +123,32 @@ class Agent:
             return self.session
         return None
 
-    async def _serve(self, session: Session, stop: asyncio.Event) -> None:
-        """Heartbeat and poll within one session until it is lost or ``stop`` is set."""
+    async def _serve(self, session: Session, stop: asyncio.Event, ended: asyncio.Event) -> asyncio.Task[None] | None:
+        """Heartbeat and poll within one session until it is lost or ``stop`` is set. On stop, polling ends and
+        the heartbeat task is returned still running, so the session lives on for the in-flight orders' reports
+        until ``ended``."""
         lost = asyncio.Event()
-        tasks = [
-            asyncio.create_task(self._heartbeat_loop(session, lost, stop), name="heartbeat"),
-            asyncio.create_task(self._poll_loop(session, lost, stop), name="poll"),
-        ]
+        heartbeat = asyncio.create_task(self._heartbeat_loop(session, lost, ended), name="heartbeat")
+        poll = asyncio.create_task(self._poll_loop(session, lost, stop), name="poll")
         waiters = [asyncio.create_task(lost.wait()), asyncio.create_task(stop.wait())]
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in tasks + waiters:
+            ending = [poll, *waiters] if stop.is_set() and not lost.is_set() else [heartbeat, poll, *waiters]
+            for task in ending:
                 task.cancel()
-            await asyncio.gather(*tasks, *waiters, return_exceptions=True)
+            await asyncio.gather(*ending, return_exceptions=True)
         if lost.is_set():
             log.warning("session %s lost; opening a new one", session.granted.session_id)
+            return None
+        return heartbeat
 
     # -- heartbeat ----------------------------------------------------------------------------------------
 
-    async def _heartbeat_loop(self, session: Session, lost: asyncio.Event, stop: asyncio.Event) -> None:
+    async def _heartbeat_loop(self, session: Session, lost: asyncio.Event, until: asyncio.Event) -> None:
+        """Heartbeats until ``until`` (after the drain on stop) or the session is lost."""
         backoff = self._backoff(cap_s=session.granted.heartbeat_s)
-        while not stop.is_set():
+        while not until.is_set():
             sent = self.clock.now()
             try:
                 answer = await self.link.heartbeat(
@@ -153,7 +163,7 @@ class Agent:
                                 self.clock.offset_s)  # fmt: skip
                 delay = backoff.next_delay()
                 log.warning("heartbeat failed (%s); trying again in %.1f s", exc, delay)
-                await sleep_unless(stop, delay)
+                await sleep_unless(until, delay)
                 continue
             backoff.reset()
             offset = self.clock.observe(answer.broker_time, sent, self.clock.now())
@@ -161,7 +171,7 @@ class Agent:
                 log.error("clock offset %.2f s exceeds the Factory's skew %.2f s: taking no orders", offset,
                           self.clock.skew_s)  # fmt: skip
             self.executor.lease = Lease(holder=answer.holder, epoch=answer.epoch)
-            await sleep_unless(stop, session.granted.heartbeat_s)
+            await sleep_unless(until, session.granted.heartbeat_s)
 
     # -- orders -------------------------------------------------------------------------------------------
 

@@ -180,6 +180,8 @@ async def test_stop_finishes_in_flight_orders_reports_them_and_polls_no_more(
     stop.set()
     await eventually(lambda: not any(t.get_name() == "poll" for t in asyncio.all_tasks()))  # polling has ended
     polls = len(broker.polls)
+    beats = len(broker.heartbeats)
+    await broker.wait_for(lambda: len(broker.heartbeats) >= beats + 2)  # the session lives on for the report
     assert not task.done()  # waiting for the order in flight
     adapter.gate.set()
     await asyncio.wait_for(task, 10)
