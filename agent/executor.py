@@ -84,6 +84,9 @@ class _Recent:
         self.size = size
         self.keys: OrderedDict[object, None] = OrderedDict()
 
+    def forget(self, key: object) -> None:
+        self.keys.pop(key, None)
+
     def add(self, key: object) -> bool:
         """Remember ``key``; False when it was already known."""
         if key in self.keys:
@@ -126,7 +129,8 @@ class Executor:
         self._attempts = _Recent(REMEMBERED)
 
     def accept(self, order: Order) -> bool:
-        """Whether ``order`` is new: a repeat of an order id, or of a submit's attempt id, is dropped."""
+        """Whether ``order`` is new: a repeat of an order id, or of a submit's attempt id, is dropped. An
+        attempt whose submit was refused before any Slurm call is forgotten: carrying it out later is safe."""
         if not self._orders.add(order.id):
             return False
         if isinstance(order, SubmitOrder) and not self._attempts.add(order.attempt):
@@ -143,6 +147,8 @@ class Executor:
             return await self._read(order)
         except Refusal as refusal:
             log.info("order %s refused: %s", order.id, refusal.reason)
+            if isinstance(order, SubmitOrder):
+                self._attempts.forget(order.attempt)  # nothing reached Slurm: a later order may carry it out
             return self._failed(order, refusal.error(refusal.reason, cluster=self.adapter.cluster), refused=True)
         except SlurmError as error:
             return self._failed(order, error)

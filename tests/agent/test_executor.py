@@ -143,6 +143,19 @@ def test_repeats_are_dropped_by_order_id_and_by_attempt(executor: Executor) -> N
     assert not executor.accept(read_order(4, "health"))
 
 
+async def test_an_attempt_refused_before_slurm_may_be_ordered_again_but_one_that_ran_may_not(
+    executor: Executor, adapter: RecordingAdapter, tmp_path: Path
+) -> None:
+    (tmp_path / "pause").touch()
+    assert executor.accept(submit_order(1, attempt="job-p/1"))
+    assert (await executor.execute(submit_order(1, attempt="job-p/1"))).refused
+    (tmp_path / "pause").unlink()
+    assert executor.accept(submit_order(2, attempt="job-p/1"))
+    assert (await executor.execute(submit_order(2, attempt="job-p/1"))).ok
+    assert not executor.accept(submit_order(3, attempt="job-p/1"))
+    assert len(adapter.calls_of("submit")) == 1
+
+
 async def test_the_pause_switch_stops_submits_but_not_reads_or_cancels(
     executor: Executor, adapter: RecordingAdapter, tmp_path: Path
 ) -> None:
