@@ -197,7 +197,7 @@ class Executor:
         job_id = await self._slurm(call, order.not_after)
         log.info("order %s: attempt %s is Slurm job %s as %s", order.id, order.attempt, job_id, decision.site_user)
         return Report(
-            order=order.id, ok=True, result={"job_id": job_id}, site_account=decision.site_user,
+            order=order.id, ok=True, result=job_id, site_account=decision.site_user,
             finished_at=self.clock.broker_now(),
         )  # fmt: skip
 

@@ -28,7 +28,7 @@ from slurm_adapters.codec import (
     spec_to_json,
     str_from_json,
 )
-from slurm_adapters.errors import ClusterUnavailable, InvalidRequest, SlurmError, UnsafeRequest
+from slurm_adapters.errors import ClusterUnavailable, InvalidRequest, SlurmError
 from slurm_adapters.interface import SlurmAdapter
 from slurm_adapters.records import (
     ClusterInfo,
@@ -176,11 +176,12 @@ class AgentAdapter(SlurmAdapter):
             error = error_from_json(report.error, cluster=self.cluster, source=source) if report.error else None
         except ProtocolError as exc:
             error = self._unavailable(f"the agent's {what} error is malformed: {exc}", maybe_applied=in_doubt)
-        if report.refused:
-            if isinstance(error, InvalidRequest):  # UnsafeRequest included: keep the site's own class
+        if report.refused:  # nothing reached Slurm
+            if isinstance(error, InvalidRequest):  # the job's fault (UnsafeRequest: the site's policy): keep it
                 return error
+            # paused, fenced, too late, clock out of skew: the site's state, never the job's fault
             reason = error.message if error is not None else "no reason given"
-            return UnsafeRequest(f"refused by the site's policy: {reason}", cluster=self.cluster)
+            return self._unavailable(f"the agent did not submit: {reason}", maybe_applied=False)
         if error is None:
             return self._unavailable(f"the agent reported a failed {what} without an error", maybe_applied=in_doubt)
         return error

@@ -78,7 +78,7 @@ async def test_hello_announces_the_agent_and_orders_come_back_as_reports(running
     await broker.wait_for(lambda: {r["order"] for r in broker.reports} == {1, 2, 3})
     by_order = {report["order"]: report for report in broker.reports}
     assert by_order[1]["ok"]
-    assert by_order[1]["result"] == {"job_id": 1000}
+    assert by_order[1]["result"] == 1000
     assert by_order[1]["site_account"] == "alice"
     assert by_order[2]["result"]["release"] == "24.11.0"
     assert by_order[3]["refused"]

@@ -87,7 +87,7 @@ async def test_a_submit_order_reaches_echo_as_the_policy_decided(
         await broker.wait_for(lambda: bool(broker.reports_for(1)), timeout_s=30)
         [report] = broker.reports_for(1)
         assert report["ok"], report
-        job_id = int(report["result"]["job_id"])
+        job_id = int(report["result"])
         assert report["site_account"] == SUBMIT_USER
         shown = echo.show_job(job_id)  # Slurm's own view, not the adapter's
         assert shown["Comment"] == tag

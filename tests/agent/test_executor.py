@@ -75,7 +75,7 @@ async def test_a_job_the_policy_forbids_is_refused_and_reaches_no_adapter(
 async def test_an_allowed_job_runs_once_as_the_decided_account(executor: Executor, adapter: RecordingAdapter) -> None:
     order = submit_order(5, site_user="alice", job=spec(account=None, tag="cvy-job-5"), requester=VIA_ANTENNA)
     report = await executor.execute(order)
-    assert (report.ok, report.refused, report.result, report.site_account) == (True, False, {"job_id": 1000}, "alice")
+    assert (report.ok, report.refused, report.result, report.site_account) == (True, False, 1000, "alice")
     [call] = adapter.calls_of("submit")
     assert call.args["user"] == "alice"
     assert call.args["spec"].account == "ehpc-aif-test"  # the policy's default account filled in

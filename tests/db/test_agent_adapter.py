@@ -172,22 +172,30 @@ async def test_a_submits_typed_error_comes_back_typed(
 
 
 @pytest.mark.parametrize(
-    ("error", "expected"),
-    [
-        (UnsafeRequest("alice is not in the site's users"), UnsafeRequest),
-        (InvalidRequest("the site allows at most 4 nodes"), InvalidRequest),
-        (SiteError("account ehpc01 is not allowed for alice"), UnsafeRequest),
-    ],
-    ids=["unsafe", "invalid", "other"],
+    "error",
+    [UnsafeRequest("alice is not in the site's users"), InvalidRequest("the site allows at most 4 nodes")],
+    ids=["unsafe", "invalid"],
 )
 async def test_a_submit_the_sites_policy_refused_raises_with_the_sites_reason(
-    service: AgentService, adapter: AgentAdapter, error: SlurmError, expected: type[SlurmError]
+    service: AgentService, adapter: AgentAdapter, error: SlurmError
 ) -> None:
     async with running(await ScriptedAgent(service, answer=failed(error, refused=True)).connect()):
         with pytest.raises(InvalidRequest) as raised:
             await adapter.submit(SPEC, "alice", context())
-    assert type(raised.value) is expected
+    assert type(raised.value) is type(error)
     assert error.message in raised.value.message
+
+
+async def test_a_submit_the_site_did_not_start_for_its_own_state_is_not_applied_never_the_jobs_fault(
+    service: AgentService, adapter: AgentAdapter
+) -> None:
+    """Paused, fenced, too late for not_after: the agent refuses with a SiteError and nothing reached Slurm."""
+    refusal = SiteError("paused by the site")
+    async with running(await ScriptedAgent(service, answer=failed(refusal, refused=True)).connect()):
+        with pytest.raises(ClusterUnavailable) as raised:
+            await adapter.submit(SPEC, "alice", context())
+    assert raised.value.maybe_applied is False
+    assert "paused by the site" in raised.value.message
 
 
 async def test_no_report_by_not_after_leaves_the_submit_in_doubt(service: AgentService, adapter: AgentAdapter) -> None:
