@@ -156,6 +156,7 @@ async def _running(
                 except InstanceIdInUse as exc:
                     raise _refuse(str(exc)) from None
                 stack.push_async_callback(runtime.stop)
+            agents = AgentService(agent_link, registry)
             yield AppState(
                 settings=settings,
                 database=database,
@@ -177,10 +178,12 @@ async def _running(
                     on_new_job=runtime.notify_new_job if runtime else None,
                     accept_batch=settings.accept_batch,
                 ),
-                factories=FactoryService(database, registry, runtime.capacity if runtime else None),
+                factories=FactoryService(
+                    database, registry, runtime.capacity if runtime else None, connections=agents.connections
+                ),
                 stats=JobStats(database),
                 runtime=runtime,
-                agents=AgentService(agent_link, registry),
+                agents=agents,
             )
     finally:
         await database.dispose()

@@ -7,17 +7,18 @@ the Slurm release) comes from whatever last looked at the cluster (the health lo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from broker.agents.sessions import Connection
 from broker.db.engine import Database
 from broker.db.models import FactoryState
 from broker.db.repositories import FactoryStateRepository, JobStats
 from broker.errors import Forbidden, NotFound
 from broker.factories.registry import Factory, FactoryRegistry
 from broker.identity import Principal
-from conveyor.models import FactoryView, PartitionView
+from conveyor.models import AgentLinkView, AgentSessionView, FactoryView, PartitionView
 from conveyor.spec import JobState
 
 
@@ -32,9 +33,23 @@ class Capacity:
 
 
 CapacitySource = Callable[[str], Capacity | None]
+# The live sessions of every agent Factory's agent, by Factory (``broker.agents.service.AgentService.connections``).
+ConnectionSource = Callable[[], Awaitable[Mapping[str, Sequence[Connection]]]]
 
 
-def _view(factory: Factory, state: FactoryState | None, pending: int, capacity: Capacity | None) -> FactoryView:
+def _agent_view(connections: Sequence[Connection]) -> AgentLinkView:
+    sessions = [AgentSessionView.model_validate(connection, from_attributes=True) for connection in connections]
+    return AgentLinkView(connected=any(c.holder for c in connections), sessions=sessions)
+
+
+def _view(
+    factory: Factory,
+    state: FactoryState | None,
+    pending: int,
+    capacity: Capacity | None,
+    connections: Mapping[str, Sequence[Connection]],
+) -> FactoryView:
+    by_agent = factory.adapter.kind == "agent"
     return FactoryView(
         id=factory.id,
         name=factory.name,
@@ -62,27 +77,39 @@ def _view(factory: Factory, state: FactoryState | None, pending: int, capacity: 
         free_gpus=dict(capacity.free_gpus) if capacity else None,
         queue_depth=pending,
         observed_at=capacity.observed_at if capacity else (state.checked_at if state is not None else None),
+        connection="agent" if by_agent else "direct",
+        agent=_agent_view(connections.get(factory.id, ())) if by_agent else None,
     )
 
 
 class FactoryService:
     """Read-only views of the configured Factories, and drain/undrain for admins (each an audited event)."""
 
-    def __init__(self, database: Database, registry: FactoryRegistry, capacity: CapacitySource | None = None) -> None:
+    def __init__(
+        self,
+        database: Database,
+        registry: FactoryRegistry,
+        capacity: CapacitySource | None = None,
+        *,
+        connections: ConnectionSource | None = None,
+    ) -> None:
         self._states = FactoryStateRepository(database)
         self._stats = JobStats(database)
         self._registry = registry
         self._capacity = capacity
+        self._connections = connections
 
     async def views(self) -> list[FactoryView]:
         states = {state.factory_id: state for state in await self._states.all()}
         counts = await self._stats.by_factory_and_state()
+        connections = await self._connections() if self._connections is not None else {}
         return [
             _view(
                 factory,
                 states.get(factory.id),
                 counts.get((factory.id, JobState.SUBMITTED), 0),
                 self._capacity(factory.id) if self._capacity else None,
+                connections,
             )
             for factory in self._registry
         ]

@@ -372,6 +372,29 @@ class PartitionView(WireAnswer):
     )
 
 
+class AgentSessionView(WireAnswer):
+    """One live session of a Factory's agent (issue 13): what it announced, its clock, and whether it holds the
+    lease that receives submit and cancel orders (at which fencing epoch)."""
+
+    session_id: str
+    agent_version: str
+    adapter: str = Field(description="The adapter the agent runs at the site: rest, cli or pyslurm.")
+    slurm_release: str | None = None
+    opened_at: UtcDatetime
+    last_heartbeat_at: UtcDatetime
+    clock_offset_s: float | None = Field(None, description="The broker's clock minus the agent's, last measured.")
+    paused: bool = Field(description="The site's pause switch is on: no new submits there.")
+    holder: bool = Field(description="This session receives the Factory's submit and cancel orders.")
+    epoch: int | None = None
+
+
+class AgentLinkView(WireAnswer):
+    """How a Factory reached through its agent is connected: ``connected`` when a live session holds the lease."""
+
+    connected: bool
+    sessions: list[AgentSessionView] = Field(default_factory=list)
+
+
 class FactoryView(WireAnswer):
     """A Factory as the broker knows it: declared in configuration (read-only here), plus what the health
     and capacity checks last observed. Counts are a snapshot as of ``observed_at``, not a promise."""
@@ -426,6 +449,10 @@ class FactoryView(WireAnswer):
     free_gpus: dict[GpuType, int] | None = Field(None, description="Idle GPUs by type; None when unknown.")
     queue_depth: int = Field(0, ge=0, description="This broker's jobs placed here and still pending in Slurm.")
     observed_at: UtcDatetime | None = Field(None, description="When health and counts were last read; None: never.")
+    connection: Literal["direct", "agent"] = Field(
+        "direct", description="direct: the broker calls the site's Slurm; agent: the site's agent dials out."
+    )
+    agent: AgentLinkView | None = Field(None, description="For an agent Factory: its agent's live sessions.")
 
 
 class DrainRequest(WireRequest):

@@ -1,0 +1,154 @@
+"""The agent link end to end: a real broker process and real ``conveyor-agent`` processes on the lab.
+
+The broker's Factory file names the chosen lab clusters with ``adapter: {kind: agent}`` (it holds no Slurm key and
+reaches no cluster); each agent runs ``python -m agent run`` with the cluster's own adapter block (slurmrestd
+with its JWT key, as the lab's direct Factory file has it), a key pair of its own registered through the broker's
+API, and a policy that lets the lab's submit users run. Processes are started, SIGKILLed and stopped by their
+PIDs; waits are deadlines on polled conditions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from agent.keys import generate_jwk, public_jwk, write_private_jwk
+from dev.lab.view import Cluster, adapter_config
+from slurm_adapters.factory import config_to_dict
+from tests.faults.harness import REPO, TOKEN, BrokerProcess
+
+AUDIENCE = "conveyor"  # the broker's default audience for agent (and Antenna) assertions
+
+
+def agent_factories_file(lab_factories: Path, clusters: dict[str, str], directory: Path) -> Path:
+    """A copy of the lab's Factory file with only the Factories in ``clusters`` (Factory id -> cluster name),
+    each reached through its agent: no URL, no key, nothing the broker could reach Slurm with."""
+    document = json.loads(lab_factories.read_text())
+    kept = []
+    for entry in document["factories"]:
+        if entry["id"] in clusters:
+            kept.append({**entry, "adapter": {"kind": "agent", "cluster": clusters[entry["id"]]}})
+    missing = set(clusters) - {entry["id"] for entry in kept}
+    assert not missing, f"the lab's Factory file {lab_factories} lacks {sorted(missing)}"
+    path = directory / "factories.json"
+    path.write_text(json.dumps({"factories": kept}, indent=2))
+    return path
+
+
+def register_agent_keys(broker: BrokerProcess, factory_id: str, jwks: dict[str, Any]) -> None:
+    """As the broker's admin (the dev token): the Factory's agent keys, replacing any before."""
+    answer = httpx.put(
+        f"{broker.base_url}/v1/factories/{factory_id}/agent-keys",
+        json=jwks,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+
+
+@dataclass
+class AgentProcess:
+    """``python -m agent run`` for one Factory, with a key of its own, across kills and restarts."""
+
+    workdir: Path
+    cluster: Cluster
+    factory_id: str
+    broker_url: str
+    kid: str = "lab-agent-1"
+    site_users: tuple[str, ...] = ("alice", "bob")
+    process: subprocess.Popen[bytes] | None = None
+    incarnation: int = 0
+    logs: list[Path] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        key = generate_jwk(self.kid)
+        write_private_jwk(self.key_file, key)
+        self.public_jwks = {"keys": [public_jwk(key)]}
+        self.policy_file.write_text(yaml.safe_dump(self.policy()))
+        self.config_file.write_text(yaml.safe_dump(self.config()))
+
+    @property
+    def key_file(self) -> Path:
+        return self.workdir / "agent.jwk"
+
+    @property
+    def policy_file(self) -> Path:
+        return self.workdir / "policy.yaml"
+
+    @property
+    def config_file(self) -> Path:
+        return self.workdir / "agent.yaml"
+
+    @property
+    def pause_file(self) -> Path:
+        return self.workdir / "paused"
+
+    def policy(self) -> dict[str, Any]:
+        return {"site_users": list(self.site_users), "rules": [{"users": ["*"]}]}
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "broker_url": self.broker_url,
+            "factory": self.factory_id,
+            "audience": AUDIENCE,
+            "key_file": str(self.key_file),
+            "policy_file": str(self.policy_file),
+            "pause_file": str(self.pause_file),
+            "concurrency": 16,
+            "shutdown_grace_s": 20,
+            "adapter": config_to_dict(adapter_config("rest", self.cluster)),
+        }
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "the agent was never started"
+        return self.process.pid
+
+    def start(self) -> None:
+        """A new incarnation (the previous one must have ended): nothing carries over but the key file."""
+        assert self.process is None or self.process.poll() is not None, "the previous agent still runs"
+        self.incarnation += 1
+        log = self.workdir / f"agent-{self.incarnation}.log"
+        self.logs.append(log)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "agent", "run", "--config", str(self.config_file)],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=out,
+            )
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> int:
+        """SIGKILL, by PID; the return code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+        return self.process.wait(timeout=30)
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM, by PID, and wait for the clean exit."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+        return self.process.wait(timeout=timeout_s)
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.logs:
+            return "(no agent log)"
+        text = self.logs[-1].read_text(errors="replace").splitlines()
+        return f"--- {self.logs[-1]} ---\n" + "\n".join(text[-lines:])
