@@ -42,7 +42,17 @@ from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 
 import jwt
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    WithJsonSchema,
+)
 
 from slurm_adapters.codec import SPEC_FIELDS
 
@@ -64,6 +74,27 @@ MAX_REPORTS: Final = 500  # per reports request
 MAX_WAIT_S: Final = 30.0  # longest long poll
 
 Name = Annotated[str, Field(min_length=1, max_length=255)]
+OrderId = Annotated[StrictInt, Field(ge=0, le=2**53 - 1)]  # exact in every JSON parser
+MAX_TIME_CHARS: Final = 40
+
+
+def _time_text(value: Any) -> Any:
+    """A time as JSON carries it: an RFC 3339 string of bounded length (a number is not a time)."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("a time must be an RFC 3339 string with a zone, e.g. 2026-12-07T00:00:00Z")
+    if len(value) > MAX_TIME_CHARS:
+        raise ValueError(f"a time has at most {MAX_TIME_CHARS} characters")
+    return value
+
+
+# Strict JSON types in what the agent sends (a number is not a time, "1" is not a count), every value bounded.
+Time = Annotated[
+    AwareDatetime,
+    BeforeValidator(_time_text),
+    WithJsonSchema({"type": "string", "format": "date-time", "maxLength": MAX_TIME_CHARS}),
+]
 
 
 class Message(BaseModel):
@@ -78,12 +109,12 @@ class Message(BaseModel):
 class Hello(Message):
     """A new session: who the agent is and what it can do."""
 
-    protocol: int = PROTOCOL
+    protocol: Annotated[StrictInt, Field(ge=1, le=1000)] = PROTOCOL
     agent_version: Name
     adapter: Literal["rest", "cli", "pyslurm"]
     slurm_release: Name | None = None
     features: list[Name] = Field(max_length=1000)
-    agent_time: AwareDatetime
+    agent_time: Time
 
 
 class SessionGranted(Message):
@@ -101,8 +132,8 @@ class SessionGranted(Message):
 class Heartbeat(Message):
     """Alive; ``paused`` when the site's local switch stops new submits (reports go on)."""
 
-    agent_time: AwareDatetime
-    paused: bool = False
+    agent_time: Time
+    paused: StrictBool = False
 
 
 class HeartbeatAnswer(Message):
@@ -166,9 +197,9 @@ Order = Annotated[SubmitOrder | CancelOrder | ReadOrder, Field(discriminator="ki
 class Poll(Message):
     """Wait up to ``wait_s`` for orders; every order with id <= ``ack`` has been received."""
 
-    ack: int = Field(ge=0)
-    wait_s: float = Field(ge=0, le=MAX_WAIT_S)
-    max_orders: int = Field(default=100, ge=1, le=MAX_ORDERS)
+    ack: OrderId
+    wait_s: StrictFloat = Field(ge=0, le=MAX_WAIT_S)
+    max_orders: StrictInt = Field(default=100, ge=1, le=MAX_ORDERS)
 
 
 class Orders(Message):
@@ -186,13 +217,13 @@ class Report(Message):
     otherwise ``error`` is a typed error (``codec.error_to_json``). ``refused``: the site's policy said no,
     before Slurm was asked. ``site_account`` is the account a submit ran as."""
 
-    order: int
-    ok: bool
-    result: Any = None
-    error: dict[str, Any] | None = None
-    refused: bool = False
+    order: OrderId
+    ok: StrictBool
+    result: Any = None  # checked field by field by slurm_adapters.codec when read
+    error: dict[str, Any] | None = None  # checked by codec.error_from_json when read
+    refused: StrictBool = False
     site_account: Name | None = None
-    finished_at: AwareDatetime
+    finished_at: Time
 
 
 class Reports(Message):
