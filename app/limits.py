@@ -4,7 +4,10 @@
 - A Content-Encoding other than identity or a charset other than utf-8: 415 (app.plain_json).
 - A body larger than ``max_body_bytes``: 413, on its Content-Length before a byte of it is read, or while it is
   read (chunked), at the first message past the limit. So no request ever holds more than the limit, however
-  many arrive at once.
+  many arrive at once. A Factory agent's reports (``POST /v1/agent/sessions/{id}/reports``: a listing of every
+  active job of its Factory is one report) may be up to ``max_report_body_bytes``, but at most
+  :data:`LARGE_BODIES_AT_ONCE` bodies are read past ``max_body_bytes`` at a time (the others wait, held back by
+  TCP), so memory stays bounded however many such requests arrive.
 - A JSON body that is not plain UTF-8 JSON with one value per key: 400 (app.plain_json).
 
 A refusal is a problem (``application/problem+json``); one made before the body was read closes the connection,
@@ -14,6 +17,8 @@ see app.serving) lies a little above the header limits, so that every head withi
 
 from __future__ import annotations
 
+import asyncio
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +34,9 @@ from conveyor.problems import HEADERS_TOO_LARGE, MALFORMED_REQUEST, PAYLOAD_TOO_
 # version) and the blank line that ends the head.
 REQUEST_LINE_BYTES = 8 * 1024
 FIELD_OVERHEAD_BYTES = 4  # ": " and CRLF, as each field is sent
+
+_AGENT_REPORTS = re.compile(r"^/v1/agent/sessions/[^/]+/reports$")
+LARGE_BODIES_AT_ONCE = 2
 
 # The answers the edge may give to any request, for the OpenAPI document.
 EDGE_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -50,6 +58,7 @@ class EdgeLimits:
     max_body_bytes: int
     max_header_bytes: int
     max_header_field_bytes: int
+    max_report_body_bytes: int = 0  # 0: the same as max_body_bytes
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EdgeLimits:
@@ -57,7 +66,14 @@ class EdgeLimits:
             max_body_bytes=settings.max_body_bytes,
             max_header_bytes=settings.max_header_bytes,
             max_header_field_bytes=settings.max_header_field_bytes,
+            max_report_body_bytes=settings.agent_max_report_bytes,
         )
+
+    def body_limit(self, path: str) -> int:
+        """The largest body a request to ``path`` may carry."""
+        if _AGENT_REPORTS.match(path):
+            return max(self.max_body_bytes, self.max_report_body_bytes)
+        return self.max_body_bytes
 
     @property
     def server_head_bytes(self) -> int:
@@ -73,6 +89,7 @@ class RequestLimits:
     def __init__(self, app: ASGIApp, limits: EdgeLimits) -> None:
         self.app = app
         self.limits = limits
+        self._large_bodies: asyncio.Semaphore | None = None  # made in the server's event loop, on first use
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -83,7 +100,7 @@ class RequestLimits:
             await _refuse(problem, scope, receive, send, close=True)
             return
         try:
-            body = await _read_body(receive, self.limits.max_body_bytes)
+            body = await self._read_body(receive, scope["path"])
         except _TooLarge:
             await _refuse(self._too_large(scope), scope, receive, send, close=True)
             return
@@ -95,13 +112,31 @@ class RequestLimits:
             return
         await self.app(scope, _replay(body, receive), send)
 
+    async def _read_body(self, receive: Receive, path: str) -> bytes:
+        """The body, read up to the path's limit; past ``max_body_bytes`` only while holding a large-body slot."""
+        limit, usual = self.limits.body_limit(path), self.limits.max_body_bytes
+        body = bytearray()
+        whole = await _read_into(body, receive, min(limit, usual))
+        if whole and len(body) <= usual:
+            return bytes(body)
+        if limit <= usual:
+            raise _TooLarge
+        if self._large_bodies is None:
+            self._large_bodies = asyncio.Semaphore(LARGE_BODIES_AT_ONCE)
+        async with self._large_bodies:
+            if not whole:
+                await _read_into(body, receive, limit)
+            if len(body) > limit:
+                raise _TooLarge
+            return bytes(body)
+
     def _refusal_of_head(self, scope: Scope) -> Problem | None:
         headers = Headers(scope=scope)
         problem = self._oversized_headers(scope) or encoding_problem(headers, scope["path"])
         if problem is not None:
             return problem
         declared = _content_length(headers)
-        if declared is not None and declared > self.limits.max_body_bytes:
+        if declared is not None and declared > self.limits.body_limit(scope["path"]):
             return self._too_large(scope)
         return None
 
@@ -124,7 +159,7 @@ class RequestLimits:
         return None
 
     def _too_large(self, scope: Scope) -> Problem:
-        limit = self.limits.max_body_bytes
+        limit = self.limits.body_limit(scope["path"])
         detail = f"the request body is larger than this broker's limit of {limit} bytes; nothing was read or stored"
         return PAYLOAD_TOO_LARGE.problem(detail, instance=scope["path"], limit_bytes=limit)
 
@@ -142,18 +177,17 @@ def _content_length(headers: Headers) -> int | None:
     return int(value) if value is not None and value.isdigit() else None
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    """The whole body; :class:`_TooLarge` at the first message that takes it past ``limit`` bytes."""
-    body = bytearray()
+async def _read_into(body: bytearray, receive: Receive, until: int) -> bool:
+    """Append the body's messages to ``body`` until it is whole (True) or longer than ``until`` (False: the rest
+    is not read yet)."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise _Disconnected
         body += message.get("body", b"")
-        if len(body) > limit:
-            raise _TooLarge
-        if not message.get("more_body", False):
-            return bytes(body)
+        whole = not message.get("more_body", False)
+        if whole or len(body) > until:
+            return whole
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

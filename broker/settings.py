@@ -163,6 +163,12 @@ class Settings(BaseSettings):
         description="how long after an order's not_after the broker still waits for its report before the "
         "outcome is in doubt",
     )
+    agent_max_report_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1024,
+        description="the largest body of an agent's reports (a listing of every active job of a Factory is one "
+        "report); every other request keeps max_body_bytes",
+    )
 
     @model_validator(mode="after")
     def _url_is_async(self) -> Settings:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from app.limits import LARGE_BODIES_AT_ONCE
 from conveyor.problems import PROBLEM_MEDIA_TYPE, Problem
 from tests.api.conftest import TOKEN, write_factories
 from tests.api.raw_http import Answer, Exchange, chunked, exchange
@@ -20,6 +21,7 @@ from tests.api.server import Server, start_server
 MIB = 1024 * 1024
 KIB = 1024
 BODY_LIMIT = 2 * MIB  # the limits are set explicitly, so that the sizes below are relative to known ones
+REPORT_LIMIT = 8 * MIB  # a Factory agent's reports
 HEADER_LIMIT = 32 * KIB  # all header fields together: name, ": ", value and CRLF of each
 FIELD_LIMIT = 16 * KIB  # one header field: name and value
 CONCURRENT = 20
@@ -35,6 +37,7 @@ def server(tmp_path: Path, sqlite_copy: Path) -> Iterator[Server]:
         "CONVEYOR_MAX_BODY_BYTES": str(BODY_LIMIT),
         "CONVEYOR_MAX_HEADER_BYTES": str(HEADER_LIMIT),
         "CONVEYOR_MAX_HEADER_FIELD_BYTES": str(FIELD_LIMIT),
+        "CONVEYOR_AGENT_MAX_REPORT_BYTES": str(REPORT_LIMIT),
     }
     server = start_server(tmp_path, sqlite_copy, write_factories(tmp_path), run_loops=False, env=env)
     try:
@@ -85,24 +88,41 @@ def json_prefixed(total: int) -> Iterator[bytes]:
         left -= len(filler)
 
 
-def upload(port: int, *, chunked_framing: bool, stop: threading.Event) -> Exchange:
-    """POST a ~100 MB job body, declared by Content-Length or sent chunked."""
+REPORTS = "/v1/agent/sessions/as_x/reports"
+
+
+def upload(
+    port: int, *, chunked_framing: bool, stop: threading.Event, path: str = "/v1/jobs", size: int = UPLOAD_BYTES
+) -> Exchange:
+    """POST a ``size`` (~100 MB) body, declared by Content-Length or sent chunked."""
     auth = ("Authorization", f"Bearer {TOKEN}")
     kind = ("Content-Type", "application/json")
     if chunked_framing:
-        request = head("POST", "/v1/jobs", auth, kind, ("Transfer-Encoding", "chunked"))
-        return exchange(port, request, chunked(json_prefixed(UPLOAD_BYTES)), stop=stop)
-    request = head("POST", "/v1/jobs", auth, kind, ("Content-Length", str(UPLOAD_BYTES)))
-    return exchange(port, request, json_prefixed(UPLOAD_BYTES), stop=stop)
+        request = head("POST", path, auth, kind, ("Transfer-Encoding", "chunked"))
+        return exchange(port, request, chunked(json_prefixed(size)), stop=stop)
+    request = head("POST", path, auth, kind, ("Content-Length", str(size)))
+    return exchange(port, request, json_prefixed(size), stop=stop)
 
 
-def test_defect_03_oversized_bodies_are_refused_while_read_and_memory_stays_bounded(server: Server) -> None:
+@pytest.mark.parametrize(
+    ("path", "limit", "allowance"),
+    [
+        ("/v1/jobs", BODY_LIMIT, MEMORY_ALLOWANCE),
+        # at most LARGE_BODIES_AT_ONCE bodies are read past BODY_LIMIT at a time
+        (REPORTS, REPORT_LIMIT, MEMORY_ALLOWANCE + LARGE_BODIES_AT_ONCE * 2 * REPORT_LIMIT),
+    ],
+    ids=["job", "agent-report"],
+)
+def test_defect_03_oversized_bodies_are_refused_while_read_and_memory_stays_bounded(
+    server: Server, path: str, limit: int, allowance: int
+) -> None:
     """20 concurrent ~100 MB uploads (half declared by Content-Length, half chunked) are each answered 413 long
     before their end was sent, and the broker's resident memory never grows beyond the allowance. A watcher
-    stops the uploads at once if it does (without a limit the broker would take gigabytes)."""
+    stops the uploads at once if it does (without a limit the broker would take gigabytes). The same for an
+    agent's reports, whose limit is larger."""
     pid, port = server.process.pid, port_of(server)
     before = memory_bytes(pid)
-    ceiling = max(before.values()) + MEMORY_ALLOWANCE
+    ceiling = max(before.values()) + allowance
     over, done = threading.Event(), threading.Event()
 
     def watch() -> None:
@@ -113,17 +133,31 @@ def test_defect_03_oversized_bodies_are_refused_while_read_and_memory_stays_boun
 
     with ThreadPoolExecutor(CONCURRENT + 1) as pool:
         pool.submit(watch)
-        futures = [pool.submit(upload, port, chunked_framing=i % 2 == 1, stop=over) for i in range(CONCURRENT)]
+        futures = [
+            pool.submit(upload, port, chunked_framing=i % 2 == 1, stop=over, path=path) for i in range(CONCURRENT)
+        ]
         results = [future.result() for future in futures]
         done.set()
     peak = memory_bytes(pid)["VmHWM"]
     grown = f"the broker's memory grew by {(peak - max(before.values())) / MIB:.0f} MiB"
-    assert not over.is_set(), f"{grown} (allowed: {MEMORY_ALLOWANCE / MIB:.0f} MiB): the uploads were stopped"
-    assert peak <= ceiling, f"{grown} (allowed: {MEMORY_ALLOWANCE / MIB:.0f} MiB)"
+    assert not over.is_set(), f"{grown} (allowed: {allowance / MIB:.0f} MiB): the uploads were stopped"
+    assert peak <= ceiling, f"{grown} (allowed: {allowance / MIB:.0f} MiB)"
     for result in results:
         problem = problem_in(result, 413, "payload_too_large")
-        assert str(BODY_LIMIT) in (problem.detail or ""), problem
+        assert str(limit) in (problem.detail or ""), problem
         assert result.body_bytes_sent < UPLOAD_BYTES // 4, "refused only after most of the body was read"
+
+
+def test_an_agents_report_may_be_larger_than_other_bodies_but_not_without_bound(server: Server) -> None:
+    """A 5 MiB report passes the edge (the route reads it: this one is no JSON, so a 422 says so); the same body
+    elsewhere is a 413; a report past its own limit is a 413 naming that limit."""
+    port, stop = port_of(server), threading.Event()
+    passed = upload(port, chunked_framing=False, stop=stop, path=REPORTS, size=5 * MIB)
+    problem_in(passed, 422, "validation_error")
+    problem_in(upload(port, chunked_framing=True, stop=stop, size=5 * MIB), 413, "payload_too_large")
+    over = problem_in(upload(port, chunked_framing=True, stop=stop, path=REPORTS, size=REPORT_LIMIT + MIB), 413,
+                      "payload_too_large")  # fmt: skip
+    assert str(REPORT_LIMIT) in (over.detail or ""), over
 
 
 AUTH = ("Authorization", f"Bearer {TOKEN}")
