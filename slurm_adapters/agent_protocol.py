@@ -54,7 +54,8 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from slurm_adapters.codec import SPEC_FIELDS
+from slurm_adapters.codec import SPEC_FIELDS, spec_fields_used
+from slurm_adapters.records import SlurmJobSpec
 
 PROTOCOL: Final = 1
 PREFIX: Final = "/v1/agent"
@@ -65,6 +66,12 @@ DEFAULT_LIFETIME_S: Final = 60
 
 # What an agent of this code knows: every field of the adapter-level job spec, and every order kind.
 FEATURES: Final = tuple(f"spec.{name}" for name in SPEC_FIELDS)
+
+
+def features_used(spec: SlurmJobSpec) -> frozenset[str]:
+    """The features an agent must have announced to run ``spec``: ``spec.<field>`` of each field it uses."""
+    return frozenset(f"spec.{name}" for name in spec_fields_used(spec))
+
 
 # The adapter operations a read order may ask for (the SlurmAdapter methods that change nothing).
 READ_OPS: Final = frozenset({"get_job", "list_jobs", "accounted_jobs", "read_output", "cluster_info", "health"})
@@ -308,6 +315,7 @@ __all__ = [
     "SessionGranted",
     "SubmitOrder",
     "body_hash",
+    "features_used",
     "offset_s",
     "request_claims",
     "sign",

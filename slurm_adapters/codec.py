@@ -334,10 +334,27 @@ SPEC_VERSION: Final = 1
 SPEC_FIELDS: Final = tuple(field.name for field in dataclasses.fields(SlurmJobSpec))
 
 
+_SPEC_REQUIRED: Final = frozenset(
+    field.name
+    for field in dataclasses.fields(SlurmJobSpec)
+    if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+)
+_SPEC_DEFAULTS: Final = SlurmJobSpec(name="", script="", working_directory="", tag="")
+
+
+def spec_fields_used(spec: SlurmJobSpec) -> tuple[str, ...]:
+    """The fields ``spec`` uses: the required ones and every one whose value is not its default. Only these
+    travel (:func:`spec_to_json`), so a receiver that does not know a field refuses only a spec that uses it."""
+    return tuple(
+        name for name in SPEC_FIELDS if name in _SPEC_REQUIRED or getattr(spec, name) != getattr(_SPEC_DEFAULTS, name)
+    )
+
+
 def spec_to_json(spec: SlurmJobSpec) -> dict[str, Any]:
-    """A job spec as versioned data; ``environment`` becomes a plain object."""
+    """A job spec as versioned data, with only the fields it uses (a missing field is its default);
+    ``environment`` becomes a plain object."""
     data: dict[str, Any] = {"version": SPEC_VERSION}
-    for name in SPEC_FIELDS:
+    for name in spec_fields_used(spec):
         value = getattr(spec, name)
         data[name] = dict(value) if isinstance(value, Mapping) else value
     return data

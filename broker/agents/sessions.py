@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.agents.errors import SessionExpired, UnknownSession
@@ -28,7 +28,9 @@ from broker.db.engine import Database
 from broker.db.models import AgentLease, AgentSession
 from broker.db.repositories.sql import insert_ignoring_conflict
 from broker.db.types import utc_now
+from broker.factories.registry import FactoryRegistry
 from slurm_adapters.agent_protocol import Heartbeat, HeartbeatAnswer, Hello
+from slurm_adapters.factory import AgentConfig
 
 # Rows of sessions over for this long are dropped when the Factory's agent opens another one.
 FORGET_AFTER = timedelta(days=1)
@@ -62,6 +64,71 @@ class Connection:
     paused: bool
     holder: bool
     epoch: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """What the sessions table says of one Factory's agent at ``now``, for health, placement and /metrics.
+
+    ``features`` are those the live lease holder announced at hello (None: no session holds the lease);
+    ``last_heartbeat_at`` is the latest heartbeat of any of its sessions, live or not (None: never seen)."""
+
+    factory_id: str
+    live_sessions: int
+    paused_sessions: int
+    last_heartbeat_at: datetime | None
+    epoch: int | None  # the lease's fencing epoch, held or not (None: never taken)
+    features: frozenset[str] | None
+
+
+async def presences(database: Database, now: datetime) -> dict[str, Presence]:
+    """Every Factory that has sessions or a lease: two reads (sessions grouped, leases joined to their
+    holders), whatever the number of Factories or sessions."""
+    async with database.read() as session:
+        seen = (
+            await session.execute(
+                select(
+                    AgentSession.factory_id,
+                    func.max(AgentSession.last_seen_at),
+                    func.count().filter(AgentSession.expires_at > now),
+                    func.count().filter(AgentSession.expires_at > now, AgentSession.paused.is_(True)),
+                ).group_by(AgentSession.factory_id)
+            )
+        ).all()
+        leases = (
+            await session.execute(
+                select(AgentLease.factory_id, AgentLease.epoch, AgentLease.expires_at, AgentSession.features).join(
+                    AgentSession, AgentSession.id == AgentLease.session_id, isouter=True
+                )
+            )
+        ).all()
+    lease_of = {row[0]: row for row in leases}
+    result: dict[str, Presence] = {}
+    for factory_id in sorted({row[0] for row in seen} | set(lease_of)):
+        sessions = next((row for row in seen if row[0] == factory_id), None)
+        lease = lease_of.get(factory_id)
+        held = lease is not None and lease.expires_at > now and lease.features is not None
+        result[factory_id] = Presence(
+            factory_id=factory_id,
+            live_sessions=int(sessions[2]) if sessions else 0,
+            paused_sessions=int(sessions[3]) if sessions else 0,
+            last_heartbeat_at=sessions[1] if sessions else None,
+            epoch=lease.epoch if lease is not None else None,
+            features=frozenset(lease.features) if held and lease is not None else None,
+        )
+    return result
+
+
+async def agent_features(
+    database: Database, registry: FactoryRegistry, now: datetime
+) -> dict[str, frozenset[str] | None]:
+    """Per agent Factory of ``registry``, the features its live lease holder announced (None: no agent holds
+    the lease), for placement (:data:`~broker.factories.placement.AgentFeatures`). No read without one."""
+    ids = [factory.id for factory in registry if isinstance(factory.adapter, AgentConfig)]
+    if not ids:
+        return {}
+    present = await presences(database, now)
+    return {factory_id: present[factory_id].features if factory_id in present else None for factory_id in ids}
 
 
 async def live_session(session: AsyncSession, factory_id: str, session_id: str, now: datetime) -> AgentSession:
@@ -235,4 +302,13 @@ class SessionRepository:
         return result
 
 
-__all__ = ["Connection", "LeaseView", "SessionRepository", "live_session", "read_lease"]
+__all__ = [
+    "Connection",
+    "LeaseView",
+    "Presence",
+    "SessionRepository",
+    "agent_features",
+    "live_session",
+    "presences",
+    "read_lease",
+]

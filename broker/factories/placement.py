@@ -6,6 +6,10 @@ passed in). Filters only, deterministic: the first Factory in config order that 
 (GPU type, GPUs per node, nodes, CPUs per node, memory per node, time limit); when none fits, the error
 names the check at which the last partitions fell and lists them, so the user learns the one thing to
 change. Fit is judged before health: a job that fits nowhere is told so now, not after an outage ends.
+
+Version skew: on a Factory reached through its agent, the job goes only if the agent holding the Factory's
+lease announced every job-spec field the job uses there (its translation for that Factory, as the dispatcher
+sends it). A Factory whose agent lacks one is passed over; with no agent connected the job waits.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from typing import Any
 
 from broker.factories import working_roots
 from broker.factories.registry import Factory, FactoryRegistry, Partition
+from broker.jobs.translate import TranslationError, to_slurm_spec
 from conveyor.problems import PlacementCode
 from conveyor.spec import JobSpec
+from slurm_adapters.agent_protocol import features_used
 
 LISTED_AT_MOST = 8  # entries an error message lists before it says "and N more"
 
@@ -29,8 +35,12 @@ TRANSIENT_CODES = frozenset(
         PlacementCode.FACTORY_DRAINED,
         PlacementCode.FACTORY_UNHEALTHY,
         PlacementCode.NO_AVAILABLE_FACTORY,
+        PlacementCode.AGENT_NOT_CONNECTED,
     }
 )
+
+# Per agent Factory, the features its lease holder announced at hello; None: no agent holds the lease.
+AgentFeatures = Mapping[str, frozenset[str] | None]
 
 
 class PlacementError(Exception):
@@ -412,11 +422,14 @@ def place(
     statuses: Mapping[str, FactoryStatus],
     *,
     allowed: Collection[str] | None = None,
+    agents: AgentFeatures | None = None,
 ) -> Placement:
     """The Factory and partition for ``spec``, or :class:`PlacementError`.
 
     ``statuses``: each Factory's current status (a Factory missing from it counts as :data:`NOT_CHECKED`).
     ``allowed``: the Factory ids this job may use at all (Antenna links, allocations); None: every one.
+    ``agents``: what each agent Factory's lease holder announced (a Factory missing from it is not checked
+    for version skew; None: no Factory is).
     """
     need = _Need.of(spec)
     scope = _scope(spec, registry, allowed)
@@ -424,6 +437,7 @@ def place(
     if not any(fit.partition for fit in fits):
         raise _no_fit_error(need, scope, registry, [misfit for fit in fits for misfit in fit.misfits])
     skipped: list[Skipped] = []
+    agent_problems: dict[str, _AgentProblem] = {}
     for fit in fits:
         status = statuses.get(fit.factory.id, NOT_CHECKED)
         if fit.partition is None:
@@ -431,16 +445,73 @@ def place(
         elif not status.available:
             skipped.append(Skipped(fit.factory.id, status.problem()))
         else:
-            return _placement(fit, fit.partition, need, scope, tuple(skipped))
-    raise _unavailable_error(scope, fits, statuses)
+            chosen = _placement(fit, fit.partition, need, scope, tuple(skipped))
+            problem = _agent_problem(spec, chosen, agents)
+            if problem is None:
+                return chosen
+            agent_problems[fit.factory.id] = problem
+            skipped.append(Skipped(fit.factory.id, problem.text))
+    raise _unavailable_error(scope, fits, statuses, agent_problems)
+
+
+@dataclass(frozen=True, slots=True)
+class _AgentProblem:
+    """Why a Factory's agent cannot take the job: none connected (``lacking`` empty), or fields it lacks."""
+
+    lacking: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        if not self.lacking:
+            return "no agent connected to take orders"
+        return f"its agent lacks {', '.join(self.lacking)}"
+
+
+def _agent_problem(spec: JobSpec, placement: Placement, agents: AgentFeatures | None) -> _AgentProblem | None:
+    """None when the Factory is not reached through an agent, or its lease holder announced every feature
+    the job uses there (its translation for this Factory, with the Factory's default account)."""
+    factory = placement.factory
+    if agents is None or factory.id not in agents:
+        return None
+    announced = agents[factory.id]
+    if announced is None:
+        return _AgentProblem(())
+    try:
+        used = features_used(to_slurm_spec("placement-probe", spec, placement, factory))
+    except TranslationError:  # the dispatcher's own translation tells the user
+        return None
+    lacking = used - announced
+    return _AgentProblem(tuple(sorted(lacking))) if lacking else None
 
 
 def _unavailable_error(
-    scope: _Scope, fits: Sequence[_FactoryFit], statuses: Mapping[str, FactoryStatus]
+    scope: _Scope,
+    fits: Sequence[_FactoryFit],
+    statuses: Mapping[str, FactoryStatus],
+    agent_problems: Mapping[str, _AgentProblem],
 ) -> PlacementError:
     fitting = [(fit.factory.id, statuses.get(fit.factory.id, NOT_CHECKED)) for fit in fits if fit.partition]
+    lacking = {f: list(p.lacking) for f, p in agent_problems.items() if p.lacking}
+    if len(lacking) == len(fitting):  # every Factory that fits has an agent that cannot run it: the job must change
+        return PlacementError(
+            PlacementCode.AGENT_LACKS_FEATURE,
+            f"the agent of every Factory{scope.phrase} that fits the job lacks a field the job uses: "
+            + _listing(f"{factory_id} lacks {', '.join(fields)}" for factory_id, fields in lacking.items()),
+            factories=lacking,
+        )
+
+    def problem(factory_id: str, status: FactoryStatus) -> str:
+        agent = agent_problems.get(factory_id)
+        return agent.text if agent is not None else status.problem()
+
     if scope.explicit:
         factory_id, status = fitting[0]
+        if factory_id in agent_problems:
+            return PlacementError(
+                PlacementCode.AGENT_NOT_CONNECTED,
+                f"Factory {factory_id} has no agent connected; the job fits it and can wait",
+                factory=factory_id,
+            )
         code = PlacementCode.FACTORY_DRAINED if status.drained else PlacementCode.FACTORY_UNHEALTHY
         return PlacementError(
             code, f"Factory {factory_id} is {status.problem()}; the job fits it and can wait", factory=factory_id
@@ -448,8 +519,8 @@ def _unavailable_error(
     return PlacementError(
         PlacementCode.NO_AVAILABLE_FACTORY,
         f"every Factory{scope.phrase} that fits the job is unavailable: "
-        + _listing(f"{factory_id} ({status.problem()})" for factory_id, status in fitting),
-        factories={factory_id: status.problem() for factory_id, status in fitting},
+        + _listing(f"{factory_id} ({problem(factory_id, status)})" for factory_id, status in fitting),
+        factories={factory_id: problem(factory_id, status) for factory_id, status in fitting},
     )
 
 
@@ -494,6 +565,7 @@ def _placement(
 __all__ = [
     "NOT_CHECKED",
     "TRANSIENT_CODES",
+    "AgentFeatures",
     "FactoryStatus",
     "Placement",
     "PlacementError",

@@ -29,6 +29,7 @@ import re
 from collections.abc import Callable, Collection, Hashable, Mapping
 from typing import Protocol
 
+from broker.agents.sessions import agent_features
 from broker.db.engine import Database
 from broker.db.group_commit import GroupCommit
 from broker.db.models import Job as JobRow
@@ -39,6 +40,7 @@ from broker.db.repositories.errors import AllocationNotInForce, AntennaQuotaFull
 from broker.db.repositories.jobs import Created, Creation, KeyUse
 from broker.db.repositories.pagination import JobFilter
 from broker.db.repositories.submissions import SubmissionFacts, SubmissionRepository
+from broker.db.types import utc_now
 from broker.errors import (
     CancelNotPossible,
     FactoryUnreachable,
@@ -218,6 +220,7 @@ class JobService:
         accept_batch: int = DEFAULT_ACCEPT_BATCH,
         facts_ttl_s: float = DEFAULT_FACTS_TTL_S,
     ) -> None:
+        self._database = database
         self._jobs = JobRepository(database)
         self._accepts: GroupCommit[Creation, Created] | None = (
             GroupCommit(self._jobs.create_together, max_batch=accept_batch, identity=_key_of) if accept_batch else None
@@ -497,7 +500,8 @@ class JobService:
         allowed = _may_use(caller, None if facts is None else budget_of(spec.project, facts.allocations))
         note = ""
         try:
-            placement = place(spec, self._registry, await self._statuses(), allowed=allowed)
+            agents = await agent_features(self._database, self._registry, utc_now())
+            placement = place(spec, self._registry, await self._statuses(), allowed=allowed, agents=agents)
         except PlacementError as exc:
             if not exc.transient:
                 raise _impossible(exc) from None

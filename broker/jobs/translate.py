@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import shlex
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
 
 from broker.factories import working_roots
-from broker.factories.placement import Placement
 from broker.factories.registry import Factory
 from conveyor.spec import JobSpec
 from slurm_adapters.records import SlurmJobSpec
+
+if TYPE_CHECKING:  # placement translates to check an agent's features: no import cycle at run time
+    from broker.factories.placement import Placement
 
 DEFAULT_SHELL = "#!/bin/bash"
 

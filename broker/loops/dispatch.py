@@ -48,6 +48,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from broker.agents.sessions import agent_features
 from broker.db.engine import Database
 from broker.db.group_commit import GroupCommit
 from broker.db.models import AttemptOutcome, DispatchAttempt, Job
@@ -57,13 +58,15 @@ from broker.db.repositories.jobs import AttemptStart, ClosedAttempt, Submitted
 from broker.db.types import utc_now
 from broker.factories.adapters import AdapterProvider
 from broker.factories.health import factory_statuses
-from broker.factories.placement import FactoryStatus, PlacementError, place
+from broker.factories.placement import AgentFeatures, FactoryStatus, Placement, PlacementError, place
 from broker.factories.registry import Factory, FactoryRegistry
 from broker.jobs.translate import TranslationError, to_slurm_spec
 from broker.loops.doubt import Attempt, Evidence, settle
 from broker.settings import Settings
 from broker.tenancy.site_accounts import RunAs, SiteAccountService
+from conveyor.problems import PlacementCode
 from conveyor.spec import JobSpec, JobState
+from slurm_adapters.agent_protocol import features_used
 from slurm_adapters.errors import (
     AccountingUnavailable,
     AuthenticationError,
@@ -88,11 +91,15 @@ GROUP_COMMIT_MAX = 1000  # Settings.claim_batch's ceiling: a claimed batch's rec
 
 class _Batch:
     """What the jobs of one claimed batch share, read once for all of them: the Factories' health, the
-    Factory each job's allocation is on, and the site account of each (Factory, owner, project)."""
+    Factory each job's allocation is on, what each agent Factory's agent announced, and the site account of
+    each (Factory, owner, project)."""
 
-    def __init__(self, statuses: Mapping[str, FactoryStatus], reserved: Mapping[str, str]) -> None:
+    def __init__(
+        self, statuses: Mapping[str, FactoryStatus], reserved: Mapping[str, str], agents: AgentFeatures
+    ) -> None:
         self.statuses = statuses
         self.reserved = reserved
+        self.agents = agents
         self._run_as: dict[tuple[str, str, str], asyncio.Future[RunAs]] = {}
 
     def run_as(self, accounts: SiteAccountService, factory: Factory, owner: str, project: str) -> Awaitable[RunAs]:
@@ -138,6 +145,12 @@ def settle_not_before(factory: Factory, attempt: DispatchAttempt) -> datetime:
     return attempt.started_at + timedelta(seconds=window)
 
 
+def _lacking(spec: SlurmJobSpec, announced: frozenset[str] | None) -> tuple[str, ...]:
+    """The features ``spec`` uses that an agent announcing ``announced`` lacks (None: no agent, nothing to
+    compare; its submit finds no lease holder and the job is retried)."""
+    return () if announced is None else tuple(sorted(features_used(spec) - announced))
+
+
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -161,6 +174,7 @@ class Dispatcher:
         failpoints: frozenset[str] | None = None,
     ) -> None:
         self._registry = registry
+        self._database = database
         self._adapters = adapters
         self._settings = settings
         self.worker_id = worker_id or default_worker_id()
@@ -192,7 +206,8 @@ class Dispatcher:
         self.in_flight.update(ids)
         try:
             statuses = await factory_statuses(self._states)
-            batch = _Batch(statuses, await self._allocations.reserved_factories(ids))
+            agents = await agent_features(self._database, self._registry, self._clock())
+            batch = _Batch(statuses, await self._allocations.reserved_factories(ids), agents)
             await asyncio.gather(*(self._guarded(job, batch) for job in claimed))
         finally:  # a batch that failed before its jobs were carried must not keep their leases renewed
             self.in_flight.difference_update(ids)
@@ -228,7 +243,8 @@ class Dispatcher:
             return
         reserved = batch.reserved.get(job.id)  # its allocation's Factory, and only that
         try:
-            placement = place(spec, self._registry, batch.statuses, allowed=None if reserved is None else {reserved})
+            allowed = None if reserved is None else {reserved}
+            placement = place(spec, self._registry, batch.statuses, allowed=allowed, agents=batch.agents)
         except PlacementError as exc:
             if exc.transient:
                 at = self._clock() + timedelta(seconds=PLACEMENT_RETRY_S)
@@ -241,10 +257,8 @@ class Dispatcher:
             return
         factory = placement.factory
         run_as = await batch.run_as(self._site_accounts, factory, job.owner, job.project)
-        try:
-            slurm_spec = to_slurm_spec(job.id, spec, placement, factory, account=run_as.account, user=run_as.user)
-        except TranslationError as exc:
-            await self._reject(job.id, str(exc))
+        slurm_spec = await self._translate(job.id, spec, placement, run_as, batch)
+        if slurm_spec is None:
             return
         user = run_as.user
         attempt = await self._attempt_starts.submit(
@@ -254,6 +268,24 @@ class Dispatcher:
             _job_log(logging.WARNING, job.id, "lease lost before submission; another dispatcher has it")
             return
         await self.submit(job, attempt, factory, slurm_spec, user)
+
+    async def _translate(
+        self, job_id: str, spec: JobSpec, placement: Placement, run_as: RunAs, batch: _Batch
+    ) -> SlurmJobSpec | None:
+        """The Slurm job to submit; None when the job was rejected (it cannot be expressed there, or the
+        Factory's agent lacks a field it uses with the mapped site account)."""
+        factory = placement.factory
+        try:
+            slurm_spec = to_slurm_spec(job_id, spec, placement, factory, account=run_as.account, user=run_as.user)
+        except TranslationError as exc:
+            await self._reject(job_id, str(exc))
+            return None
+        lacking = _lacking(slurm_spec, batch.agents.get(factory.id))
+        if lacking:  # the site account made the job use a field placement's translation did not
+            message = f"the agent of Factory {factory.id} lacks {', '.join(lacking)}, which the job uses there"
+            await self._reject(job_id, message, code=PlacementCode.AGENT_LACKS_FEATURE.value)
+            return None
+        return slurm_spec
 
     async def submit(self, job: Job, attempt: DispatchAttempt, factory: Factory, spec: SlurmJobSpec, user: str) -> None:
         """Submit one attempt of ``job`` (already committed: its start bounds the call, see

@@ -227,6 +227,9 @@ class PlacementCode(enum.StrEnum):
     FACTORY_DRAINED = "placement_failed.factory_drained"
     FACTORY_UNHEALTHY = "placement_failed.factory_unhealthy"
     NO_AVAILABLE_FACTORY = "placement_failed.no_available_factory"
+    AGENT_NOT_CONNECTED = "placement_failed.agent_not_connected"
+    # The Factory's agent does not know a field the job uses (version skew): another Factory, or its upgrade
+    AGENT_LACKS_FEATURE = "placement_failed.agent_lacks_feature"
     # Reserved for allocations, Antenna links and scored placement (later issues); not emitted yet
     NO_ALLOCATION = "placement_failed.no_allocation"
     ALLOCATION_EXHAUSTED = "placement_failed.allocation_exhausted"

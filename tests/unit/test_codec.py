@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from slurm_adapters.agent_protocol import FEATURES, features_used
 from slurm_adapters.codec import SPEC_FIELDS, ProtocolError, spec_from_json, spec_to_json
 from slurm_adapters.records import SlurmJobSpec
 
@@ -65,3 +66,13 @@ def test_a_spec_that_is_not_an_object_is_refused() -> None:
     del data["tag"]
     with pytest.raises(ProtocolError, match="missing 'tag'"):
         spec_from_json(data)
+
+
+def test_only_the_fields_a_spec_uses_travel_and_name_the_features_it_needs() -> None:
+    """A field at its default is left out, so an agent that does not know it still runs the job."""
+    minimal = SlurmJobSpec(name="n", script="true\n", working_directory="/tmp", tag="t", nodes=2)
+    assert spec_to_json(minimal) == {
+        "version": 1, "name": "n", "script": "true\n", "working_directory": "/tmp", "tag": "t", "nodes": 2,
+    }  # fmt: skip
+    assert features_used(minimal) == {"spec.name", "spec.script", "spec.working_directory", "spec.tag", "spec.nodes"}
+    assert features_used(FULL) == set(FEATURES)

@@ -11,6 +11,7 @@ import pytest
 from broker.factories import placement as placement_module
 from broker.factories.placement import (
     NOT_CHECKED,
+    AgentFeatures,
     FactoryStatus,
     Placement,
     PlacementError,
@@ -20,6 +21,7 @@ from broker.factories.placement import (
 from broker.factories.registry import FactoryRegistry, parse_factories
 from conveyor.problems import PLACEMENT_FAILED, PlacementCode, PlacementFailed, error_from_problem
 from conveyor.spec import JobSpec
+from slurm_adapters.agent_protocol import FEATURES
 
 Code = PlacementCode
 
@@ -423,8 +425,73 @@ def _codes_named_in_placement() -> set[str]:
     }
 
 
+# Two Factories reached through agents (placement knows them only by ``agents``), with a default job directory.
+AGENT_REGISTRY: FactoryRegistry = parse_factories(
+    {
+        "factories": [
+            {**factory(name, "IT", partition("cpu", 60, 10, 2, default=True)), "job_root": "/scratch"}
+            for name in ("foxtrot", "golf")
+        ]
+    }
+)
+AGENT_UP = {factory_id: HEALTHY for factory_id in AGENT_REGISTRY.ids}
+EVERY_FEATURE = frozenset(FEATURES)
+NO_ENVIRONMENT = EVERY_FEATURE - {"spec.environment"}
+
+
+def with_environment(**placement: Any) -> JobSpec:
+    return JobSpec.model_validate(
+        {"name": "t", "project": "p", "command": ["true"], "environment": {"A": "1"}, "placement": placement}
+    )
+
+
+def agent_refused(spec: JobSpec, agents: AgentFeatures) -> PlacementError:
+    with pytest.raises(PlacementError) as caught:
+        place(spec, AGENT_REGISTRY, AGENT_UP, agents=agents)
+    return caught.value
+
+
+AGENT_FAILURES: list[tuple[JobSpec, AgentFeatures]] = [
+    (with_environment(factory="foxtrot"), {"foxtrot": None}),
+    (with_environment(), {"foxtrot": NO_ENVIRONMENT, "golf": NO_ENVIRONMENT}),
+]
+
+
+def test_a_factory_whose_agent_lacks_a_field_the_job_uses_is_passed_over_with_the_field_named() -> None:
+    agents = {"foxtrot": NO_ENVIRONMENT, "golf": EVERY_FEATURE}
+    result = place(with_environment(), AGENT_REGISTRY, AGENT_UP, agents=agents)
+    assert where(result) == "golf/cpu"
+    assert result.skipped == (Skipped("foxtrot", "its agent lacks spec.environment"),)
+    # A job that does not use the field goes to the first Factory as before.
+    assert where(place(job(), AGENT_REGISTRY, AGENT_UP, agents=agents)) == "foxtrot/cpu"
+
+
+def test_when_every_fitting_agent_lacks_a_field_the_job_must_change() -> None:
+    error = agent_refused(with_environment(), {"foxtrot": NO_ENVIRONMENT, "golf": NO_ENVIRONMENT})
+    assert (error.code, error.transient) == (Code.AGENT_LACKS_FEATURE, False)
+    assert error.details["factories"] == {"foxtrot": ["spec.environment"], "golf": ["spec.environment"]}
+    assert "foxtrot lacks spec.environment" in error.message
+
+
+def test_with_no_agent_connected_the_job_waits() -> None:
+    error = agent_refused(with_environment(factory="foxtrot"), {"foxtrot": None})
+    assert (error.code, error.transient) == (Code.AGENT_NOT_CONNECTED, True)
+    mixed = agent_refused(with_environment(), {"foxtrot": None, "golf": NO_ENVIRONMENT})
+    assert (mixed.code, mixed.transient) == (Code.NO_AVAILABLE_FACTORY, True)
+    assert mixed.details["factories"] == {
+        "foxtrot": "no agent connected to take orders",
+        "golf": "its agent lacks spec.environment",
+    }
+
+
+def test_a_factory_not_among_the_agents_is_not_checked_for_features() -> None:
+    assert where(place(with_environment(), AGENT_REGISTRY, AGENT_UP, agents={"golf": None})) == "foxtrot/cpu"
+    assert where(place(with_environment(), AGENT_REGISTRY, AGENT_UP)) == "foxtrot/cpu"
+
+
 def test_every_code_placement_emits_is_an_sdk_placement_code() -> None:
     emitted = [refused(spec, statuses, allowed=allowed).code for spec, statuses, allowed in FAILURES]
+    emitted += [agent_refused(spec, agents).code for spec, agents in AGENT_FAILURES]
     for code in emitted:
         assert type(code) is PlacementCode
         assert PlacementCode(code.value) is code
