@@ -156,6 +156,14 @@ class Settings(BaseSettings):
     agent_read_timeout_s: float = Field(
         30.0, gt=0, le=600, description="how long a read through a Factory agent (job list, health...) may take"
     )
+    agent_silent_s: float = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description="a Factory reached through its agent with no session holding its lease for this long (since the "
+        "agent's last heartbeat) is unhealthy and its jobs wait; a Factory whose agent never connected is unhealthy "
+        "at once",
+    )
     agent_report_grace_s: float = Field(
         5.0,
         ge=0,

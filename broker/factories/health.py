@@ -4,6 +4,12 @@ Results go to the database (``FactoryStateRepository``), not to memory, so every
 on the same view; the repository appends an event only when health flips, so checks that change nothing do
 not flood the log.
 
+A Factory reached through its agent is judged first from the sessions table (one read per cycle for all of
+them, :func:`judge_agent`): no agent ever seen, every session paused at the site, or no live session for longer
+than ``agent_silent_s`` is unhealthy at once, without writing an order nobody would take. Only when an agent
+holds the lease is the site's own health asked for (a read order the agent answers from its Slurm). Its jobs
+wait (placement keeps them queued); silence alone never makes a job ``lost``.
+
 Capacity (GPUs by type, total and free, and the Slurm release) is different: a display hint for
 ``GET /v1/factories`` that placement never reads, so it stays in this process's memory
 (:class:`CapacitySnapshots`, a :data:`~broker.factories.service.CapacitySource`): no schema, no writes, and a
@@ -15,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from broker.agents.sessions import Presence, presences
 from broker.db.engine import Database
 from broker.db.repositories import FactoryStateRepository
 from broker.db.types import utc_now
@@ -25,6 +33,7 @@ from broker.factories.placement import FactoryStatus
 from broker.factories.registry import FactoryRegistry
 from broker.factories.service import Capacity
 from slurm_adapters.errors import SlurmError
+from slurm_adapters.factory import AgentConfig
 from slurm_adapters.records import ClusterInfo, Health
 
 log = logging.getLogger(__name__)
@@ -93,6 +102,34 @@ class CapacitySnapshots:
         self._snapshots[factory_id] = capacity_of(info, health, now)
 
 
+@dataclass(frozen=True, slots=True)
+class AgentVerdict:
+    """What the sessions table says of an agent Factory's health: ``healthy`` None means ask the agent (it
+    holds the lease) or, within the silence allowed, leave the last result as it is."""
+
+    healthy: bool | None
+    detail: str
+    ask_site: bool = False
+
+
+def judge_agent(factory_id: str, presence: Presence | None, now: datetime, silent_s: float) -> AgentVerdict:
+    """The health an agent Factory's sessions imply at ``now`` (see the module's docstring)."""
+    if presence is None or presence.last_heartbeat_at is None:
+        return AgentVerdict(False, f"no agent has connected to Factory {factory_id}")
+    if presence.features is not None:
+        return AgentVerdict(None, f"its agent holds the lease at epoch {presence.epoch}", ask_site=True)
+    if presence.live_sessions and presence.paused_sessions == presence.live_sessions:
+        return AgentVerdict(False, f"the agent of Factory {factory_id} is paused at the site")
+    silent = (now - presence.last_heartbeat_at).total_seconds()
+    if silent > silent_s:
+        return AgentVerdict(
+            False,
+            f"the agent of Factory {factory_id} has been silent for {silent:.0f} s (no session holds the lease; "
+            f"last heartbeat {presence.last_heartbeat_at:%Y-%m-%d %H:%M:%S} UTC), longer than {silent_s:g} s",
+        )
+    return AgentVerdict(None, "no agent holds the lease yet; within the silence allowed")
+
+
 class HealthMonitor:
     """Checks every Factory with ``adapter.health()``; a failed check marks it unhealthy with the error.
 
@@ -106,19 +143,38 @@ class HealthMonitor:
         adapters: AdapterProvider,
         *,
         capacity_interval_s: float = 0.0,
+        agent_silent_s: float = 60.0,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
+        self._database = database
         self._registry = registry
         self._adapters = adapters
         self._states = FactoryStateRepository(database)
+        self._agent_silent_s = agent_silent_s
+        self._clock = clock
         self.capacity = CapacitySnapshots(capacity_interval_s)
 
-    async def run_once(self) -> Mapping[str, bool]:
-        """Check every Factory concurrently; returns Factory id -> healthy."""
+    async def run_once(self) -> Mapping[str, bool | None]:
+        """Check every Factory concurrently; returns Factory id -> healthy (None: an agent Factory left as it
+        was, within the silence allowed)."""
         ids = list(self._registry.ids)
-        results = await asyncio.gather(*(self.check(factory_id) for factory_id in ids))
+        agents = {factory.id for factory in self._registry if isinstance(factory.adapter, AgentConfig)}
+        now = self._clock()
+        present = await presences(self._database, now) if agents else {}
+        verdicts = {
+            factory_id: judge_agent(factory_id, present.get(factory_id), now, self._agent_silent_s)
+            for factory_id in agents
+        }
+        results = await asyncio.gather(*(self.check(factory_id, verdicts.get(factory_id)) for factory_id in ids))
         return dict(zip(ids, results, strict=True))
 
-    async def check(self, factory_id: str) -> bool:
+    async def check(self, factory_id: str, agent: AgentVerdict | None = None) -> bool | None:
+        """One Factory's check; ``agent``: for an agent Factory, what its sessions say (None: not one, or
+        not judged: ask the adapter)."""
+        if agent is not None and not agent.ask_site:
+            if agent.healthy is None:
+                return None
+            return await self._record(factory_id, agent.healthy, agent.detail)
         health: Health | None = None
         try:
             health = await self._adapters.get(factory_id).health()
@@ -128,8 +184,12 @@ class HealthMonitor:
         except Exception as exc:  # an adapter bug must not stop the other checks; it is an unhealthy Factory
             log.exception("Factory %s: health check raised", factory_id)
             healthy, detail = False, f"health check failed: {exc!r}"
-        if await self._states.record_health(factory_id, healthy=healthy, detail=detail, actor=ACTOR):
-            log.warning("Factory %s is now %s: %s", factory_id, "healthy" if healthy else "unhealthy", detail)
+        await self._record(factory_id, healthy, detail)
         if health is not None:
             await self.capacity.refresh(factory_id, health, self._adapters.get(factory_id).cluster_info)
+        return healthy
+
+    async def _record(self, factory_id: str, healthy: bool, detail: str | None) -> bool:
+        if await self._states.record_health(factory_id, healthy=healthy, detail=detail, actor=ACTOR):
+            log.warning("Factory %s is now %s: %s", factory_id, "healthy" if healthy else "unhealthy", detail)
         return healthy

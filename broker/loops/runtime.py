@@ -74,7 +74,13 @@ class Runtime:
         self.settings = settings
         self.registry = registry
         self.adapters = adapters
-        self.health = HealthMonitor(database, registry, adapters, capacity_interval_s=settings.capacity_interval_s)
+        self.health = HealthMonitor(
+            database,
+            registry,
+            adapters,
+            capacity_interval_s=settings.capacity_interval_s,
+            agent_silent_s=settings.agent_silent_s,
+        )
         self.instance_id = settings.instance_id or worker_id or default_worker_id()
         if worker_id is None:  # one per process: a restart under a persistent instance id is a new lease owner
             worker_id = f"{settings.instance_id}:{uuid.uuid4().hex[:8]}" if settings.instance_id else self.instance_id
