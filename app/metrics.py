@@ -3,6 +3,10 @@
 Gauges come from the database (jobs by state and Factory, the queue of jobs not yet at Slurm, Factory
 health and drains), so every replica reports the same numbers, plus whatever the background loops of this
 process measured (``Runtime.metrics()``: dispatch and reconcile lag, errors per Factory).
+
+Per agent Factory (:meth:`broker.agents.service.AgentService.figures`): its live sessions, lease epoch and
+seconds since its last heartbeat (from the database), and this process's counts of orders written and
+delivered, reports applied and ignored, and order latencies (histograms). Labels: ``factory`` and ``kind``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from broker.agents.metrics import Histogram
+from broker.agents.service import AgentFigures
 from conveyor.models import FactoryView
 from conveyor.spec import JobState
 
@@ -50,8 +56,21 @@ class Exposition:
         name = "conveyor_" + _name(name)
         self._lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
         for labels, value in samples:
-            text = ",".join(f'{_name(k)}="{_label_value(v)}"' for k, v in sorted(labels.items()))
-            self._lines.append(f"{name}{{{text}}} {_number(value)}" if text else f"{name} {_number(value)}")
+            self._sample(name, labels, value)
+
+    def histogram(self, name: str, help_text: str, series: Iterable[tuple[Mapping[str, str], Histogram]]) -> None:
+        """A histogram family: per label set, cumulative ``_bucket`` lines (``le``), ``_sum`` and ``_count``."""
+        name = "conveyor_" + _name(name)
+        self._lines += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+        for labels, histogram in series:
+            for bound, n in histogram.cumulative():
+                self._sample(f"{name}_bucket", {**labels, "le": _number(bound)}, n)
+            self._sample(f"{name}_sum", labels, histogram.total)
+            self._sample(f"{name}_count", labels, histogram.count)
+
+    def _sample(self, name: str, labels: Mapping[str, str], value: float) -> None:
+        text = ",".join(f'{_name(k)}="{_label_value(v)}"' for k, v in sorted(labels.items()))
+        self._lines.append(f"{name}{{{text}}} {_number(value)}" if text else f"{name} {_number(value)}")
 
     def render(self) -> str:
         return "\n".join(self._lines) + "\n"
@@ -112,6 +131,45 @@ def _runtime(out: Exposition, figures: Mapping[str, Any]) -> None:
     )
 
 
+ORDER_KINDS = ("submit", "cancel", "read")
+
+
+def _agents(out: Exposition, figures: AgentFigures) -> None:
+    """Per agent Factory: the sessions table's view, then this process's counts (zero until something
+    happened, so a rate is defined from the first scrape); latencies once observed."""
+    ids, present, counted = figures.factories, figures.presences, figures.counted
+    out.gauge("agent_sessions", "Live sessions of the Factory's agent (0: none connected).",
+              (({"factory": f}, p.live_sessions if (p := present.get(f)) else 0) for f in ids))  # fmt: skip
+    out.gauge(
+        "agent_lease_epoch",
+        "The fencing epoch of the Factory's agent lease (absent: never taken).",
+        (({"factory": f}, p.epoch) for f in ids if (p := present.get(f)) is not None and p.epoch is not None),
+    )
+    out.gauge(
+        "agent_seconds_since_heartbeat",
+        "Seconds since any session of the Factory's agent last sent a heartbeat (absent: never connected).",
+        (
+            ({"factory": f}, round((figures.now - seen).total_seconds(), 3))
+            for f in ids
+            if (p := present.get(f)) is not None and (seen := p.last_heartbeat_at) is not None
+        ),
+    )
+    per_kind = [(f, kind) for f in ids for kind in ORDER_KINDS]
+    out.family("agent_orders_written_total", "counter", "Orders written for the Factory's agent, by kind.",
+               (({"factory": f, "kind": k}, counted.orders_written[(f, k)]) for f, k in per_kind))  # fmt: skip
+    out.family("agent_orders_delivered_total", "counter", "Orders handed to the Factory's agent the first time.",
+               (({"factory": f, "kind": k}, counted.orders_delivered[(f, k)]) for f, k in per_kind))  # fmt: skip
+    for outcome, meaning in (("applied", "applied to their orders"), ("ignored", "ignored (repeats, unknown)")):
+        out.family(f"agent_reports_{outcome}_total", "counter", f"Reports of the Factory's agent {meaning}.",
+                   (({"factory": f}, counted.reports[(f, outcome)]) for f in ids))  # fmt: skip
+    for name, latencies, meaning in (
+        ("agent_order_delivery_seconds", counted.delivery_latency, "from an order's creation to its delivery"),
+        ("agent_order_answer_seconds", counted.answer_latency, "from an order's delivery to its applied report"),
+    ):
+        out.histogram(name, f"Seconds {meaning}, by Factory and order kind.",
+                      (({"factory": f, "kind": k}, h) for (f, k), h in sorted(latencies.items())))  # fmt: skip
+
+
 def _key(item: tuple[tuple[str | None, JobState], int]) -> tuple[str, str]:
     (factory, state), _ = item
     return factory or "", str(state)
@@ -122,6 +180,7 @@ def render(
     factories: Iterable[FactoryView],
     runtime: Mapping[str, Any] | None,
     accept_batches: tuple[int, int] | None = None,
+    agents: AgentFigures | None = None,
 ) -> str:
     """Everything /metrics shows: database gauges (the same on every replica), then this process's group
     commits of accepts and its loops."""
@@ -155,6 +214,8 @@ def render(
             "accept_batches_total", "counter", "Group commits of accepted jobs by this process.", [({}, batches)]
         )
         out.family("accept_batched_jobs_total", "counter", "Jobs those group commits carried.", [({}, jobs)])
+    if agents is not None and agents.factories:
+        _agents(out, agents)
     if runtime is not None:
         _runtime(out, runtime)
     return out.render()

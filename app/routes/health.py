@@ -58,5 +58,5 @@ async def prometheus(state: StateDep) -> PlainTextResponse:
     counts = await state.stats.by_factory_and_state()
     views = await state.factories.views()
     runtime = state.runtime.metrics() if state.runtime is not None else None
-    rendered = metrics.render(counts, views, runtime, state.jobs.accept_batches())
+    rendered = metrics.render(counts, views, runtime, state.jobs.accept_batches(), await state.agents.figures())
     return PlainTextResponse(rendered, media_type=metrics.CONTENT_TYPE)

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from broker.agents.adapter import AgentAdapter
 from broker.agents.bell import Bell
+from broker.agents.metrics import AgentMetrics
 from broker.agents.orders import OrderRepository
 from broker.agents.sessions import SessionRepository
 from broker.agents.timings import AgentTimings
@@ -26,7 +27,8 @@ class AgentLink:
         self.clock = clock
         self.bell = Bell(database, timings.bell_interval_s)
         self.sessions = SessionRepository(database, timings, clock)
-        self.orders = OrderRepository(database, self.bell, clock)
+        self.metrics = AgentMetrics()
+        self.orders = OrderRepository(database, self.bell, clock, self.metrics)
 
     @classmethod
     def from_settings(cls, database: Database, settings: Settings) -> AgentLink:

@@ -17,6 +17,8 @@ Rules every method keeps:
 - A report is a fact: accepted from any live session of the order's own Factory, applied once by
   compare-and-set (open or expired -> answered), only to an order that was delivered. Repeats, orders
   already answered and another Factory's orders are counted as ignored, never applied.
+- Each write, first delivery and report is counted in :class:`~broker.agents.metrics.AgentMetrics` (if given)
+  after its transaction commits, so ``/metrics`` counts only what happened.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.agents.bell import Bell
 from broker.agents.errors import NoAgent
+from broker.agents.metrics import AgentMetrics
 from broker.agents.sessions import live_session, read_lease
 from broker.db.engine import Database
 from broker.db.models import AgentOrder, AgentSession
@@ -90,10 +93,17 @@ async def _serialize_writers(session: AsyncSession, factory_id: str) -> None:
 class OrderRepository:
     """Writing orders, handing them to sessions, applying reports. ``bell`` (if any) is rung after commits."""
 
-    def __init__(self, database: Database, bell: Bell | None = None, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        database: Database,
+        bell: Bell | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        metrics: AgentMetrics | None = None,
+    ) -> None:
         self._db = database
         self._bell = bell
         self._clock = clock
+        self._metrics = metrics or AgentMetrics()
 
     # -- writing -------------------------------------------------------------------------------------------
 
@@ -152,6 +162,7 @@ class OrderRepository:
             session.add(row)
             await session.flush()
             placed = PlacedOrder(row.id, factory_id, None, None, not_after)
+        self._metrics.written(factory_id, "read")
         self._ring_orders(factory_id)
         return placed
 
@@ -176,6 +187,7 @@ class OrderRepository:
             session.add(row)
             await session.flush()
             placed = PlacedOrder(row.id, factory_id, lease.session_id, lease.epoch, not_after)
+        self._metrics.written(factory_id, kind)
         self._ring_orders(factory_id)
         return placed
 
@@ -232,15 +244,18 @@ class OrderRepository:
                     ).all()
                 )
             handed = [row for row in rows if row.session_id is not None or row.id in claimed]
-            first = [row.id for row in handed if row.delivered_at is None]
+            first = [(row.kind, row.created_at) for row in handed if row.delivered_at is None]
             if first:
                 await session.execute(
                     update(AgentOrder)
-                    .where(AgentOrder.id.in_(first), AgentOrder.delivered_at.is_(None))
+                    .where(AgentOrder.id.in_([row.id for row in handed if row.delivered_at is None]),
+                           AgentOrder.delivered_at.is_(None))
                     .values(delivered_at=now),
                     execution_options=_NO_UPDATE_SYNC,
-                )
+                )  # fmt: skip
             orders = [_order(row) for row in handed]
+        for kind, created_at in first:
+            self._metrics.delivered(factory_id, kind, created_at, now)
         return Orders(broker_time=now, orders=orders)
 
     async def expire(self, factory_id: str, *, now: datetime | None = None) -> int:
@@ -268,6 +283,7 @@ class OrderRepository:
         """Apply each report once to its delivered order of this Factory; count the rest as ignored."""
         now = now or self._clock()
         applied: list[int] = []
+        answered: list[tuple[str, datetime]] = []
         async with self._db.write() as session:
             await live_session(session, factory_id, session_id, now)
             seen: set[int] = set()
@@ -275,20 +291,27 @@ class OrderRepository:
                 if report.order in seen:
                     continue
                 seen.add(report.order)
-                done = await session.scalar(
-                    update(AgentOrder)
-                    .where(
-                        AgentOrder.id == report.order,
-                        AgentOrder.factory_id == factory_id,
-                        AgentOrder.state.in_(("open", "expired")),
-                        AgentOrder.delivered_at.is_not(None),
+                done = (
+                    await session.execute(
+                        update(AgentOrder)
+                        .where(
+                            AgentOrder.id == report.order,
+                            AgentOrder.factory_id == factory_id,
+                            AgentOrder.state.in_(("open", "expired")),
+                            AgentOrder.delivered_at.is_not(None),
+                        )
+                        .values(state="answered", answered_at=now, report=report.model_dump(mode="json"))
+                        .returning(AgentOrder.id, AgentOrder.kind, AgentOrder.delivered_at),
+                        execution_options=_NO_UPDATE_SYNC,
                     )
-                    .values(state="answered", answered_at=now, report=report.model_dump(mode="json"))
-                    .returning(AgentOrder.id),
-                    execution_options=_NO_UPDATE_SYNC,
-                )
+                ).one_or_none()
                 if done is not None:
-                    applied.append(done)
+                    applied.append(done.id)
+                    if done.delivered_at is not None:  # always: only a delivered order is answered
+                        answered.append((done.kind, done.delivered_at))
+        for kind, delivered_at in answered:
+            self._metrics.answered(factory_id, kind, delivered_at, now)
+        self._metrics.reported(factory_id, applied=len(applied), ignored=len(reports.reports) - len(applied))
         if self._bell is not None and applied:
             self._bell.ring_answers(applied)
             self._bell.ring_orders(factory_id)

@@ -7,10 +7,14 @@ Refusals are typed (:mod:`broker.agents.errors`): :class:`UnknownFactory` and :c
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
 
 from broker.agents.errors import UnknownFactory
 from broker.agents.link import AgentLink
-from broker.agents.sessions import Connection
+from broker.agents.metrics import AgentMetrics
+from broker.agents.sessions import Connection, Presence, presences
 from broker.factories.registry import FactoryRegistry
 from slurm_adapters.agent_protocol import (
     Heartbeat,
@@ -23,6 +27,17 @@ from slurm_adapters.agent_protocol import (
     SessionGranted,
 )
 from slurm_adapters.factory import AgentConfig
+
+
+@dataclass(frozen=True, slots=True)
+class AgentFigures:
+    """The agent Factories (config order), what the sessions table said of each at ``now``, and this
+    process's counts (:class:`AgentMetrics`)."""
+
+    factories: tuple[str, ...]
+    presences: Mapping[str, Presence]
+    counted: AgentMetrics
+    now: datetime
 
 
 class AgentService:
@@ -75,9 +90,17 @@ class AgentService:
         self._agent_factory(factory_id)
         return await self._link.orders.apply_reports(factory_id, session_id, reports)
 
+    async def figures(self) -> AgentFigures:
+        """For ``/metrics``: what this process counted on the link and, from the sessions table (two reads),
+        each agent Factory's live sessions, lease epoch and last heartbeat."""
+        ids = tuple(factory.id for factory in self._registry if isinstance(factory.adapter, AgentConfig))
+        now = self._link.clock()
+        present = await presences(self._link.database, now) if ids else {}
+        return AgentFigures(factories=ids, presences=present, counted=self._link.metrics, now=now)
+
     async def connections(self) -> dict[str, list[Connection]]:
         """Per Factory, its agent's live sessions (id, version, adapter, Slurm release, last heartbeat, lease)."""
         return await self._link.sessions.connections()
 
 
-__all__ = ["AgentService"]
+__all__ = ["AgentFigures", "AgentService"]
