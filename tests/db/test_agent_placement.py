@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from broker.agents.link import AgentLink
 from broker.agents.service import AgentService
@@ -224,3 +224,22 @@ async def test_an_agent_silent_longer_than_allowed_makes_its_factory_unhealthy(s
     assert state.health_detail is not None
     assert state.health_detail.startswith("the agent of Factory alpha has been silent for 600 s")
     assert await site.submit_orders() == []
+
+
+async def test_a_batch_reads_the_announced_features_once_whatever_its_size(site: Site) -> None:
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    async with running(await site.connect(healthy_site(ok(4242)), features=WITHOUT_ENVIRONMENT)):
+        assert (await site.health.run_once())["alpha"] is True
+        queued = [await site.queue(environment={"N": str(n)}) for n in range(6)]
+        event.listen(site.db.engine.sync_engine, "before_cursor_execute", count)
+        try:
+            assert await site.dispatcher.run_once() == 6
+        finally:
+            event.remove(site.db.engine.sync_engine, "before_cursor_execute", count)
+    assert [(await site.job(job_id)).state for job_id in queued] == [JobState.REJECTED] * 6
+    grouped = [s for s in statements if "GROUP BY agent_sessions.factory_id" in s]
+    assert len(grouped) == 1
