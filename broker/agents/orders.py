@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -38,6 +38,7 @@ from broker.agents.errors import NoAgent
 from broker.agents.metrics import AgentMetrics
 from broker.agents.sessions import live_session, read_lease
 from broker.db.engine import Database
+from broker.db.group_commit import GroupCommit
 from broker.db.models import AgentOrder, AgentSession
 from broker.db.repositories.sql import is_sqlite
 from broker.db.types import utc_now
@@ -58,6 +59,7 @@ OrderState = Literal["open", "answered", "expired"]
 ReadOp = Literal["get_job", "list_jobs", "accounted_jobs", "read_output", "cluster_info", "health"]
 _BOUND_KINDS = ("submit", "cancel")
 _NO_UPDATE_SYNC = {"synchronize_session": False}
+GROUP_COMMIT_MAX = 1000  # bound orders written in one transaction at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,18 @@ class PlacedOrder:
     session_id: str | None
     epoch: int | None
     not_after: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _BoundOrder:
+    """A submit or cancel order waiting for its group commit."""
+
+    factory_id: str
+    kind: str
+    payload: dict[str, Any]
+    attempt: str | None
+    not_after: datetime
+    now: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +118,9 @@ class OrderRepository:
         self._bell = bell
         self._clock = clock
         self._metrics = metrics or AgentMetrics()
+        self._bound_writes: GroupCommit[_BoundOrder, PlacedOrder] = GroupCommit(
+            self._write_bound, max_batch=GROUP_COMMIT_MAX
+        )
 
     # -- writing -------------------------------------------------------------------------------------------
 
@@ -176,20 +193,46 @@ class OrderRepository:
         not_after: datetime,
         now: datetime | None,
     ) -> PlacedOrder:
-        now = now or self._clock()
+        """Queued for the next group commit: a dispatcher's claimed batch writes its orders in one transaction."""
+        return await self._bound_writes.submit(_BoundOrder(factory_id, kind, payload, attempt, not_after, now))
+
+    async def _write_bound(self, items: Sequence[_BoundOrder]) -> list[PlacedOrder | Exception]:
+        """Bound orders of any Factories in one transaction, each bound to its Factory's live lease holder as
+        read under that Factory's writer lock (taken in a fixed order); a Factory without one: :class:`NoAgent`
+        for its orders, nothing written for them. Ids follow the order of ``items``."""
+        default_now = self._clock()
+        factories = sorted({item.factory_id for item in items})
+        results: list[PlacedOrder | Exception] = []
+        written: list[tuple[int, AgentOrder, tuple[str, int]]] = []
         async with self._db.write() as session:
-            await _serialize_writers(session, factory_id)
-            lease = await read_lease(session, factory_id)
-            if lease is None or lease.expires_at <= now:
-                raise NoAgent(f"Factory {factory_id!r} has no connected agent holding its lease")
-            bound = (lease.session_id, lease.epoch)
-            row = _row(factory_id, kind, payload, bound=bound, attempt=attempt, not_after=not_after, now=now)
-            session.add(row)
+            for factory_id in factories:
+                await _serialize_writers(session, factory_id)
+            leases = {factory_id: await read_lease(session, factory_id) for factory_id in factories}
+            for item in items:
+                now = item.now or default_now
+                lease = leases[item.factory_id]
+                if lease is None or lease.expires_at <= now:
+                    results.append(NoAgent(f"Factory {item.factory_id!r} has no connected agent holding its lease"))
+                    continue
+                bound = (lease.session_id, lease.epoch)
+                row = _row(item.factory_id, item.kind, item.payload, bound=bound, attempt=item.attempt,
+                           not_after=item.not_after, now=now)  # fmt: skip
+                session.add(row)
+                written.append((len(results), row, bound))
+                results.append(NoAgent("placeholder"))
             await session.flush()
-            placed = PlacedOrder(row.id, factory_id, lease.session_id, lease.epoch, not_after)
-        self._metrics.written(factory_id, kind)
-        self._ring_orders(factory_id)
-        return placed
+            for index, row, (session_id, epoch) in written:
+                results[index] = PlacedOrder(row.id, row.factory_id, session_id, epoch, row.not_after)
+        for _, row, _ in written:
+            self._metrics.written(row.factory_id, row.kind)
+        for factory_id in {row.factory_id for _, row, _ in written}:
+            self._ring_orders(factory_id)
+        return results
+
+    @property
+    def bound_batches(self) -> int:
+        """Transactions that wrote submit and cancel orders so far (for tests and /metrics: orders per batch)."""
+        return self._bound_writes.batches
 
     # -- handing out ---------------------------------------------------------------------------------------
 

@@ -210,3 +210,23 @@ async def test_orders_are_handed_out_oldest_first_up_to_max_orders(
     taken = await orders.take("alpha", a, Poll(ack=0, wait_s=0, max_orders=3), now=at(2))
     assert [order.id for order in taken.orders] == [order.id for order in placed[:3]]
     assert await _ids(orders, a, t=2, ack=placed[2].id) == [order.id for order in placed[3:]]
+
+
+async def test_a_batch_of_concurrent_submits_is_one_transaction_in_call_order_each_bound_or_refused(
+    db: Database, sessions: SessionRepository, orders: OrderRepository
+) -> None:
+    """The dispatcher's claimed batch: 20 submits at once to two Factories, one of which has no agent. They share
+    a group commit (fewer batches than orders), the connected Factory's orders get consecutive ids in call order,
+    each bound to its holder, and the other Factory's are refused without a row."""
+    holder = await _holder(sessions, "alpha")
+    placed = await asyncio.gather(
+        *(_submit(orders, 1, 30, factory_id="alpha" if i % 2 == 0 else "bravo", attempt=f"j{i}/1") for i in range(20)),
+        return_exceptions=True,
+    )
+    bound = [p for p in placed if isinstance(p, PlacedOrder)]
+    assert [type(p) for p in placed[1::2]] == [NoAgent] * 10
+    assert [p.id for p in bound] == sorted(p.id for p in bound)
+    assert {(p.session_id, p.epoch) for p in bound} == {(holder, 1)}
+    assert len(bound) == 10
+    assert await _count(db) == 10
+    assert orders.bound_batches < 20, "every submit had its own transaction"
