@@ -13,7 +13,7 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,33 +173,35 @@ async def test_the_contracts_signer_is_accepted_and_its_jti_is_spent(setup: Setu
     await refused(setup, assertion, "replayed", body)  # the very same request again
 
 
+# Times relative to the moment the test runs (``now``): values fixed at collection time go stale in a long run.
+Overrides = Callable[[int], dict[str, Any]]
+
+
 @pytest.mark.parametrize(
     ("overrides", "reason"),
     [
-        ({"header_typ": "conveyor-antenna+jwt"}, "bad_type"),
-        ({"header_typ": "JWT"}, "bad_type"),
-        ({"header_typ": None}, "bad_type"),
-        ({"header_kid": "nobody-knows-me"}, "unknown_key"),
-        ({"header_kid": None}, "unknown_key"),
-        ({"sub": "alpha"}, "bad_subject"),
-        ({"sub": "gamma-other"}, "bad_subject"),
-        ({"aud": "another-broker"}, "bad_audience"),
-        ({"aud": None}, "missing_claim"),
-        ({"jti": None}, "missing_claim"),
-        ({"exp": int(time.time()) - 120, "iat": int(time.time()) - 180}, "expired"),
-        ({"exp": int(time.time()) + agent_protocol.MAX_LIFETIME_S + 120}, "too_long_lived"),
-        ({"nbf": int(time.time()) + 100, "exp": int(time.time()) + 200}, "not_yet_valid"),
-        ({"iat": int(time.time()) + 600}, "not_yet_valid"),
-        ({"exp": "9999999999"}, "bad_claim"),
-        ({"htm": "GET"}, "wrong_request"),
-        ({"htu": "/v1/agent/sessions"}, "wrong_request"),
-        ({"bh": agent_protocol.body_hash(b"{}")}, "wrong_request"),
+        (lambda now: {"header_typ": "conveyor-antenna+jwt"}, "bad_type"),
+        (lambda now: {"header_typ": "JWT"}, "bad_type"),
+        (lambda now: {"header_typ": None}, "bad_type"),
+        (lambda now: {"header_kid": "nobody-knows-me"}, "unknown_key"),
+        (lambda now: {"header_kid": None}, "unknown_key"),
+        (lambda now: {"sub": "alpha"}, "bad_subject"),
+        (lambda now: {"sub": "gamma-other"}, "bad_subject"),
+        (lambda now: {"aud": "another-broker"}, "bad_audience"),
+        (lambda now: {"aud": None}, "missing_claim"),
+        (lambda now: {"jti": None}, "missing_claim"),
+        (lambda now: {"exp": now - 120, "iat": now - 180}, "expired"),
+        (lambda now: {"exp": now + agent_protocol.MAX_LIFETIME_S + 120}, "too_long_lived"),
+        (lambda now: {"nbf": now + 100, "exp": now + 200}, "not_yet_valid"),
+        (lambda now: {"iat": now + 600}, "not_yet_valid"),
+        (lambda now: {"exp": "9999999999"}, "bad_claim"),
+        (lambda now: {"htm": "GET"}, "wrong_request"),
+        (lambda now: {"htu": "/v1/agent/sessions"}, "wrong_request"),
+        (lambda now: {"bh": agent_protocol.body_hash(b"{}")}, "wrong_request"),
     ],
 )
-async def test_every_wrong_claim_is_refused_with_its_reason(
-    setup: Setup, overrides: dict[str, Any], reason: str
-) -> None:
-    await refused(setup, setup.gamma.forged("POST", WHOAMI, **overrides), reason)
+async def test_every_wrong_claim_is_refused_with_its_reason(setup: Setup, overrides: Overrides, reason: str) -> None:
+    await refused(setup, setup.gamma.forged("POST", WHOAMI, **overrides(int(time.time()))), reason)
 
 
 async def test_the_lifetime_limit_is_the_protocols(setup: Setup) -> None:
