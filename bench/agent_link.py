@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from bench.forwarding import (
     DONE_STATES,
@@ -150,6 +151,7 @@ class Bench:
     run_id: str = field(default_factory=lambda: secrets.token_hex(4))
     names: list[str] = field(default_factory=list)
     post_concurrency: int = 16
+    agent_concurrency: int = 20  # the dispatcher's claim batch: a batch's submits are carried out at once
 
     def name(self, what: str) -> str:
         name = f"bench-agent-{self.run_id}-{what}"
@@ -187,8 +189,10 @@ def running(broker: BrokerProcess) -> Iterator[BrokerProcess]:
 
 @contextlib.contextmanager
 def real_agent(bench: Bench, broker: BrokerProcess, label: str) -> Iterator[AgentProcess]:
-    """echo's ``conveyor-agent`` process (rest adapter inside), key registered; stopped by its PID."""
+    """echo's ``conveyor-agent`` process (rest adapter inside, ``bench.agent_concurrency`` orders at once), key
+    registered; stopped by its PID."""
     agent = AgentProcess(broker.workdir / label, bench.cluster, CLUSTER, broker.base_url)
+    agent.config_file.write_text(yaml.safe_dump({**agent.config(), "concurrency": bench.agent_concurrency}))
     register_agent_keys(broker, CLUSTER, agent.public_jwks)
     agent.start()
     try:
