@@ -363,7 +363,8 @@ async def latency_run(bench: Bench, sessions: int, jobs: int, rate: float, idle_
     with running(broker), real_agent(bench, broker, "agent"):
         try:
             for factory_id in simulated:
-                null = NullSlurmAgent(broker.workdir / "null-agents", factory_id, broker.base_url, audience=AUDIENCE)
+                null = NullSlurmAgent(broker.workdir / "null-agents", factory_id, broker.base_url, audience=AUDIENCE,
+                                      concurrency=bench.agent_concurrency)  # fmt: skip
                 register_agent_keys(broker, factory_id, null.public_jwks)
                 null.start()
                 nulls.append(null)
@@ -421,7 +422,7 @@ async def idle(bench: Bench, seconds: float, overrides: Mapping[str, str]) -> li
             try:
                 for factory_id in simulated:
                     null = NullSlurmAgent(broker.workdir / "null-agents", factory_id, broker.base_url,
-                                          audience=AUDIENCE)  # fmt: skip
+                                          audience=AUDIENCE, concurrency=bench.agent_concurrency)  # fmt: skip
                     register_agent_keys(broker, factory_id, null.public_jwks)
                     null.start()
                     nulls.append(null)
@@ -500,7 +501,8 @@ def main() -> int:
                 with contextlib.suppress(AssertionError):
                     cluster.slurm("scancel", f"--name={name}", timeout_s=60)
     print(f"broker settings: forwarding {_settings(FAST)}; latency {_settings(LATENCY)}; idle {_settings(DEFAULTS)}; "
-          "agent timings at their defaults; SQLite; one process; each agent with concurrency 16")  # fmt: skip
+          f"agent timings at their defaults; SQLite; one process; each agent carries out {bench.agent_concurrency} "
+          "orders at once")  # fmt: skip
     for line in lines:
         print(line)
     return 0
