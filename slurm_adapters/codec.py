@@ -204,6 +204,10 @@ class FieldReader:
         value: bool = self._get(key, bool, optional=False)
         return value
 
+    def opt_flag(self, key: str) -> bool | None:
+        value: bool | None = self._get(key, bool, optional=True)
+        return value
+
     def opt_time(self, key: str) -> datetime | None:
         text = self.opt_text(key)
         if text is None:
@@ -287,7 +291,7 @@ def partition_from_json(data: object) -> PartitionInfo:
     r = FieldReader(data, "PartitionInfo")
     return PartitionInfo(
         name=r.text("name"),
-        default=r.flag("default"),
+        default=r.opt_flag("default"),  # None: the site's API cannot tell (see PartitionInfo)
         state=r.text("state"),
         max_time_min=r.opt_integer("max_time_min"),
         default_time_min=r.opt_integer("default_time_min"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -121,6 +122,12 @@ def test_cluster_info_and_health_round_trip() -> None:
     assert health_from_json(through_the_wire(health_to_json(health))) == health
     hello = Hello(protocol=PROTOCOL, pyslurm="25.11.2", pid=123)
     assert hello_from_json(through_the_wire(hello_to_json(hello))) == hello
+
+
+def test_a_partition_whose_default_flag_the_api_cannot_tell_survives_the_wire() -> None:
+    """slurmrestd's v0.0.40-42 (all Slurm 24.11 serves) carry no default flag: None, which the agent reports."""
+    unknown = replace(INFO, partitions=tuple(replace(p, default=None) for p in INFO.partitions))
+    assert cluster_info_from_json(through_the_wire(cluster_info_to_json(unknown))) == unknown
 
 
 ERRORS: list[SlurmError] = [
