@@ -115,6 +115,7 @@ def record_to_json(record: JobRecord) -> dict[str, Any]:
         "stdout": record.stdout,
         "stderr": record.stderr,
         "allocated_tres": dict(record.allocated_tres),
+        "elapsed_s": record.elapsed_s,
     }
 
 
@@ -264,6 +265,8 @@ def record_from_json(data: object) -> JobRecord:
         stdout=r.opt_text("stdout"),
         stderr=r.opt_text("stderr"),
         allocated_tres=r.str_map("allocated_tres"),
+        # added after the others: a sender that predates it omits it, and so says nothing of the elapsed time
+        elapsed_s=r.opt_integer("elapsed_s") if "elapsed_s" in r.data else None,
     )
 
 

@@ -63,6 +63,7 @@ RECORD = JobRecord(
     stdout="/scratch/42.out",
     stderr=None,
     allocated_tres={"cpu": "2", "gres/gpu:a100": "1"},
+    elapsed_s=61,
 )
 
 INFO = ClusterInfo(
@@ -114,6 +115,13 @@ def test_request_round_trip() -> None:
 def test_record_round_trip_is_exact() -> None:
     assert record_from_json(through_the_wire(record_to_json(RECORD))) == RECORD
     assert records_from_json(through_the_wire([record_to_json(RECORD)] * 2)) == [RECORD, RECORD]
+
+
+def test_a_record_from_a_sender_that_knows_no_elapsed_time_has_none() -> None:
+    """elapsed_s came later than the other fields: an older agent's record lacks it, and says nothing of it."""
+    older = record_to_json(RECORD)
+    del older["elapsed_s"]
+    assert record_from_json(through_the_wire(older)) == replace(RECORD, elapsed_s=None)
 
 
 def test_cluster_info_and_health_round_trip() -> None:
