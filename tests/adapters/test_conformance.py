@@ -1,9 +1,11 @@
 """Adapter conformance: ONE module, run for every (adapter x Slurm release) pair the lab has.
 
-On the host it covers the slurmrestd and CLI adapters on every lab cluster; inside the sid chroot (see
-tests/adapters/test_pyslurm_in_chroot.py) the very same module runs for the pyslurm adapter. Every claim is
-checked against real daemons, and every field is read back through the test's own ``scontrol``, never only
-through the adapter under test.
+On the host it covers the slurmrestd and CLI adapters on every lab cluster, and the agent path: the broker's
+``AgentAdapter``, whose calls become orders that a real broker process (run as an unprivileged user, holding
+no Slurm key) hands to a real ``conveyor-agent`` with slurmrestd inside (tests/adapters/agent_fleet.py).
+Inside the sid chroot (see tests/adapters/test_pyslurm_in_chroot.py) the very same module runs for the pyslurm
+adapter. Every claim is checked against real daemons, and every field is read back through the test's own
+``scontrol``, never only through the adapter under test.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -41,11 +43,15 @@ from slurm_adapters.interface import SlurmAdapter
 from slurm_adapters.records import SlurmJobSpec, SlurmJobState, SubmitContext
 from tests.lab import SUBMIT_USER, Cluster, clusters, job_dir, make_adapter, new_tag, wait_for_job, wait_until
 
+if TYPE_CHECKING:  # the agent kind's fleet needs the broker, which the sid chroot's venv (pyslurm) lacks
+    from tests.adapters.agent_fleet import AgentFleet
+
 pytestmark = pytest.mark.lab
 
 OTHER_USER = "bob"  # the lab's second person: a user the site policy accepts, but not the job's owner
 
-KINDS = os.environ.get("CONVEYOR_ADAPTERS", "rest,cli").split(",")
+KINDS = os.environ.get("CONVEYOR_ADAPTERS", "rest,cli,agent").split(",")
+AGENT_INSIDE = "rest"  # the adapter each lab agent runs at the site (tests/agentlink/harness.py)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -63,11 +69,31 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture
-async def adapter(case: tuple[str, Cluster]) -> AsyncIterator[SlurmAdapter]:
+async def adapter(case: tuple[str, Cluster], request: pytest.FixtureRequest) -> AsyncIterator[SlurmAdapter]:
     kind, cluster = case
+    if kind == "agent":
+        fleet: AgentFleet = request.getfixturevalue("agent_fleet")
+        fleet.wait_connected(cluster.name)  # a test before may have made the agent reconnect
+        async with fleet.link() as link:
+            instance: SlurmAdapter = link.adapter(cluster.name, fleet.adapter_config(cluster))
+            yield instance
+            await instance.aclose()
+        return
     instance = make_adapter(kind, cluster)
     yield instance
     await instance.aclose()
+
+
+def site_kind(case: tuple[str, Cluster]) -> str:
+    """The adapter that talks to Slurm: the kind itself, or the one inside the agent."""
+    kind, _ = case
+    return AGENT_INSIDE if kind == "agent" else kind
+
+
+def cancel_tag(adapter: SlurmAdapter, spec: SlurmJobSpec) -> str | None:
+    """An agent cancels only by Slurm id AND tag (ids are re-issued after a controller crash); the direct
+    adapters are checked cancelling by id alone."""
+    return spec.tag if adapter.kind == "agent" else None
 
 
 @pytest.fixture
@@ -247,7 +273,7 @@ async def test_health_says_since_when_slurmctld_has_run(adapter: SlurmAdapter, c
 
 
 async def test_health_vouches_from_slurmctlds_boot_where_the_adapter_can_read_it(
-    adapter: SlurmAdapter, cluster: Cluster
+    case: tuple[str, Cluster], adapter: SlurmAdapter, cluster: Cluster
 ) -> None:
     """cli and pyslurm read slurmctld's boot time, which Slurm's daily statistics reset (midnight UTC) does not
     move; slurmrestd serves no boot time, so rest vouches only from the statistics' start, never earlier."""
@@ -255,7 +281,7 @@ async def test_health_vouches_from_slurmctlds_boot_where_the_adapter_can_read_it
     booted = boot_time(cluster.slurm("scontrol", "show", "config"))
     assert booted is not None
     assert health.up_since is not None
-    if adapter.kind == "rest":
+    if site_kind(case) == "rest":
         assert health.up_since >= booted
     else:
         assert health.up_since == booted
@@ -285,7 +311,7 @@ async def test_time_over_max_time(adapter: SlurmAdapter, cluster: Cluster) -> No
         assert record.reason == "PartitionTimeLimit"
         assert record.never_starts
     finally:
-        await adapter.cancel(job_id, SUBMIT_USER)
+        await adapter.cancel(job_id, SUBMIT_USER, tag=cancel_tag(adapter, spec))
 
 
 async def test_running_job_is_cancelled(adapter: SlurmAdapter, cluster: Cluster) -> None:
@@ -293,11 +319,15 @@ async def test_running_job_is_cancelled(adapter: SlurmAdapter, cluster: Cluster)
     job_id = await adapter.submit(spec, SUBMIT_USER)
     running = await wait_for_job(adapter, job_id, {SlurmJobState.RUNNING})
     assert running.state is SlurmJobState.RUNNING, running
-    await adapter.cancel(job_id, SUBMIT_USER)
+    if adapter.kind == "agent":
+        with pytest.raises(InvalidRequest, match="only by Slurm id and tag"):
+            await adapter.cancel(job_id, SUBMIT_USER)
+        assert cluster.show_job(job_id)["JobState"] == "RUNNING"
+    await adapter.cancel(job_id, SUBMIT_USER, tag=cancel_tag(adapter, spec))
     record = await wait_for_job(adapter, job_id, {SlurmJobState.CANCELLED}, timeout_s=30)
     assert record.state is SlurmJobState.CANCELLED
     assert cluster.show_job(job_id)["JobState"] == "CANCELLED"
-    await adapter.cancel(job_id, SUBMIT_USER)  # cancelling a finished job is not an error
+    await adapter.cancel(job_id, SUBMIT_USER, tag=cancel_tag(adapter, spec))  # a finished job: not an error
 
 
 def submit_context(spec: SlurmJobSpec, not_after: datetime) -> SubmitContext:
@@ -306,8 +336,8 @@ def submit_context(spec: SlurmJobSpec, not_after: datetime) -> SubmitContext:
 
 def call_deadline_s(case: tuple[str, Cluster]) -> float:
     """The adapter's own call deadline, as the lab configures it (the submit fence measures with it)."""
-    kind, cluster = case
-    return adapter_config(kind, cluster).timeout_s
+    _, cluster = case
+    return adapter_config(site_kind(case), cluster).timeout_s
 
 
 async def test_cancel_by_tag_cancels_only_the_job_that_still_carries_it(
@@ -368,14 +398,15 @@ async def test_list_finds_jobs_by_tag_finished_ones_included(adapter: SlurmAdapt
         assert {finished_id, live_id} <= {r.job_id for r in prefixed}
         assert all((r.tag or "").startswith("cvy-test-list-") for r in prefixed)
     finally:
-        await adapter.cancel(live_id, SUBMIT_USER)
+        await adapter.cancel(live_id, SUBMIT_USER, tag=cancel_tag(adapter, pending))
 
 
 async def test_unknown_job_id_is_not_found(adapter: SlurmAdapter) -> None:
     with pytest.raises(JobNotFound):
         await adapter.get_job(987_654_321)
+    tag = new_tag("unknown") if adapter.kind == "agent" else None
     with pytest.raises(JobNotFound):
-        await adapter.cancel(987_654_321, SUBMIT_USER)
+        await adapter.cancel(987_654_321, SUBMIT_USER, tag=tag)
 
 
 async def test_privileged_and_system_users_are_refused(adapter: SlurmAdapter, cluster: Cluster) -> None:
@@ -383,15 +414,17 @@ async def test_privileged_and_system_users_are_refused(adapter: SlurmAdapter, cl
     for user in ("root", "daemon", "munge"):
         with pytest.raises(UnsafeRequest):
             await adapter.submit(spec, user)
-        with pytest.raises(UnsafeRequest):
-            adapter.render(spec, user)
+        if adapter.kind != "agent":  # the broker renders nothing for an agent: the site refuses (above)
+            with pytest.raises(UnsafeRequest):
+                adapter.render(spec, user)
 
 
 async def test_defect_02_daemon_accounts_are_refused_at_every_submit(adapter: SlurmAdapter, cluster: Cluster) -> None:
     spec = simple_spec(cluster, "true\n", "daemon")
     for user in ("slurm", "nobody"):
-        with pytest.raises(UnsafeRequest):
-            adapter.render(spec, user)
+        if adapter.kind != "agent":  # the broker renders nothing for an agent: the site refuses (below)
+            with pytest.raises(UnsafeRequest):
+                adapter.render(spec, user)
         with pytest.raises(UnsafeRequest):
             await adapter.submit(spec, user)
 
@@ -424,7 +457,7 @@ async def test_render_shows_what_submit_sends(adapter: SlurmAdapter, cluster: Cl
     assert spec.tag in repr(rendering.payload)
 
 
-async def test_cluster_info_matches_the_lab(adapter: SlurmAdapter, cluster: Cluster) -> None:
+async def test_cluster_info_matches_the_lab(case: tuple[str, Cluster], adapter: SlurmAdapter, cluster: Cluster) -> None:
     info = await adapter.cluster_info()
     assert info.cluster == cluster.name
     partitions = {p.name: p for p in info.partitions}
@@ -433,7 +466,7 @@ async def test_cluster_info_matches_the_lab(adapter: SlurmAdapter, cluster: Clus
         assert got.max_time_min == expected["max_time_min"]
         assert got.default_time_min == expected["default_time_min"]
         if got.default is None:  # only slurmrestd's v0.0.40-42 cannot tell (Slurm 24.11 serves no newer one)
-            assert (adapter.kind, cluster.short_release) == ("rest", "24.11")
+            assert (site_kind(case), cluster.short_release) == ("rest", "24.11")
         else:
             assert got.default == expected["default"]
         assert sorted(got.nodes) == sorted(expected["nodes"])
@@ -449,6 +482,11 @@ async def test_wrong_credential_is_an_authentication_error(
     case: tuple[str, Cluster], cluster: Cluster, tmp_path: Path
 ) -> None:
     kind, _ = case
+    if kind == "agent":
+        pytest.skip(
+            "the broker holds no Slurm credential to get wrong: the agent's slurmrestd key is the rest adapter's, "
+            "checked under kind rest; a wrong agent key is refused by the broker (tests/api/test_agent_auth.py)"
+        )
     if kind == "rest":
         from slurm_adapters.rest import RestAdapter
 

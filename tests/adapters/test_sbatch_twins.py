@@ -10,16 +10,19 @@ One cluster per release runs these: the one with the most nodes in its GPU parti
 one is 22.05's alpha; 24.11's and 26.05's GPU partitions have one node, so there the layout is one node's).
 One pair per (adapter, cluster) serves the layout, resource and environment tests; the endings (failed,
 killed, cancelled, timed out) run for every release and adapter at once, since a timeout takes Slurm a
-minute and more (the module takes about 100 s, 90 of them that minute). The pyslurm adapter is not in this
-module (it runs only inside the sid chroot, whose venv has no broker); test_conformance checks its layout.
+minute and more (the module takes about 100 s, 90 of them that minute). Kind ``agent`` is the broker's
+AgentAdapter, through a real broker process and a real agent with slurmrestd inside (tests/adapters/agent_fleet.py).
+The pyslurm adapter is not in this module (it runs only inside the sid chroot, whose venv has no broker);
+test_conformance checks its layout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,12 +34,14 @@ from broker.jobs.translate import batch_script, to_slurm_spec
 from conveyor.spec import JobSpec
 from dev.lab.factories_config import allowed_users, factory_entry
 from slurm_adapters.convert import parse_duration_min, parse_gres, parse_key_values
+from slurm_adapters.interface import SlurmAdapter
 from slurm_adapters.records import SlurmJobSpec, SlurmJobState
+from tests.adapters.agent_fleet import AgentFleet
 from tests.lab import SUBMIT_USER, Cluster, clusters, job_dir, load_lab, make_adapter, new_tag, wait_for_job, wait_until
 
 pytestmark = pytest.mark.lab
 
-KINDS = os.environ.get("CONVEYOR_ADAPTERS", "rest,cli").split(",")
+KINDS = os.environ.get("CONVEYOR_ADAPTERS", "rest,cli,agent").split(",")
 PROJECT = "EHPC-AIF-2026PG01-1147"
 ENV_DUMP = "env.dump"
 
@@ -227,19 +232,36 @@ DUMP_SCRIPT = f'#!/bin/bash\nenv -0 > "{ENV_DUMP}.$SLURM_JOB_ID"\n'
 _PAIRS: dict[tuple[str, str], Pair] = {}
 
 
-async def run_pair(kind: str, cluster: Cluster) -> Pair:
+def agent_fleet_if_needed(request: pytest.FixtureRequest, kinds: list[str]) -> AgentFleet | None:
+    """The session's agent fleet, started only when kind ``agent`` is among ``kinds``."""
+    return request.getfixturevalue("agent_fleet") if "agent" in kinds else None
+
+
+@contextlib.asynccontextmanager
+async def open_adapter(kind: str, cluster: Cluster, fleet: AgentFleet | None) -> AsyncIterator[SlurmAdapter]:
+    """The adapter of ``kind`` for ``cluster``; kind ``agent`` is the broker's AgentAdapter on ``fleet``."""
+    async with contextlib.AsyncExitStack() as stack:
+        if kind == "agent":
+            assert fleet is not None
+            fleet.wait_connected(cluster.name)
+            link = await stack.enter_async_context(fleet.link())
+            adapter: SlurmAdapter = link.adapter(cluster.name, fleet.adapter_config(cluster))
+        else:
+            adapter = make_adapter(kind, cluster)
+        stack.push_async_callback(adapter.aclose)
+        yield adapter
+
+
+async def run_pair(kind: str, cluster: Cluster, fleet: AgentFleet | None) -> Pair:
     """The dump job submitted through the adapter as the broker renders it, and by sbatch; both waited for."""
     spec = job_spec(cluster, DUMP_SCRIPT)
     rendered = broker_rendering(cluster, spec)
-    adapter = make_adapter(kind, cluster)
-    try:
+    async with open_adapter(kind, cluster, fleet) as adapter:
         broker_id = await adapter.submit(rendered, SUBMIT_USER)
         twin_id = submit_twin(cluster, rendered, spec)
         for job_id in (broker_id, twin_id):
             record = await wait_for_job(adapter, job_id, {SlurmJobState.COMPLETED}, timeout_s=120)
             assert record.state is SlurmJobState.COMPLETED, record
-    finally:
-        await adapter.aclose()
     directory = rendered.working_directory
     for job_id in (broker_id, twin_id):
         wait_until(lambda: cluster.host_path(f"{directory}/{ENV_DUMP}.{job_id}").exists(), 10, "the env dump")  # noqa: B023
@@ -258,12 +280,12 @@ async def run_pair(kind: str, cluster: Cluster) -> Pair:
 
 
 @pytest.fixture
-async def pair(case: tuple[str, Cluster]) -> Pair:
+async def pair(case: tuple[str, Cluster], request: pytest.FixtureRequest) -> Pair:
     """One pair per (adapter, cluster), shared by the tests of this module."""
     kind, cluster = case
     key = (kind, cluster.name)
     if key not in _PAIRS:
-        _PAIRS[key] = await run_pair(kind, cluster)
+        _PAIRS[key] = await run_pair(kind, cluster, agent_fleet_if_needed(request, [kind]))
     return _PAIRS[key]
 
 
@@ -377,7 +399,7 @@ def cancel_twin(cluster: Cluster, job_id: int) -> None:
     assert result.returncode == 0, result.stderr
 
 
-async def end_case(cluster: Cluster, ending: str) -> list[dict[str, Any]]:
+async def end_case(cluster: Cluster, ending: str, fleet: AgentFleet | None) -> list[dict[str, Any]]:
     """One ending on one cluster: the job through every adapter and once by sbatch; what each adapter,
     scontrol and the twin say."""
     spec = job_spec(
@@ -392,7 +414,8 @@ async def end_case(cluster: Cluster, ending: str) -> list[dict[str, Any]]:
         time_limit_min=1 if ending == "timeout" else 3,
     )
     rendered = broker_rendering(cluster, spec)
-    adapters = {kind: make_adapter(kind, cluster) for kind in KINDS}
+    opened = contextlib.AsyncExitStack()
+    adapters = {kind: await opened.enter_async_context(open_adapter(kind, cluster, fleet)) for kind in KINDS}
     ids: dict[str, int] = {}
     twin_id = 0
     try:
@@ -402,7 +425,7 @@ async def end_case(cluster: Cluster, ending: str) -> list[dict[str, Any]]:
         if ending == "cancelled":
             for kind, adapter in adapters.items():
                 await wait_for_job(adapter, ids[kind], {SlurmJobState.RUNNING}, timeout_s=120)
-                await adapter.cancel(ids[kind], SUBMIT_USER)
+                await adapter.cancel(ids[kind], SUBMIT_USER, tag=rendered.tag if kind == "agent" else None)
             await wait_for_job(reader, twin_id, {SlurmJobState.RUNNING}, timeout_s=120)
             cancel_twin(cluster, twin_id)
         records = {
@@ -410,8 +433,7 @@ async def end_case(cluster: Cluster, ending: str) -> list[dict[str, Any]]:
         }
         await wait_for_job(reader, twin_id, set(), timeout_s=170)
     finally:
-        for adapter in adapters.values():
-            await adapter.aclose()
+        await opened.aclose()
         if leftovers := [str(job_id) for job_id in (*ids.values(), twin_id) if job_id]:
             cluster.slurm("scancel", *leftovers)  # a failed wait must not leave sleepers holding the CPUs
     twin = cluster.show_job(twin_id)
@@ -432,13 +454,14 @@ async def end_case(cluster: Cluster, ending: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.timeout(300)
-async def test_every_end_is_the_twins() -> None:
+async def test_every_end_is_the_twins(request: pytest.FixtureRequest) -> None:
     """Failed, killed by a signal, cancelled, then timed out (Slurm takes a minute and more): on every release
     at once, each adapter reports Slurm's exit code and signal, and they are the sbatch twin's."""
     lab = release_clusters()
-    quick = [end_case(cluster, ending) for cluster in lab for ending in ENDINGS if ending != "timeout"]
+    fleet = agent_fleet_if_needed(request, KINDS)
+    quick = [end_case(cluster, ending, fleet) for cluster in lab for ending in ENDINGS if ending != "timeout"]
     results = [result for case in await asyncio.gather(*quick) for result in case]
-    slow = [end_case(cluster, "timeout") for cluster in lab]
+    slow = [end_case(cluster, "timeout", fleet) for cluster in lab]
     results += [result for case in await asyncio.gather(*slow) for result in case]
     for result in results:
         state, exit_code, signal = result["adapter"]

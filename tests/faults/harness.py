@@ -81,7 +81,8 @@ class BrokerProcess:
     """``python -m app`` on one database, one Factory file and one port, across kills and restarts.
 
     ``run_loops`` off: an API process only (no dispatcher, reconciler or health loop); ``extra_env`` adds or overrides
-    ``CONVEYOR_*`` settings (they win over ``FAST_LOOPS``)."""
+    ``CONVEYOR_*`` settings (they win over ``FAST_LOOPS``); ``run_as`` prefixes the command (e.g. a ``setpriv``
+    that drops to an unprivileged user)."""
 
     workdir: Path
     database_url: str
@@ -89,6 +90,7 @@ class BrokerProcess:
     port: int = field(default_factory=free_port)
     run_loops: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
+    run_as: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     incarnation: int = 0
     logs: list[Path] = field(default_factory=list)
@@ -134,7 +136,7 @@ class BrokerProcess:
         self.logs.append(log)
         with log.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "app"], cwd=REPO, env=self.env(failpoints), stdout=out, stderr=out
+                [*self.run_as, sys.executable, "-m", "app"], cwd=REPO, env=self.env(failpoints), stdout=out, stderr=out
             )
 
     def wait_ready(self, timeout_s: float) -> None:
