@@ -111,8 +111,31 @@ class AgentFleet:
 
 
 def start_fleet(clusters: list[Cluster]) -> AgentFleet:
-    """Start the broker (as nobody) and one agent per cluster; return once every agent holds its lease."""
+    """Start the broker (as nobody) and one agent per cluster; return once every agent holds its lease. A start
+    that fails stops what it started and removes its directory."""
     directory = Path(tempfile.mkdtemp(prefix="conveyor-agent-conformance-"))
+    fleet: AgentFleet | None = None
+    try:
+        fleet = _prepare(directory, clusters)
+        fleet.broker.start()
+        for cluster in clusters:
+            agent = AgentProcess(directory / f"agent-{cluster.name}", cluster, cluster.name, fleet.broker.base_url)
+            agent.workdir.chmod(0o700)  # the agent's private key: root's alone
+            register_agent_keys(fleet.broker, cluster.name, agent.public_jwks)
+            agent.start()
+            fleet.agents[cluster.name] = agent
+        for cluster in clusters:
+            fleet.wait_connected(cluster.name, timeout_s=60)
+    except BaseException:
+        if fleet is not None:
+            fleet.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return fleet
+
+
+def _prepare(directory: Path, clusters: list[Cluster]) -> AgentFleet:
+    """The broker's files, owned by nobody: its workdir and a migrated SQLite file; the agents' Factory file."""
     directory.chmod(0o755)  # nobody must reach its own workdir below; the agents' dirs stay root's (0700)
     uid, gid = nobody_ids()
     broker_dir = directory / "broker"
@@ -136,23 +159,7 @@ def start_fleet(clusters: list[Cluster]) -> AgentFleet:
         extra_env=dict(TIMINGS_ENV),
         run_as=UNPRIVILEGED,
     )
-    agents: dict[str, AgentProcess] = {}
-    fleet = AgentFleet(directory, database_url, broker, agents)
-    try:
-        broker.start()
-        for cluster in clusters:
-            agent_dir = directory / f"agent-{cluster.name}"
-            agent = AgentProcess(agent_dir, cluster, cluster.name, broker.base_url)
-            agent_dir.chmod(0o700)
-            register_agent_keys(broker, cluster.name, agent.public_jwks)
-            agent.start()
-            agents[cluster.name] = agent
-        for cluster in clusters:
-            fleet.wait_connected(cluster.name, timeout_s=60)
-    except BaseException:
-        fleet.stop()
-        raise
-    return fleet
+    return AgentFleet(directory, database_url, broker, {})
 
 
 def remove_fleet(fleet: AgentFleet) -> None:
