@@ -18,6 +18,7 @@ from agent import __version__
 from agent.clock import BrokerClock
 from agent.config import AgentConfig, AgentConfigError, load_config
 from agent.executor import Executor, PauseSwitch
+from agent.failpoints import UnknownFailpoint, active_failpoints
 from agent.keys import KeyFileError, generate_jwk, load_signing_key, public_jwk, write_private_jwk
 from agent.link import BrokerLink
 from agent.policy import SitePolicyFile, load_policy
@@ -78,14 +79,14 @@ async def check(config: AgentConfig) -> int:
     return 0 if health.ok else 1
 
 
-async def run(config: AgentConfig) -> int:
+async def run(config: AgentConfig, failpoints: frozenset[str] = frozenset()) -> int:
     key = load_signing_key(config.key_file)
     policy = load_policy_for(config)
     adapter = build_adapter(config.adapter)
     link = BrokerLink(config.broker_url, factory=config.factory, audience=config.audience, key=key,
                       ca_file=config.ca_file)  # fmt: skip
     executor = Executor(adapter, policy, BrokerClock(), PauseSwitch(config.pause_file),
-                        deadline_s=config.adapter.timeout_s)  # fmt: skip
+                        deadline_s=config.adapter.timeout_s, failpoints=failpoints)  # fmt: skip
     agent = Agent(link, executor, concurrency=config.concurrency, report_batch=config.report_batch,
                   shutdown_grace_s=config.shutdown_grace_s)  # fmt: skip
     stop = asyncio.Event()
@@ -108,12 +109,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "keygen":
             return keygen(args.kid, args.out)
+        failpoints = active_failpoints()  # tests only; checked first, a typo must not pass
         config = load_config(args.config)
         if args.command == "check":
             return asyncio.run(check(config))
         logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return asyncio.run(run(config))
-    except (AgentConfigError, KeyFileError) as exc:
+        return asyncio.run(run(config, failpoints))
+    except (AgentConfigError, KeyFileError, UnknownFailpoint) as exc:
         print(f"conveyor-agent: {exc}", file=sys.stderr)
         return 2
 

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from agent.backoff import Backoff
 from agent.clock import BrokerClock
+from agent.failpoints import failpoint
 from agent.policy import Refusal, SitePolicyFile
 from slurm_adapters import codec
 from slurm_adapters.agent_protocol import CancelOrder, Order, ReadOrder, Report, SubmitOrder
@@ -117,6 +118,7 @@ class Executor:
         *,
         deadline_s: float,
         site_backoff: SiteBackoff | None = None,
+        failpoints: frozenset[str] = frozenset(),
     ) -> None:
         self.adapter = adapter
         self.policy = policy
@@ -124,6 +126,7 @@ class Executor:
         self.pause = pause
         self.deadline_s = deadline_s
         self.site_backoff = site_backoff or SiteBackoff()
+        self.failpoints = failpoints  # tests only (agent/failpoints.py)
         self.lease = Lease()
         self._orders = _Recent(REMEMBERED)
         self._attempts = _Recent(REMEMBERED)
@@ -192,7 +195,10 @@ class Executor:
             self._check_window(order.not_after, "submit")
             if self.pause.paused:  # switched while this order waited
                 raise Refusal(PAUSED_REASON, SiteError)
-            return await self.adapter.submit(decision.spec, decision.site_user, context)
+            failpoint(self.failpoints, "before_submit")
+            submitted = await self.adapter.submit(decision.spec, decision.site_user, context)
+            failpoint(self.failpoints, "after_submit")
+            return submitted
 
         job_id = await self._slurm(call, order.not_after)
         log.info("order %s: attempt %s is Slurm job %s as %s", order.id, order.attempt, job_id, decision.site_user)
