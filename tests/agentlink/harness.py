@@ -29,14 +29,18 @@ from tests.faults.harness import REPO, TOKEN, BrokerProcess
 AUDIENCE = "conveyor"  # the broker's default audience for agent (and Antenna) assertions
 
 
-def agent_factories_file(lab_factories: Path, clusters: dict[str, str], directory: Path) -> Path:
+def agent_factories_file(
+    lab_factories: Path, clusters: dict[str, str], directory: Path, *, order_timeout_s: float | None = None
+) -> Path:
     """A copy of the lab's Factory file with only the Factories in ``clusters`` (Factory id -> cluster name),
-    each reached through its agent: no URL, no key, nothing the broker could reach Slurm with."""
+    each reached through its agent: no URL, no key, nothing the broker could reach Slurm with. ``order_timeout_s``
+    (the agent adapter's ``timeout_s``) sets the Factory's submit window: it + SUBMIT_SLACK_S."""
+    extra = {} if order_timeout_s is None else {"timeout_s": order_timeout_s}
     document = json.loads(lab_factories.read_text())
     kept = []
     for entry in document["factories"]:
         if entry["id"] in clusters:
-            kept.append({**entry, "adapter": {"kind": "agent", "cluster": clusters[entry["id"]]}})
+            kept.append({**entry, "adapter": {"kind": "agent", "cluster": clusters[entry["id"]], **extra}})
     missing = set(clusters) - {entry["id"] for entry in kept}
     assert not missing, f"the lab's Factory file {lab_factories} lacks {sorted(missing)}"
     path = directory / "factories.json"
@@ -114,13 +118,15 @@ class AgentProcess:
         assert self.process is not None, "the agent was never started"
         return self.process.pid
 
-    def start(self) -> None:
-        """A new incarnation (the previous one must have ended): nothing carries over but the key file."""
+    def start(self, env: dict[str, str] | None = None) -> None:
+        """A new incarnation (the previous one must have ended): nothing carries over but the key file. ``env``
+        adds variables (e.g. ``CONVEYOR_AGENT_FAILPOINTS``) to the inherited ones, which lose every
+        ``CONVEYOR_*``."""
         assert self.process is None or self.process.poll() is not None, "the previous agent still runs"
         self.incarnation += 1
         log = self.workdir / f"agent-{self.incarnation}.log"
         self.logs.append(log)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}, **(env or {})}
         with log.open("wb") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "agent", "run", "--config", str(self.config_file)],
@@ -146,6 +152,10 @@ class AgentProcess:
         if self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGTERM)
         return self.process.wait(timeout=timeout_s)
+
+    def log_text(self) -> str:
+        """Every incarnation's log, oldest first."""
+        return "".join(log.read_text(errors="replace") for log in self.logs if log.exists())
 
     def log_tail(self, lines: int = 40) -> str:
         if not self.logs:

@@ -1,9 +1,11 @@
 """Fixtures of the fault tests: the lab's expendable cluster, a workspace on it, broker processes per test.
 
 The broker only ever sees the expendable cluster ``echo`` (a Factory file of its own): its slurmctld is the one
-tests may SIGKILL, and every job these tests submit goes there. Databases are fresh per broker: a copy of a
-migrated SQLite file, or a new database on the project's PostgreSQL (tests/db's fixtures and backends). Every
-fault test that can runs on both (``database``); ``-m "not postgresql"`` deselects the PostgreSQL half.
+tests may SIGKILL, and every job these tests submit goes there. The agent fault tests' broker reaches echo only
+through ``conveyor-agent`` processes (:func:`agent_broker`, :func:`new_agent`). Databases are fresh per broker:
+a copy of a migrated SQLite file, or a new database on the project's PostgreSQL (tests/db's fixtures and
+backends). Every fault test that can runs on both (``database``); ``-m "not postgresql"`` deselects the PostgreSQL
+half.
 
 echo's slurmctld is shared with every other lab test run on this machine. A test whose slurmctld was restarted
 by someone else while it ran says so when it fails: Slurm forgetting or rerunning jobs is then no evidence
@@ -26,6 +28,7 @@ from dev.lab import procs
 from dev.lab.factories_config import CLOCK_SKEW_S
 from dev.lab.view import lab_json_path
 from slurm_adapters.cli.cluster import sdiag_facts
+from tests.agentlink.harness import AgentProcess, agent_factories_file, register_agent_keys
 from tests.db import conftest as database_fixtures
 from tests.faults.harness import BrokerProcess, Workspace, factories_file_with
 from tests.lab import Cluster, clusters
@@ -245,3 +248,74 @@ def broker(database: str, new_broker: NewBroker) -> BrokerProcess:
 def postgres_broker(new_broker: NewBroker) -> BrokerProcess:
     """A broker (not started) on a fresh PostgreSQL database, for the tests that only PostgreSQL can have."""
     return new_broker("postgresql", "broker")
+
+
+# --- the agent fault tests ------------------------------------------------------------------------------
+
+# Fast agent timings: a lapsed session or lease is noticed within seconds.
+AGENT_TIMINGS = {
+    "CONVEYOR_AGENT_HEARTBEAT_S": "1",
+    "CONVEYOR_AGENT_LEASE_S": "3",
+    "CONVEYOR_AGENT_SESSION_TTL_S": "6",
+    "CONVEYOR_AGENT_POLL_WAIT_S": "5",
+}
+# The agent Factory's order timeout: its submit window is this + SUBMIT_SLACK_S (15 s), so an attempt in doubt is
+# settled 15 s + echo's MessageTimeout (10 s) + its clock skew after it began, instead of 46 s with the default.
+AGENT_ORDER_TIMEOUT_S = 10.0
+
+
+@pytest.fixture
+def agent_broker(
+    database: str, tmp_path: Path, new_database_url: NewDatabase, echo: Cluster
+) -> Iterator[BrokerProcess]:
+    """A broker (started) that reaches echo only through an agent; stopped by its PID at the end."""
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    factories = agent_factories_file(lab_json_path().with_name("factories.yaml"), {echo.name: echo.name}, tmp_path,
+                                     order_timeout_s=AGENT_ORDER_TIMEOUT_S)  # fmt: skip
+    broker = BrokerProcess(
+        workdir=workdir, database_url=new_database_url(database, workdir), factories_file=factories,
+        extra_env=dict(AGENT_TIMINGS),
+    )  # fmt: skip
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+NewAgent = Callable[..., AgentProcess]
+
+
+@pytest.fixture
+def new_agent(tmp_path: Path, echo: Cluster, agent_broker: BrokerProcess) -> Iterator[NewAgent]:
+    """``new_agent(name, kid=..., broker_url=...)``: an agent of echo (not started, key not registered) working in
+    ``tmp_path/name``, dialling ``broker_url`` (default: the broker itself). Every agent made is SIGKILLed by its
+    PID at the end."""
+    made: list[AgentProcess] = []
+
+    def make(name: str, *, kid: str = "lab-agent-1", broker_url: str | None = None) -> AgentProcess:
+        agent = AgentProcess(tmp_path / name, echo, echo.name, broker_url or agent_broker.base_url, kid=kid)
+        made.append(agent)
+        return agent
+
+    try:
+        yield make
+    finally:
+        for agent in made:
+            if agent.running():
+                agent.kill()
+
+
+def register_agents(broker: BrokerProcess, *agents: AgentProcess) -> None:
+    """Register exactly these agents' keys as echo's (replacing any before)."""
+    register_agent_keys(broker, EXPENDABLE, {"keys": [key for agent in agents for key in agent.public_jwks["keys"]]})
+
+
+@pytest.fixture
+def echo_agent(agent_broker: BrokerProcess, new_agent: NewAgent) -> AgentProcess:
+    """echo's agent (started, its key registered); SIGKILLed by its PID at the end."""
+    agent = new_agent("agent")
+    register_agents(agent_broker, agent)
+    agent.start()
+    return agent

@@ -2,9 +2,9 @@
 
 The broker runs exactly as in production: ``python -m app`` (uvicorn, one worker) as a subprocess on a free
 127.0.0.1 port, configured only through ``CONVEYOR_*`` variables, killed and stopped by its PID, restarted on
-the same database and port. Each test job runs ``echo "$TAG $SLURM_JOB_ID $EPOCHREALTIME" >> LEDGER`` (one
-short O_APPEND write: atomic), so the ledger says how many times, and when, each accepted job really ran,
-whatever the broker believes.
+the same database and port. Each test job runs ``echo "$TAG $SLURM_JOB_ID $EPOCHREALTIME $SLURM_CLUSTER_NAME"
+>> LEDGER`` (one short O_APPEND write: atomic), so the ledger says how many times, when and where each accepted
+job really ran, whatever the broker believes.
 
 :func:`check_exactly_once` is the invariant of issue #3, checked from three independent sides: the broker's
 own answers (state, Slurm id, events), the ledger written by the jobs themselves, and the test's own
@@ -237,21 +237,23 @@ class Workspace:
 
 @dataclass(frozen=True)
 class LedgerLine:
-    """One run of a job, as the job itself wrote it: its tag, Slurm job id and the time it ran (host clock)."""
+    """One run of a job, as the job itself wrote it: its tag, Slurm job id, the time it ran (host clock) and the
+    cluster it ran on."""
 
     tag: str
     slurm_id: str
     at: datetime | None  # None if the line carries no time
+    cluster: str = ""  # "" if the line carries none
 
 
 def parse_ledger(text: str) -> list[LedgerLine]:
     entries = []
     for line in text.splitlines():
-        tag, slurm_id, at, *_ = [*line.split(), "", "", ""]
+        tag, slurm_id, at, cluster, *_ = [*line.split(), "", "", "", ""]
         if tag:
             # $EPOCHREALTIME uses the locale's decimal point.
             when = datetime.fromtimestamp(float(at.replace(",", ".")), UTC) if at else None
-            entries.append(LedgerLine(tag, slurm_id, when))
+            entries.append(LedgerLine(tag, slurm_id, when, cluster))
     return entries
 
 
@@ -275,12 +277,15 @@ class Submission:
         return self.answers[-1] if self.answers else None
 
 
+LEDGER_LINE = "$TAG $SLURM_JOB_ID $EPOCHREALTIME $SLURM_CLUSTER_NAME"  # what each run appends to the ledger
+
+
 def job_body(workspace: Workspace, factory_id: str, run: str, tag: str) -> dict[str, Any]:
     """A trivial job that appends ``TAG SLURM_JOB_ID TIME`` to the workspace's ledger (TAG from its environment)."""
     return {
         "name": f"faults-{run}",
         "project": PROJECT,
-        "command": ["bash", "-c", f'echo "$TAG $SLURM_JOB_ID $EPOCHREALTIME" >> {workspace.ledger_inside}'],
+        "command": ["bash", "-c", f'echo "{LEDGER_LINE}" >> {workspace.ledger_inside}'],
         "environment": {"TAG": tag},
         "working_directory": workspace.inside,
         "resources": {"time_limit_min": 2, "memory_mb": 100},

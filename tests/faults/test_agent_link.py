@@ -8,15 +8,12 @@ exactly once (the ledger, the broker's answers and Slurm's own listing agree), o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from dev.lab.view import lab_json_path
-from tests.agentlink.harness import AgentProcess, agent_factories_file, register_agent_keys
-from tests.faults.conftest import NewDatabase, NewWorkspace
+from tests.agentlink.harness import AgentProcess
+from tests.faults.conftest import NewWorkspace
 from tests.faults.harness import (
     TOKEN,
     BrokerProcess,
@@ -26,49 +23,8 @@ from tests.faults.harness import (
     submit_one,
     wait_all_terminal,
 )
-from tests.lab import Cluster
 
 pytestmark = pytest.mark.lab
-
-# Fast agent timings: a lapsed session or lease is noticed within seconds.
-AGENT_TIMINGS = {
-    "CONVEYOR_AGENT_HEARTBEAT_S": "1",
-    "CONVEYOR_AGENT_LEASE_S": "3",
-    "CONVEYOR_AGENT_SESSION_TTL_S": "6",
-    "CONVEYOR_AGENT_POLL_WAIT_S": "5",
-}
-
-
-@pytest.fixture
-def agent_broker(
-    database: str, tmp_path: Path, new_database_url: NewDatabase, echo: Cluster
-) -> Iterator[BrokerProcess]:
-    """A broker (started) that reaches echo only through an agent; stopped by its PID at the end."""
-    workdir = tmp_path / "broker"
-    workdir.mkdir()
-    factories = agent_factories_file(lab_json_path().with_name("factories.yaml"), {echo.name: echo.name}, tmp_path)
-    broker = BrokerProcess(
-        workdir=workdir, database_url=new_database_url(database, workdir), factories_file=factories,
-        extra_env=dict(AGENT_TIMINGS),
-    )  # fmt: skip
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
-@pytest.fixture
-def echo_agent(tmp_path: Path, echo: Cluster, agent_broker: BrokerProcess) -> Iterator[AgentProcess]:
-    """echo's agent (started, its key registered); stopped by its PID at the end."""
-    agent = AgentProcess(tmp_path / "agent", echo, echo.name, agent_broker.base_url)
-    register_agent_keys(agent_broker, echo.name, agent.public_jwks)
-    agent.start()
-    try:
-        yield agent
-    finally:
-        if agent.running():
-            agent.kill()
 
 
 def connected(broker: BrokerProcess, factory_id: str) -> bool:

@@ -21,10 +21,10 @@ from tests.faults.harness import (
 )
 
 
-def test_the_ledger_reads_tag_slurm_id_and_time_per_line() -> None:
-    text = "a-0001 17 1764430000.250000\n\na-0002 18 1764430001,5\na-0001 19\n"
+def test_the_ledger_reads_tag_slurm_id_time_and_cluster_per_line() -> None:
+    text = "a-0001 17 1764430000.250000 echo\n\na-0002 18 1764430001,5\na-0001 19\n"
     assert parse_ledger(text) == [
-        LedgerLine("a-0001", "17", datetime(2025, 11, 29, 15, 26, 40, 250000, UTC)),
+        LedgerLine("a-0001", "17", datetime(2025, 11, 29, 15, 26, 40, 250000, UTC), "echo"),
         LedgerLine("a-0002", "18", datetime(2025, 11, 29, 15, 26, 41, 500000, UTC)),
         LedgerLine("a-0001", "19", None),
     ]
