@@ -2,10 +2,18 @@
 
 Errors come out as two kinds: :class:`SessionLost` (the broker no longer knows the session: open a new one) and
 :class:`LinkDown` (anything else that did not work: back off and try again).
+
+A refused assertion (401, 403: a revoked key, or a clock the broker does not accept) or a 429 closes a gate that
+every request of the link passes, heartbeats, polls and reports alike: until it reopens (growing back-off, or
+the broker's Retry-After), one request at a time probes. The broker counts failed authentications per address
+and locks an address out past a limit, so an agent retrying refused requests at its heartbeat cadence would lock
+out every agent and client behind the same address, its own successor with a new key included.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import email.utils
 import ssl
 import time
@@ -18,6 +26,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from agent import __version__
+from agent.backoff import Backoff
 from agent.config import check_broker_url
 from agent.keys import SigningKey
 from slurm_adapters.agent_protocol import (
@@ -38,6 +47,7 @@ from slurm_adapters.agent_protocol import (
 Answer = TypeVar("Answer", bound=BaseModel)
 
 SESSION_GONE = frozenset({404, 409, 410})
+REFUSED = frozenset({401, 403, 429})  # the broker refuses this agent (for now): all requests wait
 REQUEST_TIMEOUT_S = 15.0
 USER_AGENT = f"conveyor-agent/{__version__}"
 
@@ -72,6 +82,9 @@ class BrokerLink:
         self.audience = audience
         self.key = key
         self.stamp: Callable[[], float] = time.time
+        self.refusals = Backoff(base_s=0.5, cap_s=30.0)
+        self.refused_until = 0.0  # time.monotonic(): no request before it
+        self._gate_moved = asyncio.Event()
         verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
         self.client = httpx.AsyncClient(
             base_url=check_broker_url(base_url),
@@ -103,9 +116,43 @@ class BrokerLink:
     async def report(self, session_id: str, message: Reports) -> ReportsAnswer:
         return await self._post(f"{PREFIX}/sessions/{session_id}/reports", message, ReportsAnswer)
 
+    async def _wait_while_refused(self, budget_s: float) -> None:
+        """While refused, wait for the gate; the request that passes it closes it until its answer (at most its
+        time budget), so the others wait for that answer: one probe at a time."""
+        while (wait_s := self.refused_until - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._gate_moved.wait(), wait_s)
+        if self.refusals.failures:
+            self._move_gate(time.monotonic() + budget_s)
+
+    def _move_gate(self, until: float) -> None:
+        self.refused_until = until
+        self._gate_moved.set()  # wakes the waiters, who read the new time
+        self._gate_moved = asyncio.Event()
+
+    def _probe_failed(self) -> None:
+        """No answer while refused: the gate reopens after the next back-off, not after the probe's budget."""
+        if self.refusals.failures:
+            self._move_gate(time.monotonic() + self.refusals.next_delay())
+
+    def _note(self, response: httpx.Response) -> None:
+        """A refusal closes the gate for a growing while (or the broker's Retry-After); anything else opens it."""
+        if response.status_code not in REFUSED:
+            if response.status_code < 500:
+                self.refusals.reset()
+                self._move_gate(0.0)
+            else:
+                self._probe_failed()
+            return
+        delay = self.refusals.next_delay()
+        with contextlib.suppress(ValueError):
+            delay = max(delay, float(response.headers.get("retry-after", 0)))
+        self._move_gate(time.monotonic() + delay)
+
     async def _post(
         self, path: str, message: BaseModel, answer: type[Answer], *, time_budget_s: float = REQUEST_TIMEOUT_S
     ) -> Answer:
+        await self._wait_while_refused(time_budget_s)
         body = message.model_dump_json().encode()
         request = self.client.build_request(
             "POST",
@@ -130,7 +177,9 @@ class BrokerLink:
         try:
             response = await self.client.send(request)
         except httpx.HTTPError as exc:
+            self._probe_failed()
             raise LinkDown(f"POST {path}: {type(exc).__name__}: {exc}") from exc
+        self._note(response)
         return self._answer(path, response, answer)
 
     @staticmethod
