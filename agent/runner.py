@@ -21,9 +21,24 @@ from agent.clock import BrokerClock
 from agent.executor import Executor, Lease, PauseSwitch
 from agent.link import BrokerLink, LinkDown, SessionLost
 from agent.reports import ReportQueue
-from slurm_adapters.agent_protocol import FEATURES, MAX_REPORTS, Heartbeat, Hello, Order, Poll, Reports, SessionGranted
+from slurm_adapters import codec
+from slurm_adapters.agent_protocol import (
+    FEATURES,
+    MAX_REPORTS,
+    MAX_REPORTS_BYTES,
+    Heartbeat,
+    Hello,
+    Order,
+    Poll,
+    Report,
+    Reports,
+    SessionGranted,
+)
+from slurm_adapters.errors import ClusterUnavailable
 
 log = logging.getLogger("conveyor.agent")
+
+TOO_LARGE = 413
 
 
 @dataclass(slots=True)
@@ -229,10 +244,13 @@ class Agent:
                 await self.session_changed.wait()
                 self.session_changed.clear()
                 continue
-            batch = self.reports.peek(self.report_batch)
+            batch = self.reports.peek(self.report_batch, MAX_REPORTS_BYTES)
             try:
                 await self.link.report(session.granted.session_id, Reports(reports=batch))
             except LinkDown as exc:
+                if exc.status == TOO_LARGE and len(batch) == 1:
+                    self.reports.replace_oldest(self._too_large(batch[0]))
+                    continue
                 delay = backoff.next_delay()
                 log.warning("%d reports not delivered (%s); trying again in %.1f s", len(batch), exc, delay)
                 self.session_changed.clear()
@@ -243,6 +261,18 @@ class Agent:
                 continue
             backoff.reset()
             self.reports.done(len(batch))
+
+    def _too_large(self, report: Report) -> Report:
+        """What the broker is told instead of a report it refused as too large (only a read's result can be; were
+        it a done submit or cancel, the failure says it may have been applied)."""
+        log.error("the report of order %s is larger than the broker accepts: reporting a failure instead",
+                  report.order)  # fmt: skip
+        error = ClusterUnavailable(
+            f"the agent's report of order {report.order} was larger than the broker accepts",
+            cluster=self.executor.adapter.cluster,
+            maybe_applied=report.ok,
+        )
+        return Report(order=report.order, ok=False, error=codec.error_to_json(error), finished_at=report.finished_at)
 
     async def _drain(self, drain: asyncio.Event, reporter: asyncio.Task[None]) -> None:
         """In-flight orders get the grace period; their reports are flushed within the same bound."""

@@ -78,6 +78,9 @@ READ_OPS: Final = frozenset({"get_job", "list_jobs", "accounted_jobs", "read_out
 
 MAX_ORDERS: Final = 500  # per poll answer
 MAX_REPORTS: Final = 500  # per reports request
+# An agent's reports request carries at most this many bytes of reports (at least one report), well within the
+# broker's default body limit (2 MiB): a batch of large listings must never be refused whole, again and again.
+MAX_REPORTS_BYTES: Final = 1024 * 1024
 MAX_WAIT_S: Final = 30.0  # longest long poll
 
 Name = Annotated[str, Field(min_length=1, max_length=255)]
