@@ -104,6 +104,10 @@ class LinkProxy:
     def restore(self) -> None:
         self.is_cut = False
 
+    def _broken(self) -> bool:
+        """Whether the link is cut now (a method: it changes while a request waits)."""
+        return self.is_cut
+
     async def _close(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -129,7 +133,7 @@ class LinkProxy:
                 if exchange is None:  # dropped, or the broker broke the connection: so does the proxy
                     return
                 upstream, status_head, answer = exchange
-                if self.is_cut:
+                if self._broken():
                     return
                 writer.write(status_head + answer.answer_body)
                 await writer.drain()
