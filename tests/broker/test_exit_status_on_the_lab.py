@@ -62,7 +62,9 @@ async def test_defect_12_exit_code_and_signal_are_slurms(broker: Broker) -> None
     for (name, ending), (state, exit_code, signal, slurm_exit) in seen.items():
         assert state is ENDINGS[ending][1], (name, ending, seen)
         assert (exit_code, signal) == parse_exit_code(slurm_exit), (name, ending, seen)
-    # What Slurm said, for the record: cancelled 0:15, killed 0:9, exit 3 is 3:0.
-    assert {seen[(cluster.name, "cancelled")][3] for cluster in lab} == {"0:15"}
+    # What Slurm said, for the record: killed 0:9, exit 3 is 3:0; a cancel's SIGTERM is Slurm's and bash's
+    # timing: the script killed by it (0:15, the usual), bash exiting 128+15 after its sleep was (143:0, seen
+    # once in a whole-suite run), or SIGKILL after KillWait (0:9). The broker serves each exactly (checked above).
+    assert {seen[(cluster.name, "cancelled")][3] for cluster in lab} <= {"0:15", "143:0", "0:9"}
     assert {seen[(cluster.name, "signalled")][3] for cluster in lab} == {"0:9"}
     assert {seen[(cluster.name, "failed")][3] for cluster in lab} == {"3:0"}
