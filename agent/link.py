@@ -36,6 +36,8 @@ from slurm_adapters.agent_protocol import (
     Heartbeat,
     HeartbeatAnswer,
     Hello,
+    Listing,
+    ListingAnswer,
     Orders,
     Poll,
     Reports,
@@ -115,6 +117,9 @@ class BrokerLink:
 
     async def report(self, session_id: str, message: Reports) -> ReportsAnswer:
         return await self._post(f"{PREFIX}/sessions/{session_id}/reports", message, ReportsAnswer)
+
+    async def listing(self, session_id: str, message: Listing) -> ListingAnswer:
+        return await self._post(f"{PREFIX}/sessions/{session_id}/listing", message, ListingAnswer)
 
     async def _wait_while_refused(self, budget_s: float) -> None:
         """While refused, wait for the gate; the request that passes it closes it until its answer (at most its

@@ -3,9 +3,10 @@
 One session at a time. A session the broker no longer knows (404/409/410) is replaced by a new hello; a broken
 link is retried with jittered back-off and never ends the process. Orders are taken only while the clock is
 within the Factory's skew and a slot is free (the poll asks for no more orders than free slots). Reports are
-sent in batches from one queue that survives session changes. On stop (SIGTERM): no more polling, in-flight
-orders get ``shutdown_grace_s`` to finish while the heartbeat keeps the session alive for their reports, the
-reports are flushed, and the process exits.
+sent in batches from one queue that survives session changes. While it holds the lease and its clock is within
+the skew, the agent pushes its listing of active jobs as the session's plan says (:mod:`agent.listings`). On
+stop (SIGTERM): no more polling, in-flight orders get ``shutdown_grace_s`` to finish while the heartbeat keeps
+the session alive for their reports, the reports are flushed, and the process exits.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from agent.backoff import Backoff, sleep_unless
 from agent.clock import BrokerClock
 from agent.executor import Executor, Lease, PauseSwitch
 from agent.link import BrokerLink, LinkDown, SessionLost
+from agent.listings import ListingPusher, ListingTooLarge
 from agent.reports import ReportQueue
 from slurm_adapters import codec
 from slurm_adapters.agent_protocol import (
@@ -34,7 +36,7 @@ from slurm_adapters.agent_protocol import (
     Reports,
     SessionGranted,
 )
-from slurm_adapters.errors import ClusterUnavailable
+from slurm_adapters.errors import ClusterUnavailable, SlurmError
 
 log = logging.getLogger("conveyor.agent")
 
@@ -64,6 +66,7 @@ class Agent:
         link.use_clock(lambda: self.clock.broker_now().timestamp())
         self.pause: PauseSwitch = executor.pause
         self.reports = ReportQueue()
+        self.listings = ListingPusher(executor.adapter, self.clock)
         self.slots = asyncio.Semaphore(concurrency)
         self.concurrency = concurrency
         self.report_batch = min(report_batch, MAX_REPORTS)
@@ -145,11 +148,14 @@ class Agent:
         lost = asyncio.Event()
         heartbeat = asyncio.create_task(self._heartbeat_loop(session, lost, ended), name="heartbeat")
         poll = asyncio.create_task(self._poll_loop(session, lost, stop), name="poll")
+        listing = asyncio.create_task(self._listing_loop(session, lost, stop), name="listing")
         waiters = [asyncio.create_task(lost.wait()), asyncio.create_task(stop.wait())]
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            ending = [poll, *waiters] if stop.is_set() and not lost.is_set() else [heartbeat, poll, *waiters]
+            ending = [poll, listing, *waiters]
+            if lost.is_set() or not stop.is_set():
+                ending.append(heartbeat)
             for task in ending:
                 task.cancel()
             await asyncio.gather(*ending, return_exceptions=True)
@@ -231,6 +237,33 @@ class Agent:
         async with self.slots:
             report = await self.executor.execute(order)
         self.reports.put(report)
+
+    # -- listings -----------------------------------------------------------------------------------------
+
+    async def _listing_loop(self, session: Session, lost: asyncio.Event, stop: asyncio.Event) -> None:
+        """Push the listing every plan interval while this session holds the lease and the clock is in sync."""
+        plan = session.granted.listing
+        if plan is None:
+            return
+        self.listings.forget()  # a new session: the broker's view stands on another session's snapshot
+        while not stop.is_set():
+            if self.executor.lease.holder and self.clock.in_sync:
+                try:
+                    listing, jobs = await self.listings.take(plan)
+                    answer = await self.link.listing(session.granted.session_id, listing)
+                except SessionLost:
+                    lost.set()
+                    return
+                except LinkDown as exc:
+                    self.listings.forget()  # not known to be applied: a gap
+                    log.warning("listing not delivered (%s); the next one is full", exc)
+                except (SlurmError, ListingTooLarge) as exc:
+                    log.warning("listing the site's active jobs failed: %s", exc)
+                else:
+                    self.listings.answered(listing, jobs, answer)
+            else:
+                self.listings.forget()
+            await sleep_unless(stop, plan.interval_s)
 
     # -- reports ------------------------------------------------------------------------------------------
 

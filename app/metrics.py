@@ -6,7 +6,8 @@ process measured (``Runtime.metrics()``: dispatch and reconcile lag, errors per 
 
 Per agent Factory (:meth:`broker.agents.service.AgentService.figures`): its live sessions, lease epoch and
 seconds since its last heartbeat (from the database), and this process's counts of orders written and
-delivered, reports applied and ignored, and order latencies (histograms). Labels: ``factory`` and ``kind``.
+delivered, reports applied and ignored, listings pushed and the listing calls they served, and order latencies
+(histograms). Labels: ``factory``, ``kind``, ``outcome`` and ``source``.
 """
 
 from __future__ import annotations
@@ -162,6 +163,22 @@ def _agents(out: Exposition, figures: AgentFigures) -> None:
     for outcome, meaning in (("applied", "applied to their orders"), ("ignored", "ignored (repeats, unknown)")):
         out.family(f"agent_reports_{outcome}_total", "counter", f"Reports of the Factory's agent {meaning}.",
                    (({"factory": f}, counted.reports[(f, outcome)]) for f in ids))  # fmt: skip
+    listing_kinds = [(f, k, o) for f in ids for k in ("full", "delta") for o in ("applied", "refused")]
+    out.family(
+        "agent_listings_total",
+        "counter",
+        "Listings pushed by the Factory's agent: full or delta, applied "
+        "or refused (a delta on another snapshot, an older listing).",
+        (({"factory": f, "kind": k, "outcome": o}, counted.listings[(f, k, o)]) for f, k, o in listing_kinds),
+    )
+    out.family("agent_listed_jobs_total", "counter", "Jobs carried by the applied listings of the Factory's agent.",
+               (({"factory": f}, counted.listed_jobs[f]) for f in ids))  # fmt: skip
+    out.family(
+        "agent_listing_calls_total",
+        "counter",
+        "Listings the reconciler asked of the Factory, by source: a pushed view, or an order (no fresh view in time).",
+        (({"factory": f, "source": s}, counted.listing_calls[(f, s)]) for f in ids for s in ("view", "order")),
+    )
     for name, latencies, meaning in (
         ("agent_order_delivery_seconds", counted.delivery_latency, "from an order's creation to its delivery"),
         ("agent_order_answer_seconds", counted.answer_latency, "from an order's delivery to its applied report"),

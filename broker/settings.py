@@ -171,6 +171,14 @@ class Settings(BaseSettings):
         description="how long after an order's not_after the broker still waits for its report before the "
         "outcome is in doubt",
     )
+    agent_listing_full_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="a Factory agent pushes its listing of active jobs as often as the reconciler cycles (deltas "
+        "against a numbered full snapshot); at least this often the listing is full, the only kind from which a "
+        "job's absence is concluded",
+    )
     agent_max_report_bytes: int = Field(
         32 * 1024 * 1024,
         ge=1024,

@@ -15,6 +15,9 @@ with a JSON body under :data:`PREFIX`, are:
   agent drops repeats by order id (and a submit's repeat by attempt id).
 * ``/sessions/{id}/reports`` (:class:`Reports` -> :class:`ReportsAnswer`): facts, accepted from any
   authenticated session of the Factory, idempotent by order id.
+* ``/sessions/{id}/listing`` (:class:`Listing` -> :class:`ListingAnswer`): Slurm's view of the Factory's active
+  jobs, pushed by the lease holder as the session's :class:`ListingPlan` says: a numbered full snapshot, then
+  deltas against it, and a full one again after a gap, after a restart and at least every ``full_every_s``.
 
 The at-most-once rule across the boundary: the broker commits the attempt before its submit order exists, and
 the order's ``not_after`` (broker time) is the last moment its Slurm call may still be running. The agent
@@ -64,8 +67,9 @@ SCHEME: Final = "Agent"  # Authorization: Agent <assertion>
 MAX_LIFETIME_S: Final = 300
 DEFAULT_LIFETIME_S: Final = 60
 
-# What an agent of this code knows: every field of the adapter-level job spec, and every order kind.
-FEATURES: Final = tuple(f"spec.{name}" for name in SPEC_FIELDS)
+# What an agent of this code knows: every field of the adapter-level job spec, and pushing listings.
+PUSH_LISTING: Final = "push.listing"
+FEATURES: Final = (*(f"spec.{name}" for name in SPEC_FIELDS), PUSH_LISTING)
 
 
 def features_used(spec: SlurmJobSpec) -> frozenset[str]:
@@ -82,6 +86,7 @@ MAX_REPORTS: Final = 500  # per reports request
 # broker's default body limit (2 MiB): a batch of large listings must never be refused whole, again and again.
 MAX_REPORTS_BYTES: Final = 1024 * 1024
 MAX_WAIT_S: Final = 30.0  # longest long poll
+MAX_LISTED: Final = 100_000  # jobs in one listing
 
 Name = Annotated[str, Field(min_length=1, max_length=255)]
 OrderId = Annotated[StrictInt, Field(ge=0, le=2**53 - 1)]  # exact in every JSON parser
@@ -127,8 +132,18 @@ class Hello(Message):
     agent_time: Time
 
 
+class ListingPlan(Message):
+    """What the agent lists (Slurm's active jobs whose tag starts with ``tag_prefix``), every ``interval_s``
+    while it holds the lease, and how often at least the listing is a full snapshot."""
+
+    tag_prefix: Name
+    interval_s: float = Field(gt=0)
+    full_every_s: float = Field(gt=0)
+
+
 class SessionGranted(Message):
-    """The session's id and the broker's timing rules for it."""
+    """The session's id and the broker's timing rules for it; ``listing`` when the agent is to push listings
+    (it announced :data:`PUSH_LISTING`)."""
 
     session_id: Name
     factory: Name
@@ -137,6 +152,7 @@ class SessionGranted(Message):
     lease_s: float = Field(gt=0)
     poll_wait_s: float = Field(gt=0, le=MAX_WAIT_S)
     clock_skew_s: float = Field(ge=0)
+    listing: ListingPlan | None = None
 
 
 class Heartbeat(Message):
@@ -247,6 +263,33 @@ class ReportsAnswer(Message):
     ignored: int
 
 
+# --- listings ----------------------------------------------------------------------------------------------
+
+
+class Listing(Message):
+    """Slurm's active jobs with the plan's tag prefix, as records (``codec.record_to_json``). ``seq`` 0: a full
+    snapshot numbered ``snapshot`` (chosen anew for each), every listed job. ``seq`` n > 0: a delta against
+    (``snapshot``, n - 1), only the jobs new or changed since. A delta never removes a job: that a job is gone
+    is concluded only from a full snapshot. ``listed_at``: when the listing began (broker time, agent's view)."""
+
+    snapshot: OrderId
+    seq: OrderId
+    listed_at: Time
+    jobs: list[dict[str, Any]] = Field(max_length=MAX_LISTED)
+
+    @property
+    def full(self) -> bool:
+        return self.seq == 0
+
+
+class ListingAnswer(Message):
+    """``applied``: the view now stands on this listing. ``want_full``: the broker does not hold the listing
+    this delta builds on (a gap, another session's snapshot): the next one must be full."""
+
+    applied: bool
+    want_full: bool
+
+
 # --- signing -----------------------------------------------------------------------------------------------
 
 
@@ -298,8 +341,10 @@ __all__ = [
     "DEFAULT_LIFETIME_S",
     "FEATURES",
     "MAX_LIFETIME_S",
+    "MAX_LISTED",
     "PREFIX",
     "PROTOCOL",
+    "PUSH_LISTING",
     "READ_OPS",
     "SCHEME",
     "TYP",
@@ -307,6 +352,9 @@ __all__ = [
     "Heartbeat",
     "HeartbeatAnswer",
     "Hello",
+    "Listing",
+    "ListingAnswer",
+    "ListingPlan",
     "Order",
     "Orders",
     "Poll",

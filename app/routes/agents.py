@@ -23,6 +23,8 @@ from slurm_adapters.agent_protocol import (
     Heartbeat,
     HeartbeatAnswer,
     Hello,
+    Listing,
+    ListingAnswer,
     Orders,
     Poll,
     Reports,
@@ -99,3 +101,13 @@ async def agent_reports(
 ) -> ReportsAnswer:
     """Facts, from any live session of the Factory: applied once each, repeats ignored."""
     return await agents.report(agent.factory_id, session_id, reports)
+
+
+@router.post("/agent/sessions/{session_id}/listing", summary="Push Slurm's view of the Factory's active jobs",
+             responses={**_LINK_ERRORS, 409: {"model": Problem}, **BODY_UNREADABLE})  # fmt: skip
+async def agent_listing(
+    session_id: SessionPath, listing: Listing, agent: AgentCallerDep, agents: AgentsDep
+) -> ListingAnswer:
+    """A full snapshot (``seq`` 0) or a delta against the one the broker holds; ``want_full`` when it holds
+    another."""
+    return await agents.listing(agent.factory_id, session_id, listing)

@@ -5,15 +5,22 @@ At-most-once across the boundary: a submit order carries the attempt's ``not_aft
 the call after it); the adapter waits for the report until ``not_after`` + the report grace. No report by then
 means the job may exist (``ClusterUnavailable(maybe_applied=True)``): the dispatcher settles the attempt by tag
 lookup. No agent to give the order to means nothing was written (``maybe_applied=False``).
+
+The reconciler's listing (active jobs by the broker's tag prefix) is served from the listing the agent pushes
+(:mod:`broker.agents.listings`) once one has begun after the call; without a fresh one in time, it is a read
+order like every other read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from broker.agents.errors import NoAgent
+from broker.agents.listings import ListingRepository
+from broker.agents.metrics import AgentMetrics
 from broker.agents.orders import OrderRepository, PlacedOrder, ReadOp
 from broker.db.types import utc_now
 from slurm_adapters.agent_protocol import Report, Requester
@@ -41,6 +48,35 @@ from slurm_adapters.records import (
 )
 
 _T = TypeVar("_T")
+LISTING_WAIT_SLACK_S = 5.0  # beyond two push intervals and the skew, for a listing under way to arrive
+
+
+@dataclass(frozen=True, slots=True)
+class ListingSource:
+    """Where the adapter finds the agent's pushed listings: jobs tagged ``tag_prefix``, pushed every
+    ``interval_s`` by an agent whose clock may be ``clock_skew_s`` off."""
+
+    listings: ListingRepository
+    tag_prefix: str
+    interval_s: float
+    clock_skew_s: float
+    metrics: AgentMetrics
+
+    async def records(self, factory_id: str, tag_prefix: str, asked_at: datetime) -> list[JobRecord] | None:
+        """The jobs tagged ``tag_prefix`` (within the pushed prefix) from a listing begun after ``asked_at``,
+        even by a clock ``clock_skew_s`` fast; None when there is none in time."""
+        if not tag_prefix.startswith(self.tag_prefix):
+            return None
+        records = await self.listings.listed_after(
+            factory_id,
+            asked_at + timedelta(seconds=self.clock_skew_s),
+            timeout_s=2 * self.interval_s + self.clock_skew_s + LISTING_WAIT_SLACK_S,
+            stale_s=3 * self.interval_s + self.clock_skew_s,
+        )
+        self.metrics.listing_call(factory_id, from_view=records is not None)
+        if records is None:
+            return None
+        return [record for record in records if record.tag is not None and record.tag.startswith(tag_prefix)]
 
 
 class AgentAdapter(SlurmAdapter):
@@ -58,6 +94,7 @@ class AgentAdapter(SlurmAdapter):
         timeout_s: float,
         read_timeout_s: float,
         report_grace_s: float,
+        listing: ListingSource | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         super().__init__(cluster)
@@ -66,6 +103,7 @@ class AgentAdapter(SlurmAdapter):
         self._timeout = timedelta(seconds=timeout_s)
         self._read_timeout = timedelta(seconds=read_timeout_s)
         self._grace = timedelta(seconds=report_grace_s)
+        self._listing = listing
         self._clock = clock
 
     def render(self, spec: SlurmJobSpec, user: str) -> Rendering:
@@ -119,6 +157,10 @@ class AgentAdapter(SlurmAdapter):
         return await self._read("get_job", {"job_id": int(job_id)}, record_from_json)
 
     async def list_jobs(self, *, tags: Collection[str] | None = None, tag_prefix: str | None = None) -> list[JobRecord]:
+        if self._listing is not None and tags is None and tag_prefix is not None:
+            pushed = await self._listing.records(self.factory_id, tag_prefix, self._clock())
+            if pushed is not None:
+                return pushed
         args = {"tags": sorted(tags) if tags is not None else None, "tag_prefix": tag_prefix}
         return await self._read("list_jobs", args, records_from_json)
 
@@ -190,4 +232,4 @@ class AgentAdapter(SlurmAdapter):
         return ClusterUnavailable(message, cluster=self.cluster, maybe_applied=maybe_applied)
 
 
-__all__ = ["AgentAdapter"]
+__all__ = ["AgentAdapter", "ListingSource"]

@@ -5,7 +5,8 @@ its commit. Writes of other processes (broker replicas on one PostgreSQL) are se
 every ``interval_s``, shared by all its waiters: the newest open order id of each Factory someone polls, and
 which awaited orders have been answered. No waiter, no query; twenty idle long polls cost one small query per
 interval. A Factory's order ids are committed in id order (writers serialize per Factory, see
-:mod:`broker.agents.orders`), so a new order always changes its Factory's newest open id.
+:mod:`broker.agents.orders`), so a new order always changes its Factory's newest open id; an applied listing
+always raises its Factory's listing ``version`` (:mod:`broker.agents.listings`).
 
 A waiter registers before it reads the database (:meth:`Bell.listen`), so a ring between its read and its
 wait is never lost; a ring may be spurious (the waiter reads again and finds nothing). Leaving the ``async
@@ -24,7 +25,7 @@ from sqlalchemy import String, func, literal, select, union_all
 from sqlalchemy.sql import CompoundSelect, Select
 
 from broker.db.engine import Database
-from broker.db.models import AgentOrder
+from broker.db.models import AgentListing, AgentOrder
 
 log = logging.getLogger(__name__)
 _K = TypeVar("_K")
@@ -57,20 +58,26 @@ class Bell:
         self._interval_s = interval_s
         self._by_factory: dict[str, set[Signal]] = {}
         self._by_order: dict[int, set[Signal]] = {}
+        self._by_listing: dict[str, set[Signal]] = {}
         self._newest: dict[str, int | None] = {}  # last seen newest open order id per Factory
+        self._listing_versions: dict[str, int | None] = {}  # last seen listing version per Factory
         self._task: asyncio.Task[None] | None = None
         self.checks = 0
 
     @contextlib.asynccontextmanager
-    async def listen(self, *, factory_id: str | None = None, order_ids: Iterable[int] = ()) -> AsyncIterator[Signal]:
-        """A signal rung when ``factory_id`` gets a new order (or one of its open orders changes) or when one
-        of ``order_ids`` is answered."""
+    async def listen(
+        self, *, factory_id: str | None = None, order_ids: Iterable[int] = (), listing_of: str | None = None
+    ) -> AsyncIterator[Signal]:
+        """A signal rung when ``factory_id`` gets a new order (or one of its open orders changes), when one
+        of ``order_ids`` is answered, or when a listing of ``listing_of`` is applied."""
         signal = Signal()
         orders = list(order_ids)
         if factory_id is not None:
             self._by_factory.setdefault(factory_id, set()).add(signal)
         for order_id in orders:
             self._by_order.setdefault(order_id, set()).add(signal)
+        if listing_of is not None:
+            self._by_listing.setdefault(listing_of, set()).add(signal)
         self._ensure_checking()
         try:
             yield signal
@@ -79,6 +86,8 @@ class Bell:
                 _discard(self._by_factory, factory_id, signal)
             for order_id in orders:
                 _discard(self._by_order, order_id, signal)
+            if listing_of is not None:
+                _discard(self._by_listing, listing_of, signal)
 
     def ring_orders(self, factory_id: str) -> None:
         """``factory_id`` has a new order (or one of its orders changed): wake its pollers."""
@@ -91,10 +100,16 @@ class Bell:
             for signal in list(self._by_order.get(order_id, ())):
                 signal.ring()
 
+    def ring_listing(self, factory_id: str) -> None:
+        """A listing of ``factory_id`` was applied: wake whoever waits for a fresh one."""
+        for signal in list(self._by_listing.get(factory_id, ())):
+            signal.ring()
+
     @property
     def waiting(self) -> int:
         """Registered waiters (a waiter on several orders counts once per order)."""
-        return sum(len(s) for s in self._by_factory.values()) + sum(len(s) for s in self._by_order.values())
+        indexes = (self._by_factory, self._by_order, self._by_listing)
+        return sum(len(signals) for index in indexes for signals in index.values())
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
@@ -110,7 +125,7 @@ class Bell:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval_s)
-            if not self._by_factory and not self._by_order:
+            if not self._by_factory and not self._by_order and not self._by_listing:
                 continue
             try:
                 await self.check()
@@ -119,18 +134,21 @@ class Bell:
 
     async def check(self) -> None:
         """One look at the database for every waiter of this process; rings what changed."""
-        factories, orders = sorted(self._by_factory), sorted(self._by_order)
-        statement = _check_statement(factories, orders)
+        factories, orders, listings = sorted(self._by_factory), sorted(self._by_order), sorted(self._by_listing)
+        statement = _check_statement(factories, orders, listings)
         if statement is None:
             return
         async with self._db.read() as session:
             rows = (await session.execute(statement)).all()
         self.checks += 1
         newest: dict[str, int | None] = dict.fromkeys(factories)
+        versions: dict[str, int | None] = dict.fromkeys(listings)
         answered: list[int] = []
         for kind, factory_id, number in rows:
             if kind == "o":
                 newest[factory_id] = number
+            elif kind == "l":
+                versions[factory_id] = number
             else:
                 answered.append(number)
         for factory_id, newest_id in newest.items():
@@ -139,12 +157,16 @@ class Bell:
                 self._newest[factory_id] = newest_id
                 self.ring_orders(factory_id)
         self.ring_answers(answered)
+        for factory_id, version in versions.items():
+            if factory_id not in self._listing_versions or self._listing_versions[factory_id] != version:
+                self._listing_versions[factory_id] = version
+                self.ring_listing(factory_id)
 
 
 _Check = Select[str, str, int] | CompoundSelect[str, str, int]
 
 
-def _check_statement(factories: list[str], orders: list[int]) -> _Check | None:
+def _check_statement(factories: list[str], orders: list[int], listings: list[str]) -> _Check | None:
     parts: list[Select[str, str, int]] = []
     if factories:
         parts.append(
@@ -156,6 +178,12 @@ def _check_statement(factories: list[str], orders: list[int]) -> _Check | None:
         parts.append(
             select(literal("a", String).label("kind"), literal("", String), AgentOrder.id).where(
                 AgentOrder.id.in_(orders), AgentOrder.state == "answered"
+            )
+        )
+    if listings:
+        parts.append(
+            select(literal("l", String).label("kind"), AgentListing.factory_id, AgentListing.version).where(
+                AgentListing.factory_id.in_(listings)
             )
         )
     if not parts:

@@ -6,14 +6,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from broker.agents.adapter import AgentAdapter
+from broker.agents.adapter import AgentAdapter, ListingSource
 from broker.agents.bell import Bell
+from broker.agents.listings import ListingRepository
 from broker.agents.metrics import AgentMetrics
 from broker.agents.orders import OrderRepository
 from broker.agents.sessions import SessionRepository
 from broker.agents.timings import AgentTimings
 from broker.db.engine import Database
 from broker.db.types import utc_now
+from broker.jobs.ids import JOB_ID_PREFIX
 from broker.settings import Settings
 from slurm_adapters.factory import AgentConfig
 
@@ -29,13 +31,21 @@ class AgentLink:
         self.sessions = SessionRepository(database, timings, clock)
         self.metrics = AgentMetrics()
         self.orders = OrderRepository(database, self.bell, clock, self.metrics)
+        self.listings = ListingRepository(database, self.bell, clock, self.metrics)
 
     @classmethod
     def from_settings(cls, database: Database, settings: Settings) -> AgentLink:
         return cls(database, AgentTimings.from_settings(settings))
 
-    def adapter(self, factory_id: str, config: AgentConfig) -> AgentAdapter:
-        """The adapter of an agent Factory."""
+    def adapter(self, factory_id: str, config: AgentConfig, *, clock_skew_s: float = 0.0) -> AgentAdapter:
+        """The adapter of an agent Factory (``clock_skew_s``: the Factory's, for the freshness of its listings)."""
+        listing = ListingSource(
+            self.listings,
+            tag_prefix=JOB_ID_PREFIX,
+            interval_s=self.timings.listing_interval_s,
+            clock_skew_s=clock_skew_s,
+            metrics=self.metrics,
+        )
         return AgentAdapter(
             config.cluster,
             factory_id=factory_id,
@@ -43,6 +53,7 @@ class AgentLink:
             timeout_s=config.timeout_s,
             read_timeout_s=self.timings.read_timeout_s,
             report_grace_s=self.timings.report_grace_s,
+            listing=listing,
             clock=self.clock,
         )
 

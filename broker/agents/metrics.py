@@ -1,8 +1,10 @@
 """What one process's side of the agent link counted, per agent Factory, for ``/metrics``.
 
-Counted where it happens (the order mailbox), in memory, with no database write: orders written by kind,
-orders delivered (first hand-out only), reports applied and ignored, and two latencies as histograms: from an
-order's creation to its first delivery, and from its delivery to the report that answered it. Labels are the
+Counted where it happens (the order mailbox, the listings), in memory, with no database write: orders written
+by kind, orders delivered (first hand-out only), reports applied and ignored, listings pushed (full or delta,
+applied or not) and the jobs they carried, listing calls served from a pushed view or sent as an order, and two
+latencies as histograms: from an order's creation to its first delivery, and from its delivery to the report
+that answered it. Labels are the
 Factory id and the order kind only (both bounded by the Factory file), so the series stay few. The counts are
 this process's, like the other counters of ``/metrics``: a scraper sums them over replicas.
 """
@@ -52,6 +54,9 @@ class AgentMetrics:
         self.orders_written: Counter[Key] = Counter()
         self.orders_delivered: Counter[Key] = Counter()
         self.reports: Counter[Key] = Counter()  # (Factory, "applied" | "ignored")
+        self.listings: Counter[tuple[str, str, str]] = Counter()  # (Factory, "full" | "delta", "applied" | ...)
+        self.listed_jobs: Counter[str] = Counter()  # jobs carried by applied listings, per Factory
+        self.listing_calls: Counter[Key] = Counter()  # (Factory, "view" | "order")
         self.delivery_latency: dict[Key, Histogram] = {}
         self.answer_latency: dict[Key, Histogram] = {}
 
@@ -68,6 +73,14 @@ class AgentMetrics:
     def reported(self, factory_id: str, *, applied: int, ignored: int) -> None:
         self.reports[(factory_id, "applied")] += applied
         self.reports[(factory_id, "ignored")] += ignored
+
+    def listed(self, factory_id: str, *, full: bool, applied: bool, jobs: int) -> None:
+        self.listings[(factory_id, "full" if full else "delta", "applied" if applied else "refused")] += 1
+        if applied:
+            self.listed_jobs[factory_id] += jobs
+
+    def listing_call(self, factory_id: str, *, from_view: bool) -> None:
+        self.listing_calls[(factory_id, "view" if from_view else "order")] += 1
 
 
 __all__ = ["LATENCY_BUCKETS_S", "AgentMetrics", "Histogram"]

@@ -93,15 +93,16 @@ class Outcome:
     report: Report | None
 
 
-def _lock_key(factory_id: str) -> int:
-    digest = hashlib.sha256(f"conveyor-agent-orders:{factory_id}".encode()).digest()
+def _lock_key(factory_id: str, what: str) -> int:
+    digest = hashlib.sha256(f"conveyor-agent-{what}:{factory_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-async def _serialize_writers(session: AsyncSession, factory_id: str) -> None:
-    """Order writers of one Factory one at a time until commit, so its ids are committed in id order."""
+async def serialize_writers(session: AsyncSession, factory_id: str, what: str = "orders") -> None:
+    """Writers of one Factory's ``what`` one at a time until commit (for orders: so its ids are committed in id
+    order; for listings: so each is applied on top of the one before)."""
     if not is_sqlite(session):  # SQLite: one writer at a time already
-        await session.execute(select(func.pg_advisory_xact_lock(_lock_key(factory_id))))
+        await session.execute(select(func.pg_advisory_xact_lock(_lock_key(factory_id, what))))
 
 
 class OrderRepository:
@@ -165,7 +166,7 @@ class OrderRepository:
         """A read order for whichever live session takes it first; :class:`NoAgent` when none is live."""
         now = now or self._clock()
         async with self._db.write() as session:
-            await _serialize_writers(session, factory_id)
+            await serialize_writers(session, factory_id)
             live = await session.scalar(
                 select(AgentSession.id)
                 .where(AgentSession.factory_id == factory_id, AgentSession.expires_at > now)
@@ -206,7 +207,7 @@ class OrderRepository:
         written: list[tuple[int, AgentOrder, tuple[str, int]]] = []
         async with self._db.write() as session:
             for factory_id in factories:
-                await _serialize_writers(session, factory_id)
+                await serialize_writers(session, factory_id)
             leases = {factory_id: await read_lease(session, factory_id) for factory_id in factories}
             for item in items:
                 now = item.now or default_now
@@ -430,4 +431,4 @@ def _order(row: AgentOrder) -> Order:
     return ReadOrder(id=row.id, not_after=row.not_after, **payload)
 
 
-__all__ = ["OrderRepository", "OrderState", "Outcome", "PlacedOrder", "ReadOp"]
+__all__ = ["OrderRepository", "OrderState", "Outcome", "PlacedOrder", "ReadOp", "serialize_writers"]

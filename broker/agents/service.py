@@ -2,7 +2,8 @@
 :mod:`slurm_adapters.agent_protocol`. The caller has authenticated the request as ``factory_id``'s agent.
 
 Refusals are typed (:mod:`broker.agents.errors`): :class:`UnknownFactory` and :class:`UnknownSession` (404),
-:class:`SessionExpired` (409; the agent opens a new session)."""
+:class:`SessionExpired` (409; the agent opens a new session); a listing that does not decode,
+:class:`~broker.errors.InvalidInput` (422)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,15 @@ from broker.agents.link import AgentLink
 from broker.agents.metrics import AgentMetrics
 from broker.agents.sessions import Connection, Presence, presences
 from broker.factories.registry import FactoryRegistry
+from broker.jobs.ids import JOB_ID_PREFIX
 from slurm_adapters.agent_protocol import (
+    PUSH_LISTING,
     Heartbeat,
     HeartbeatAnswer,
     Hello,
+    Listing,
+    ListingAnswer,
+    ListingPlan,
     Orders,
     Poll,
     Reports,
@@ -67,6 +73,13 @@ class AgentService:
             lease_s=timings.lease_s,
             poll_wait_s=timings.poll_wait_s,
             clock_skew_s=skew,
+            listing=self._listing_plan() if PUSH_LISTING in hello.features else None,
+        )
+
+    def _listing_plan(self) -> ListingPlan:
+        timings = self._link.timings
+        return ListingPlan(
+            tag_prefix=JOB_ID_PREFIX, interval_s=timings.listing_interval_s, full_every_s=timings.listing_full_s
         )
 
     async def heartbeat(self, factory_id: str, session_id: str, beat: Heartbeat) -> HeartbeatAnswer:
@@ -89,6 +102,10 @@ class AgentService:
     async def report(self, factory_id: str, session_id: str, reports: Reports) -> ReportsAnswer:
         self._agent_factory(factory_id)
         return await self._link.orders.apply_reports(factory_id, session_id, reports)
+
+    async def listing(self, factory_id: str, session_id: str, listing: Listing) -> ListingAnswer:
+        self._agent_factory(factory_id)
+        return await self._link.listings.apply(factory_id, session_id, listing)
 
     async def figures(self) -> AgentFigures:
         """For ``/metrics``: what this process counted on the link and, from the sessions table (two reads),

@@ -489,3 +489,31 @@ class AgentOrder(Base):
     report: Mapped[dict[str, Any] | None]
 
     __table_args__ = (Index(None, "factory_id", "state", "id"), Index(None, "session_id", "id"))
+
+
+class AgentListing(Base):
+    """The Factory's active jobs as its agent last listed them: which numbered full snapshot (``snapshot``)
+    the view stands on, how many deltas have been applied to it (``seq``), and when the newest listing began
+    (``listed_at``, broker time as the agent knows it). ``version`` rises with every applied listing."""
+
+    __tablename__ = "agent_listings"
+
+    factory_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(String(64))
+    snapshot: Mapped[int] = mapped_column(BigInteger)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    version: Mapped[int] = mapped_column(BigInteger)
+    listed_at: Mapped[datetime]
+    full_listed_at: Mapped[datetime]
+    received_at: Mapped[datetime]
+
+
+class AgentListedJob(Base):
+    """One Slurm job of a Factory's listing view (:class:`AgentListing`): its record as the agent encoded it
+    (:func:`slurm_adapters.codec.record_to_json`). Removed only when a full snapshot lacks it."""
+
+    __tablename__ = "agent_listed_jobs"
+
+    factory_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    slurm_job_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    record: Mapped[dict[str, Any]]

@@ -48,9 +48,10 @@ class AdapterPool:
         """The Factory's adapter; KeyError for a Factory the registry does not know."""
         adapter = self._adapters.get(factory_id)
         if adapter is None:
-            config = self._registry[factory_id].adapter
+            factory = self._registry[factory_id]
+            config = factory.adapter
             if isinstance(config, AgentConfig) and self._agents is not None and self._build is build_adapter:
-                adapter = self._agents.adapter(factory_id, config)
+                adapter = self._agents.adapter(factory_id, config, clock_skew_s=factory.clock_skew_s)
             else:
                 adapter = self._build(config)
             self._adapters[factory_id] = adapter

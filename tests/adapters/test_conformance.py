@@ -25,7 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from sqlalchemy import select
 
+from broker.db.engine import create_database
+from broker.db.models import AgentOrder
+from broker.jobs.ids import JOB_ID_PREFIX
 from dev.lab import procs
 from dev.lab.commands import munged_argv
 from dev.lab.view import adapter_config
@@ -616,3 +620,40 @@ def probe_in_subprocess(kind: str, cluster: Cluster, conf: str) -> list[str]:
     assert result.returncode == 0, result.stderr
     names: list[str] = json.loads(result.stdout.strip().splitlines()[-1])
     return names
+
+
+async def test_through_an_agent_the_reconcilers_listing_is_the_pushed_view(
+    case: tuple[str, Cluster], adapter: SlurmAdapter, cluster: Cluster, request: pytest.FixtureRequest
+) -> None:
+    """The reconciler's listing (jobs tagged with the broker's prefix) comes from the listing the agent pushed,
+    one begun after the call: a job running before the call is in it as Slurm says, a job cancelled before the
+    call is in it cancelled, and no listing order was sent for it."""
+    if case[0] != "agent":
+        pytest.skip("only an agent pushes its listings")
+    fleet: AgentFleet = request.getfixturevalue("agent_fleet")
+    spec = simple_spec(cluster, "sleep 300\n", "pushed", tag=f"{JOB_ID_PREFIX}{new_tag('pushed')}")
+    job_id = await adapter.submit(spec, SUBMIT_USER)
+    try:
+        await wait_for_job(adapter, job_id, {SlurmJobState.RUNNING})
+        listed = await adapter.list_jobs(tag_prefix=spec.tag)
+        assert [(r.job_id, r.tag, r.state, r.user) for r in listed] == [
+            (job_id, spec.tag, SlurmJobState.RUNNING, SUBMIT_USER)
+        ]
+        assert cluster.show_job(job_id)["JobState"] == "RUNNING"
+    finally:
+        await adapter.cancel(job_id, SUBMIT_USER, tag=spec.tag)
+    await wait_for_job(adapter, job_id, {SlurmJobState.CANCELLED}, timeout_s=30)
+    listed = await adapter.list_jobs(tag_prefix=spec.tag)
+    assert [(r.job_id, r.state) for r in listed] == [(job_id, SlurmJobState.CANCELLED)]
+    assert await listing_orders(fleet.database_url, spec.tag) == 0
+
+
+async def listing_orders(database_url: str, tag_prefix: str) -> int:
+    """Listing orders written with ``tag_prefix`` in the agent fleet's database."""
+    database = create_database(database_url)
+    try:
+        async with database.read() as session:
+            payloads = (await session.scalars(select(AgentOrder.payload).where(AgentOrder.kind == "read"))).all()
+    finally:
+        await database.dispose()
+    return sum(1 for p in payloads if p["op"] == "list_jobs" and p["args"].get("tag_prefix") == tag_prefix)

@@ -31,6 +31,9 @@ from slurm_adapters.agent_protocol import (
     CancelOrder,
     HeartbeatAnswer,
     Hello,
+    Listing,
+    ListingAnswer,
+    ListingPlan,
     Order,
     Orders,
     Poll,
@@ -222,6 +225,9 @@ class FakeBroker:
         self.fail: dict[str, int] = {}  # route kind -> how many of its next requests fail with a connect error
         self.changed = asyncio.Condition()
         self.ids = itertools.count(1)
+        self.listing_plan: ListingPlan | None = None  # given at hello: the agent pushes listings
+        self.listings: list[Listing] = []  # every listing received
+        self.view: tuple[int, int] | None = None  # (snapshot, seq) the broker's view stands on
 
     # -- what tests do ----------------------------------------------------------------------------------
 
@@ -293,7 +299,17 @@ class FakeBroker:
             self.report_batches.append(len(reports.reports))
             self.reports.extend(report.model_dump(mode="json") for report in reports.reports)
             return _json(ReportsAnswer(applied=len(reports.reports), ignored=0))
+        if kind == "listing":
+            return _json(self._listing(Listing.model_validate(data)))
         return httpx.Response(404)
+
+    def _listing(self, listing: Listing) -> ListingAnswer:
+        """The broker's rule: a full snapshot always applies, a delta only onto the (snapshot, seq) before it."""
+        self.listings.append(listing)
+        if listing.full or self.view == (listing.snapshot, listing.seq - 1):
+            self.view = (listing.snapshot, listing.seq)
+            return ListingAnswer(applied=True, want_full=False)
+        return ListingAnswer(applied=False, want_full=True)
 
     def _hello(self, hello: Hello) -> httpx.Response:
         session = FakeSession(id=f"s{next(self.ids)}", hello=hello)
@@ -301,6 +317,7 @@ class FakeBroker:
         granted = SessionGranted(
             session_id=session.id, factory=self.factory, broker_time=self.now(), heartbeat_s=self.heartbeat_s,
             lease_s=self.lease_s, poll_wait_s=self.poll_wait_s, clock_skew_s=self.clock_skew_s,
+            listing=self.listing_plan,
         )  # fmt: skip
         return _json(granted, status=201)
 

@@ -18,7 +18,8 @@ async def test_every_agent_link_body_field_takes_only_its_json_type(setup: Setup
     covered = {(p.path, p.loc) for p in positions}
     assert {("/v1/agent/sessions", ("protocol",)), ("/v1/agent/sessions/as_none/heartbeat", ("paused",)),
             ("/v1/agent/sessions/as_none/orders", ("ack",)),
-            ("/v1/agent/sessions/as_none/reports", ("reports", 0, "ok"))} <= covered  # fmt: skip
+            ("/v1/agent/sessions/as_none/reports", ("reports", 0, "ok")),
+            ("/v1/agent/sessions/as_none/listing", ("seq",))} <= covered  # fmt: skip
     lax: list[str] = []
     async with setup.broker.client(None) as client:
         for position in positions:

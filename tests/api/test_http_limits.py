@@ -89,6 +89,7 @@ def json_prefixed(total: int) -> Iterator[bytes]:
 
 
 REPORTS = "/v1/agent/sessions/as_x/reports"
+LISTING = "/v1/agent/sessions/as_x/listing"
 
 
 def upload(
@@ -148,14 +149,15 @@ def test_defect_03_oversized_bodies_are_refused_while_read_and_memory_stays_boun
         assert result.body_bytes_sent < UPLOAD_BYTES // 4, "refused only after most of the body was read"
 
 
-def test_an_agents_report_may_be_larger_than_other_bodies_but_not_without_bound(server: Server) -> None:
-    """A 5 MiB report passes the edge (the route reads it: this one is no JSON, so a 422 says so); the same body
-    elsewhere is a 413; a report past its own limit is a 413 naming that limit."""
+@pytest.mark.parametrize("path", [REPORTS, LISTING], ids=["reports", "listing"])
+def test_an_agents_report_may_be_larger_than_other_bodies_but_not_without_bound(server: Server, path: str) -> None:
+    """A 5 MiB report (or listing) passes the edge (the route reads it: this one is no JSON, so a 422 says so);
+    the same body elsewhere is a 413; a report past its own limit is a 413 naming that limit."""
     port, stop = port_of(server), threading.Event()
-    passed = upload(port, chunked_framing=False, stop=stop, path=REPORTS, size=5 * MIB)
+    passed = upload(port, chunked_framing=False, stop=stop, path=path, size=5 * MIB)
     problem_in(passed, 422, "validation_error")
     problem_in(upload(port, chunked_framing=True, stop=stop, size=5 * MIB), 413, "payload_too_large")
-    over = problem_in(upload(port, chunked_framing=True, stop=stop, path=REPORTS, size=REPORT_LIMIT + MIB), 413,
+    over = problem_in(upload(port, chunked_framing=True, stop=stop, path=path, size=REPORT_LIMIT + MIB), 413,
                       "payload_too_large")  # fmt: skip
     assert str(REPORT_LIMIT) in (over.detail or ""), over
 

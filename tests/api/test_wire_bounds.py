@@ -28,6 +28,8 @@ UNBOUNDED_BY_DESIGN: dict[str, str] = {
     "field by field by slurm_adapters.codec, which refuses any value it does not expect",
     "Report.error": "a Factory agent's typed error: bounded by the body limit, then read by codec.error_from_json, "
     "which takes only a known type, a message and a list of strings",
+    "Listing.jobs[]": "a Factory agent's job records: at most MAX_LISTED, bounded by the (report) body limit, each "
+    "read by codec.record_from_json when the listing is applied, which refuses any value it does not expect",
 }
 """Places the walk may find unbounded, each with its reason."""
 

@@ -4,6 +4,7 @@ sessions table's view at scrape time, rendered in the Prometheus text format."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -12,10 +13,11 @@ from broker.agents.adapter import AgentAdapter
 from broker.agents.link import AgentLink
 from broker.agents.service import AgentService
 from broker.db.engine import Database
-from slurm_adapters.agent_protocol import Reports
-from slurm_adapters.codec import health_to_json
+from broker.jobs.ids import JOB_ID_PREFIX
+from slurm_adapters.agent_protocol import Listing, Reports
+from slurm_adapters.codec import health_to_json, record_to_json
 from slurm_adapters.factory import AgentConfig
-from slurm_adapters.records import Health
+from slurm_adapters.records import Health, JobRecord, SlurmJobState
 from tests.db.agent_helpers import agent_registry
 from tests.db.test_agent_adapter import SPEC, TIMINGS, ScriptedAgent, context, ok, running
 
@@ -71,3 +73,28 @@ async def test_orders_reports_latencies_and_sessions_per_agent_factory(link: Age
     assert after[f"conveyor_agent_reports_applied_total{{{alpha}}}"] == 2
     assert after[f"conveyor_agent_reports_ignored_total{{{alpha}}}"] == 1
     assert after['conveyor_agent_sessions{factory="bravo"}'] == 0
+
+
+async def test_listings_and_the_listing_calls_they_served_are_counted(link: AgentLink) -> None:
+    service = AgentService(link, agent_registry())
+    agent = await ScriptedAgent(service).connect()
+    record = record_to_json(
+        JobRecord(job_id=7, tag=f"{JOB_ID_PREFIX}7", state=SlurmJobState.RUNNING, raw_state="RUNNING", reason=None,
+                  exit_code=None, signal=None, submit_time=None, start_time=None, end_time=None, nodes=None,
+                  user="alice")
+    )  # fmt: skip
+    asked = datetime.now(UTC)
+    for seq in (0, 1, 3):  # seq 3: a gap, refused
+        listing = Listing(snapshot=11, seq=seq, listed_at=asked + timedelta(seconds=1), jobs=[record])
+        await service.listing("alpha", agent.session_id, listing)
+    adapter = link.adapter("alpha", AgentConfig(cluster="alpha", timeout_s=1.0))
+    assert [r.job_id for r in await adapter.list_jobs(tag_prefix=JOB_ID_PREFIX)] == [7]
+
+    counted = samples(metrics.render({}, [], None, agents=await service.figures()))
+    alpha = 'factory="alpha"'
+    assert counted[f'conveyor_agent_listings_total{{{alpha},kind="full",outcome="applied"}}'] == 1
+    assert counted[f'conveyor_agent_listings_total{{{alpha},kind="delta",outcome="applied"}}'] == 1
+    assert counted[f'conveyor_agent_listings_total{{{alpha},kind="delta",outcome="refused"}}'] == 1
+    assert counted[f"conveyor_agent_listed_jobs_total{{{alpha}}}"] == 2
+    assert counted[f'conveyor_agent_listing_calls_total{{{alpha},source="view"}}'] == 1
+    assert counted[f'conveyor_agent_listing_calls_total{{{alpha},source="order"}}'] == 0
