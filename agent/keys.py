@@ -12,16 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-ASYMMETRIC_ALGORITHMS: Final = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
-)
-MIN_RSA_BITS: Final = 2048
+from slurm_adapters.jwk import UnusableKey, private_signing_key
+
 _PRIVATE_MEMBERS: Final = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k", "key_ops"})
-_PRIVATE_KEY_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)
 
 
 class KeyFileError(ValueError):
@@ -44,24 +40,12 @@ def public_jwk(jwk: dict[str, Any]) -> dict[str, Any]:
 
 
 def _private_key(jwk: object, where: str) -> SigningKey:
-    if not isinstance(jwk, dict):
-        raise KeyFileError(f"{where} is not a JSON object")
-    kid, alg = jwk.get("kid"), jwk.get("alg")
-    if not isinstance(kid, str) or not kid:
-        raise KeyFileError(f"{where} has no kid")
-    if alg not in ASYMMETRIC_ALGORITHMS:
-        raise KeyFileError(f"{where} (kid {kid!r}) needs an asymmetric alg, one of {sorted(ASYMMETRIC_ALGORITHMS)}")
-    if jwk.get("kty") == "oct" or "d" not in jwk:
-        raise KeyFileError(f"{where} (kid {kid!r}) is not a private key: the agent signs, so it needs 'd'")
     try:
-        key = jwt.PyJWK(jwk, algorithm=alg).key
-    except jwt.PyJWTError as exc:
-        raise KeyFileError(f"{where} (kid {kid!r}) cannot sign {alg}: {exc}") from None
-    if not isinstance(key, _PRIVATE_KEY_TYPES):
-        raise KeyFileError(f"{where} (kid {kid!r}) is not a private key")
-    if isinstance(key, rsa.RSAPrivateKey) and key.key_size < MIN_RSA_BITS:
-        raise KeyFileError(f"{where} (kid {kid!r}) has {key.key_size} bits; at least {MIN_RSA_BITS}")
-    return SigningKey(kid=kid, alg=str(alg), key=key, public_jwks={"keys": [public_jwk(jwk)]})
+        kid, alg, key = private_signing_key(jwk, where, signer="the agent")
+    except UnusableKey as exc:
+        raise KeyFileError(str(exc)) from None
+    assert isinstance(jwk, dict)  # checked by private_signing_key
+    return SigningKey(kid=kid, alg=alg, key=key, public_jwks={"keys": [public_jwk(jwk)]})
 
 
 def load_signing_key(path: Path) -> SigningKey:

@@ -13,23 +13,17 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from broker.antennas.assertion import BoundRequest, InvalidAssertion, parse_jwks, public_jwks, sign, verify
 from broker.config_files import ConfigFileError, dotted, explain_all, read_document
-from broker.identity.oidc import ASYMMETRIC_ALGORITHMS, MIN_RSA_BITS, OidcIssuers, issuers_from_text
+from broker.identity.oidc import OidcIssuers, issuers_from_text
 from broker.settings import DEFAULT_MAX_BODY_BYTES
 from conveyor.models import AntennaId, PublicJwks
+from slurm_adapters.jwk import UnusableKey, private_signing_key
 
 ENV_PREFIX = "CONVEYOR_GATEWAY_"
-_PRIVATE_KEY_TYPES = (
-    rsa.RSAPrivateKey,
-    ec.EllipticCurvePrivateKey,
-    ed25519.Ed25519PrivateKey,
-    ed448.Ed448PrivateKey,
-)
 
 
 class GatewayConfigError(ValueError):
@@ -126,27 +120,10 @@ class SigningKey:
 
 def _private_key(jwk: Any, where: str) -> tuple[str, str, Any]:
     """(kid, alg, private key) of one JWK, or GatewayConfigError saying what is wrong with it."""
-    if not isinstance(jwk, dict):
-        raise GatewayConfigError(f"{where} is not an object")
-    kid, alg = jwk.get("kid"), jwk.get("alg")
-    if not isinstance(kid, str) or not kid:
-        raise GatewayConfigError(f"{where} has no kid")
-    if alg not in ASYMMETRIC_ALGORITHMS:
-        raise GatewayConfigError(f"{where} (kid {kid!r}) needs an alg, one of {sorted(ASYMMETRIC_ALGORITHMS)}")
-    if jwk.get("kty") == "oct" or "d" not in jwk:
-        raise GatewayConfigError(f"{where} (kid {kid!r}) is not a private key: the gateway signs, so it needs 'd'")
-    key_ops = jwk.get("key_ops")
-    if key_ops is not None and (not isinstance(key_ops, list) or "sign" not in key_ops):
-        raise GatewayConfigError(f"{where} (kid {kid!r}) has key_ops without 'sign'")
     try:
-        key = jwt.PyJWK(jwk, algorithm=alg).key
-    except jwt.PyJWTError as exc:
-        raise GatewayConfigError(f"{where} (kid {kid!r}) cannot sign {alg}: {exc}") from None
-    if not isinstance(key, _PRIVATE_KEY_TYPES):
-        raise GatewayConfigError(f"{where} (kid {kid!r}) is not a private key")
-    if isinstance(key, rsa.RSAPrivateKey) and key.key_size < MIN_RSA_BITS:
-        raise GatewayConfigError(f"{where} (kid {kid!r}) has {key.key_size} bits; at least {MIN_RSA_BITS}")
-    return kid, alg, key
+        return private_signing_key(jwk, where, signer="the gateway")
+    except UnusableKey as exc:
+        raise GatewayConfigError(str(exc)) from None
 
 
 def load_signing_key(path: Path, kid: str | None = None) -> SigningKey:

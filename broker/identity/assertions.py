@@ -29,8 +29,9 @@ from typing import Any
 import jwt
 
 from broker.errors import Invalid, InvalidInput
-from broker.identity.oidc import ASYMMETRIC_ALGORITHMS, InvalidToken, map_pyjwt_error, verifier_for, verifies_signatures
+from broker.identity.oidc import InvalidToken, map_pyjwt_error, verifier_for, verifies_signatures
 from conveyor.models import MAX_JWKS_KEYS
+from slurm_adapters.jwk import ASYMMETRIC_ALGORITHMS
 
 LEEWAY_S = 30  # clock skew tolerated between a signer and the broker
 MAX_ASSERTION_CHARS = 16_384

@@ -56,16 +56,12 @@ from pydantic import (
 )
 
 from broker.config_files import ConfigFileError, dotted, explain_all, parse_text
+from slurm_adapters.jwk import ASYMMETRIC_ALGORITHMS, MIN_RSA_BITS
 
 log = logging.getLogger(__name__)
 
-# Asymmetric JWS algorithms PyJWT verifies with a public key. Nothing else may ever be configured.
-ASYMMETRIC_ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
-)
 MAX_TOKEN_CHARS = 16_384  # far above any real ID or access token; bounds the work an anonymous caller can cause
 MAX_JWKS_BYTES = 1_048_576  # a JWKS is a few kB; an issuer answering megabytes is broken, not rotating keys
-MIN_RSA_BITS = 2048  # NIST SP 800-131A; enforced here rather than by PyJWT (whose check is 2.10+ and optional)
 MAX_SUBJECT_CHARS = 255  # OIDC Core 2: sub "MUST NOT exceed 255 ASCII characters"
 REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp")  # without exp a stolen token would be valid for ever
 

@@ -107,8 +107,14 @@ async def running(agent: ScriptedAgent) -> AsyncIterator[ScriptedAgent]:
 
 
 @pytest.fixture
-async def link(db: Database) -> AsyncIterator[AgentLink]:
-    link = AgentLink(db, TIMINGS)
+def agent_timings() -> AgentTimings:
+    """The link's timings (a module that imports :func:`link` may define its own)."""
+    return TIMINGS
+
+
+@pytest.fixture
+async def link(db: Database, agent_timings: AgentTimings) -> AsyncIterator[AgentLink]:
+    link = AgentLink(db, agent_timings)
     yield link
     await link.aclose()
 

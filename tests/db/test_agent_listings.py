@@ -5,7 +5,6 @@ that view's listing began after the call (else it becomes a read order, as befor
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,8 +27,11 @@ from slurm_adapters.codec import record_to_json
 from slurm_adapters.errors import ClusterUnavailable
 from slurm_adapters.factory import AgentConfig
 from slurm_adapters.records import JobRecord, SlurmJobState
-from tests.db.agent_helpers import agent_registry, beat, hello
+from tests.db.agent_helpers import beat, hello
 from tests.db.helpers import wait_until
+from tests.db.test_agent_adapter import link, service  # fixtures, found by name
+
+__all__ = ["link", "service"]
 
 # Pushes every 0.5 s: a listing call waits at most 2 x 0.5 + skew (0 here) + 5 s for a fresh view.
 TIMINGS = AgentTimings(session_ttl_s=30, lease_s=15, heartbeat_s=5, poll_wait_s=5, bell_interval_s=0.05,
@@ -53,15 +55,8 @@ def listing(snapshot: int, seq: int, *jobs: dict[str, Any], at: datetime | None 
 
 
 @pytest.fixture
-async def link(db: Database) -> AsyncIterator[AgentLink]:
-    link = AgentLink(db, TIMINGS)
-    yield link
-    await link.aclose()
-
-
-@pytest.fixture
-def service(link: AgentLink) -> AgentService:
-    return AgentService(link, agent_registry())
+def agent_timings() -> AgentTimings:
+    return TIMINGS
 
 
 async def _session(service: AgentService, factory_id: str = "alpha", *, hold: bool = True) -> str:

@@ -3,30 +3,21 @@ sessions table's view at scrape time, rendered in the Prometheus text format."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-
-import pytest
 
 from app import metrics
 from broker.agents.adapter import AgentAdapter
 from broker.agents.link import AgentLink
 from broker.agents.service import AgentService
-from broker.db.engine import Database
 from broker.jobs.ids import JOB_ID_PREFIX
 from slurm_adapters.agent_protocol import Listing, Reports
 from slurm_adapters.codec import health_to_json, record_to_json
 from slurm_adapters.factory import AgentConfig
 from slurm_adapters.records import Health, JobRecord, SlurmJobState
 from tests.db.agent_helpers import agent_registry
-from tests.db.test_agent_adapter import SPEC, TIMINGS, ScriptedAgent, context, ok, running
+from tests.db.test_agent_adapter import SPEC, ScriptedAgent, agent_timings, context, link, ok, running
 
-
-@pytest.fixture
-async def link(db: Database) -> AsyncIterator[AgentLink]:
-    link = AgentLink(db, TIMINGS)
-    yield link
-    await link.aclose()
+__all__ = ["agent_timings", "link"]  # fixtures, found by name
 
 
 def samples(text: str) -> dict[str, float]:
