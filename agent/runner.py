@@ -146,7 +146,7 @@ class Agent:
         the heartbeat task is returned still running, so the session lives on for the in-flight orders' reports
         until ``ended``."""
         lost = asyncio.Event()
-        heartbeat = asyncio.create_task(self._heartbeat_loop(session, lost, ended), name="heartbeat")
+        heartbeat = asyncio.create_task(self._heartbeat_loop(session, lost, stop, ended), name="heartbeat")
         poll = asyncio.create_task(self._poll_loop(session, lost, stop), name="poll")
         listing = asyncio.create_task(self._listing_loop(session, lost, stop), name="listing")
         waiters = [asyncio.create_task(lost.wait()), asyncio.create_task(stop.wait())]
@@ -166,14 +166,19 @@ class Agent:
 
     # -- heartbeat ----------------------------------------------------------------------------------------
 
-    async def _heartbeat_loop(self, session: Session, lost: asyncio.Event, until: asyncio.Event) -> None:
-        """Heartbeats until ``until`` (after the drain on stop) or the session is lost."""
+    async def _heartbeat_loop(
+        self, session: Session, lost: asyncio.Event, stop: asyncio.Event, until: asyncio.Event
+    ) -> None:
+        """Heartbeats until ``until`` (after the drain on stop) or the session is lost. Once ``stop`` is set, at
+        once and from then on, they say ``leaving``: the lease goes to a standby while this session drains."""
         backoff = self._backoff(cap_s=session.granted.heartbeat_s)
         while not until.is_set():
             sent = self.clock.now()
+            leaving = stop.is_set()
             try:
                 answer = await self.link.heartbeat(
-                    session.granted.session_id, Heartbeat(agent_time=sent, paused=self.pause.paused)
+                    session.granted.session_id,
+                    Heartbeat(agent_time=sent, paused=self.pause.paused, leaving=leaving),
                 )
             except SessionLost:
                 lost.set()
@@ -192,7 +197,8 @@ class Agent:
                 log.error("clock offset %.2f s exceeds the Factory's skew %.2f s: taking no orders", offset,
                           self.clock.skew_s)  # fmt: skip
             self.executor.lease = Lease(holder=answer.holder, epoch=answer.epoch)
-            await sleep_unless(until, session.granted.heartbeat_s)
+            # Before stop, wake at once when it comes, to say leaving; afterwards, beat until the drain ends.
+            await sleep_unless(until if leaving else stop, session.granted.heartbeat_s)
 
     # -- orders -------------------------------------------------------------------------------------------
 

@@ -156,10 +156,13 @@ class SessionGranted(Message):
 
 
 class Heartbeat(Message):
-    """Alive; ``paused`` when the site's local switch stops new submits (reports go on)."""
+    """Alive; ``paused`` when the site's local switch stops new submits (reports go on); ``leaving`` when the
+    agent is stopping: it gives the lease up at once, so that a standby takes over without waiting for it to
+    lapse, and it finishes and reports what it carries out already."""
 
     agent_time: Time
     paused: StrictBool = False
+    leaving: StrictBool = False
 
 
 class HeartbeatAnswer(Message):

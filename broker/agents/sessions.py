@@ -9,7 +9,8 @@ Rules every method keeps:
   ``epoch``. A heartbeat takes a free or expired lease by compare-and-set on the epoch it read, raising the
   epoch by one (1 for the first); renews it, same epoch, while it holds it; and leaves a live lease of another
   session alone. Two sessions racing for it: one update matches the epoch read, the other matches nothing.
-  A paused session (the site's local switch) gives its lease up at once and takes none.
+  A paused session (the site's local switch) or a leaving one (its agent is stopping) gives its lease up at once
+  and takes none; it stays live for its reports.
 """
 
 from __future__ import annotations
@@ -209,7 +210,7 @@ class SessionRepository:
             )
             if renewed is None:  # expired between the read and the update
                 raise SessionExpired(f"session {session_id!r} expired: open a new session")
-            if beat.paused:
+            if beat.paused or beat.leaving:
                 await self._give_up(session, factory_id, session_id, now)
                 return HeartbeatAnswer(broker_time=now, holder=False)
             lease = await self._compete(session, factory_id, session_id, now)

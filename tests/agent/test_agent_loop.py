@@ -177,12 +177,16 @@ async def test_stop_finishes_in_flight_orders_reports_them_and_polls_no_more(
     adapter.gate = asyncio.Event()
     await broker.give(submit_order(1))
     await broker.wait_for(lambda: bool(adapter.calls_of("submit")))
+    before = len(broker.heartbeats)
     stop.set()
     await eventually(lambda: not any(t.get_name() == "poll" for t in asyncio.all_tasks()))  # polling has ended
     polls = len(broker.polls)
     beats = len(broker.heartbeats)
     await broker.wait_for(lambda: len(broker.heartbeats) >= beats + 2)  # the session lives on for the report
     assert not task.done()  # waiting for the order in flight
+    # Every beat after stop says leaving (the lease goes to a standby at once); none before did.
+    assert [beat["leaving"] for beat in broker.heartbeats[:before]] == [False] * before
+    assert all(beat["leaving"] for beat in broker.heartbeats[before + 1 :])
     adapter.gate.set()
     await asyncio.wait_for(task, 10)
     assert broker.reports_for(1)[0]["ok"]

@@ -15,6 +15,7 @@ from broker.agents.errors import SessionExpired, UnknownSession
 from broker.agents.sessions import SessionRepository
 from broker.agents.timings import AgentTimings
 from broker.db.engine import Database
+from slurm_adapters.agent_protocol import Heartbeat
 from tests.db.agent_helpers import beat, hello
 from tests.db.helpers import at
 
@@ -80,6 +81,20 @@ async def test_a_paused_session_gives_the_lease_up_and_takes_none(sessions: Sess
     assert not (await sessions.heartbeat("alpha", a, beat(paused=True), now=at(5))).holder
     resumed = await sessions.heartbeat("alpha", a, beat(), now=at(6))
     assert (resumed.holder, resumed.epoch) == (True, 3)
+
+
+async def test_a_leaving_session_hands_the_lease_over_at_once_and_stays_live(sessions: SessionRepository) -> None:
+    a, b = await _open(sessions), await _open(sessions)
+    assert (await sessions.heartbeat("alpha", a, beat(), now=at(1))).holder
+    assert not (await sessions.heartbeat("alpha", b, beat(), now=at(2))).holder  # a standby
+    leaving = await sessions.heartbeat("alpha", a, Heartbeat(agent_time=at(3), leaving=True), now=at(3))
+    assert not leaving.holder
+    taken = await sessions.heartbeat("alpha", b, beat(), now=at(4))  # long before a's lease would lapse (16 s)
+    assert (taken.holder, taken.epoch) == (True, 2)
+    # a drains: its beats keep it live (for its reports) and never take the lease back, even when it is free.
+    await sessions.heartbeat("alpha", b, beat(paused=True), now=at(5))
+    for t in (20, 45):  # each beat renews the session (30 s TTL): live at 45 s only thanks to the one at 20 s
+        assert not (await sessions.heartbeat("alpha", a, Heartbeat(agent_time=at(t), leaving=True), now=at(t))).holder
 
 
 async def test_expired_unknown_and_other_factories_sessions_are_refused(sessions: SessionRepository) -> None:
