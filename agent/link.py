@@ -43,6 +43,8 @@ from slurm_adapters.agent_protocol import (
     Reports,
     ReportsAnswer,
     SessionGranted,
+    SiteAnswer,
+    SiteState,
     sign,
 )
 
@@ -120,6 +122,9 @@ class BrokerLink:
 
     async def listing(self, session_id: str, message: Listing) -> ListingAnswer:
         return await self._post(f"{PREFIX}/sessions/{session_id}/listing", message, ListingAnswer)
+
+    async def site(self, session_id: str, message: SiteState) -> SiteAnswer:
+        return await self._post(f"{PREFIX}/sessions/{session_id}/site", message, SiteAnswer)
 
     async def _wait_while_refused(self, budget_s: float) -> None:
         """While refused, wait for the gate; the request that passes it closes it until its answer (at most its

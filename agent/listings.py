@@ -17,7 +17,7 @@ from typing import Any
 
 from agent.clock import BrokerClock
 from slurm_adapters import codec
-from slurm_adapters.agent_protocol import MAX_LISTED, Listing, ListingAnswer, ListingPlan
+from slurm_adapters.agent_protocol import MAX_LISTED, Listing, ListingAnswer, PushPlan
 from slurm_adapters.interface import SlurmAdapter
 
 SNAPSHOT_BITS = 53  # an OrderId: exact in every JSON parser
@@ -54,7 +54,7 @@ class ListingPusher:
     def forget(self) -> None:
         self._base = None
 
-    async def take(self, plan: ListingPlan) -> tuple[Listing, dict[int, dict[str, Any]]]:
+    async def take(self, plan: PushPlan) -> tuple[Listing, dict[int, dict[str, Any]]]:
         """The next listing (full or delta) and every job it stands for."""
         listed_at = self.clock.broker_now()
         records = await self.adapter.list_jobs(tag_prefix=plan.tag_prefix)

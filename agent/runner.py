@@ -4,7 +4,8 @@ One session at a time. A session the broker no longer knows (404/409/410) is rep
 link is retried with jittered back-off and never ends the process. Orders are taken only while the clock is
 within the Factory's skew and a slot is free (the poll asks for no more orders than free slots). Reports are
 sent in batches from one queue that survives session changes. While it holds the lease and its clock is within
-the skew, the agent pushes its listing of active jobs as the session's plan says (:mod:`agent.listings`). On
+the skew, the agent pushes its listing of active jobs (:mod:`agent.listings`) and the site's state
+(:mod:`agent.site`) as the session's plan says. On
 stop (SIGTERM): no more polling, in-flight orders get ``shutdown_grace_s`` to finish while the heartbeat keeps
 the session alive for their reports, the reports are flushed, and the process exits.
 """
@@ -15,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 from agent import __version__
 from agent.backoff import Backoff, sleep_unless
@@ -23,6 +25,7 @@ from agent.executor import Executor, Lease, PauseSwitch
 from agent.link import BrokerLink, LinkDown, SessionLost
 from agent.listings import ListingPusher, ListingTooLarge
 from agent.reports import ReportQueue
+from agent.site import take_site_state
 from slurm_adapters import codec
 from slurm_adapters.agent_protocol import (
     FEATURES,
@@ -32,6 +35,7 @@ from slurm_adapters.agent_protocol import (
     Hello,
     Order,
     Poll,
+    PushPlan,
     Report,
     Reports,
     SessionGranted,
@@ -148,12 +152,15 @@ class Agent:
         lost = asyncio.Event()
         heartbeat = asyncio.create_task(self._heartbeat_loop(session, lost, stop, ended), name="heartbeat")
         poll = asyncio.create_task(self._poll_loop(session, lost, stop), name="poll")
-        listing = asyncio.create_task(self._listing_loop(session, lost, stop), name="listing")
+        pushes = [
+            asyncio.create_task(self._push_loop(session, lost, stop, kind), name=f"push-{kind}")
+            for kind in ("listing", "site")
+        ]
         waiters = [asyncio.create_task(lost.wait()), asyncio.create_task(stop.wait())]
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            ending = [poll, listing, *waiters]
+            ending = [poll, *pushes, *waiters]
             if lost.is_set() or not stop.is_set():
                 ending.append(heartbeat)
             for task in ending:
@@ -244,32 +251,45 @@ class Agent:
             report = await self.executor.execute(order)
         self.reports.put(report)
 
-    # -- listings -----------------------------------------------------------------------------------------
+    # -- pushes -------------------------------------------------------------------------------------------
 
-    async def _listing_loop(self, session: Session, lost: asyncio.Event, stop: asyncio.Event) -> None:
-        """Push the listing every plan interval while this session holds the lease and the clock is in sync."""
-        plan = session.granted.listing
+    async def _push_loop(
+        self, session: Session, lost: asyncio.Event, stop: asyncio.Event, kind: Literal["listing", "site"]
+    ) -> None:
+        """Push ``kind`` every plan interval while this session holds the lease and the clock is in sync."""
+        plan = session.granted.push
         if plan is None:
             return
-        self.listings.forget()  # a new session: the broker's view stands on another session's snapshot
+        if kind == "listing":
+            self.listings.forget()  # a new session: the broker's view stands on another session's snapshot
+        interval_s = plan.listing_interval_s if kind == "listing" else plan.site_interval_s
         while not stop.is_set():
             if self.executor.lease.holder and self.clock.in_sync:
                 try:
-                    listing, jobs = await self.listings.take(plan)
-                    answer = await self.link.listing(session.granted.session_id, listing)
+                    if kind == "listing":
+                        await self._push_listing(session.granted.session_id, plan)
+                    else:
+                        await self.link.site(session.granted.session_id, await take_site_state(
+                            self.executor.adapter, self.clock))  # fmt: skip
                 except SessionLost:
                     lost.set()
                     return
                 except LinkDown as exc:
-                    self.listings.forget()  # not known to be applied: a gap
-                    log.warning("listing not delivered (%s); the next one is full", exc)
+                    log.warning("%s not delivered (%s)", kind, exc)
                 except (SlurmError, ListingTooLarge) as exc:
                     log.warning("listing the site's active jobs failed: %s", exc)
-                else:
-                    self.listings.answered(listing, jobs, answer)
-            else:
+            elif kind == "listing":
                 self.listings.forget()
-            await sleep_unless(stop, plan.interval_s)
+            await sleep_unless(stop, interval_s)
+
+    async def _push_listing(self, session_id: str, plan: PushPlan) -> None:
+        listing, jobs = await self.listings.take(plan)
+        try:
+            answer = await self.link.listing(session_id, listing)
+        except LinkDown:
+            self.listings.forget()  # not known to be applied: a gap, so the next listing is full
+            raise
+        self.listings.answered(listing, jobs, answer)
 
     # -- reports ------------------------------------------------------------------------------------------
 

@@ -4,8 +4,8 @@
 - A Content-Encoding other than identity or a charset other than utf-8: 415 (app.plain_json).
 - A body larger than ``max_body_bytes``: 413, on its Content-Length before a byte of it is read, or while it is
   read (chunked), at the first message past the limit. So no request ever holds more than the limit, however
-  many arrive at once. A Factory agent's reports and listings (``POST /v1/agent/sessions/{id}/reports`` and
-  ``.../listing``: a listing of every active job of its Factory is one body) may be up to
+  many arrive at once. A Factory agent's reports, listings and site states (``POST /v1/agent/sessions/{id}/``
+  ``reports``, ``listing``, ``site``: a listing of every active job of its Factory is one body) may be up to
   ``max_report_body_bytes``, but at most :data:`LARGE_BODIES_AT_ONCE` bodies are read past ``max_body_bytes`` at
   a time (the others wait, held back by TCP), so memory stays bounded however many such requests arrive.
 - A JSON body that is not plain UTF-8 JSON with one value per key: 400 (app.plain_json).
@@ -35,7 +35,7 @@ from conveyor.problems import HEADERS_TOO_LARGE, MALFORMED_REQUEST, PAYLOAD_TOO_
 REQUEST_LINE_BYTES = 8 * 1024
 FIELD_OVERHEAD_BYTES = 4  # ": " and CRLF, as each field is sent
 
-_AGENT_REPORTS = re.compile(r"^/v1/agent/sessions/[^/]+/(reports|listing)$")
+_AGENT_REPORTS = re.compile(r"^/v1/agent/sessions/[^/]+/(reports|listing|site)$")
 LARGE_BODIES_AT_ONCE = 2
 
 # The answers the edge may give to any request, for the OpenAPI document.

@@ -6,8 +6,8 @@ process measured (``Runtime.metrics()``: dispatch and reconcile lag, errors per 
 
 Per agent Factory (:meth:`broker.agents.service.AgentService.figures`): its live sessions, lease epoch and
 seconds since its last heartbeat (from the database), and this process's counts of orders written and
-delivered, reports applied and ignored, listings pushed and the listing calls they served, and order latencies
-(histograms). Labels: ``factory``, ``kind``, ``outcome`` and ``source``.
+delivered, reports applied and ignored, listings pushed, reads served from pushes or orders, and order
+latencies (histograms). Labels: ``factory``, ``kind``, ``outcome``, ``what`` and ``source``.
 """
 
 from __future__ import annotations
@@ -173,11 +173,13 @@ def _agents(out: Exposition, figures: AgentFigures) -> None:
     )
     out.family("agent_listed_jobs_total", "counter", "Jobs carried by the applied listings of the Factory's agent.",
                (({"factory": f}, counted.listed_jobs[f]) for f in ids))  # fmt: skip
+    served = [(f, w, src) for f in ids for w in ("listing", "health", "cluster_info") for src in ("push", "order")]
     out.family(
-        "agent_listing_calls_total",
+        "agent_reads_served_total",
         "counter",
-        "Listings the reconciler asked of the Factory, by source: a pushed view, or an order (no fresh view in time).",
-        (({"factory": f, "source": s}, counted.listing_calls[(f, s)]) for f in ids for s in ("view", "order")),
+        "Reads of the Factory through its agent (listing, health, cluster_info) by source: what the agent pushed, "
+        "or an order (no fresh push in time).",
+        (({"factory": f, "what": w, "source": src}, counted.served_reads[(f, w, src)]) for f, w, src in served),
     )
     for name, latencies, meaning in (
         ("agent_order_delivery_seconds", counted.delivery_latency, "from an order's creation to its delivery"),

@@ -16,8 +16,10 @@ with a JSON body under :data:`PREFIX`, are:
 * ``/sessions/{id}/reports`` (:class:`Reports` -> :class:`ReportsAnswer`): facts, accepted from any
   authenticated session of the Factory, idempotent by order id.
 * ``/sessions/{id}/listing`` (:class:`Listing` -> :class:`ListingAnswer`): Slurm's view of the Factory's active
-  jobs, pushed by the lease holder as the session's :class:`ListingPlan` says: a numbered full snapshot, then
+  jobs, pushed by the lease holder as the session's :class:`PushPlan` says: a numbered full snapshot, then
   deltas against it, and a full one again after a gap, after a restart and at least every ``full_every_s``.
+* ``/sessions/{id}/site`` (:class:`SiteState` -> :class:`SiteAnswer`): the site's Slurm health and cluster
+  information, pushed by the lease holder every ``site_interval_s``.
 
 The at-most-once rule across the boundary: the broker commits the attempt before its submit order exists, and
 the order's ``not_after`` (broker time) is the last moment its Slurm call may still be running. The agent
@@ -55,6 +57,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     WithJsonSchema,
+    model_validator,
 )
 
 from slurm_adapters.codec import SPEC_FIELDS, spec_fields_used
@@ -67,9 +70,10 @@ SCHEME: Final = "Agent"  # Authorization: Agent <assertion>
 MAX_LIFETIME_S: Final = 300
 DEFAULT_LIFETIME_S: Final = 60
 
-# What an agent of this code knows: every field of the adapter-level job spec, and pushing listings.
-PUSH_LISTING: Final = "push.listing"
-FEATURES: Final = (*(f"spec.{name}" for name in SPEC_FIELDS), PUSH_LISTING)
+# What an agent of this code knows: every field of the adapter-level job spec, and pushing its listings and
+# the site's state (:class:`PushPlan`).
+PUSH: Final = "push"
+FEATURES: Final = (*(f"spec.{name}" for name in SPEC_FIELDS), PUSH)
 
 
 def features_used(spec: SlurmJobSpec) -> frozenset[str]:
@@ -132,18 +136,20 @@ class Hello(Message):
     agent_time: Time
 
 
-class ListingPlan(Message):
-    """What the agent lists (Slurm's active jobs whose tag starts with ``tag_prefix``), every ``interval_s``
-    while it holds the lease, and how often at least the listing is a full snapshot."""
+class PushPlan(Message):
+    """What the agent pushes while it holds the lease: its listing of Slurm's active jobs whose tag starts with
+    ``tag_prefix`` every ``listing_interval_s`` (a full snapshot at least every ``full_every_s``), and the
+    site's state (:class:`SiteState`) every ``site_interval_s``."""
 
     tag_prefix: Name
-    interval_s: float = Field(gt=0)
+    listing_interval_s: float = Field(gt=0)
     full_every_s: float = Field(gt=0)
+    site_interval_s: float = Field(gt=0)
 
 
 class SessionGranted(Message):
-    """The session's id and the broker's timing rules for it; ``listing`` when the agent is to push listings
-    (it announced :data:`PUSH_LISTING`)."""
+    """The session's id and the broker's timing rules for it; ``push`` when the agent is to push its listings
+    and the site's state (it announced :data:`PUSH`)."""
 
     session_id: Name
     factory: Name
@@ -152,7 +158,7 @@ class SessionGranted(Message):
     lease_s: float = Field(gt=0)
     poll_wait_s: float = Field(gt=0, le=MAX_WAIT_S)
     clock_skew_s: float = Field(ge=0)
-    listing: ListingPlan | None = None
+    push: PushPlan | None = None
 
 
 class Heartbeat(Message):
@@ -293,6 +299,29 @@ class ListingAnswer(Message):
     want_full: bool
 
 
+class SiteState(Message):
+    """The site's Slurm as the agent saw it, asked after ``taken_at`` (broker time, agent's view): ``health``
+    (``codec.health_to_json``) or, when the health call failed, its ``error`` (``codec.error_to_json``, as a
+    read order would report it), and ``cluster_info`` (``codec.cluster_info_to_json``; None when not read)."""
+
+    taken_at: Time
+    health: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    cluster_info: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _health_or_error(self) -> SiteState:
+        if (self.health is None) == (self.error is None):
+            raise ValueError("a site state carries exactly one of health and error")
+        return self
+
+
+class SiteAnswer(Message):
+    """``applied``: the broker now holds this state; false when it holds a newer one."""
+
+    applied: bool
+
+
 # --- signing -----------------------------------------------------------------------------------------------
 
 
@@ -347,7 +376,7 @@ __all__ = [
     "MAX_LISTED",
     "PREFIX",
     "PROTOCOL",
-    "PUSH_LISTING",
+    "PUSH",
     "READ_OPS",
     "SCHEME",
     "TYP",
@@ -357,16 +386,18 @@ __all__ = [
     "Hello",
     "Listing",
     "ListingAnswer",
-    "ListingPlan",
     "Order",
     "Orders",
     "Poll",
+    "PushPlan",
     "ReadOrder",
     "Report",
     "Reports",
     "ReportsAnswer",
     "Requester",
     "SessionGranted",
+    "SiteAnswer",
+    "SiteState",
     "SubmitOrder",
     "body_hash",
     "features_used",

@@ -30,6 +30,8 @@ from slurm_adapters.agent_protocol import (
     Reports,
     ReportsAnswer,
     SessionGranted,
+    SiteAnswer,
+    SiteState,
 )
 
 router = APIRouter(tags=["agents"])
@@ -111,3 +113,12 @@ async def agent_listing(
     """A full snapshot (``seq`` 0) or a delta against the one the broker holds; ``want_full`` when it holds
     another."""
     return await agents.listing(agent.factory_id, session_id, listing)
+
+
+@router.post("/agent/sessions/{session_id}/site", summary="Push the site's Slurm health and cluster information",
+             responses={**_LINK_ERRORS, 409: {"model": Problem}, **BODY_UNREADABLE})  # fmt: skip
+async def agent_site_state(
+    session_id: SessionPath, state: SiteState, agent: AgentCallerDep, agents: AgentsDep
+) -> SiteAnswer:
+    """Stored unless the broker holds a state taken later (``applied: false``)."""
+    return await agents.site_state(agent.factory_id, session_id, state)

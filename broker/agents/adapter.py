@@ -6,9 +6,9 @@ the call after it); the adapter waits for the report until ``not_after`` + the r
 means the job may exist (``ClusterUnavailable(maybe_applied=True)``): the dispatcher settles the attempt by tag
 lookup. No agent to give the order to means nothing was written (``maybe_applied=False``).
 
-The reconciler's listing (active jobs by the broker's tag prefix) is served from the listing the agent pushes
-(:mod:`broker.agents.listings`) once one has begun after the call; without a fresh one in time, it is a read
-order like every other read.
+The reconciler's listing (active jobs by the broker's tag prefix), health and cluster information are served
+from what the agent pushes (:mod:`broker.agents.listings`, :mod:`broker.agents.site_states`) once taken after
+the call; without a fresh one in time, each is a read order like every other read.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from broker.agents.errors import NoAgent
 from broker.agents.listings import ListingRepository
 from broker.agents.metrics import AgentMetrics
 from broker.agents.orders import OrderRepository, PlacedOrder, ReadOp
+from broker.agents.site_states import PushedSite, SiteStateRepository
 from broker.db.types import utc_now
 from slurm_adapters.agent_protocol import Report, Requester
 from slurm_adapters.codec import (
@@ -48,35 +49,64 @@ from slurm_adapters.records import (
 )
 
 _T = TypeVar("_T")
-LISTING_WAIT_SLACK_S = 5.0  # beyond two push intervals and the skew, for a listing under way to arrive
+PUSH_WAIT_SLACK_S = 5.0  # beyond two push intervals and the skew, for a push under way to arrive
 
 
 @dataclass(frozen=True, slots=True)
-class ListingSource:
-    """Where the adapter finds the agent's pushed listings: jobs tagged ``tag_prefix``, pushed every
-    ``interval_s`` by an agent whose clock may be ``clock_skew_s`` off."""
+class PushedState:
+    """Where the adapter finds what the agent pushes: its listing of jobs tagged ``tag_prefix`` (every
+    ``listing_interval_s``) and the site's state (every ``site_interval_s``), from an agent whose clock may be
+    ``clock_skew_s`` off. A value is served only if taken after the call, even by a clock that fast."""
 
     listings: ListingRepository
+    sites: SiteStateRepository
     tag_prefix: str
-    interval_s: float
+    listing_interval_s: float
+    site_interval_s: float
     clock_skew_s: float
     metrics: AgentMetrics
 
+    def _after(self, asked_at: datetime) -> datetime:
+        return asked_at + timedelta(seconds=self.clock_skew_s)
+
+    def _timeout_s(self, interval_s: float) -> float:
+        """How long a call waits for a fresh push: two intervals, the skew, and time for a push under way (a
+        listing of thousands of jobs takes seconds to take, send and apply)."""
+        return 2 * interval_s + self.clock_skew_s + PUSH_WAIT_SLACK_S
+
+    def _stale_s(self, interval_s: float) -> float:
+        """No push received for as long as a call would wait: the agent is not pushing, ask by order at once."""
+        return self._timeout_s(interval_s)
+
     async def records(self, factory_id: str, tag_prefix: str, asked_at: datetime) -> list[JobRecord] | None:
-        """The jobs tagged ``tag_prefix`` (within the pushed prefix) from a listing begun after ``asked_at``,
-        even by a clock ``clock_skew_s`` fast; None when there is none in time."""
+        """The jobs tagged ``tag_prefix`` (within the pushed prefix), or None when there is no fresh listing."""
         if not tag_prefix.startswith(self.tag_prefix):
             return None
+        interval = self.listing_interval_s
         records = await self.listings.listed_after(
-            factory_id,
-            asked_at + timedelta(seconds=self.clock_skew_s),
-            timeout_s=2 * self.interval_s + self.clock_skew_s + LISTING_WAIT_SLACK_S,
-            stale_s=3 * self.interval_s + self.clock_skew_s,
+            factory_id, self._after(asked_at), timeout_s=self._timeout_s(interval), stale_s=self._stale_s(interval)
         )
-        self.metrics.listing_call(factory_id, from_view=records is not None)
+        self.metrics.served(factory_id, "listing", from_push=records is not None)
         if records is None:
             return None
         return [record for record in records if record.tag is not None and record.tag.startswith(tag_prefix)]
+
+    async def health(self, factory_id: str, asked_at: datetime) -> PushedSite | None:
+        """The site's state (its health, or the error of its health call), or None without a fresh one."""
+        interval = self.site_interval_s
+        site = await self.sites.health_after(
+            factory_id, self._after(asked_at), timeout_s=self._timeout_s(interval), stale_s=self._stale_s(interval)
+        )
+        self.metrics.served(factory_id, "health", from_push=site is not None)
+        return site
+
+    async def cluster_info(self, factory_id: str, asked_at: datetime) -> ClusterInfo | None:
+        interval = self.site_interval_s
+        info = await self.sites.cluster_info_after(
+            factory_id, self._after(asked_at), timeout_s=self._timeout_s(interval), stale_s=self._stale_s(interval)
+        )
+        self.metrics.served(factory_id, "cluster_info", from_push=info is not None)
+        return info
 
 
 class AgentAdapter(SlurmAdapter):
@@ -94,7 +124,7 @@ class AgentAdapter(SlurmAdapter):
         timeout_s: float,
         read_timeout_s: float,
         report_grace_s: float,
-        listing: ListingSource | None = None,
+        pushed: PushedState | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         super().__init__(cluster)
@@ -103,7 +133,7 @@ class AgentAdapter(SlurmAdapter):
         self._timeout = timedelta(seconds=timeout_s)
         self._read_timeout = timedelta(seconds=read_timeout_s)
         self._grace = timedelta(seconds=report_grace_s)
-        self._listing = listing
+        self._pushed = pushed
         self._clock = clock
 
     def render(self, spec: SlurmJobSpec, user: str) -> Rendering:
@@ -157,10 +187,10 @@ class AgentAdapter(SlurmAdapter):
         return await self._read("get_job", {"job_id": int(job_id)}, record_from_json)
 
     async def list_jobs(self, *, tags: Collection[str] | None = None, tag_prefix: str | None = None) -> list[JobRecord]:
-        if self._listing is not None and tags is None and tag_prefix is not None:
-            pushed = await self._listing.records(self.factory_id, tag_prefix, self._clock())
-            if pushed is not None:
-                return pushed
+        if self._pushed is not None and tags is None and tag_prefix is not None:
+            listed = await self._pushed.records(self.factory_id, tag_prefix, self._clock())
+            if listed is not None:
+                return listed
         args = {"tags": sorted(tags) if tags is not None else None, "tag_prefix": tag_prefix}
         return await self._read("list_jobs", args, records_from_json)
 
@@ -178,10 +208,19 @@ class AgentAdapter(SlurmAdapter):
         return await self._read("read_output", args, lambda data: str_from_json(data, "read_output"))
 
     async def cluster_info(self) -> ClusterInfo:
+        if self._pushed is not None:
+            info = await self._pushed.cluster_info(self.factory_id, self._clock())
+            if info is not None:
+                return info
         return await self._read("cluster_info", {}, cluster_info_from_json)
 
     async def health(self) -> Health:
-        return await self._read("health", {}, health_from_json)
+        site = await self._pushed.health(self.factory_id, self._clock()) if self._pushed is not None else None
+        if site is None:
+            return await self._read("health", {}, health_from_json)
+        if site.health is not None:
+            return site.health
+        raise self._site_error(site.error)
 
     # -- the mailbox -------------------------------------------------------------------------------------------
 
@@ -228,8 +267,15 @@ class AgentAdapter(SlurmAdapter):
             return self._unavailable(f"the agent reported a failed {what} without an error", maybe_applied=in_doubt)
         return error
 
+    def _site_error(self, payload: dict[str, Any] | None) -> SlurmError:
+        """The error the site's health call raised, as the agent pushed it (read by the codec when stored)."""
+        try:
+            return error_from_json(payload, cluster=self.cluster, source=f"the agent of Factory {self.factory_id}")
+        except ProtocolError as exc:
+            return self._unavailable(f"the agent's health error is malformed: {exc}", maybe_applied=False)
+
     def _unavailable(self, message: str, *, maybe_applied: bool) -> ClusterUnavailable:
         return ClusterUnavailable(message, cluster=self.cluster, maybe_applied=maybe_applied)
 
 
-__all__ = ["AgentAdapter", "ListingSource"]
+__all__ = ["AgentAdapter", "PushedState"]

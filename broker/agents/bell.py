@@ -5,8 +5,8 @@ its commit. Writes of other processes (broker replicas on one PostgreSQL) are se
 every ``interval_s``, shared by all its waiters: the newest open order id of each Factory someone polls, and
 which awaited orders have been answered. No waiter, no query; twenty idle long polls cost one small query per
 interval. A Factory's order ids are committed in id order (writers serialize per Factory, see
-:mod:`broker.agents.orders`), so a new order always changes its Factory's newest open id; an applied listing
-always raises its Factory's listing ``version`` (:mod:`broker.agents.listings`).
+:mod:`broker.agents.orders`), so a new order always changes its Factory's newest open id; an applied push
+(a listing, the site's state) always raises its row's ``version`` (:mod:`broker.agents.pushed`).
 
 A waiter registers before it reads the database (:meth:`Bell.listen`), so a ring between its read and its
 wait is never lost; a ring may be spurious (the waiter reads again and finds nothing). Leaving the ``async
@@ -25,7 +25,7 @@ from sqlalchemy import String, func, literal, select, union_all
 from sqlalchemy.sql import CompoundSelect, Select
 
 from broker.db.engine import Database
-from broker.db.models import AgentListing, AgentOrder
+from broker.db.models import AgentListing, AgentOrder, AgentSiteState
 
 log = logging.getLogger(__name__)
 _K = TypeVar("_K")
@@ -58,26 +58,26 @@ class Bell:
         self._interval_s = interval_s
         self._by_factory: dict[str, set[Signal]] = {}
         self._by_order: dict[int, set[Signal]] = {}
-        self._by_listing: dict[str, set[Signal]] = {}
+        self._by_pushed: dict[str, set[Signal]] = {}
         self._newest: dict[str, int | None] = {}  # last seen newest open order id per Factory
-        self._listing_versions: dict[str, int | None] = {}  # last seen listing version per Factory
+        self._pushed_versions: dict[tuple[str, str], int | None] = {}  # last seen (kind, Factory) -> version
         self._task: asyncio.Task[None] | None = None
         self.checks = 0
 
     @contextlib.asynccontextmanager
     async def listen(
-        self, *, factory_id: str | None = None, order_ids: Iterable[int] = (), listing_of: str | None = None
+        self, *, factory_id: str | None = None, order_ids: Iterable[int] = (), pushed_of: str | None = None
     ) -> AsyncIterator[Signal]:
         """A signal rung when ``factory_id`` gets a new order (or one of its open orders changes), when one
-        of ``order_ids`` is answered, or when a listing of ``listing_of`` is applied."""
+        of ``order_ids`` is answered, or when a push of ``pushed_of``'s agent (listing, site state) is applied."""
         signal = Signal()
         orders = list(order_ids)
         if factory_id is not None:
             self._by_factory.setdefault(factory_id, set()).add(signal)
         for order_id in orders:
             self._by_order.setdefault(order_id, set()).add(signal)
-        if listing_of is not None:
-            self._by_listing.setdefault(listing_of, set()).add(signal)
+        if pushed_of is not None:
+            self._by_pushed.setdefault(pushed_of, set()).add(signal)
         self._ensure_checking()
         try:
             yield signal
@@ -86,8 +86,8 @@ class Bell:
                 _discard(self._by_factory, factory_id, signal)
             for order_id in orders:
                 _discard(self._by_order, order_id, signal)
-            if listing_of is not None:
-                _discard(self._by_listing, listing_of, signal)
+            if pushed_of is not None:
+                _discard(self._by_pushed, pushed_of, signal)
 
     def ring_orders(self, factory_id: str) -> None:
         """``factory_id`` has a new order (or one of its orders changed): wake its pollers."""
@@ -100,15 +100,15 @@ class Bell:
             for signal in list(self._by_order.get(order_id, ())):
                 signal.ring()
 
-    def ring_listing(self, factory_id: str) -> None:
-        """A listing of ``factory_id`` was applied: wake whoever waits for a fresh one."""
-        for signal in list(self._by_listing.get(factory_id, ())):
+    def ring_pushed(self, factory_id: str) -> None:
+        """A push of ``factory_id``'s agent was applied: wake whoever waits for a fresh one."""
+        for signal in list(self._by_pushed.get(factory_id, ())):
             signal.ring()
 
     @property
     def waiting(self) -> int:
         """Registered waiters (a waiter on several orders counts once per order)."""
-        indexes = (self._by_factory, self._by_order, self._by_listing)
+        indexes = (self._by_factory, self._by_order, self._by_pushed)
         return sum(len(signals) for index in indexes for signals in index.values())
 
     async def aclose(self) -> None:
@@ -125,7 +125,7 @@ class Bell:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval_s)
-            if not self._by_factory and not self._by_order and not self._by_listing:
+            if not self._by_factory and not self._by_order and not self._by_pushed:
                 continue
             try:
                 await self.check()
@@ -134,21 +134,21 @@ class Bell:
 
     async def check(self) -> None:
         """One look at the database for every waiter of this process; rings what changed."""
-        factories, orders, listings = sorted(self._by_factory), sorted(self._by_order), sorted(self._by_listing)
-        statement = _check_statement(factories, orders, listings)
+        factories, orders, pushed = sorted(self._by_factory), sorted(self._by_order), sorted(self._by_pushed)
+        statement = _check_statement(factories, orders, pushed)
         if statement is None:
             return
         async with self._db.read() as session:
             rows = (await session.execute(statement)).all()
         self.checks += 1
         newest: dict[str, int | None] = dict.fromkeys(factories)
-        versions: dict[str, int | None] = dict.fromkeys(listings)
+        versions: dict[tuple[str, str], int | None] = {(kind, f): None for f in pushed for kind in _PUSH_KINDS}
         answered: list[int] = []
         for kind, factory_id, number in rows:
             if kind == "o":
                 newest[factory_id] = number
-            elif kind == "l":
-                versions[factory_id] = number
+            elif kind in _PUSH_KINDS:
+                versions[(kind, factory_id)] = number
             else:
                 answered.append(number)
         for factory_id, newest_id in newest.items():
@@ -157,16 +157,17 @@ class Bell:
                 self._newest[factory_id] = newest_id
                 self.ring_orders(factory_id)
         self.ring_answers(answered)
-        for factory_id, version in versions.items():
-            if factory_id not in self._listing_versions or self._listing_versions[factory_id] != version:
-                self._listing_versions[factory_id] = version
-                self.ring_listing(factory_id)
+        for key, version in versions.items():
+            if key not in self._pushed_versions or self._pushed_versions[key] != version:
+                self._pushed_versions[key] = version
+                self.ring_pushed(key[1])
 
 
+_PUSH_KINDS = ("l", "s")  # a listing, a site state
 _Check = Select[str, str, int] | CompoundSelect[str, str, int]
 
 
-def _check_statement(factories: list[str], orders: list[int], listings: list[str]) -> _Check | None:
+def _check_statement(factories: list[str], orders: list[int], pushed: list[str]) -> _Check | None:
     parts: list[Select[str, str, int]] = []
     if factories:
         parts.append(
@@ -180,12 +181,13 @@ def _check_statement(factories: list[str], orders: list[int], listings: list[str
                 AgentOrder.id.in_(orders), AgentOrder.state == "answered"
             )
         )
-    if listings:
-        parts.append(
-            select(literal("l", String).label("kind"), AgentListing.factory_id, AgentListing.version).where(
-                AgentListing.factory_id.in_(listings)
+    if pushed:
+        for kind, table in (("l", AgentListing), ("s", AgentSiteState)):
+            parts.append(
+                select(literal(kind, String).label("kind"), table.factory_id, table.version).where(
+                    table.factory_id.in_(pushed)
+                )
             )
-        )
     if not parts:
         return None
     if len(parts) == 1:

@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from broker.agents.adapter import AgentAdapter, ListingSource
+from broker.agents.adapter import AgentAdapter, PushedState
 from broker.agents.bell import Bell
 from broker.agents.listings import ListingRepository
 from broker.agents.metrics import AgentMetrics
 from broker.agents.orders import OrderRepository
 from broker.agents.sessions import SessionRepository
+from broker.agents.site_states import SiteStateRepository
 from broker.agents.timings import AgentTimings
 from broker.db.engine import Database
 from broker.db.types import utc_now
@@ -32,17 +33,20 @@ class AgentLink:
         self.metrics = AgentMetrics()
         self.orders = OrderRepository(database, self.bell, clock, self.metrics)
         self.listings = ListingRepository(database, self.bell, clock, self.metrics)
+        self.sites = SiteStateRepository(database, self.bell, clock)
 
     @classmethod
     def from_settings(cls, database: Database, settings: Settings) -> AgentLink:
         return cls(database, AgentTimings.from_settings(settings))
 
     def adapter(self, factory_id: str, config: AgentConfig, *, clock_skew_s: float = 0.0) -> AgentAdapter:
-        """The adapter of an agent Factory (``clock_skew_s``: the Factory's, for the freshness of its listings)."""
-        listing = ListingSource(
+        """The adapter of an agent Factory (``clock_skew_s``: the Factory's, for the freshness of its pushes)."""
+        pushed = PushedState(
             self.listings,
+            self.sites,
             tag_prefix=JOB_ID_PREFIX,
-            interval_s=self.timings.listing_interval_s,
+            listing_interval_s=self.timings.listing_interval_s,
+            site_interval_s=self.timings.site_interval_s,
             clock_skew_s=clock_skew_s,
             metrics=self.metrics,
         )
@@ -53,7 +57,7 @@ class AgentLink:
             timeout_s=config.timeout_s,
             read_timeout_s=self.timings.read_timeout_s,
             report_grace_s=self.timings.report_grace_s,
-            listing=listing,
+            pushed=pushed,
             clock=self.clock,
         )
 

@@ -17,7 +17,6 @@ Rules every method keeps:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from broker.agents.bell import Bell
 from broker.agents.metrics import AgentMetrics
 from broker.agents.orders import serialize_writers
+from broker.agents.pushed import when_fresh
 from broker.agents.sessions import live_session
 from broker.db.engine import Database
 from broker.db.models import AgentListedJob, AgentListing
@@ -109,7 +109,7 @@ class ListingRepository:
                 await _store(session, row, (factory_id, session_id), listing, jobs, now=now)
         self._metrics.listed(factory_id, full=listing.full, applied=answer.applied, jobs=len(jobs))
         if answer.applied:
-            self._bell.ring_listing(factory_id)
+            self._bell.ring_pushed(factory_id)
         return answer
 
     @staticmethod
@@ -137,26 +137,23 @@ class ListingRepository:
         """The Factory's view once it stands on a listing that began at ``after`` or later (``after`` already
         allows for the clock skew); None at once when no listing was received for ``stale_s`` (no agent is
         pushing), or when none comes within ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        async with self._bell.listen(listing_of=factory_id) as signal:
-            while True:
-                async with self._db.read() as session:
-                    head = await _head(session, factory_id)
-                    if head is None or self._clock() - head.received_at > timedelta(seconds=stale_s):
-                        return None
-                    if head.listed_at >= after:
-                        data = (
-                            await session.scalars(
-                                select(AgentListedJob.record)
-                                .where(AgentListedJob.factory_id == factory_id)
-                                .order_by(AgentListedJob.slurm_job_id)
-                            )
-                        ).all()
-                        return [record_from_json(record) for record in data]
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                await signal.wait(remaining)
+
+        async def look(session: AsyncSession) -> tuple[bool, list[JobRecord] | None]:
+            head = await _head(session, factory_id)
+            if head is None or self._clock() - head.received_at > timedelta(seconds=stale_s):
+                return True, None
+            if head.listed_at < after:
+                return False, None
+            data = (
+                await session.scalars(
+                    select(AgentListedJob.record)
+                    .where(AgentListedJob.factory_id == factory_id)
+                    .order_by(AgentListedJob.slurm_job_id)
+                )
+            ).all()
+            return True, [record_from_json(record) for record in data]
+
+        return await when_fresh(self._bell, self._db, factory_id, look, timeout_s=timeout_s)
 
 
 async def _store(

@@ -2,7 +2,8 @@
 
 Counted where it happens (the order mailbox, the listings), in memory, with no database write: orders written
 by kind, orders delivered (first hand-out only), reports applied and ignored, listings pushed (full or delta,
-applied or not) and the jobs they carried, listing calls served from a pushed view or sent as an order, and two
+applied or not) and the jobs they carried, reads (listing, health, cluster info) served from a push or sent as
+an order, and two
 latencies as histograms: from an order's creation to its first delivery, and from its delivery to the report
 that answered it. Labels are the
 Factory id and the order kind only (both bounded by the Factory file), so the series stay few. The counts are
@@ -56,7 +57,7 @@ class AgentMetrics:
         self.reports: Counter[Key] = Counter()  # (Factory, "applied" | "ignored")
         self.listings: Counter[tuple[str, str, str]] = Counter()  # (Factory, "full" | "delta", "applied" | ...)
         self.listed_jobs: Counter[str] = Counter()  # jobs carried by applied listings, per Factory
-        self.listing_calls: Counter[Key] = Counter()  # (Factory, "view" | "order")
+        self.served_reads: Counter[tuple[str, str, str]] = Counter()  # (Factory, what, "push" | "order")
         self.delivery_latency: dict[Key, Histogram] = {}
         self.answer_latency: dict[Key, Histogram] = {}
 
@@ -79,8 +80,9 @@ class AgentMetrics:
         if applied:
             self.listed_jobs[factory_id] += jobs
 
-    def listing_call(self, factory_id: str, *, from_view: bool) -> None:
-        self.listing_calls[(factory_id, "view" if from_view else "order")] += 1
+    def served(self, factory_id: str, what: str, *, from_push: bool) -> None:
+        """A read (``what``: listing, health, cluster_info) served from a push, or sent as an order."""
+        self.served_reads[(factory_id, what, "push" if from_push else "order")] += 1
 
 
 __all__ = ["LATENCY_BUCKETS_S", "AgentMetrics", "Histogram"]

@@ -2,7 +2,7 @@
 :mod:`slurm_adapters.agent_protocol`. The caller has authenticated the request as ``factory_id``'s agent.
 
 Refusals are typed (:mod:`broker.agents.errors`): :class:`UnknownFactory` and :class:`UnknownSession` (404),
-:class:`SessionExpired` (409; the agent opens a new session); a listing that does not decode,
+:class:`SessionExpired` (409; the agent opens a new session); a listing or site state that does not decode,
 :class:`~broker.errors.InvalidInput` (422)."""
 
 from __future__ import annotations
@@ -19,18 +19,20 @@ from broker.agents.sessions import Connection, Presence, presences
 from broker.factories.registry import FactoryRegistry
 from broker.jobs.ids import JOB_ID_PREFIX
 from slurm_adapters.agent_protocol import (
-    PUSH_LISTING,
+    PUSH,
     Heartbeat,
     HeartbeatAnswer,
     Hello,
     Listing,
     ListingAnswer,
-    ListingPlan,
     Orders,
     Poll,
+    PushPlan,
     Reports,
     ReportsAnswer,
     SessionGranted,
+    SiteAnswer,
+    SiteState,
 )
 from slurm_adapters.factory import AgentConfig
 
@@ -73,13 +75,16 @@ class AgentService:
             lease_s=timings.lease_s,
             poll_wait_s=timings.poll_wait_s,
             clock_skew_s=skew,
-            listing=self._listing_plan() if PUSH_LISTING in hello.features else None,
+            push=self._push_plan() if PUSH in hello.features else None,
         )
 
-    def _listing_plan(self) -> ListingPlan:
+    def _push_plan(self) -> PushPlan:
         timings = self._link.timings
-        return ListingPlan(
-            tag_prefix=JOB_ID_PREFIX, interval_s=timings.listing_interval_s, full_every_s=timings.listing_full_s
+        return PushPlan(
+            tag_prefix=JOB_ID_PREFIX,
+            listing_interval_s=timings.listing_interval_s,
+            full_every_s=timings.listing_full_s,
+            site_interval_s=timings.site_interval_s,
         )
 
     async def heartbeat(self, factory_id: str, session_id: str, beat: Heartbeat) -> HeartbeatAnswer:
@@ -106,6 +111,10 @@ class AgentService:
     async def listing(self, factory_id: str, session_id: str, listing: Listing) -> ListingAnswer:
         self._agent_factory(factory_id)
         return await self._link.listings.apply(factory_id, session_id, listing)
+
+    async def site_state(self, factory_id: str, session_id: str, state: SiteState) -> SiteAnswer:
+        self._agent_factory(factory_id)
+        return await self._link.sites.apply(factory_id, session_id, state)
 
     async def figures(self) -> AgentFigures:
         """For ``/metrics``: what this process counted on the link and, from the sessions table (two reads),

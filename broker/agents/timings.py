@@ -13,7 +13,8 @@ class AgentTimings:
     ``lease_s``; agents beat every ``heartbeat_s`` and long-poll up to ``poll_wait_s``; one check per process
     every ``bell_interval_s`` sees other replicas' writes; reads wait ``read_timeout_s``; a report may still
     arrive ``report_grace_s`` after an order's not_after. Agents push their listing every ``listing_interval_s``
-    (the reconciler's interval), a full one at least every ``listing_full_s``."""
+    (the reconciler's interval), a full one at least every ``listing_full_s``, and the site's state every
+    ``site_interval_s`` (the health checks' interval)."""
 
     session_ttl_s: float = 30.0
     lease_s: float = 15.0
@@ -24,6 +25,7 @@ class AgentTimings:
     report_grace_s: float = 5.0
     listing_interval_s: float = 5.0
     listing_full_s: float = 120.0
+    site_interval_s: float = 15.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AgentTimings:
@@ -37,6 +39,7 @@ class AgentTimings:
             report_grace_s=settings.agent_report_grace_s,
             listing_interval_s=settings.reconciler_interval_s,
             listing_full_s=settings.agent_listing_full_s,
+            site_interval_s=settings.health_interval_s,
         )
 
 

@@ -517,3 +517,20 @@ class AgentListedJob(Base):
     factory_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     slurm_job_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     record: Mapped[dict[str, Any]]
+
+
+class AgentSiteState(Base):
+    """The site's Slurm health (or the error of the health call) and cluster information as the Factory's agent
+    last pushed them (taken after ``taken_at``, broker time as the agent knows it). ``version`` rises with every
+    applied push."""
+
+    __tablename__ = "agent_site_states"
+
+    factory_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(BigInteger)
+    taken_at: Mapped[datetime]
+    received_at: Mapped[datetime]
+    health: Mapped[dict[str, Any] | None]  # or the error the site's health call raised
+    error: Mapped[dict[str, Any] | None]
+    cluster_info: Mapped[dict[str, Any] | None]

@@ -7,7 +7,8 @@ not flood the log.
 A Factory reached through its agent is judged first from the sessions table (one read per cycle for all of
 them, :func:`judge_agent`): no agent ever seen, every session paused at the site, or no live session for longer
 than ``agent_silent_s`` is unhealthy at once, without writing an order nobody would take. Only when an agent
-holds the lease is the site's own health asked for (a read order the agent answers from its Slurm). Its jobs
+holds the lease is the site's own health judged: from the state the agent pushed within ``agent_state_max_age_s``
+(its health and cluster information), else asked for (a read order the agent answers from its Slurm). Its jobs
 wait (placement keeps them queued); silence alone never makes a job ``lost``.
 
 Capacity (GPUs by type, total and free, and the Slurm release) is different: a display hint for
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from broker.agents.sessions import Presence, presences
+from broker.agents.site_states import PushedSite, latest_site_state
 from broker.db.engine import Database
 from broker.db.repositories import FactoryStateRepository
 from broker.db.types import utc_now
@@ -32,6 +34,7 @@ from broker.factories.adapters import AdapterProvider
 from broker.factories.placement import FactoryStatus
 from broker.factories.registry import FactoryRegistry
 from broker.factories.service import Capacity
+from slurm_adapters.codec import error_from_json
 from slurm_adapters.errors import SlurmError
 from slurm_adapters.factory import AgentConfig
 from slurm_adapters.records import ClusterInfo, Health
@@ -102,6 +105,10 @@ class CapacitySnapshots:
         self._snapshots[factory_id] = capacity_of(info, health, now)
 
 
+async def _known(info: ClusterInfo) -> ClusterInfo:
+    return info
+
+
 @dataclass(frozen=True, slots=True)
 class AgentVerdict:
     """What the sessions table says of an agent Factory's health: ``healthy`` None means ask the agent (it
@@ -144,6 +151,7 @@ class HealthMonitor:
         *,
         capacity_interval_s: float = 0.0,
         agent_silent_s: float = 60.0,
+        agent_state_max_age_s: float = 0.0,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._database = database
@@ -151,6 +159,7 @@ class HealthMonitor:
         self._adapters = adapters
         self._states = FactoryStateRepository(database)
         self._agent_silent_s = agent_silent_s
+        self._agent_state_max_age = timedelta(seconds=agent_state_max_age_s)
         self._clock = clock
         self.capacity = CapacitySnapshots(capacity_interval_s)
 
@@ -175,6 +184,16 @@ class HealthMonitor:
             if agent.healthy is None:
                 return None
             return await self._record(factory_id, agent.healthy, agent.detail)
+        pushed = await self._pushed(factory_id) if agent is not None else None
+        if pushed is not None and pushed.health is None:  # the site's health call failed, as pushed
+            cluster = self._registry[factory_id].adapter.cluster
+            return await self._record(factory_id, False, str(error_from_json(pushed.error, cluster=cluster)))
+        if pushed is not None and pushed.health is not None:
+            await self._record(factory_id, pushed.health.ok, pushed.health.detail)
+            info = pushed.cluster_info
+            read = (lambda: _known(info)) if info is not None else self._adapters.get(factory_id).cluster_info
+            await self.capacity.refresh(factory_id, pushed.health, read)
+            return pushed.health.ok
         health: Health | None = None
         try:
             health = await self._adapters.get(factory_id).health()
@@ -188,6 +207,14 @@ class HealthMonitor:
         if health is not None:
             await self.capacity.refresh(factory_id, health, self._adapters.get(factory_id).cluster_info)
         return healthy
+
+    async def _pushed(self, factory_id: str) -> PushedSite | None:
+        """The state the Factory's agent pushed recently, if the monitor takes pushes (max age > 0)."""
+        if not self._agent_state_max_age:
+            return None
+        return await latest_site_state(
+            self._database, factory_id, received_after=self._clock() - self._agent_state_max_age
+        )
 
     async def _record(self, factory_id: str, healthy: bool, detail: str | None) -> bool:
         if await self._states.record_health(factory_id, healthy=healthy, detail=detail, actor=ACTOR):

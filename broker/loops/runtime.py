@@ -59,6 +59,9 @@ class RuntimeFigures(TypedDict):
     loop_errors: dict[str, int]  # per loop: cycles that failed as a whole
 
 
+AGENT_PUSH_SLACK_S = 5.0
+
+
 class Runtime:
     """Starts and stops the loops; holds what they measured."""
 
@@ -80,6 +83,8 @@ class Runtime:
             adapters,
             capacity_interval_s=settings.capacity_interval_s,
             agent_silent_s=settings.agent_silent_s,
+            # an agent pushes its site's state every health interval: two intervals' grace for a late push
+            agent_state_max_age_s=2 * settings.health_interval_s + AGENT_PUSH_SLACK_S,
         )
         self.instance_id = settings.instance_id or worker_id or default_worker_id()
         if worker_id is None:  # one per process: a restart under a persistent instance id is a new lease owner

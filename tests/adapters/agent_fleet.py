@@ -38,14 +38,18 @@ UNPRIVILEGED_USER = "nobody"
 UNPRIVILEGED = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
 
 # Fast agent timings, the same in the broker process and in the test's AgentLink: a reconnecting agent holds
-# the lease again within seconds, and each process sees the other's writes within 50 ms.
-TIMINGS = AgentTimings(heartbeat_s=1, lease_s=3, session_ttl_s=6, poll_wait_s=5, bell_interval_s=0.05)
+# the lease again within seconds, each process sees the other's writes within 50 ms, and the agents push their
+# listings and site states every second (the broker's reconciler and health intervals set the plan).
+TIMINGS = AgentTimings(heartbeat_s=1, lease_s=3, session_ttl_s=6, poll_wait_s=5, bell_interval_s=0.05,
+                       listing_interval_s=1, site_interval_s=1)  # fmt: skip
 TIMINGS_ENV = {
     "CONVEYOR_AGENT_HEARTBEAT_S": str(TIMINGS.heartbeat_s),
     "CONVEYOR_AGENT_LEASE_S": str(TIMINGS.lease_s),
     "CONVEYOR_AGENT_SESSION_TTL_S": str(TIMINGS.session_ttl_s),
     "CONVEYOR_AGENT_POLL_WAIT_S": str(TIMINGS.poll_wait_s),
     "CONVEYOR_AGENT_BELL_INTERVAL_S": str(TIMINGS.bell_interval_s),
+    "CONVEYOR_RECONCILER_INTERVAL_S": str(TIMINGS.listing_interval_s),
+    "CONVEYOR_HEALTH_INTERVAL_S": str(TIMINGS.site_interval_s),
 }
 
 

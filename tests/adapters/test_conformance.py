@@ -645,15 +645,39 @@ async def test_through_an_agent_the_reconcilers_listing_is_the_pushed_view(
     await wait_for_job(adapter, job_id, {SlurmJobState.CANCELLED}, timeout_s=30)
     listed = await adapter.list_jobs(tag_prefix=spec.tag)
     assert [(r.job_id, r.state) for r in listed] == [(job_id, SlurmJobState.CANCELLED)]
-    assert await listing_orders(fleet.database_url, spec.tag) == 0
+    ordered = [args for op, args in await read_orders(fleet.database_url) if op == "list_jobs"
+               and args.get("tag_prefix") == spec.tag]  # fmt: skip
+    assert ordered == [], fleet.agents[cluster.name].log_tail()
 
 
-async def listing_orders(database_url: str, tag_prefix: str) -> int:
-    """Listing orders written with ``tag_prefix`` in the agent fleet's database."""
+async def test_through_an_agent_health_and_cluster_info_are_the_pushed_site_state(
+    case: tuple[str, Cluster], adapter: SlurmAdapter, cluster: Cluster, request: pytest.FixtureRequest
+) -> None:
+    """Health and cluster information come from the state the agent pushed after the call, as the lab's
+    slurmctld says (its release, its partitions), without a read order."""
+    if case[0] != "agent":
+        pytest.skip("only an agent pushes its site's state")
+    fleet: AgentFleet = request.getfixturevalue("agent_fleet")
+    before = len(await read_orders(fleet.database_url))
+    health = await adapter.health()
+    info = await adapter.cluster_info()
+    assert health.ok, health
+    assert health.release == cluster.release
+    assert info.release == cluster.release
+    assert {p.name for p in info.partitions} == {p["name"] for p in cluster.raw["partitions"]}
+    assert [op for op, _ in (await read_orders(fleet.database_url))[before:] if op in {"health", "cluster_info"}] == []
+
+
+async def read_orders(database_url: str) -> list[tuple[str, dict[str, Any]]]:
+    """(op, args) of every read order in the agent fleet's database, oldest first."""
     database = create_database(database_url)
     try:
         async with database.read() as session:
-            payloads = (await session.scalars(select(AgentOrder.payload).where(AgentOrder.kind == "read"))).all()
+            payloads = (
+                await session.scalars(
+                    select(AgentOrder.payload).where(AgentOrder.kind == "read").order_by(AgentOrder.id)
+                )
+            ).all()
     finally:
         await database.dispose()
-    return sum(1 for p in payloads if p["op"] == "list_jobs" and p["args"].get("tag_prefix") == tag_prefix)
+    return [(payload["op"], payload["args"]) for payload in payloads]

@@ -33,15 +33,17 @@ from slurm_adapters.agent_protocol import (
     Hello,
     Listing,
     ListingAnswer,
-    ListingPlan,
     Order,
     Orders,
     Poll,
+    PushPlan,
     ReadOrder,
     Reports,
     ReportsAnswer,
     Requester,
     SessionGranted,
+    SiteAnswer,
+    SiteState,
     SubmitOrder,
     body_hash,
 )
@@ -225,8 +227,9 @@ class FakeBroker:
         self.fail: dict[str, int] = {}  # route kind -> how many of its next requests fail with a connect error
         self.changed = asyncio.Condition()
         self.ids = itertools.count(1)
-        self.listing_plan: ListingPlan | None = None  # given at hello: the agent pushes listings
+        self.push_plan: PushPlan | None = None  # given at hello: the agent pushes listings and site states
         self.listings: list[Listing] = []  # every listing received
+        self.site_states: list[SiteState] = []  # every site state received
         self.view: tuple[int, int] | None = None  # (snapshot, seq) the broker's view stands on
 
     # -- what tests do ----------------------------------------------------------------------------------
@@ -301,6 +304,9 @@ class FakeBroker:
             return _json(ReportsAnswer(applied=len(reports.reports), ignored=0))
         if kind == "listing":
             return _json(self._listing(Listing.model_validate(data)))
+        if kind == "site":
+            self.site_states.append(SiteState.model_validate(data))
+            return _json(SiteAnswer(applied=True))
         return httpx.Response(404)
 
     def _listing(self, listing: Listing) -> ListingAnswer:
@@ -317,7 +323,7 @@ class FakeBroker:
         granted = SessionGranted(
             session_id=session.id, factory=self.factory, broker_time=self.now(), heartbeat_s=self.heartbeat_s,
             lease_s=self.lease_s, poll_wait_s=self.poll_wait_s, clock_skew_s=self.clock_skew_s,
-            listing=self.listing_plan,
+            push=self.push_plan,
         )  # fmt: skip
         return _json(granted, status=201)
 

@@ -1,6 +1,6 @@
 """Pushing listings: a numbered full snapshot, then deltas of only what changed; a full one again after a gap,
 when the broker asks, and when ``full_every_s`` has passed. In the loop: only the lease holder pushes, and only
-while its clock is within the skew."""
+while its clock is within the skew; it pushes the site's state too (health, cluster information)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from agent.keys import SigningKey
 from agent.listings import ListingPusher, ListingTooLarge
 from agent.runner import Agent
 from slurm_adapters import agent_protocol
-from slurm_adapters.agent_protocol import Listing, ListingAnswer, ListingPlan
-from slurm_adapters.records import JobRecord, SlurmJobState
+from slurm_adapters.agent_protocol import Listing, ListingAnswer, PushPlan
+from slurm_adapters.errors import ClusterUnavailable
+from slurm_adapters.records import Health, JobRecord, SlurmJobState
 from tests.agent.fakes import FakeBroker, RecordingAdapter, eventually
 from tests.agent.test_agent_loop import build
 
-PLAN = ListingPlan(tag_prefix="job_", interval_s=0.05, full_every_s=60)
+PLAN = PushPlan(tag_prefix="job_", listing_interval_s=0.05, full_every_s=60, site_interval_s=0.05)
 APPLIED = ListingAnswer(applied=True, want_full=False)
 
 
@@ -130,7 +131,7 @@ async def test_the_lease_holder_pushes_and_a_cut_link_makes_the_next_listing_ful
     key: SigningKey, tmp_path: Path
 ) -> None:
     broker = FakeBroker(key)
-    broker.listing_plan = PLAN
+    broker.push_plan = PLAN
     adapter = ListedAdapter()
     adapter.put(1)
     agent = build(key, broker, adapter, tmp_path)
@@ -151,7 +152,7 @@ async def test_the_lease_holder_pushes_and_a_cut_link_makes_the_next_listing_ful
 
 async def test_a_standby_and_an_agent_out_of_skew_push_nothing(key: SigningKey, tmp_path: Path) -> None:
     broker = FakeBroker(key)
-    broker.listing_plan = PLAN
+    broker.push_plan = PLAN
     broker.holder = False
     adapter = ListedAdapter()
     agent = build(key, broker, adapter, tmp_path)
@@ -169,3 +170,39 @@ async def test_a_standby_and_an_agent_out_of_skew_push_nothing(key: SigningKey, 
         assert broker.listings[0].full
     finally:
         await _stop(agent, stop, task)
+
+
+class DownAdapter(RecordingAdapter):
+    """A test double whose Slurm does not answer (no Slurm behind it)."""
+
+    async def health(self) -> Health:
+        await super().health()
+        raise ClusterUnavailable("slurmctld: Unable to contact slurm controller", cluster=self.cluster)
+
+
+@pytest.mark.parametrize("down", [False, True], ids=["up", "down"])
+async def test_the_holder_pushes_the_sites_health_and_cluster_info_and_says_when_slurm_is_down(
+    key: SigningKey, tmp_path: Path, down: bool
+) -> None:
+    adapter = DownAdapter() if down else RecordingAdapter()
+    broker = FakeBroker(key)
+    broker.push_plan = PLAN
+    agent = build(key, broker, adapter, tmp_path)
+    stop, task = await _run(agent, broker)
+    try:
+        await broker.wait_for(lambda: len(broker.site_states) >= 2)
+    finally:
+        await _stop(agent, stop, task)
+    pushed = broker.site_states[-1]
+    if down:  # the health call's error, as a read order would report it
+        assert pushed.health is None
+        assert pushed.error is not None
+        assert (pushed.error["type"], pushed.error["maybe_applied"]) == ("ClusterUnavailable", False)
+        assert "Unable to contact" in pushed.error["message"]
+        assert pushed.cluster_info is None
+        assert adapter.calls_of("cluster_info") == []
+    else:
+        assert pushed.health is not None
+        assert pushed.health["ok"] is True
+        assert pushed.cluster_info is not None
+        assert pushed.cluster_info["cluster"] == adapter.cluster

@@ -30,6 +30,12 @@ UNBOUNDED_BY_DESIGN: dict[str, str] = {
     "which takes only a known type, a message and a list of strings",
     "Listing.jobs[]": "a Factory agent's job records: at most MAX_LISTED, bounded by the (report) body limit, each "
     "read by codec.record_from_json when the listing is applied, which refuses any value it does not expect",
+    "SiteState.health": "a Factory agent's Slurm health: bounded by the (report) body limit, read by "
+    "codec.health_from_json before it is stored",
+    "SiteState.error": "the error of a Factory agent's health call: bounded by the (report) body limit, read by "
+    "codec.error_from_json before it is stored",
+    "SiteState.cluster_info": "a Factory agent's cluster information: bounded by the (report) body limit, read by "
+    "codec.cluster_info_from_json before it is stored",
 }
 """Places the walk may find unbounded, each with its reason."""
 

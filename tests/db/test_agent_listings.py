@@ -22,7 +22,7 @@ from broker.db.engine import Database
 from broker.db.models import AgentOrder
 from broker.errors import InvalidInput
 from broker.jobs.ids import JOB_ID_PREFIX
-from slurm_adapters.agent_protocol import FEATURES, PUSH_LISTING, Hello, Listing
+from slurm_adapters.agent_protocol import FEATURES, PUSH, Hello, Listing
 from slurm_adapters.codec import record_to_json
 from slurm_adapters.errors import ClusterUnavailable
 from slurm_adapters.factory import AgentConfig
@@ -35,7 +35,7 @@ __all__ = ["link", "service"]
 
 # Pushes every 0.5 s: a listing call waits at most 2 x 0.5 + skew (0 here) + 5 s for a fresh view.
 TIMINGS = AgentTimings(session_ttl_s=30, lease_s=15, heartbeat_s=5, poll_wait_s=5, bell_interval_s=0.05,
-                       read_timeout_s=1.0, listing_interval_s=0.5, listing_full_s=60)  # fmt: skip
+                       read_timeout_s=1.0, listing_interval_s=0.5, listing_full_s=60, site_interval_s=0.5)  # fmt: skip
 
 
 def now() -> datetime:
@@ -76,13 +76,14 @@ async def test_a_session_that_announced_pushing_is_given_the_plan_and_one_that_d
     service: AgentService,
 ) -> None:
     granted = await service.open_session("alpha", "key-1", hello(now()))
-    assert granted.listing is not None
-    assert (granted.listing.tag_prefix, granted.listing.interval_s, granted.listing.full_every_s) == (
-        JOB_ID_PREFIX, 0.5, 60
+    assert granted.push is not None
+    plan = granted.push
+    assert (plan.tag_prefix, plan.listing_interval_s, plan.full_every_s, plan.site_interval_s) == (
+        JOB_ID_PREFIX, 0.5, 60, 0.5
     )  # fmt: skip
-    older = Hello(agent_version="0.9", adapter="rest", features=[f for f in FEATURES if f != PUSH_LISTING],
+    older = Hello(agent_version="0.9", adapter="rest", features=[f for f in FEATURES if f != PUSH],
                   agent_time=now())  # fmt: skip
-    assert (await service.open_session("alpha", "key-1", older)).listing is None
+    assert (await service.open_session("alpha", "key-1", older)).push is None
 
 
 async def test_deltas_build_on_their_snapshot_and_only_a_full_snapshot_removes_a_job(
@@ -243,7 +244,7 @@ async def test_the_reconcilers_listing_comes_from_the_push_and_other_listings_st
         narrower = await adapter.list_jobs(tag_prefix=f"{JOB_ID_PREFIX}9")
         assert narrower == []
         assert await _read_orders(db, "list_jobs") == 0
-        assert link.metrics.listing_calls[("alpha", "view")] == 2
+        assert link.metrics.served_reads[("alpha", "listing", "push")] == 2
         # Any other listing is still asked of the agent: nobody answers here, so it times out as a read does.
         with pytest.raises(ClusterUnavailable):
             await adapter.list_jobs()
@@ -257,4 +258,4 @@ async def test_without_a_push_the_reconcilers_listing_is_a_read_order(db: Databa
     adapter = link.adapter("alpha", AgentConfig(cluster="alpha-cluster", timeout_s=1.0))
     with pytest.raises(ClusterUnavailable):  # no agent at all: no order could be written
         await adapter.list_jobs(tag_prefix=JOB_ID_PREFIX)
-    assert link.metrics.listing_calls[("alpha", "order")] == 1
+    assert link.metrics.served_reads[("alpha", "listing", "order")] == 1

@@ -87,5 +87,5 @@ async def test_listings_and_the_listing_calls_they_served_are_counted(link: Agen
     assert counted[f'conveyor_agent_listings_total{{{alpha},kind="delta",outcome="applied"}}'] == 1
     assert counted[f'conveyor_agent_listings_total{{{alpha},kind="delta",outcome="refused"}}'] == 1
     assert counted[f"conveyor_agent_listed_jobs_total{{{alpha}}}"] == 2
-    assert counted[f'conveyor_agent_listing_calls_total{{{alpha},source="view"}}'] == 1
-    assert counted[f'conveyor_agent_listing_calls_total{{{alpha},source="order"}}'] == 0
+    assert counted[f'conveyor_agent_reads_served_total{{{alpha},source="push",what="listing"}}'] == 1
+    assert counted[f'conveyor_agent_reads_served_total{{{alpha},source="order",what="listing"}}'] == 0

@@ -1,5 +1,5 @@
-"""The Factory agent's pushed listings: per Factory, the snapshot and delta its view stands on, and the jobs
-of that view.
+"""What the Factory agent pushes: per Factory, the snapshot and delta its listing view stands on, the jobs of
+that view, and the site's state (Slurm health and cluster information).
 
 Revision ID: 0011
 Revises: 0010
@@ -44,8 +44,21 @@ def upgrade() -> None:
         sa.Column("record", _json(), nullable=False),
         sa.PrimaryKeyConstraint("factory_id", "slurm_job_id", name=op.f("pk_agent_listed_jobs")),
     )
+    op.create_table(
+        "agent_site_states",
+        sa.Column("factory_id", sa.String(length=64), nullable=False),
+        sa.Column("session_id", sa.String(length=64), nullable=False),
+        sa.Column("version", sa.BigInteger(), nullable=False),
+        sa.Column("taken_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("health", _json(), nullable=True),
+        sa.Column("error", _json(), nullable=True),
+        sa.Column("cluster_info", _json(), nullable=True),
+        sa.PrimaryKeyConstraint("factory_id", name=op.f("pk_agent_site_states")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("agent_site_states")
     op.drop_table("agent_listed_jobs")
     op.drop_table("agent_listings")
