@@ -48,6 +48,7 @@ def cluster_entry(site: ClusterLayout, release: str, *, inside_view: bool) -> di
         "qos": ["normal"] if c.accounting else [],
         "private_data": list(c.private_data),
         "min_job_age_s": c.min_job_age_s,
+        "message_timeout_s": c.message_timeout_s,  # slurm.conf's MessageTimeout
         # A chroot's own view marks its clusters expendable: the run inside it is their only user meanwhile.
         "expendable": c.expendable or inside_view,
         "country": c.country,

@@ -74,6 +74,7 @@ def factory_entry(cluster: Cluster, users: str) -> dict[str, Any]:
         "working_roots": working_roots(cluster),
         "accounting": bool(raw["accounting"]),
         "min_job_age_s": int(raw["min_job_age_s"]),
+        "message_timeout_s": float(raw["message_timeout_s"]),
         "clock_skew_s": CLOCK_SKEW_S,
         "partitions": [_partition(partition, nodes) for partition in raw["partitions"]],
     }

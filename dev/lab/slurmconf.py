@@ -2,7 +2,8 @@
 
 Settings are the ones SLURM-LAB.md measured to work on these machines, plus what the tests need:
 batch_sched_delay=0 (jobs start at once), a low KillWait (time-outs end quickly), MaxJobCount far above
-10,000, DisableRootJobs, finite MaxTime and a DefaultTime on every partition.
+10,000, DisableRootJobs, finite MaxTime and a DefaultTime on every partition, and a shorter MessageTimeout on
+the expendable cluster only (its Factory entry says the same; see dev/lab/topology.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import socket
 from collections.abc import Iterable
 
 from dev.lab.layout import ClusterLayout
-from dev.lab.topology import MARIADB_PORT, SLURMDBD_PORT, Node
+from dev.lab.topology import MARIADB_PORT, SLURM_DEFAULT_MESSAGE_TIMEOUT_S, SLURMDBD_PORT, Node
 
 
 def _release_at_least(release: str, major: int, minor: int) -> bool:
@@ -72,6 +73,9 @@ def slurm_conf(site: ClusterLayout, release: str) -> str:
         "MailProg=/bin/true",
         "GresTypes=gpu",
     ]
+    if c.message_timeout_s != SLURM_DEFAULT_MESSAGE_TIMEOUT_S:
+        # Only where it differs: a cluster whose slurm.conf is unchanged is not restarted by `dev.lab start`.
+        lines.append(f"MessageTimeout={c.message_timeout_s}")
     if c.enforce_part_limits:
         lines.append("EnforcePartLimits=ALL")
     if c.private_data:

@@ -18,6 +18,7 @@ SUBMIT_USERS = {"alice": 1001, "bob": 1002}
 # EuroHPC project ids in real life too (project_465000123, ehpc123, ...).
 LAB_ACCOUNTS = ("ehpc-aif-test", "ehpc-aif-other")
 REST_USER = "slurmrest"  # slurmrestd must not run as root or SlurmUser
+SLURM_DEFAULT_MESSAGE_TIMEOUT_S = 10  # Slurm's own MessageTimeout when slurm.conf does not set one
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class Cluster:
     private_data: tuple[str, ...] = ()
     min_job_age_s: int = 300
     expendable: bool = False  # tests may SIGKILL its slurmctld
+    # Slurm's MessageTimeout; its Factory entry says the same (the broker's settle window is built on it).
+    message_timeout_s: int = SLURM_DEFAULT_MESSAGE_TIMEOUT_S
     purpose: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -145,6 +148,10 @@ CLUSTERS: tuple[Cluster, ...] = (
         partitions=(Partition("cpu", ("cn1",), max_time_min=30, default_time_min=5, default=True),),
         enforce_part_limits=False,
         expendable=True,
+        # Shorter than Slurm's 10 s: every attempt the fault tests leave in doubt is settled this much sooner.
+        # Still above AMBIGUOUS_SLOW_S (slurm_adapters/rest/errors.py), which tells a dead slurmctld (slurmrestd
+        # retries it about MessageTimeout - 1 s) from a rejected token (at once).
+        message_timeout_s=5,
         purpose="a small cluster of its own that fault tests may SIGKILL",
     ),
 )

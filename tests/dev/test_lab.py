@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from broker.factories.registry import load_factories
 from dev.lab import cluster as lab_cluster
 from dev.lab import procs
+from dev.lab.factories_config import write_factories
 from dev.lab.layout import host_suite, layout
 from dev.lab.topology import CLUSTERS
-from tests.lab import clusters, load_lab
+from tests.lab import Cluster, clusters, load_lab, wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -67,3 +69,25 @@ def test_expendable_cluster_is_torn_down_by_pid_and_rebuilt() -> None:
     lab_cluster.start(site, release)
     assert lab_cluster.is_up(site)
     assert time.monotonic() - started < 60
+
+
+def message_timeout_s(cluster: Cluster) -> int | None:
+    """The MessageTimeout the cluster's running slurmctld uses (``scontrol show config``); None while it is down."""
+    try:
+        config = cluster.slurm("scontrol", "show", "config")
+    except AssertionError:  # no slurmctld to ask
+        return None
+    for line in config.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "MessageTimeout":
+            return int(value.split()[0])
+    raise AssertionError(f"{cluster.name}: scontrol show config names no MessageTimeout")
+
+
+def test_every_slurmctld_runs_the_message_timeout_its_factory_settles_by(tmp_path: Path) -> None:
+    """The broker settles an attempt in doubt only after the Factory's message_timeout_s: Slurm must agree."""
+    registry = load_factories(write_factories(load_lab(), tmp_path / "factories.yaml"))
+    for c in clusters():
+        # (a fault test may have echo's slurmctld down right now)
+        wait_until(lambda c=c: message_timeout_s(c) is not None, 60, f"{c.name}'s slurmctld to answer")
+        assert message_timeout_s(c) == registry[c.name].message_timeout_s == c.raw["message_timeout_s"], c.name

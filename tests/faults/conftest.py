@@ -260,7 +260,8 @@ AGENT_TIMINGS = {
     "CONVEYOR_AGENT_POLL_WAIT_S": "5",
 }
 # The agent Factory's order timeout: its submit window is this + SUBMIT_SLACK_S (15 s), so an attempt in doubt is
-# settled 15 s + echo's MessageTimeout (10 s) + its clock skew after it began, instead of 46 s with the default.
+# settled 15 s + echo's MessageTimeout (5 s, dev/lab/topology.py) + its clock skew after it began, instead of 41 s
+# with the default.
 AGENT_ORDER_TIMEOUT_S = 10.0
 
 

@@ -16,6 +16,7 @@ from broker.factories.registry import Factory, FactoryConfigError, FactoryRegist
 from dev.lab.describe import cluster_entry
 from dev.lab.factories_config import allowed_users, write_factories
 from dev.lab.layout import layout
+from dev.lab.slurmconf import slurm_conf
 from dev.lab.topology import CLUSTERS
 from slurm_adapters.factory import CliConfig, RestConfig
 
@@ -319,6 +320,7 @@ def assert_matches_lab(registry: FactoryRegistry, lab: dict[str, Any]) -> None:
         assert factory.job_root == raw["scratch_dir"]
         assert factory.allowed_roots == (raw["scratch_dir"], "/home/{user}")
         assert (factory.accounting, factory.min_job_age_s) == (raw["accounting"], raw["min_job_age_s"])
+        assert factory.message_timeout_s == raw["message_timeout_s"]  # the settle window rests on it
         assert factory.mapping.default_account == (raw["accounts"][0] if raw["accounts"] else None)
         nodes = {node["name"]: node for node in raw["nodes"]}
         assert [p.name for p in factory.partitions] == [p["name"] for p in raw["partitions"]]
@@ -346,6 +348,21 @@ def test_the_lab_writes_a_factory_file_that_loads_and_matches_lab_json(tmp_path:
     assert_matches_lab(registry, lab)
     assert registry["alpha"].mapping.default_account == "ehpc-aif-test"  # the accounting cluster enforces it
     assert registry["alpha"].partition("gpu").gpus_per_node == {"a100": 4}
+
+
+def test_only_the_expendable_cluster_has_a_shorter_message_timeout_and_its_factory_says_so(tmp_path: Path) -> None:
+    """echo's slurm.conf sets MessageTimeout (its fault tests settle sooner) and its Factory entry the same value;
+    every other cluster keeps Slurm's default and a slurm.conf without the line (so a warm lab keeps them up)."""
+    registry = load_factories(write_factories(lab_document(), tmp_path / "factories.yaml"))
+    for cluster in CLUSTERS:
+        conf = slurm_conf(layout(cluster, "bookworm"), "22.05.8").splitlines()
+        set_lines = [line for line in conf if line.startswith("MessageTimeout=")]
+        if cluster.expendable:
+            assert set_lines == ["MessageTimeout=5"], cluster.name
+            assert registry[cluster.name].message_timeout_s == 5
+        else:
+            assert set_lines == [], cluster.name
+            assert registry[cluster.name].message_timeout_s == 10  # Slurm's default
 
 
 def test_per_node_facts_are_what_every_node_of_a_mixed_partition_has(tmp_path: Path) -> None:
