@@ -269,7 +269,11 @@ AGENT_ORDER_TIMEOUT_S = 10.0
 def agent_broker(
     database: str, tmp_path: Path, new_database_url: NewDatabase, echo: Cluster
 ) -> Iterator[BrokerProcess]:
-    """A broker (started) that reaches echo only through an agent; stopped by its PID at the end."""
+    """A broker (started) that reaches echo only through an agent; SIGKILLed by its PID at the end.
+
+    Not stopped gracefully: by then the test is over, its database is thrown away and its agents are already
+    killed (:func:`new_agent` ends first), so a SIGTERM would only wait out the loops' stop grace (STOP_GRACE_S,
+    15 s) for cycles whose orders no agent will answer."""
     workdir = tmp_path / "broker"
     workdir.mkdir()
     factories = agent_factories_file(lab_json_path().with_name("factories.yaml"), {echo.name: echo.name}, tmp_path,
@@ -282,7 +286,8 @@ def agent_broker(
     try:
         yield broker
     finally:
-        broker.stop()
+        if broker.process is not None:
+            broker.kill()
 
 
 NewAgent = Callable[..., AgentProcess]
