@@ -7,5 +7,16 @@ dev/install.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-.venv/bin/pytest "$@"
+if [ $# -gt 0 ]; then
+    .venv/bin/pytest "$@"
+else
+    # The tests that stop or restart a shared service alone, then the rest in two streams (tests/conftest.py).
+    rc=0
+    .venv/bin/pytest -m exclusive || rc=$?
+    .venv/bin/pytest -m "not exclusive" -n 2 --dist loadgroup || rc=$?
+    if [ "$rc" -ne 0 ]; then
+        echo "dev/test.sh: tests failed after $(( $(date +%s) - start )) s" >&2
+        exit "$rc"
+    fi
+fi
 echo "dev/test.sh: whole suite took $(( $(date +%s) - start )) s"

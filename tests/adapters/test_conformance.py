@@ -519,6 +519,7 @@ async def test_wrong_credential_is_an_authentication_error(
 
 
 @pytest.mark.expendable_only  # slurmctld is SIGKILLed only on a cluster of its own
+@pytest.mark.exclusive
 async def test_cluster_down_is_unavailable_then_recovers(adapter: SlurmAdapter, cluster: Cluster) -> None:
     assert cluster.kill_ctld() is not None
     try:

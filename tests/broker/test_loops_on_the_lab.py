@@ -223,6 +223,7 @@ async def test_beyond_minjobage_slurmdbd_proves_absence_and_the_job_is_submitted
     assert await slurm_jobs_tagged(broker, factory_id, job_id) == [int(job.slurm_job_id or 0)]
 
 
+@pytest.mark.exclusive  # restarts echo's slurmctld
 async def test_a_slurmctld_restart_since_the_attempt_makes_an_untraceable_job_lost(broker: Broker) -> None:
     """slurmctld may drop a job it had not saved when it dies: after a restart, "not listed" proves nothing."""
     echo = lab_cluster("echo")

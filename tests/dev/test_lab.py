@@ -58,6 +58,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.exclusive  # stops and rebuilds echo
 def test_expendable_cluster_is_torn_down_by_pid_and_rebuilt() -> None:
     site = next(layout(c, host_suite()) for c in CLUSTERS if c.expendable)
     release = next(c.release for c in clusters() if c.name == site.cluster.name)

@@ -23,7 +23,7 @@ from dev.lab import procs
 from tests.faults.harness import resume_drained
 from tests.lab import SUBMIT_USER, Cluster, clusters, new_tag
 
-pytestmark = [pytest.mark.lab, pytest.mark.expendable_only, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.lab, pytest.mark.expendable_only, pytest.mark.exclusive, pytest.mark.timeout(300)]
 
 REPO = Path(__file__).resolve().parents[2]
 DUPLICATE = "Duplicate jobid"

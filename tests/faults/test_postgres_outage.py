@@ -37,7 +37,8 @@ from tests.faults.harness import (
 )
 from tests.lab import Cluster
 
-pytestmark = [pytest.mark.lab, pytest.mark.postgresql, pytest.mark.timeout(300)]
+# exclusive: it stops PostgreSQL, which other tests use
+pytestmark = [pytest.mark.lab, pytest.mark.postgresql, pytest.mark.exclusive, pytest.mark.timeout(300)]
 
 
 async def _wait_ready(client: httpx.AsyncClient, ready: bool, timeout_s: float) -> None:

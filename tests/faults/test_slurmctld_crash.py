@@ -41,7 +41,7 @@ from tests.faults.harness import (
 )
 from tests.lab import Cluster
 
-pytestmark = [pytest.mark.lab, pytest.mark.timeout(480)]
+pytestmark = [pytest.mark.lab, pytest.mark.exclusive, pytest.mark.timeout(480)]  # kills echo's slurmctld
 
 
 async def test_slurmctld_killed_mid_burst_loses_no_job_and_runs_none_twice(

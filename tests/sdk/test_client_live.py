@@ -178,6 +178,7 @@ def test_both_clients_ride_out_429_from_a_rate_limited_broker(tmp_path: Path, mi
 
 
 @pytest.mark.postgresql
+@pytest.mark.exclusive  # stops PostgreSQL
 def test_the_client_rides_out_503_while_postgresql_is_stopped(
     tmp_path: Path, postgres_databases: PostgresDatabases
 ) -> None:
