@@ -68,9 +68,14 @@ async def test_a_job_slurm_no_longer_knows_is_lost_only_after_a_lookup_by_id(bro
 
 
 async def test_a_lost_job_seen_again_is_tracked_again(broker: Broker) -> None:
-    job_id = await broker.queue(command=["true"])
-    submitted = await broker.reach(job_id, JobState.SUBMITTED, JobState.RUNNING, JobState.COMPLETED)
+    alpha = lab_cluster("alpha")
+    workdir = job_dir(alpha, new_tag("lost-again"))
+    # The job waits for its go file: it cannot have ended before it is marked lost, however slowly the cycles
+    # run on a loaded machine (a job already completed cannot become lost).
+    job_id = await broker.queue(script=WAIT_FOR_GO, working_directory=workdir)
+    submitted = await broker.reach(job_id, JobState.SUBMITTED, JobState.RUNNING)
     assert await broker.jobs.transition(job_id, submitted.state, JobState.LOST, actor="test", state_reason="test")
+    alpha.host_path(f"{workdir}/go").touch()
     job = await broker.reach(job_id, JobState.COMPLETED)
     assert job.slurm_job_id == submitted.slurm_job_id
     exceptions = [e for e in await broker.jobs.events(job_id) if e.kind is EventKind.STATE_EXCEPTION]
