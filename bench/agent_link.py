@@ -2,7 +2,8 @@
 with 20 sessions, and the broker's idle CPU with 20 long-polling agents; each beside a baseline of the same run.
 
 The broker is its own process (``python -m app``, dev mode, a fresh SQLite file per start). The lab cluster is
-echo (expendable, Slurm 22.05); every phase's jobs are cancelled on echo afterwards, by name.
+echo by default (expendable, Slurm 22.05; ``--cluster`` names another lab cluster, e.g. bravo, also 22.05);
+every phase's jobs are cancelled on that cluster afterwards, by name.
 
 - ``forwarding``: bench/forwarding.py's workload (a burst of ``--jobs`` trivial jobs POSTed over 16 connections,
   timed from the first accept to the last ``submitted``, both by the broker's clock) with echo reached two ways,
@@ -60,7 +61,7 @@ from dev.lab.view import Cluster, clusters_of, job_dir, read_lab
 from tests.agentlink.harness import AUDIENCE, AgentProcess, register_agent_keys
 from tests.faults.harness import PROJECT, BrokerProcess
 
-CLUSTER = "echo"  # the lab's expendable cluster: the only one this benchmark submits to
+CLUSTER = "echo"  # the lab's expendable cluster: the default one (``--cluster``) this benchmark submits to
 LAB_FACTORIES = Path(os.environ.get("CONVEYOR_LAB_DIR", "/var/lib/conveyor-lab")) / "factories.yaml"
 PARTS = ("forwarding", "latency", "idle")
 SESSIONS = 20
@@ -153,6 +154,11 @@ class Bench:
     post_concurrency: int = 16
     agent_concurrency: int = 20  # the dispatcher's claim batch: a batch's submits are carried out at once
 
+    @property
+    def factory(self) -> str:
+        """The Factory submitted to: the lab cluster's own (same id as the cluster)."""
+        return self.cluster.name
+
     def name(self, what: str) -> str:
         name = f"bench-agent-{self.run_id}-{what}"
         self.names.append(name)
@@ -191,9 +197,9 @@ def running(broker: BrokerProcess) -> Iterator[BrokerProcess]:
 def real_agent(bench: Bench, broker: BrokerProcess, label: str) -> Iterator[AgentProcess]:
     """echo's ``conveyor-agent`` process (rest adapter inside, ``bench.agent_concurrency`` orders at once), key
     registered; stopped by its PID."""
-    agent = AgentProcess(broker.workdir / label, bench.cluster, CLUSTER, broker.base_url)
+    agent = AgentProcess(broker.workdir / label, bench.cluster, bench.factory, broker.base_url)
     agent.config_file.write_text(yaml.safe_dump({**agent.config(), "concurrency": bench.agent_concurrency}))
-    register_agent_keys(broker, CLUSTER, agent.public_jwks)
+    register_agent_keys(broker, bench.factory, agent.public_jwks)
     agent.start()
     try:
         yield agent
@@ -256,14 +262,15 @@ async def forwarding_burst(bench: Bench, mode: str, round_: int, jobs: int) -> B
     submitted by the broker's clock. CPU ms/job of the broker, the agent (agent mode), slurmctld, slurmrestd."""
     name = bench.name(f"fwd-{mode}-r{round_}")
     workdir = job_dir(bench.cluster, f"{name}-{secrets.token_hex(4)}")
-    bodies = [bench.body(name, CLUSTER, workdir) for _ in range(jobs)]
-    factories = agent_factories(bench.lab, CLUSTER, []) if mode == "agent" else direct_factories(bench.lab, CLUSTER)
+    bodies = [bench.body(name, bench.factory, workdir) for _ in range(jobs)]
+    real = bench.factory
+    factories = agent_factories(bench.lab, real, []) if mode == "agent" else direct_factories(bench.lab, real)
     with contextlib.ExitStack() as stack:
         broker = stack.enter_context(running(bench.broker(f"fwd-{mode}-r{round_}", factories, FAST)))
         agent_pid = None
         if mode == "agent":
             agent_pid = stack.enter_context(real_agent(bench, broker, "agent")).pid
-        await wait_factories(broker, [CLUSTER], healthy=True, agent=mode == "agent")
+        await wait_factories(broker, [bench.factory], healthy=True, agent=mode == "agent")
         async with broker.client(limits=httpx.Limits(max_connections=bench.post_concurrency)) as client:
             meter = CpuMeter(bench.cluster, broker.pid)
             if agent_pid is not None:
@@ -296,7 +303,7 @@ async def forwarding(bench: Bench, jobs: int, rounds: int) -> list[str]:
     }
     per_round = {mode: " ".join(f"{b.rate:.1f}" for b in bursts if b.mode == mode) for mode in totals}
     return [
-        f"forwarding {jobs}-job bursts to {CLUSTER}, {rounds} round(s): direct {totals['direct']:.1f} jobs/s "
+        f"forwarding {jobs}-job bursts to {bench.factory}, {rounds} round(s): direct {totals['direct']:.1f} jobs/s "
         f"({per_round['direct']}), agent {totals['agent']:.1f} jobs/s ({per_round['agent']}); "
         f"agent / direct = {totals['agent'] / totals['direct']:.2f}x (target >= 0.9x)"
     ]
@@ -354,11 +361,11 @@ class Latencies:
 async def latency_run(bench: Bench, sessions: int, jobs: int, rate: float, idle_s: float = 0.0) -> Latencies:
     """A fresh broker with ``sessions`` agent Factories: echo's real agent plus ``sessions - 1`` simulated ones."""
     simulated = null_factory_ids(sessions - 1)
-    factories = [CLUSTER, *simulated]
+    factories = [bench.factory, *simulated]
     name = bench.name(f"lat-{sessions}")
     workdir = job_dir(bench.cluster, f"{name}-{secrets.token_hex(4)}")
     bodies = [bench.body(name, factories[i % len(factories)], workdir) for i in range(jobs)]
-    broker = bench.broker(f"latency-{sessions}", agent_factories(bench.lab, CLUSTER, simulated), LATENCY)
+    broker = bench.broker(f"latency-{sessions}", agent_factories(bench.lab, bench.factory, simulated), LATENCY)
     nulls: list[NullSlurmAgent] = []
     with running(broker), real_agent(bench, broker, "agent"):
         try:
@@ -412,7 +419,7 @@ async def idle(bench: Bench, seconds: float, overrides: Mapping[str, str]) -> li
     """One broker at production defaults (plus ``overrides``): idle with no agent, then with 20 sessions."""
     simulated = null_factory_ids(SESSIONS - 1)
     settings = {**DEFAULTS, **overrides}
-    broker = bench.broker("idle", agent_factories(bench.lab, CLUSTER, simulated), settings)
+    broker = bench.broker("idle", agent_factories(bench.lab, bench.factory, simulated), settings)
     nulls: list[NullSlurmAgent] = []
     with running(broker):
         await asyncio.sleep(5)  # settle: the start's own work (first loop cycles) is not idle time
@@ -426,7 +433,7 @@ async def idle(bench: Bench, seconds: float, overrides: Mapping[str, str]) -> li
                     register_agent_keys(broker, factory_id, null.public_jwks)
                     null.start()
                     nulls.append(null)
-                await wait_factories(broker, [CLUSTER, *simulated], healthy=False, agent=True)
+                await wait_factories(broker, [bench.factory, *simulated], healthy=False, agent=True)
                 await asyncio.sleep(5)  # settle: hellos and first health reads are not idle time
                 polled = await idle_cpu(broker.pid, seconds)
             finally:
@@ -468,11 +475,12 @@ def _settings(settings: Mapping[str, str]) -> str:
     return " ".join(f"{key}={value}" for key, value in sorted(settings.items()))
 
 
-def echo() -> Cluster:
+def lab_cluster(name: str) -> Cluster:
+    """The lab cluster ``name`` (its Factory in the lab's Factory file has the same id)."""
     for cluster in clusters_of(read_lab()):
-        if cluster.name == CLUSTER:
+        if cluster.name == name:
             return cluster
-    raise SystemExit(f"the lab has no cluster {CLUSTER!r}")
+    raise SystemExit(f"the lab has no cluster {name!r}")
 
 
 def main() -> int:
@@ -485,8 +493,10 @@ def main() -> int:
     parser.add_argument("--idle-s", type=float, default=15.0, help="idle: seconds per measured interval")
     parser.add_argument("--idle-env", action="append", default=[], metavar="CONVEYOR_X=V",
                         help="idle: a broker setting over the production defaults (diagnosis)")  # fmt: skip
+    parser.add_argument("--cluster", default=CLUSTER,
+                        help=f"the lab cluster (and its Factory) to submit to (default {CLUSTER})")  # fmt: skip
     args = parser.parse_args()
-    cluster = echo()
+    cluster = lab_cluster(args.cluster)
     with tempfile.TemporaryDirectory(prefix="bench-agent-link-") as tmp:
         workroot = Path(tmp)
         template = workroot / "template.db"
