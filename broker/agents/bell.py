@@ -11,6 +11,11 @@ interval. A Factory's order ids are committed in id order (writers serialize per
 A waiter registers before it reads the database (:meth:`Bell.listen`), so a ring between its read and its
 wait is never lost; a ring may be spurious (the waiter reads again and finds nothing). Leaving the ``async
 with`` block, cancelled or not, unregisters it.
+
+An answer applied in this process is handed to its waiters with the ring (:meth:`Bell.hand_answers`): the report
+the compare-and-set applied, which is the order's stored report from then on, so they need not read it back.
+A waiter handed nothing (the answer came from another process, or before it registered) is rung by the check
+and reads the database.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TypeVar
 
 from sqlalchemy import String, func, literal, select, union_all
@@ -26,16 +31,19 @@ from sqlalchemy.sql import CompoundSelect, Select
 
 from broker.db.engine import Database
 from broker.db.models import AgentListing, AgentOrder, AgentSiteState
+from slurm_adapters.agent_protocol import Report
 
 log = logging.getLogger(__name__)
 _K = TypeVar("_K")
 
 
 class Signal:
-    """One waiter's doorbell: rung by the bell, awaited by its owner."""
+    """One waiter's doorbell: rung by the bell, awaited by its owner; ``answers`` holds the reports handed to it
+    (order id -> the report applied in this process)."""
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self.answers: dict[int, Report] = {}
 
     def ring(self) -> None:
         self._event.set()
@@ -104,6 +112,14 @@ class Bell:
         """A push of ``factory_id``'s agent was applied: wake whoever waits for a fresh one."""
         for signal in list(self._by_pushed.get(factory_id, ())):
             signal.ring()
+
+    def hand_answers(self, answers: Mapping[int, Report]) -> None:
+        """These orders were answered with these reports (committed by this process's compare-and-set): hand
+        each report to whoever waits for its order, and wake them."""
+        for order_id, report in answers.items():
+            for signal in list(self._by_order.get(order_id, ())):
+                signal.answers[order_id] = report
+                signal.ring()
 
     @property
     def waiting(self) -> int:

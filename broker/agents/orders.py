@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.agents.bell import Bell
@@ -324,42 +324,29 @@ class OrderRepository:
     async def apply_reports(
         self, factory_id: str, session_id: str, reports: Reports, *, now: datetime | None = None
     ) -> ReportsAnswer:
-        """Apply each report once to its delivered order of this Factory; count the rest as ignored."""
+        """Apply each report once to its delivered order of this Factory; count the rest as ignored. One
+        statement for the whole request: a compare-and-set per row (open or expired, delivered, this Factory's),
+        the first report of an order in the request being the one that may apply. The applied reports are
+        handed to this process's waiters after the commit (:meth:`Bell.hand_answers`)."""
         now = now or self._clock()
-        applied: list[int] = []
-        answered: list[tuple[str, datetime]] = []
+        first: dict[int, Report] = {}
+        for report in reports.reports:
+            first.setdefault(report.order, report)
         async with self._db.write() as session:
             await live_session(session, factory_id, session_id, now)
-            seen: set[int] = set()
-            for report in reports.reports:
-                if report.order in seen:
-                    continue
-                seen.add(report.order)
-                done = (
-                    await session.execute(
-                        update(AgentOrder)
-                        .where(
-                            AgentOrder.id == report.order,
-                            AgentOrder.factory_id == factory_id,
-                            AgentOrder.state.in_(("open", "expired")),
-                            AgentOrder.delivered_at.is_not(None),
-                        )
-                        .values(state="answered", answered_at=now, report=report.model_dump(mode="json"))
-                        .returning(AgentOrder.id, AgentOrder.kind, AgentOrder.delivered_at),
-                        execution_options=_NO_UPDATE_SYNC,
-                    )
-                ).one_or_none()
-                if done is not None:
-                    applied.append(done.id)
-                    if done.delivered_at is not None:  # always: only a delivered order is answered
-                        answered.append((done.kind, done.delivered_at))
-        for kind, delivered_at in answered:
-            self._metrics.answered(factory_id, kind, delivered_at, now)
-        self._metrics.reported(factory_id, applied=len(applied), ignored=len(reports.reports) - len(applied))
+            done = []
+            if first:
+                statement = _answer_statement(factory_id, first, now)
+                done = list((await session.execute(statement, execution_options=_NO_UPDATE_SYNC)).all())
+        applied = {row.id: first[row.id] for row in done}
+        for row in done:
+            if row.delivered_at is not None:  # always: only a delivered order is answered
+                self._metrics.answered(factory_id, row.kind, row.delivered_at, now)
+        ignored = len(reports.reports) - len(applied)
+        self._metrics.reported(factory_id, applied=len(applied), ignored=ignored)
         if self._bell is not None and applied:
-            self._bell.ring_answers(applied)
-            self._bell.ring_orders(factory_id)
-        return ReportsAnswer(applied=len(applied), ignored=len(reports.reports) - len(applied))
+            self._bell.hand_answers(applied)
+        return ReportsAnswer(applied=len(applied), ignored=ignored)
 
     async def outcome(self, order_id: int) -> Outcome | None:
         """The order's state and report (None: no such order)."""
@@ -374,23 +361,51 @@ class OrderRepository:
         return Outcome(state, report)
 
     async def wait_report(self, order_id: int, until: datetime) -> Report | None:
-        """The order's report once it is answered; None if it is not by ``until`` (broker clock)."""
+        """The order's report once it is answered; None if it is not by ``until`` (broker clock). A report
+        applied in this process is handed over with the bell's ring; the database is read once the bell rings
+        without one (the answer came from another process, or before this waiter registered: the bell's check
+        sees every awaited order answered in the database) and once more at the deadline."""
         deadline = time.monotonic() + (until - self._clock()).total_seconds()
         if self._bell is None:
             raise RuntimeError("waiting for a report needs the bell")
         async with self._bell.listen(order_ids=[order_id]) as signal:
+            rang = False
             while True:
-                outcome = await self.outcome(order_id)
-                if outcome is not None and outcome.report is not None:
-                    return outcome.report
+                handed = signal.answers.get(order_id)
+                if handed is not None:
+                    return handed
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                await signal.wait(remaining)
+                if rang or remaining <= 0:
+                    outcome = await self.outcome(order_id)
+                    if outcome is not None and outcome.report is not None:
+                        return outcome.report
+                    if remaining <= 0:
+                        return None
+                rang = await signal.wait(remaining)
 
     def _ring_orders(self, factory_id: str) -> None:
         if self._bell is not None:
             self._bell.ring_orders(factory_id)
+
+
+def _answer_statement(factory_id: str, reports: dict[int, Report], now: datetime) -> Any:
+    """One UPDATE answering every order of ``reports`` that is this Factory's, open or expired, and delivered
+    (the compare-and-set, per row), each with its own report; RETURNING what it answered."""
+    stored = {order_id: report.model_dump(mode="json") for order_id, report in reports.items()}
+    report_type = AgentOrder.__table__.c.report.type
+    value = case({order_id: type_coerce(payload, report_type) for order_id, payload in stored.items()},
+                 value=AgentOrder.id)  # fmt: skip
+    return (
+        update(AgentOrder)
+        .where(
+            AgentOrder.id.in_(list(stored)),
+            AgentOrder.factory_id == factory_id,
+            AgentOrder.state.in_(("open", "expired")),
+            AgentOrder.delivered_at.is_not(None),
+        )
+        .values(state="answered", answered_at=now, report=type_coerce(value, report_type))
+        .returning(AgentOrder.id, AgentOrder.kind, AgentOrder.delivered_at)
+    )
 
 
 def _row(

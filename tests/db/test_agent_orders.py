@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
+from broker.agents.bell import Bell
 from broker.agents.errors import NoAgent, SessionExpired, UnknownSession
 from broker.agents.orders import OrderRepository, PlacedOrder
 from broker.agents.sessions import SessionRepository
@@ -230,3 +231,106 @@ async def test_a_batch_of_concurrent_submits_is_one_transaction_in_call_order_ea
     assert len(bound) == 10
     assert await _count(db) == 10
     assert orders.bound_batches < 20, "every submit had its own transaction"
+
+
+class _Statements:
+    """The SQL statements the database's engine runs while counting (sync listener: every cursor execute)."""
+
+    def __init__(self, db: Database) -> None:
+        self.seen: list[str] = []
+        self._engine = db.engine.sync_engine
+        event.listen(self._engine, "before_cursor_execute", self._record)
+
+    def _record(self, _conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        self.seen.append(" ".join(statement.split()).upper())
+
+    def close(self) -> None:
+        event.remove(self._engine, "before_cursor_execute", self._record)
+
+    def count(self, prefix: str) -> int:
+        return sum(1 for statement in self.seen if statement.startswith(prefix) and "AGENT_ORDERS" in statement)
+
+
+async def test_a_request_of_reports_is_one_update_applying_each_once_by_compare_and_set(
+    db: Database, sessions: SessionRepository, orders: OrderRepository
+) -> None:
+    """Twenty delivered orders, one never delivered, one already answered, one of another Factory and a repeat in
+    one request: one UPDATE of agent_orders; each delivered open order gets its own (first) report, nothing
+    else changes."""
+    a = await _holder(sessions)
+    other = await _holder(sessions, "bravo")
+    placed = [await _submit(orders, t=1, not_after=31, attempt=f"j{n}/1") for n in range(21)]
+    foreign = await _submit(orders, t=1, not_after=31, factory_id="bravo", attempt="f1/1")
+    await orders.take("alpha", a, Poll(ack=0, wait_s=0, max_orders=20), now=at(2))  # the 21st stays undelivered
+    await orders.take("bravo", other, Poll(ack=0, wait_s=0), now=at(2))
+    delivered, undelivered = placed[:20], placed[20]
+    early = await orders.apply_reports("alpha", a, Reports(reports=[_ok(delivered[0].id, result=7)]), now=at(3))
+    assert (early.applied, early.ignored) == (1, 0)
+    batch = [_ok(order.id, result=1000 + n) for n, order in enumerate(delivered)]
+    batch += [_ok(delivered[5].id, result=-1), _ok(undelivered.id), _ok(foreign.id)]
+    statements = _Statements(db)
+    try:
+        answer = await orders.apply_reports("alpha", a, Reports(reports=batch), now=at(4))
+    finally:
+        statements.close()
+    assert statements.count("UPDATE") == 1, statements.seen
+    # 19 applied; the one answered before, the repeat, the undelivered and the foreign one ignored.
+    assert (answer.applied, answer.ignored) == (19, 4)
+    results = {}
+    for order in [*placed, foreign]:
+        outcome = await orders.outcome(order.id)
+        assert outcome is not None
+        results[order.id] = (outcome.state, outcome.report.result if outcome.report else None)
+    assert results[delivered[0].id] == ("answered", 7)  # applied once: the later report did not overwrite it
+    assert all(results[order.id] == ("answered", 1000 + n) for n, order in enumerate(delivered) if n), results
+    assert results[undelivered.id] == ("open", None)
+    assert results[foreign.id] == ("open", None)
+
+
+async def test_a_report_applied_in_this_process_is_handed_to_its_waiter_without_a_read(
+    db: Database, sessions: SessionRepository
+) -> None:
+    """The waiter gets the report the compare-and-set applied with the bell's ring: no SELECT of agent_orders
+    (the bell's own check is kept out by its long interval)."""
+    bell = Bell(db, interval_s=3600)
+    orders = OrderRepository(db, bell, clock=lambda: at(2))
+    a = await _holder(sessions)
+    placed = await _submit(orders, t=1, not_after=31)
+    await orders.take("alpha", a, Poll(ack=0, wait_s=0), now=at(2))
+    statements = _Statements(db)
+    try:
+        waiter = asyncio.ensure_future(orders.wait_report(placed.id, at(60)))
+        await asyncio.sleep(0)  # the waiter registers
+        answer = await orders.apply_reports("alpha", a, Reports(reports=[_ok(placed.id, result=99)]), now=at(3))
+        report = await asyncio.wait_for(waiter, 10)
+    finally:
+        statements.close()
+        await bell.aclose()
+    assert answer.applied == 1
+    assert report is not None
+    assert (report.order, report.result) == (placed.id, 99)
+    assert statements.count("SELECT") == 0, statements.seen
+
+
+async def test_a_report_applied_by_another_process_reaches_the_waiter_through_the_database(
+    db: Database, sessions: SessionRepository
+) -> None:
+    """Another replica (its own repository and bell) applies the report, this process's waiter is handed
+    nothing: its bell's check sees the order answered and the waiter reads the report from the database."""
+    here, there = Bell(db, interval_s=0.05), Bell(db, interval_s=3600)
+    clock = lambda: at(2)  # noqa: E731
+    mine, replica = OrderRepository(db, here, clock=clock), OrderRepository(db, there, clock=clock)
+    a = await _holder(sessions)
+    placed = await _submit(mine, t=1, not_after=31)
+    await replica.take("alpha", a, Poll(ack=0, wait_s=0), now=at(2))
+    try:
+        waiter = asyncio.ensure_future(mine.wait_report(placed.id, at(60)))
+        await asyncio.sleep(0)
+        await replica.apply_reports("alpha", a, Reports(reports=[_ok(placed.id, result=77)]), now=at(3))
+        report = await asyncio.wait_for(waiter, 10)
+    finally:
+        await here.aclose()
+        await there.aclose()
+    assert report is not None
+    assert report.result == 77
+    assert here.checks >= 1
