@@ -3,10 +3,12 @@
 One session at a time. A session the broker no longer knows (404/409/410) is replaced by a new hello; a broken
 link is retried with jittered back-off and never ends the process. Orders are taken only while the clock is
 within the Factory's skew and a slot is free (the poll asks for no more orders than free slots). Reports are
-sent in batches from one queue that survives session changes. While it holds the lease and its clock is within
-the skew, the agent pushes its listing of active jobs (:mod:`agent.listings`) and the site's state
-(:mod:`agent.site`) as the session's plan says. On
-stop (SIGTERM): no more polling, in-flight orders get ``shutdown_grace_s`` to finish while the heartbeat keeps
+sent in batches from one queue that survives session changes; a report is held up to ``report_linger_s`` while
+other orders are still being carried out, so the reports of orders carried out together (a dispatcher's batch)
+go in one request rather than one each (each request is signed, verified and applied in a transaction). While
+it holds the lease and its clock is within the skew, the agent pushes its listing of active jobs
+(:mod:`agent.listings`) and the site's state (:mod:`agent.site`) as the session's plan says.
+On stop (SIGTERM): no more polling, in-flight orders get ``shutdown_grace_s`` to finish while the heartbeat keeps
 the session alive for their reports, the reports are flushed, and the process exits.
 """
 
@@ -61,6 +63,7 @@ class Agent:
         *,
         concurrency: int = 8,
         report_batch: int = 100,
+        report_linger_s: float = 0.1,
         shutdown_grace_s: float = 30.0,
         backoff: Backoff | None = None,
     ) -> None:
@@ -74,6 +77,9 @@ class Agent:
         self.slots = asyncio.Semaphore(concurrency)
         self.concurrency = concurrency
         self.report_batch = min(report_batch, MAX_REPORTS)
+        self.report_linger_s = report_linger_s
+        self.running = 0  # orders being carried out now (holding a slot)
+        self.finished = asyncio.Event()  # set whenever one of them ends
         self.shutdown_grace_s = shutdown_grace_s
         self.backoff = backoff or Backoff()
         self.session: Session | None = None
@@ -248,7 +254,12 @@ class Agent:
 
     async def _carry_out(self, order: Order) -> None:
         async with self.slots:
-            report = await self.executor.execute(order)
+            self.running += 1
+            try:
+                report = await self.executor.execute(order)
+            finally:
+                self.running -= 1
+                self.finished.set()
         self.reports.put(report)
 
     # -- pushes -------------------------------------------------------------------------------------------
@@ -303,6 +314,7 @@ class Agent:
                 await self.session_changed.wait()
                 self.session_changed.clear()
                 continue
+            await self._linger(drain)
             batch = self.reports.peek(self.report_batch, MAX_REPORTS_BYTES)
             try:
                 await self.link.report(session.granted.session_id, Reports(reports=batch))
@@ -320,6 +332,20 @@ class Agent:
                 continue
             backoff.reset()
             self.reports.done(len(batch))
+
+    async def _linger(self, drain: asyncio.Event) -> None:
+        """Hold the queued reports while other orders are still being carried out, for ``report_linger_s`` at
+        most, a full batch, or the drain: they go in one request. Only the moment of sending changes (a report is
+        a fact the broker applies once whenever it comes)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.report_linger_s
+        while self.running and len(self.reports) < self.report_batch and not drain.is_set():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self.finished.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.finished.wait(), remaining)
 
     def _too_large(self, report: Report) -> Report:
         """What the broker is told instead of a report it refused as too large (only a read's result can be; were

@@ -19,6 +19,7 @@ from agent.keys import SigningKey
 from agent.link import BrokerLink
 from agent.runner import Agent
 from slurm_adapters.agent_protocol import FEATURES
+from slurm_adapters.records import SlurmJobSpec, SubmitContext
 from tests.agent.conftest import site_policy
 from tests.agent.fakes import (
     AUDIENCE,
@@ -49,6 +50,7 @@ def build(key: SigningKey, broker: FakeBroker, adapter: RecordingAdapter, tmp_pa
         link,
         executor,
         concurrency=int(options.get("concurrency", 4)),
+        report_linger_s=options.get("linger", 0.1),
         shutdown_grace_s=options.get("grace", 5.0),
         backoff=Backoff(base_s=0.01, cap_s=0.05),
     )
@@ -209,3 +211,65 @@ async def test_stop_waits_no_longer_than_the_grace_period(
     await asyncio.wait_for(task, 5)
     assert asyncio.get_running_loop().time() - started < 2.0
     assert broker.reports_for(1) == []  # never reported: the broker settles it by lookup
+
+
+class GatedAdapter(RecordingAdapter):
+    """Each submit waits for its own gate (by order of arrival), so a test decides when each one finishes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gates: list[asyncio.Event] = []
+
+    async def submit(self, spec: SlurmJobSpec, user: str, context: SubmitContext | None = None) -> int:
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        await gate.wait()
+        return await super().submit(spec, user, context)
+
+
+async def _start(agent: Agent, broker: FakeBroker) -> tuple[asyncio.Event, asyncio.Task[None]]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    await broker.wait_for(lambda: bool(broker.polls))
+    return stop, task
+
+
+async def test_reports_of_orders_carried_out_together_go_in_one_request(key: SigningKey, tmp_path: Path) -> None:
+    """Five submits finishing one after another: each report waits while the others still run, so the broker
+    gets one request of five, not five of one."""
+    broker, adapter = FakeBroker(key), GatedAdapter()
+    agent = build(key, broker, adapter, tmp_path, concurrency=5, linger=30.0)
+    stop, task = await _start(agent, broker)
+    try:
+        await broker.give(*(submit_order(n) for n in range(1, 6)))
+        await broker.wait_for(lambda: len(adapter.gates) == 5)
+        for finished, gate in enumerate(adapter.gates, start=1):
+            gate.set()
+            await broker.wait_for(lambda n=finished: len(agent.reports) + len(broker.reports) == n)
+        await broker.wait_for(lambda: len(broker.reports) == 5)
+        assert broker.report_batches == [5]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await agent.link.aclose()
+
+
+async def test_a_report_waits_no_longer_than_the_linger_for_orders_still_running(
+    key: SigningKey, tmp_path: Path
+) -> None:
+    """One submit done, another stuck at the site: the done one is reported once the linger is over."""
+    broker, adapter = FakeBroker(key), GatedAdapter()
+    agent = build(key, broker, adapter, tmp_path, concurrency=2, linger=0.2)
+    stop, task = await _start(agent, broker)
+    try:
+        await broker.give(submit_order(1), submit_order(2))
+        await broker.wait_for(lambda: len(adapter.gates) == 2)
+        adapter.gates[0].set()
+        await broker.wait_for(lambda: len(broker.reports) == 1, timeout_s=5)
+        assert agent.running == 1  # the other is still being carried out
+        adapter.gates[1].set()
+        await broker.wait_for(lambda: len(broker.reports) == 2)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await agent.link.aclose()
