@@ -71,6 +71,13 @@ class Settings(BaseSettings):
         "heartbeat intervals)",
     )
     claim_batch: int = Field(20, ge=1, le=1000, description="jobs a dispatcher claims per cycle")
+    dispatch_batches: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="claimed batches a process's dispatcher carries at once (1: the next claim waits for the "
+        "whole batch before)",
+    )
     accept_batch: int = Field(
         256,
         ge=0,

@@ -42,7 +42,7 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -197,11 +197,22 @@ class Dispatcher:
 
     async def run_once(self) -> int:
         """Claim a batch of due queued jobs and carry each as far as it goes; returns how many were claimed."""
-        claimed = await self._jobs.claim_queued(
+        claimed = await self.claim()
+        await self.carry(claimed)
+        return len(claimed)
+
+    async def claim(self) -> Sequence[Job]:
+        """Lease a batch of due queued jobs to this dispatcher (none is leased to two claims at once, so the
+        batches of several claims, of this process or of others, are disjoint)."""
+        return await self._jobs.claim_queued(
             self.worker_id, self._settings.claim_batch, self._settings.lease_s, self._clock()
         )
+
+    async def carry(self, claimed: Sequence[Job]) -> None:
+        """Carry each job of a claimed batch as far as it goes (each its own attempt, committed before its
+        Slurm call); batches may be carried side by side."""
         if not claimed:
-            return 0
+            return
         ids = [job.id for job in claimed]
         self.in_flight.update(ids)
         try:
@@ -211,7 +222,6 @@ class Dispatcher:
             await asyncio.gather(*(self._guarded(job, batch) for job in claimed))
         finally:  # a batch that failed before its jobs were carried must not keep their leases renewed
             self.in_flight.difference_update(ids)
-        return len(claimed)
 
     async def _guarded(self, job: Job, batch: _Batch) -> None:
         """One job's dispatch; a bug on one job must not stop the batch, and the job must not vanish."""

@@ -22,10 +22,11 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypedDict
 
 from broker.db.engine import Database
+from broker.db.models import Job
 from broker.db.repositories import JobRepository, QueueStats
 from broker.db.repositories.instances import InstanceIdInUse, InstanceRepository
 from broker.db.types import utc_now
@@ -214,18 +215,41 @@ class Runtime:
             await self._cycle("health", self.health.run_once)
 
     async def _loop_dispatch(self) -> None:
+        """Claim, and carry the claimed batch in the background: up to ``dispatch_batches`` batches are carried
+        at once, so the next claim need not wait for a batch's slowest Slurm call (claims are disjoint, and each
+        job still commits its attempt before its own call)."""
         # The first claim waits for the first health check: a Factory never checked is not submitted to.
         await self._pause(float("inf"), wake=self._health_checked)
-        while not self._stopping.is_set():
-            self._wake.clear()
-            started = time.monotonic()
-            claimed = await self._cycle("dispatch", self.dispatcher.run_once)
+        room = asyncio.Semaphore(self.settings.dispatch_batches)
+        carrying: set[asyncio.Task[None]] = set()
+        try:
+            while not self._stopping.is_set():
+                await room.acquire()
+                self._wake.clear()
+                started = time.monotonic()
+                claimed = await self._cycle("dispatch", self.dispatcher.claim) or []
+                if claimed:
+                    task = asyncio.create_task(self._carry(claimed, started, room), name="conveyor-dispatch-batch")
+                    carrying.add(task)
+                    task.add_done_callback(carrying.discard)
+                else:
+                    room.release()
+                    await self._cycle("queue", self._measure_queue)
+                if len(claimed) == self.settings.claim_batch:
+                    continue  # a full batch: more are probably due right now
+                if not await self._pause(self.settings.dispatcher_interval_s, wake=self._wake):
+                    return
+        finally:  # stopping: the batches being carried finish (or are cancelled with this loop)
+            if carrying:
+                await asyncio.gather(*carrying, return_exceptions=True)
+
+    async def _carry(self, claimed: Sequence[Job], started: float, room: asyncio.Semaphore) -> None:
+        try:
+            await self._cycle("dispatch", lambda: self.dispatcher.carry(claimed))
             self._last_dispatch_cycle_s = round(time.monotonic() - started, 4)
             await self._cycle("queue", self._measure_queue)
-            if claimed == self.settings.claim_batch:
-                continue  # a full batch: more are probably due right now
-            if not await self._pause(self.settings.dispatcher_interval_s, wake=self._wake):
-                return
+        finally:
+            room.release()
 
     async def _loop_reconcile(self, factory_id: str) -> None:
         while not self._stopping.is_set():

@@ -6,16 +6,21 @@ import asyncio
 import math
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
+from sqlalchemy import select
 
 from app.metrics import render
 from broker.db.engine import Database
+from broker.db.models import DispatchAttempt
 from broker.factories.adapters import AdapterPool
 from broker.factories.registry import FactoryRegistry
 from broker.jobs.events import EventKind
 from broker.loops.runtime import Runtime
 from conveyor.spec import JobState
+from slurm_adapters.interface import SlurmAdapter
+from slurm_adapters.records import SlurmJobSpec, SubmitContext
 from tests.broker.conftest import Broker, make_broker
 from tests.broker.test_loops_on_the_lab import WAIT_FOR_GO, lab_cluster
 from tests.db.helpers import wait_until
@@ -111,3 +116,79 @@ async def test_the_runtime_dispatches_a_new_job_at_once_when_notified_and_stops_
         await asyncio.wait_for(runtime.stop(), timeout=30)
         await adapters.aclose()
     assert not runtime.running
+
+
+class _HeldSubmits:
+    """The lab's adapters, every submit held until ``release`` is set; each submit notes whether its attempt was
+    committed (started, no outcome) when the call began."""
+
+    def __init__(self, adapters: AdapterPool, db: Database) -> None:
+        self.adapters = adapters
+        self.db = db
+        self.release = asyncio.Event()
+        self.held = 0
+        self.attempts: list[tuple[str, bool]] = []  # (attempt id, committed before the call)
+
+    def get(self, factory_id: str) -> SlurmAdapter:
+        return cast(SlurmAdapter, _Held(self.adapters.get(factory_id), self))
+
+
+class _Held:
+    """One adapter as it is, but for its submits (see :class:`_HeldSubmits`)."""
+
+    def __init__(self, adapter: SlurmAdapter, owner: _HeldSubmits) -> None:
+        self._adapter = adapter
+        self._owner = owner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._adapter, name)
+
+    async def submit(self, spec: SlurmJobSpec, user: str, context: SubmitContext | None = None) -> int:
+        assert context is not None
+        job_id, number = context.attempt.split("/")
+        async with self._owner.db.read() as session:
+            row = await session.scalar(
+                select(DispatchAttempt).where(DispatchAttempt.job_id == job_id, DispatchAttempt.attempt == int(number))
+            )
+        self._owner.attempts.append((context.attempt, row is not None and row.finished_at is None))
+        self._owner.held += 1
+        await self._owner.release.wait()
+        return await self._adapter.submit(spec, user, context)
+
+
+async def test_the_runtime_carries_two_claimed_batches_at_once_each_job_once_its_attempt_committed_first(
+    db: Database, registry: FactoryRegistry, tmp_path: Path
+) -> None:
+    """Claims of 2 with submits held at the site: the runtime claims a second batch while the first is still being
+    carried (dispatch_batches 2), never a third; released, every job reaches Slurm once, each call made only after
+    its attempt was committed."""
+    pool = AdapterPool(registry)
+    broker = make_broker(db, registry, pool, tmp_path)
+    held = _HeldSubmits(pool, db)
+    settings = broker.settings.model_copy(
+        update={"dispatcher_interval_s": 0.05, "claim_batch": 2, "dispatch_batches": 2, "reconciler_interval_s": 0.2}
+    )
+    runtime = Runtime(settings, db, registry, held, worker_id="runtime-batches")
+    alpha = lab_cluster("alpha")
+    workdir = job_dir(alpha, new_tag("batches"))
+    jobs = [
+        await broker.queue(command=["true"], working_directory=workdir, placement={"factory": "alpha"})
+        for _ in range(6)
+    ]
+    await runtime.start()
+    try:
+        await wait_until(lambda: held.held == 4, timeout_s=30)  # two batches of two held at once
+        leased = [job for job in [await broker.job(job_id) for job_id in jobs] if job.lease_owner is not None]
+        assert len(leased) == 4  # the third batch waits for room
+        held.release.set()
+
+        async def all_submitted() -> bool:
+            return all([(await broker.job(job_id)).slurm_job_id is not None for job_id in jobs])
+
+        await wait_until(all_submitted, timeout_s=60)
+    finally:
+        held.release.set()
+        await asyncio.wait_for(runtime.stop(), timeout=30)
+        await pool.aclose()
+    assert sorted(attempt for attempt, _ in held.attempts) == sorted(f"{job_id}/1" for job_id in jobs)
+    assert all(committed for _, committed in held.attempts), held.attempts
