@@ -88,7 +88,7 @@ async def run(config: AgentConfig, failpoints: frozenset[str] = frozenset()) -> 
     executor = Executor(adapter, policy, BrokerClock(), PauseSwitch(config.pause_file),
                         deadline_s=config.adapter.timeout_s, failpoints=failpoints)  # fmt: skip
     agent = Agent(link, executor, concurrency=config.concurrency, report_batch=config.report_batch,
-                  report_linger_s=config.report_linger_s, shutdown_grace_s=config.shutdown_grace_s)  # fmt: skip
+                  linger_s=config.linger_s, shutdown_grace_s=config.shutdown_grace_s)  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -61,8 +61,8 @@ class AgentConfig(BaseModel):
     pause_file: Path = Field(description="while this file exists, no new submits (reports and reads go on)")
     concurrency: int = Field(8, ge=1, le=256, description="orders carried out at once")
     report_batch: int = Field(100, ge=1, le=MAX_REPORTS, description="reports sent per request at most")
-    report_linger_s: float = Field(
-        0.1, ge=0, le=5, description="how long a report waits for those of orders still being carried out"
+    linger_s: float = Field(
+        0.1, ge=0, le=5, description="how long a report, or the next poll, waits for orders still being carried out"
     )
     shutdown_grace_s: float = Field(30.0, gt=0, le=600, description="how long SIGTERM waits for in-flight orders")
     ca_file: Path | None = Field(None, description="a CA bundle for the broker's certificate (default: system)")

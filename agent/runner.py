@@ -3,10 +3,11 @@
 One session at a time. A session the broker no longer knows (404/409/410) is replaced by a new hello; a broken
 link is retried with jittered back-off and never ends the process. Orders are taken only while the clock is
 within the Factory's skew and a slot is free (the poll asks for no more orders than free slots). Reports are
-sent in batches from one queue that survives session changes; a report is held up to ``report_linger_s`` while
-other orders are still being carried out, so the reports of orders carried out together (a dispatcher's batch)
-go in one request rather than one each (each request is signed, verified and applied in a transaction). While
-it holds the lease and its clock is within the skew, the agent pushes its listing of active jobs
+sent in batches from one queue that survives session changes. Orders carried out together (a dispatcher's batch)
+are answered and followed together: a report, and the next poll once a slot is free, wait up to ``linger_s``
+while other orders are still being carried out, so a batch's reports go in one request and the next batch comes
+in one poll, rather than a request per order (each is signed, verified and applied in a transaction). While it
+holds the lease and its clock is within the skew, the agent pushes its listing of active jobs
 (:mod:`agent.listings`) and the site's state (:mod:`agent.site`) as the session's plan says.
 On stop (SIGTERM): no more polling, in-flight orders get ``shutdown_grace_s`` to finish while the heartbeat keeps
 the session alive for their reports, the reports are flushed, and the process exits.
@@ -63,7 +64,7 @@ class Agent:
         *,
         concurrency: int = 8,
         report_batch: int = 100,
-        report_linger_s: float = 0.1,
+        linger_s: float = 0.1,
         shutdown_grace_s: float = 30.0,
         backoff: Backoff | None = None,
     ) -> None:
@@ -77,9 +78,10 @@ class Agent:
         self.slots = asyncio.Semaphore(concurrency)
         self.concurrency = concurrency
         self.report_batch = min(report_batch, MAX_REPORTS)
-        self.report_linger_s = report_linger_s
+        self.linger_s = linger_s
         self.running = 0  # orders being carried out now (holding a slot)
-        self.finished = asyncio.Event()  # set whenever one of them ends
+        self.finished = asyncio.Event()  # set whenever one of them ends (the report loop's)
+        self.slot_freed = asyncio.Event()  # set whenever an order leaves in_flight (the poll loop's)
         self.shutdown_grace_s = shutdown_grace_s
         self.backoff = backoff or Backoff()
         self.session: Session | None = None
@@ -242,15 +244,32 @@ class Agent:
                     self._start(order)
 
     async def _free_slots(self) -> int:
-        """Wait for at least one free slot; return how many are free."""
-        await self.slots.acquire()
-        self.slots.release()
-        return max(1, self.concurrency - len(self.in_flight))
+        """Wait for a free slot and, while other orders are still being carried out, up to ``linger_s`` more
+        for them to end; return how many slots are free (the poll asks for no more)."""
+        loop = asyncio.get_running_loop()
+        first_free: float | None = None
+        while True:
+            free = self.concurrency - len(self.in_flight)
+            remaining: float | None = None
+            if free > 0:
+                if not self.in_flight:
+                    return free
+                first_free = loop.time() if first_free is None else first_free
+                remaining = first_free + self.linger_s - loop.time()
+                if remaining <= 0:
+                    return free
+            self.slot_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.slot_freed.wait(), remaining)
 
     def _start(self, order: Order) -> None:
         task = asyncio.create_task(self._carry_out(order), name=f"order-{order.id}")
         self.in_flight.add(task)
-        task.add_done_callback(self.in_flight.discard)
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self.in_flight.discard(task)
+        self.slot_freed.set()
 
     async def _carry_out(self, order: Order) -> None:
         async with self.slots:
@@ -334,11 +353,11 @@ class Agent:
             self.reports.done(len(batch))
 
     async def _linger(self, drain: asyncio.Event) -> None:
-        """Hold the queued reports while other orders are still being carried out, for ``report_linger_s`` at
+        """Hold the queued reports while other orders are still being carried out, for ``linger_s`` at
         most, a full batch, or the drain: they go in one request. Only the moment of sending changes (a report is
         a fact the broker applies once whenever it comes)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.report_linger_s
+        deadline = loop.time() + self.linger_s
         while self.running and len(self.reports) < self.report_batch and not drain.is_set():
             remaining = deadline - loop.time()
             if remaining <= 0:

@@ -50,7 +50,7 @@ def build(key: SigningKey, broker: FakeBroker, adapter: RecordingAdapter, tmp_pa
         link,
         executor,
         concurrency=int(options.get("concurrency", 4)),
-        report_linger_s=options.get("linger", 0.1),
+        linger_s=options.get("linger", 0.1),
         shutdown_grace_s=options.get("grace", 5.0),
         backoff=Backoff(base_s=0.01, cap_s=0.05),
     )
@@ -243,9 +243,13 @@ async def test_reports_of_orders_carried_out_together_go_in_one_request(key: Sig
     try:
         await broker.give(*(submit_order(n) for n in range(1, 6)))
         await broker.wait_for(lambda: len(adapter.gates) == 5)
+
+        def reported_or_queued() -> int:
+            return len(agent.reports) + len(broker.reports)
+
         for finished, gate in enumerate(adapter.gates, start=1):
             gate.set()
-            await broker.wait_for(lambda n=finished: len(agent.reports) + len(broker.reports) == n)
+            await broker.wait_for(lambda: reported_or_queued() == finished)  # noqa: B023 - awaited at once
         await broker.wait_for(lambda: len(broker.reports) == 5)
         assert broker.report_batches == [5]
     finally:
@@ -269,6 +273,40 @@ async def test_a_report_waits_no_longer_than_the_linger_for_orders_still_running
         assert agent.running == 1  # the other is still being carried out
         adapter.gates[1].set()
         await broker.wait_for(lambda: len(broker.reports) == 2)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await agent.link.aclose()
+
+
+async def test_the_next_poll_waits_for_the_orders_still_running_so_it_takes_a_batch(
+    key: SigningKey, tmp_path: Path
+) -> None:
+    """Four orders in four slots, finishing one by one: the next poll goes out once all four slots are free (the
+    linger is long), asking for four, not for one order per freed slot."""
+    broker, adapter = FakeBroker(key), GatedAdapter()
+    agent = build(key, broker, adapter, tmp_path, concurrency=4, linger=30.0)
+    stop, task = await _start(agent, broker)
+    try:
+        await broker.give(*(submit_order(n) for n in range(1, 5)))
+        await broker.wait_for(lambda: len(adapter.gates) == 4)
+        polls = len(broker.polls)
+
+        def ended() -> int:
+            return 4 - len(agent.in_flight)
+
+        for finished, gate in enumerate(adapter.gates, start=1):
+            gate.set()
+            await broker.wait_for(lambda: ended() == finished)  # noqa: B023 - awaited at once
+        await broker.wait_for(lambda: len(broker.reports) == 4)
+        await broker.give(*(submit_order(n) for n in range(5, 9)))
+        await broker.wait_for(lambda: len(adapter.gates) == 8)
+        later = broker.polls[polls:]
+        assert later, "no poll after the first batch"
+        assert all(poll.max_orders == 4 for poll in later), [poll.max_orders for poll in later]
+        for gate in adapter.gates[4:]:
+            gate.set()
+        await broker.wait_for(lambda: len(broker.reports) == 8)
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
