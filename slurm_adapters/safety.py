@@ -57,10 +57,28 @@ def default_uid_ranges(uid_min: int) -> tuple[UidRange, ...]:
     return ((uid_min, 59999), (65536, 4294967293))
 
 
+_UID_MIN_READ: dict[Path, tuple[tuple[int, int, int], int]] = {}  # path -> ((inode, mtime_ns, size), UID_MIN)
+
+
 def login_defs_uid_min(path: Path | None) -> int:
-    """UID_MIN from a login.defs (the first uid of people, not daemons); 1000 where it cannot be read."""
+    """UID_MIN from a login.defs (the first uid of people, not daemons); 1000 where it cannot be read. Read again
+    whenever the file changes (its inode, mtime or size), not on every submit."""
     if path is None:
         return DEFAULT_UID_MIN
+    try:
+        facts = path.stat()
+    except OSError:
+        return DEFAULT_UID_MIN
+    version = (facts.st_ino, facts.st_mtime_ns, facts.st_size)
+    known = _UID_MIN_READ.get(path)
+    if known is not None and known[0] == version:
+        return known[1]
+    uid_min = _read_uid_min(path)
+    _UID_MIN_READ[path] = (version, uid_min)
+    return uid_min
+
+
+def _read_uid_min(path: Path) -> int:
     try:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,6 +70,27 @@ def test_uid_min_comes_from_the_sites_login_defs(site: Path) -> None:
     assert login_defs_uid_min(site / "etc/missing") == 1000
     assert refused(policy(site), "alice") is not None  # 1001 < 1200
     assert refused(policy(site), "newbie") is None
+
+
+def test_uid_min_is_read_once_and_again_when_login_defs_changes(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    defs = site / "etc/login.defs"
+    defs.write_text("UID_MIN 1200\n")
+    reads: list[Path] = []
+    original = Path.read_text
+
+    def counted(self: Path, *args: Any, **kwargs: Any) -> str:
+        if self == defs:
+            reads.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counted)
+    assert [login_defs_uid_min(defs) for _ in range(5)] == [1200] * 5
+    assert len(reads) == 1  # not once per submit
+    defs.write_text("UID_MIN 500\nUID_MAX 60000\n")  # another size: a change, even within the mtime's grain
+    assert login_defs_uid_min(defs) == 500
+    assert len(reads) == 2
+    defs.unlink()
+    assert login_defs_uid_min(defs) == 1000
 
 
 def test_uid_ranges_narrow_or_widen_but_never_allow_the_reserved_uids(site: Path) -> None:
