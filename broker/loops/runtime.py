@@ -225,6 +225,9 @@ class Runtime:
         try:
             while not self._stopping.is_set():
                 await room.acquire()
+                if self._stopping.is_set():  # stopped while every batch's room was taken: claim no more
+                    room.release()
+                    return
                 self._wake.clear()
                 started = time.monotonic()
                 claimed = await self._cycle("dispatch", self.dispatcher.claim) or []

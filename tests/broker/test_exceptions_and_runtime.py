@@ -156,12 +156,12 @@ class _Held:
         return await self._adapter.submit(spec, user, context)
 
 
-async def test_the_runtime_carries_two_claimed_batches_at_once_each_job_once_its_attempt_committed_first(
+async def test_the_runtime_carries_two_claimed_batches_at_once_and_claims_none_once_stopping(
     db: Database, registry: FactoryRegistry, tmp_path: Path
 ) -> None:
     """Claims of 2 with submits held at the site: the runtime claims a second batch while the first is still being
-    carried (dispatch_batches 2), never a third; released, every job reaches Slurm once, each call made only after
-    its attempt was committed."""
+    carried (dispatch_batches 2), never a third. Stopped meanwhile and then released: the two batches reach Slurm,
+    each job once and each call only after its attempt was committed, and the jobs left are not claimed."""
     pool = AdapterPool(registry)
     broker = make_broker(db, registry, pool, tmp_path)
     held = _HeldSubmits(pool, db)
@@ -178,17 +178,19 @@ async def test_the_runtime_carries_two_claimed_batches_at_once_each_job_once_its
     await runtime.start()
     try:
         await wait_until(lambda: held.held == 4, timeout_s=30)  # two batches of two held at once
-        leased = [job for job in [await broker.job(job_id) for job_id in jobs] if job.lease_owner is not None]
+        leased = [job.id for job in [await broker.job(job_id) for job_id in jobs] if job.lease_owner is not None]
         assert len(leased) == 4  # the third batch waits for room
+        stopping = asyncio.ensure_future(runtime.stop())
+        await wait_until(lambda: not runtime.running, timeout_s=10)
         held.release.set()
-
-        async def all_submitted() -> bool:
-            return all([(await broker.job(job_id)).slurm_job_id is not None for job_id in jobs])
-
-        await wait_until(all_submitted, timeout_s=60)
+        await asyncio.wait_for(stopping, timeout=30)
     finally:
         held.release.set()
         await asyncio.wait_for(runtime.stop(), timeout=30)
         await pool.aclose()
-    assert sorted(attempt for attempt, _ in held.attempts) == sorted(f"{job_id}/1" for job_id in jobs)
+    after = {job_id: await broker.job(job_id) for job_id in jobs}
+    assert all(after[job_id].slurm_job_id is not None for job_id in leased)
+    assert [job.state for job_id, job in after.items() if job_id not in leased] == [JobState.QUEUED] * 2
+    assert all(job.attempt_count == 0 for job_id, job in after.items() if job_id not in leased)
+    assert sorted(attempt for attempt, _ in held.attempts) == sorted(f"{job_id}/1" for job_id in leased)
     assert all(committed for _, committed in held.attempts), held.attempts
