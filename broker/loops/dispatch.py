@@ -26,6 +26,9 @@ Why it is shaped like this:
   (:mod:`broker.db.group_commit`), each still committed before its own Slurm call, and the submissions that
   return together another, each in a savepoint; what they read (health, reserved Factories, site accounts)
   is read once per batch.
+  The runtime carries up to ``dispatch_batches`` claimed batches at once (:meth:`Dispatcher.claim`, then
+  :meth:`Dispatcher.carry` in the background), so a claim does not wait for the slowest call of the batch
+  before it; claims are leased, hence disjoint, and each job keeps every rule above on its own.
 - Only the job's own fault ends it ``rejected`` (placement that can never succeed, Slurm refusing the request).
   Site faults (authentication, availability) keep it queued with a visible reason, mark the Factory
   unhealthy, and retry with a bounded backoff.
