@@ -29,7 +29,7 @@ from slurm_adapters import codec
 from slurm_adapters.agent_protocol import CancelOrder, Order, ReadOrder, Report, SubmitOrder
 from slurm_adapters.errors import ClusterUnavailable, InvalidRequest, SiteError, SlurmError
 from slurm_adapters.interface import SlurmAdapter
-from slurm_adapters.records import SubmitContext
+from slurm_adapters.records import MAX_OUTPUT_CHUNK_BYTES, SubmitContext
 
 log = logging.getLogger("conveyor.agent")
 
@@ -229,7 +229,7 @@ class Executor:
         except (TypeError, ValueError, codec.ProtocolError) as exc:
             raise Refusal(f"read order {order.op} has invalid arguments: {exc}", InvalidRequest) from None
 
-    async def _read_op(self, op: str, args: dict[str, Any]) -> Any:
+    async def _read_op(self, op: str, args: dict[str, Any]) -> Any:  # noqa: PLR0911 - one branch per read op
         adapter = self.adapter
         if op == "list_jobs":
             _only(args, {"tags", "tag_prefix"})
@@ -259,6 +259,17 @@ class Executor:
                 raise ValueError("max_bytes must be 1 to 16 MiB")
             job_id = codec.int_from_json(args.get("job_id"), "job_id")
             return await adapter.read_output(job_id, stream, max_bytes)
+        if op == "read_output_chunk":
+            _only(args, {"job_id", "stream", "offset", "max_bytes"})
+            stream = args.get("stream", "stdout")
+            if stream not in ("stdout", "stderr"):
+                raise ValueError(f"stream must be stdout or stderr, not {stream!r:.40}")
+            offset = codec.int_from_json(args.get("offset"), "offset")
+            max_bytes = codec.int_from_json(args.get("max_bytes"), "max_bytes")
+            if offset < 0 or not 0 < max_bytes <= MAX_OUTPUT_CHUNK_BYTES:
+                raise ValueError(f"offset must be >= 0 and max_bytes 1 to {MAX_OUTPUT_CHUNK_BYTES}")
+            job_id = codec.int_from_json(args.get("job_id"), "job_id")
+            return codec.output_chunk_to_json(await adapter.read_output_chunk(job_id, stream, offset, max_bytes))
         if op == "cluster_info":
             _only(args, set())
             return codec.cluster_info_to_json(await adapter.cluster_info())

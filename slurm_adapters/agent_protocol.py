@@ -82,7 +82,9 @@ def features_used(spec: SlurmJobSpec) -> frozenset[str]:
 
 
 # The adapter operations a read order may ask for (the SlurmAdapter methods that change nothing).
-READ_OPS: Final = frozenset({"get_job", "list_jobs", "accounted_jobs", "read_output", "cluster_info", "health"})
+READ_OPS: Final = frozenset(
+    {"get_job", "list_jobs", "accounted_jobs", "read_output", "read_output_chunk", "cluster_info", "health"}
+)
 
 MAX_ORDERS: Final = 500  # per poll answer
 MAX_REPORTS: Final = 500  # per reports request
@@ -222,7 +224,7 @@ class ReadOrder(Message):
     kind: Literal["read"] = "read"
     id: int
     not_after: AwareDatetime
-    op: Literal["get_job", "list_jobs", "accounted_jobs", "read_output", "cluster_info", "health"]
+    op: Literal["get_job", "list_jobs", "accounted_jobs", "read_output", "read_output_chunk", "cluster_info", "health"]
     args: dict[str, Any] = Field(default_factory=dict)
 
 

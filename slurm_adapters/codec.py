@@ -9,6 +9,8 @@ made up. A job spec decodes strictly: a field this side does not know is refused
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 from collections.abc import Mapping
 from datetime import datetime
@@ -27,7 +29,16 @@ from slurm_adapters.errors import (
     SubmitWindowClosed,
     UnsafeRequest,
 )
-from slurm_adapters.records import ClusterInfo, Health, JobRecord, NodeInfo, PartitionInfo, SlurmJobSpec, SlurmJobState
+from slurm_adapters.records import (
+    ClusterInfo,
+    Health,
+    JobRecord,
+    NodeInfo,
+    OutputChunk,
+    PartitionInfo,
+    SlurmJobSpec,
+    SlurmJobState,
+)
 
 # A ``Final`` mapping of the contract's error classes by name.
 ERROR_TYPES: Final[Mapping[str, type[SlurmError]]] = {
@@ -161,6 +172,16 @@ def health_to_json(health: Health) -> dict[str, Any]:
         "release": health.release,
         "up_since": _time(health.up_since),
         "accounting_backlog": health.accounting_backlog,
+    }
+
+
+def output_chunk_to_json(chunk: OutputChunk) -> dict[str, Any]:
+    """The chunk with its bytes as base64 (JSON carries text only)."""
+    return {
+        "data": base64.b64encode(chunk.data).decode("ascii"),
+        "offset": chunk.offset,
+        "size": chunk.size,
+        "eof": chunk.eof,
     }
 
 
@@ -323,6 +344,23 @@ def health_from_json(data: object) -> Health:
         up_since=r.opt_time("up_since"),
         accounting_backlog=r.opt_integer("accounting_backlog"),
     )
+
+
+def output_chunk_from_json(data: object) -> OutputChunk:
+    """A chunk as :func:`output_chunk_to_json` wrote it; strict base64, and a chunk consistent in itself."""
+    r = FieldReader(data, "OutputChunk")
+    try:
+        raw = base64.b64decode(r.text("data"), validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise ProtocolError(f"OutputChunk.data: not base64: {error}") from None
+    chunk = OutputChunk(data=raw, offset=r.integer("offset"), size=r.integer("size"), eof=r.flag("eof"))
+    end = chunk.offset + len(chunk.data)
+    if chunk.offset < 0 or chunk.size < 0 or (chunk.data and end > chunk.size) or chunk.eof != (end >= chunk.size):
+        raise ProtocolError(
+            f"OutputChunk: inconsistent offset {chunk.offset}, {len(chunk.data)} bytes, size {chunk.size}, "
+            f"eof {chunk.eof}"
+        )
+    return chunk
 
 
 def int_from_json(data: object, what: str) -> int:

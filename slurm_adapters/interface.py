@@ -6,11 +6,13 @@ import abc
 from collections.abc import Collection
 from datetime import datetime
 
-from slurm_adapters.errors import AccountingUnavailable
+from slurm_adapters.errors import AccountingUnavailable, OutputUnavailable
 from slurm_adapters.records import (
+    MAX_OUTPUT_CHUNK_BYTES,
     ClusterInfo,
     Health,
     JobRecord,
+    OutputChunk,
     OutputStream,
     Rendering,
     SlurmJobSpec,
@@ -60,6 +62,16 @@ class SlurmAdapter(abc.ABC):
     @abc.abstractmethod
     async def read_output(self, job_id: int, stream: OutputStream = "stdout", max_bytes: int = 65536) -> str:
         """The tail of the job's stdout or stderr. Raises :class:`OutputUnavailable` where it cannot."""
+
+    async def read_output_chunk(
+        self, job_id: int, stream: OutputStream = "stdout", offset: int = 0, max_bytes: int = MAX_OUTPUT_CHUNK_BYTES
+    ) -> OutputChunk:
+        """At most ``max_bytes`` (capped at :data:`MAX_OUTPUT_CHUNK_BYTES`) of the job's stdout or stderr from
+        ``offset``, read from the path in Slurm's own record of the job, with :func:`~slurm_adapters.safety.
+        read_owned_chunk`'s refusals. A negative ``offset`` or ``max_bytes`` < 1 is :class:`InvalidRequest`;
+        an offset past the end gives no data and ``eof``. Raises :class:`OutputUnavailable` where it cannot.
+        """
+        raise OutputUnavailable(f"the {self.kind} adapter does not read output by range", cluster=self.cluster)
 
     @abc.abstractmethod
     async def cluster_info(self) -> ClusterInfo:

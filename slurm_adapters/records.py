@@ -265,4 +265,20 @@ class Health:
 
 OutputStream = Literal["stdout", "stderr"]
 
+# The most one ranged read of a job's output returns, whatever it asks for.
+MAX_OUTPUT_CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class OutputChunk:
+    """Bytes of a job's output file from ``offset``: ``size`` is the file's size when read (``data`` never
+    reaches past it) and ``eof`` whether ``offset + len(data)`` reached that size. An offset at or past the
+    end gives no data and ``eof``."""
+
+    data: bytes
+    offset: int
+    size: int
+    eof: bool
+
+
 # ---------------------------------------------------------------------------------------------------

@@ -7,19 +7,21 @@ string turn into a batch directive.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import posixpath
 import pwd
 import re
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from slurm_adapters.environment import Login
-from slurm_adapters.errors import UnsafeRequest
-from slurm_adapters.records import SlurmJobSpec
+from slurm_adapters.errors import InvalidRequest, UnsafeRequest
+from slurm_adapters.records import MAX_OUTPUT_CHUNK_BYTES, OutputChunk, SlurmJobSpec
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Read by Slurm and its launchers, SPANK plugins, PMI/PMIx and container runtimes: a user's value would steer them.
@@ -274,8 +276,9 @@ def site_path(fs_root: str | Path, cluster_path: str) -> Path:
     return Path(fs_root) / relative
 
 
-def read_owned_tail(path: Path, max_bytes: int, *, owner_uid: int) -> str:
-    """The last ``max_bytes`` of a regular file that ``owner_uid`` owns, decoded leniently.
+@contextlib.contextmanager
+def _owned_regular_file(path: Path, owner_uid: int) -> Iterator[tuple[BinaryIO, int]]:
+    """``path`` open for reading, and its size, once every check has passed on the open descriptor.
 
     Output paths are the user's choice and adapters read them privileged: the final component is opened
     without following a symlink (O_NOFOLLOW) and every check runs on the open descriptor, so nothing swapped
@@ -295,6 +298,37 @@ def read_owned_tail(path: Path, max_bytes: int, *, owner_uid: int) -> str:
             raise PermissionError(f"{path} is not a regular file")
         if owner_uid == 0 or info.st_uid != owner_uid:
             raise PermissionError(f"{path} is not owned by the job's uid {owner_uid} (its owner: uid {info.st_uid})")
+        yield handle, info.st_size
+
+
+def read_owned_tail(path: Path, max_bytes: int, *, owner_uid: int) -> str:
+    """The last ``max_bytes`` of a regular file that ``owner_uid`` owns, decoded leniently (see
+    :func:`_owned_regular_file` for what is refused)."""
+    with _owned_regular_file(path, owner_uid) as (handle, _):
         size = handle.seek(0, 2)
         handle.seek(max(size - max_bytes, 0))
         return handle.read().decode("utf-8", errors="replace")
+
+
+def check_chunk_request(offset: int, max_bytes: int, *, cluster: str | None = None) -> int:
+    """``max_bytes`` capped at :data:`MAX_OUTPUT_CHUNK_BYTES`; a negative offset or a non-positive
+    ``max_bytes`` is :class:`InvalidRequest`."""
+    if offset < 0:
+        raise InvalidRequest(f"offset must be >= 0, not {offset}", cluster=cluster)
+    if max_bytes <= 0:
+        raise InvalidRequest(f"max_bytes must be >= 1, not {max_bytes}", cluster=cluster)
+    return min(max_bytes, MAX_OUTPUT_CHUNK_BYTES)
+
+
+def read_owned_chunk(path: Path, offset: int, max_bytes: int, *, owner_uid: int) -> OutputChunk:
+    """At most ``max_bytes`` (and :data:`MAX_OUTPUT_CHUNK_BYTES`) of a regular file that ``owner_uid`` owns,
+    from ``offset``, never beyond the size it had when opened (the same refusals as
+    :func:`_owned_regular_file`). An offset at or past the end gives no data and ``eof``."""
+    if offset < 0 or max_bytes <= 0:
+        raise ValueError(f"bad offset {offset} or max_bytes {max_bytes}")
+    with _owned_regular_file(path, owner_uid) as (handle, size):
+        if offset >= size:
+            return OutputChunk(data=b"", offset=offset, size=size, eof=True)
+        handle.seek(offset)
+        data = handle.read(min(max_bytes, MAX_OUTPUT_CHUNK_BYTES, size - offset))
+        return OutputChunk(data=data, offset=offset, size=size, eof=offset + len(data) >= size)

@@ -31,6 +31,7 @@ from slurm_adapters.codec import (
     error_from_json,
     health_from_json,
     int_from_json,
+    output_chunk_from_json,
     record_from_json,
     records_from_json,
     spec_to_json,
@@ -39,14 +40,17 @@ from slurm_adapters.codec import (
 from slurm_adapters.errors import ClusterUnavailable, InvalidRequest, SlurmError
 from slurm_adapters.interface import SlurmAdapter
 from slurm_adapters.records import (
+    MAX_OUTPUT_CHUNK_BYTES,
     ClusterInfo,
     Health,
     JobRecord,
+    OutputChunk,
     OutputStream,
     Rendering,
     SlurmJobSpec,
     SubmitContext,
 )
+from slurm_adapters.safety import check_chunk_request
 
 _T = TypeVar("_T")
 PUSH_WAIT_SLACK_S = 5.0  # beyond two push intervals and the skew, for a push under way to arrive
@@ -206,6 +210,13 @@ class AgentAdapter(SlurmAdapter):
     async def read_output(self, job_id: int, stream: OutputStream = "stdout", max_bytes: int = 65536) -> str:
         args = {"job_id": int(job_id), "stream": stream, "max_bytes": int(max_bytes)}
         return await self._read("read_output", args, lambda data: str_from_json(data, "read_output"))
+
+    async def read_output_chunk(
+        self, job_id: int, stream: OutputStream = "stdout", offset: int = 0, max_bytes: int = MAX_OUTPUT_CHUNK_BYTES
+    ) -> OutputChunk:
+        max_bytes = check_chunk_request(offset, max_bytes, cluster=self.cluster)
+        args = {"job_id": int(job_id), "stream": stream, "offset": int(offset), "max_bytes": max_bytes}
+        return await self._read("read_output_chunk", args, output_chunk_from_json)
 
     async def cluster_info(self) -> ClusterInfo:
         if self._pushed is not None:

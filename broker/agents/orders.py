@@ -56,7 +56,7 @@ from slurm_adapters.agent_protocol import (
 )
 
 OrderState = Literal["open", "answered", "expired"]
-ReadOp = Literal["get_job", "list_jobs", "accounted_jobs", "read_output", "cluster_info", "health"]
+ReadOp = Literal["get_job", "list_jobs", "accounted_jobs", "read_output", "read_output_chunk", "cluster_info", "health"]
 _BOUND_KINDS = ("submit", "cancel")
 _NO_UPDATE_SYNC = {"synchronize_session": False}
 GROUP_COMMIT_MAX = 1000  # bound orders written in one transaction at most

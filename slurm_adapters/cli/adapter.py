@@ -7,10 +7,10 @@ import json
 import logging
 import os
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from slurm_adapters.cli.cluster import boot_time, partitions_from_key_values, sdiag_facts
 from slurm_adapters.cli.errors import classify, error_lines, slurm_messages
@@ -30,10 +30,29 @@ from slurm_adapters.errors import (
 from slurm_adapters.fencing import check_cancel_target, check_submit_window
 from slurm_adapters.formats import DATA_PARSER_RELEASE, RecordFormat, for_release
 from slurm_adapters.interface import SlurmAdapter
-from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec, SubmitContext
-from slurm_adapters.safety import SitePolicy, check_spec, fenced_script, read_owned_tail, site_path
+from slurm_adapters.records import (
+    MAX_OUTPUT_CHUNK_BYTES,
+    ClusterInfo,
+    Health,
+    JobRecord,
+    OutputChunk,
+    OutputStream,
+    Rendering,
+    SlurmJobSpec,
+    SubmitContext,
+)
+from slurm_adapters.safety import (
+    SitePolicy,
+    check_chunk_request,
+    check_spec,
+    fenced_script,
+    read_owned_chunk,
+    read_owned_tail,
+    site_path,
+)
 
 log = logging.getLogger(__name__)
+_R = TypeVar("_R")
 _VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 # scontrol's --json came with the data_parser plugin (23.02), and squeue honours its filters from then on
 # (measured: 24.11, 26.05).
@@ -249,6 +268,19 @@ class CliAdapter(SlurmAdapter):
     # -- output -------------------------------------------------------------------------------------
 
     async def read_output(self, job_id: int, stream: OutputStream = "stdout", max_bytes: int = 65536) -> str:
+        host_path, uid, where = await self._output_file(job_id, stream)
+        return await self._read_file(where, lambda: read_owned_tail(host_path, max_bytes, owner_uid=uid))
+
+    async def read_output_chunk(
+        self, job_id: int, stream: OutputStream = "stdout", offset: int = 0, max_bytes: int = MAX_OUTPUT_CHUNK_BYTES
+    ) -> OutputChunk:
+        max_bytes = check_chunk_request(offset, max_bytes, cluster=self.cluster)
+        host_path, uid, where = await self._output_file(job_id, stream)
+        return await self._read_file(where, lambda: read_owned_chunk(host_path, offset, max_bytes, owner_uid=uid))
+
+    async def _output_file(self, job_id: int, stream: OutputStream) -> tuple[Path, int, str]:
+        """Where the job's stream is, from slurmctld's record of the job (never the caller's word), its owner's
+        uid, and how to name it in messages."""
         if self.fs_root is None:
             raise OutputUnavailable("output files are not reachable from this adapter", cluster=self.cluster)
         job = await self._job(job_id)
@@ -257,15 +289,21 @@ class CliAdapter(SlurmAdapter):
             raise OutputUnavailable(f"job {job_id} has no {stream} file", cluster=self.cluster)
         if job.uid is None:
             raise OutputUnavailable(f"job {job_id}'s owner is unknown", cluster=self.cluster)
-        host_path = site_path(self.fs_root, path)
+        return site_path(self.fs_root, path), job.uid, f"job {job_id}'s {stream} {path}"
+
+    async def _read_file(self, where: str, read: Callable[[], _R]) -> _R:
+        """``read`` in a thread, within the runner's deadline; OS errors become :class:`OutputUnavailable`."""
         try:
-            return await asyncio.to_thread(read_owned_tail, host_path, max_bytes, owner_uid=job.uid)
+            async with asyncio.timeout(self.runner.timeout_s):
+                return await asyncio.to_thread(read)
         except FileNotFoundError as exc:
-            raise OutputUnavailable(
-                f"job {job_id}'s {stream} {path} does not exist (yet)", cluster=self.cluster
-            ) from exc
+            raise OutputUnavailable(f"{where} does not exist (yet)", cluster=self.cluster) from exc
         except OSError as exc:
-            raise OutputUnavailable(f"cannot read job {job_id}'s {stream}: {exc}", cluster=self.cluster) from exc
+            raise OutputUnavailable(f"cannot read {where}: {exc}", cluster=self.cluster) from exc
+        except TimeoutError:
+            raise ClusterUnavailable(
+                f"reading {where} took longer than {self.runner.timeout_s:g} s", cluster=self.cluster
+            ) from None
 
     # -- cluster ------------------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from slurm_adapters.codec import (
     cluster_info_from_json,
     health_from_json,
     int_from_json,
+    output_chunk_from_json,
     record_from_json,
     records_from_json,
     str_from_json,
@@ -49,8 +50,18 @@ from slurm_adapters.fencing import check_submit_window
 from slurm_adapters.interface import SlurmAdapter
 from slurm_adapters.pyslurm.mapping import submit_kwargs
 from slurm_adapters.pyslurm.process import WorkerFailed, WorkerProcess
-from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec, SubmitContext
-from slurm_adapters.safety import SitePolicy, check_spec
+from slurm_adapters.records import (
+    MAX_OUTPUT_CHUNK_BYTES,
+    ClusterInfo,
+    Health,
+    JobRecord,
+    OutputChunk,
+    OutputStream,
+    Rendering,
+    SlurmJobSpec,
+    SubmitContext,
+)
+from slurm_adapters.safety import SitePolicy, check_chunk_request, check_spec
 
 T = TypeVar("T")
 
@@ -252,6 +263,14 @@ class PyslurmAdapter(SlurmAdapter):
         """The tail of the job's file; the worker reads it only if the job's own uid owns it."""
         args = {"job_id": int(job_id), "stream": stream, "max_bytes": int(max_bytes)}
         return await self._call("read_output", args, _text)
+
+    async def read_output_chunk(
+        self, job_id: int, stream: OutputStream = "stdout", offset: int = 0, max_bytes: int = MAX_OUTPUT_CHUNK_BYTES
+    ) -> OutputChunk:
+        """The worker reads the range only if the job's own uid owns the file (see :meth:`read_output`)."""
+        max_bytes = check_chunk_request(offset, max_bytes, cluster=self.cluster)
+        args = {"job_id": int(job_id), "stream": stream, "offset": int(offset), "max_bytes": max_bytes}
+        return await self._call("read_output_chunk", args, output_chunk_from_json)
 
     async def cluster_info(self) -> ClusterInfo:
         return await self._call("cluster_info", None, cluster_info_from_json)

@@ -28,7 +28,9 @@ PROTOCOL: Final = 1
 # line limit is large; anything above it is treated as a broken worker.
 MAX_LINE_BYTES: Final = 256 * 1024 * 1024
 
-OPS: Final = frozenset({"submit", "get_job", "list_jobs", "cancel", "read_output", "cluster_info", "health"})
+OPS: Final = frozenset(
+    {"submit", "get_job", "list_jobs", "cancel", "read_output", "read_output_chunk", "cluster_info", "health"}
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,12 +21,18 @@ import importlib
 import os
 import sys
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from slurm_adapters.codec import ProtocolError, cluster_info_to_json, health_to_json, record_to_json
+from slurm_adapters.codec import (
+    ProtocolError,
+    cluster_info_to_json,
+    health_to_json,
+    output_chunk_to_json,
+    record_to_json,
+)
 from slurm_adapters.errors import (
     ClusterUnavailable,
     InvalidRequest,
@@ -46,8 +52,8 @@ from slurm_adapters.pyslurm.protocol import (
     encode_result,
     hello_to_json,
 )
-from slurm_adapters.records import ClusterInfo, Health
-from slurm_adapters.safety import read_owned_tail, site_path
+from slurm_adapters.records import MAX_OUTPUT_CHUNK_BYTES, ClusterInfo, Health
+from slurm_adapters.safety import read_owned_chunk, read_owned_tail, site_path
 
 # ---------------------------------------------------------------------------------------------------
 # Loading libslurm
@@ -76,6 +82,17 @@ def load_pyslurm(environ: MutableMapping[str, str], module_name: str = "pyslurm"
 # ---------------------------------------------------------------------------------------------------
 # The operations
 # ---------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _output_errors(where: str, cluster: str) -> Iterator[None]:
+    """OS errors of reading a job's output file as :class:`OutputUnavailable`."""
+    try:
+        yield
+    except FileNotFoundError as error:
+        raise OutputUnavailable(f"{where} does not exist (yet)", cluster=cluster) from error
+    except OSError as error:  # PermissionError for a file the job's user does not own
+        raise OutputUnavailable(f"cannot read {where}: {error}", cluster=cluster) from error
 
 
 def _int_arg(args: dict[str, Any], name: str) -> int:
@@ -107,6 +124,7 @@ class Operations:
             "list_jobs": self.list_jobs,
             "cancel": self.cancel,
             "read_output": self.read_output,
+            "read_output_chunk": self.read_output_chunk,
             "cluster_info": self.cluster_info,
             "health": self.health,
         }
@@ -197,24 +215,34 @@ class Operations:
         would have this root process hand the file out. Without ``--error`` Slurm writes stderr into the
         stdout file, so that file answers for both streams.
         """
+        max_bytes = _int_arg(args, "max_bytes")
+        if max_bytes < 0:
+            raise ProtocolError(f"bad max_bytes {max_bytes}")
+        host_path, uid, where = self._output_file(args)
+        with _output_errors(where, self.cluster):
+            return read_owned_tail(host_path, max_bytes, owner_uid=uid)
+
+    def read_output_chunk(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Bytes of the job's file from ``offset`` (base64 in the answer), with :meth:`read_output`'s checks."""
+        offset, max_bytes = _int_arg(args, "offset"), _int_arg(args, "max_bytes")
+        if offset < 0 or not 0 < max_bytes <= MAX_OUTPUT_CHUNK_BYTES:
+            raise ProtocolError(f"bad offset {offset} or max_bytes {max_bytes}")
+        host_path, uid, where = self._output_file(args)
+        with _output_errors(where, self.cluster):
+            return output_chunk_to_json(read_owned_chunk(host_path, offset, max_bytes, owner_uid=uid))
+
+    def _output_file(self, args: dict[str, Any]) -> tuple[Path, int, str]:
+        """The job's stream as Slurm records it (never the caller's path), its owner's uid, and its name."""
         job_id = _int_arg(args, "job_id")
         stream = _str_arg(args, "stream")
-        max_bytes = _int_arg(args, "max_bytes")
-        if stream not in {"stdout", "stderr"} or max_bytes < 0:
-            raise ProtocolError(f"bad stream {stream!r} or max_bytes {max_bytes}")
+        if stream not in {"stdout", "stderr"}:
+            raise ProtocolError(f"bad stream {stream!r}")
         job = self.pyslurm.Job.load(job_id)
         record = job_record(job)
         path = record.stdout if stream == "stdout" else (record.stderr or record.stdout)
         if path is None:
             raise OutputUnavailable(f"job {job_id} has no {stream} file", cluster=self.cluster)
-        host_path = site_path(self.fs_root, path)
-        try:
-            return read_owned_tail(host_path, max_bytes, owner_uid=int(job.user_id))
-        except FileNotFoundError as error:
-            message = f"job {job_id}'s {stream} {path} does not exist (yet)"
-            raise OutputUnavailable(message, cluster=self.cluster) from error
-        except OSError as error:  # PermissionError for a file the job's user does not own
-            raise OutputUnavailable(f"cannot read {path}: {error}", cluster=self.cluster) from error
+        return site_path(self.fs_root, path), int(job.user_id), f"job {job_id}'s {stream} {path}"
 
     def cluster_info(self, args: dict[str, Any]) -> dict[str, Any]:
         pyslurm = self.pyslurm

@@ -11,10 +11,10 @@ import asyncio
 import dataclasses
 import socket
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -36,13 +36,33 @@ from slurm_adapters.formats.common import (
     number,
 )
 from slurm_adapters.interface import SlurmAdapter
-from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec, SubmitContext
+from slurm_adapters.records import (
+    MAX_OUTPUT_CHUNK_BYTES,
+    ClusterInfo,
+    Health,
+    JobRecord,
+    OutputChunk,
+    OutputStream,
+    Rendering,
+    SlurmJobSpec,
+    SubmitContext,
+)
 from slurm_adapters.rest.codec import Codec
 from slurm_adapters.rest.errors import Operation, classify
 from slurm_adapters.rest.v0038 import V0038
 from slurm_adapters.rest.v0042 import V0042
-from slurm_adapters.safety import SitePolicy, check_spec, fenced_script, read_owned_tail, site_path
+from slurm_adapters.safety import (
+    SitePolicy,
+    check_chunk_request,
+    check_spec,
+    fenced_script,
+    read_owned_chunk,
+    read_owned_tail,
+    site_path,
+)
 from slurm_adapters.tokens import DEFAULT_LIFETIME_S, TokenError, TokenMinter
+
+_R = TypeVar("_R")
 
 # Newest first: the order version negotiation tries them in.
 CODECS: tuple[Codec, ...] = (V0042(), V0038())
@@ -278,25 +298,45 @@ class RestAdapter(SlurmAdapter):
         await self._call("DELETE", codec.job_path(job_id), operation="cancel", user=user)
 
     async def read_output(self, job_id: int, stream: OutputStream = "stdout", max_bytes: int = 65536) -> str:
+        if max_bytes <= 0:
+            raise ValueError("max_bytes must be positive")
+        host_path, uid = await self._output_file(job_id, stream)
+        return await self._read_file(host_path, lambda: read_owned_tail(host_path, max_bytes, owner_uid=uid))
+
+    async def read_output_chunk(
+        self, job_id: int, stream: OutputStream = "stdout", offset: int = 0, max_bytes: int = MAX_OUTPUT_CHUNK_BYTES
+    ) -> OutputChunk:
+        max_bytes = check_chunk_request(offset, max_bytes, cluster=self.cluster)
+        host_path, uid = await self._output_file(job_id, stream)
+        return await self._read_file(host_path, lambda: read_owned_chunk(host_path, offset, max_bytes, owner_uid=uid))
+
+    async def _output_file(self, job_id: int, stream: OutputStream) -> tuple[Path, int]:
+        """Where the job's stream is, from slurmctld's record of the job (never the caller's word), and its uid."""
         if self.output_root is None:
             raise OutputUnavailable(
                 "this adapter has no view of the cluster's filesystem (no output_root)", cluster=self.cluster
             )
-        if max_bytes <= 0:
-            raise ValueError("max_bytes must be positive")
         record, uid = await self._job_and_uid(job_id)
         path = record.stdout if stream == "stdout" else record.stderr
         if not path:
             raise OutputUnavailable(f"job {job_id} has no {stream} file", cluster=self.cluster)
         if uid is None:
             raise OutputUnavailable(f"job {job_id}'s owner is unknown", cluster=self.cluster)
-        host_path = site_path(self.output_root, path)
+        return site_path(self.output_root, path), uid
+
+    async def _read_file(self, host_path: Path, read: Callable[[], _R]) -> _R:
+        """``read`` in a thread, within the adapter's call deadline; OS errors become :class:`OutputUnavailable`."""
         try:
-            return await asyncio.to_thread(read_owned_tail, host_path, max_bytes, owner_uid=uid)
+            async with asyncio.timeout(self.timeout_s):
+                return await asyncio.to_thread(read)
         except FileNotFoundError as exc:
             raise OutputUnavailable(f"{host_path} does not exist (yet)", cluster=self.cluster) from exc
         except OSError as exc:  # PermissionError for a file the job's user does not own
             raise OutputUnavailable(f"cannot read {host_path}: {exc}", cluster=self.cluster) from exc
+        except TimeoutError:
+            raise ClusterUnavailable(
+                f"reading {host_path} took longer than {self.timeout_s:g} s", cluster=self.cluster
+            ) from None
 
     async def cluster_info(self) -> ClusterInfo:
         codec = await self._negotiated()

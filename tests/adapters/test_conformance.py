@@ -41,10 +41,11 @@ from slurm_adapters.errors import (
     ClusterUnavailable,
     InvalidRequest,
     JobNotFound,
+    OutputUnavailable,
     UnsafeRequest,
 )
 from slurm_adapters.interface import SlurmAdapter
-from slurm_adapters.records import SlurmJobSpec, SlurmJobState, SubmitContext
+from slurm_adapters.records import MAX_OUTPUT_CHUNK_BYTES, SlurmJobSpec, SlurmJobState, SubmitContext
 from tests.lab import SUBMIT_USER, Cluster, clusters, job_dir, make_adapter, new_tag, wait_for_job, wait_until
 
 if TYPE_CHECKING:  # the agent kind's fleet needs the broker, which the sid chroot's venv (pyslurm) lacks
@@ -450,6 +451,77 @@ async def test_directives_in_the_user_script_are_inert(adapter: SlurmAdapter, cl
     assert record.state is SlurmJobState.COMPLETED, record
     assert record.name == spec.name
     assert "ran" in await adapter.read_output(job_id)
+
+
+BIG_OUTPUT_BYTES = 10 * 1024 * 1024
+SECRET = b"conformance-secret-root-only"
+
+
+async def _until_exists(path: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await asyncio.to_thread(path.exists):
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {path}"
+        await asyncio.sleep(0.2)
+
+
+async def test_output_read_in_chunks_joins_to_the_file_and_a_swapped_in_symlink_is_refused(
+    adapter: SlurmAdapter, cluster: Cluster
+) -> None:
+    """A running job's 10 MB stdout, read in bounded chunks from Slurm's own path, joins to the file's exact
+    bytes; past the end is empty and eof; bad ranges are refused; then the job's output is swapped for a
+    symlink to a root-only file, and both reads refuse it without handing out a byte of it."""
+    script = f"head -c {BIG_OUTPUT_BYTES} /dev/urandom\ntouch written\nexec sleep 300\n"
+    spec = simple_spec(cluster, script, "chunks")
+    assert spec.stdout is not None
+    job_id = await adapter.submit(spec, SUBMIT_USER)
+    try:
+        await _until_exists(cluster.host_path(f"{spec.working_directory}/written"), 120)
+        host_out = cluster.host_path(spec.stdout)
+        expected = host_out.read_bytes()
+        assert len(expected) == BIG_OUTPUT_BYTES
+
+        pieces: list[bytes] = []
+        offset, max_bytes = 0, 777_777  # then more than the cap: every chunk stays within it
+        while True:
+            chunk = await adapter.read_output_chunk(job_id, "stdout", offset, max_bytes)
+            assert (chunk.offset, chunk.size) == (offset, BIG_OUTPUT_BYTES)
+            assert 0 < len(chunk.data) <= min(max_bytes, MAX_OUTPUT_CHUNK_BYTES)
+            pieces.append(chunk.data)
+            offset += len(chunk.data)
+            assert chunk.eof is (offset == BIG_OUTPUT_BYTES)
+            if chunk.eof:
+                break
+            assert len(pieces) <= BIG_OUTPUT_BYTES // MAX_OUTPUT_CHUNK_BYTES + 1, "the reads do not advance"
+            max_bytes = 3 * MAX_OUTPUT_CHUNK_BYTES
+        assert b"".join(pieces) == expected
+
+        past = await adapter.read_output_chunk(job_id, "stdout", BIG_OUTPUT_BYTES + 5)
+        assert (past.data, past.offset, past.size, past.eof) == (b"", BIG_OUTPUT_BYTES + 5, BIG_OUTPUT_BYTES, True)
+        empty = await adapter.read_output_chunk(job_id, "stderr", 0)  # err.txt: created, nothing written
+        assert (empty.data, empty.size, empty.eof) == (b"", 0, True)
+        for bad_offset, bad_max in ((-1, 10), (0, 0), (0, -5)):
+            with pytest.raises(InvalidRequest):
+                await adapter.read_output_chunk(job_id, "stdout", bad_offset, bad_max)
+
+        # The job's user swaps its output for a symlink to a root-only file (relative: it resolves in any root).
+        host_dir = cluster.host_path(spec.working_directory)
+        secret = host_dir / "secret"
+        secret.write_bytes(SECRET)
+        secret.chmod(0o600)
+        staged = host_dir / "out.link"
+        os.symlink("secret", staged)
+        owner = host_out.stat().st_uid
+        os.lchown(staged, owner, owner)
+        os.rename(staged, host_out)
+        with pytest.raises(OutputUnavailable) as chunk_refused:
+            await adapter.read_output_chunk(job_id, "stdout", 0)
+        with pytest.raises(OutputUnavailable) as tail_refused:
+            await adapter.read_output(job_id, "stdout")
+        for refused in (chunk_refused, tail_refused):
+            assert SECRET.decode() not in str(refused.value)
+            assert "symbolic link" in str(refused.value), refused.value
+    finally:
+        await adapter.cancel(job_id, SUBMIT_USER, cancel_tag(adapter, spec))
 
 
 async def test_render_shows_what_submit_sends(adapter: SlurmAdapter, cluster: Cluster) -> None:

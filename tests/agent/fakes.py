@@ -50,9 +50,11 @@ from slurm_adapters.agent_protocol import (
 from slurm_adapters.errors import SlurmError
 from slurm_adapters.interface import SlurmAdapter
 from slurm_adapters.records import (
+    MAX_OUTPUT_CHUNK_BYTES,
     ClusterInfo,
     Health,
     JobRecord,
+    OutputChunk,
     OutputStream,
     Rendering,
     SlurmJobSpec,
@@ -121,6 +123,15 @@ class RecordingAdapter(SlurmAdapter):
     async def read_output(self, job_id: int, stream: OutputStream = "stdout", max_bytes: int = 65536) -> str:
         self.calls.append(Call("read_output", {"job_id": job_id, "stream": stream, "max_bytes": max_bytes}))
         return "hello\n"
+
+    async def read_output_chunk(
+        self, job_id: int, stream: OutputStream = "stdout", offset: int = 0, max_bytes: int = MAX_OUTPUT_CHUNK_BYTES
+    ) -> OutputChunk:
+        self.calls.append(
+            Call("read_output_chunk", {"job_id": job_id, "stream": stream, "offset": offset, "max_bytes": max_bytes})
+        )
+        data = b"\x00\xffhello\n"[offset : offset + max_bytes]
+        return OutputChunk(data=data, offset=offset, size=8, eof=offset + len(data) >= 8)
 
     async def cluster_info(self) -> ClusterInfo:
         self.calls.append(Call("cluster_info", {}))

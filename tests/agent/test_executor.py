@@ -15,6 +15,7 @@ from agent.executor import Executor, Lease, PauseSwitch, SiteBackoff
 from slurm_adapters import codec
 from slurm_adapters.agent_protocol import Report, Requester
 from slurm_adapters.errors import ClusterUnavailable, InvalidRequest
+from slurm_adapters.records import MAX_OUTPUT_CHUNK_BYTES, OutputChunk
 from tests.agent.conftest import site_policy
 from tests.agent.fakes import RecordingAdapter, cancel_order, read_order, spec, submit_order
 
@@ -204,6 +205,41 @@ async def test_reads_answer_through_the_codec(executor: Executor, adapter: Recor
     refused(bad, "invalid arguments")
     unknown = await executor.execute(read_order(5, "health", verbose=True))
     refused(unknown, "unknown arguments ['verbose']")
+
+
+async def test_a_ranged_output_read_answers_base64_and_its_arguments_are_checked_strictly(
+    executor: Executor, adapter: RecordingAdapter
+) -> None:
+    report = await executor.execute(
+        read_order(1, "read_output_chunk", job_id=7, stream="stderr", offset=1, max_bytes=3)
+    )
+    assert report.ok, report.error
+    assert codec.output_chunk_from_json(report.result) == OutputChunk(b"\xffhe", 1, 8, False)
+    assert adapter.calls_of("read_output_chunk")[0].args == {
+        "job_id": 7,
+        "stream": "stderr",
+        "offset": 1,
+        "max_bytes": 3,
+    }
+    good = {"job_id": 7, "stream": "stdout", "offset": 0, "max_bytes": 10}
+    bad: list[dict[str, Any]] = [
+        {"offset": -1},
+        {"max_bytes": 0},
+        {"max_bytes": MAX_OUTPUT_CHUNK_BYTES + 1},
+        {"offset": "0"},
+        {"offset": True},
+        {"stream": "../etc/shadow"},
+        {"job_id": None},
+    ]
+    for number, changes in enumerate(bad, start=2):
+        refused(
+            await executor.execute(read_order(number, "read_output_chunk", **{**good, **changes})), "invalid arguments"
+        )
+    refused(
+        await executor.execute(read_order(20, "read_output_chunk", **good, path="/etc/shadow")),
+        "unknown arguments ['path']",
+    )
+    assert len(adapter.calls_of("read_output_chunk")) == 1
 
 
 async def test_a_slurm_error_is_reported_typed(executor: Executor, adapter: RecordingAdapter) -> None:

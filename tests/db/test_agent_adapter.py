@@ -27,7 +27,7 @@ from broker.db.engine import Database
 from broker.db.models import AgentOrder
 from broker.factories.adapters import AdapterPool
 from slurm_adapters.agent_protocol import CancelOrder, Order, Poll, ReadOrder, Report, Reports, SubmitOrder
-from slurm_adapters.codec import error_to_json, health_to_json, record_to_json, spec_from_json
+from slurm_adapters.codec import error_to_json, health_to_json, output_chunk_to_json, record_to_json, spec_from_json
 from slurm_adapters.errors import (
     ClusterUnavailable,
     InvalidRequest,
@@ -37,7 +37,15 @@ from slurm_adapters.errors import (
     UnsafeRequest,
 )
 from slurm_adapters.factory import AdapterConfigError, AgentConfig
-from slurm_adapters.records import Health, JobRecord, SlurmJobSpec, SlurmJobState, SubmitContext
+from slurm_adapters.records import (
+    MAX_OUTPUT_CHUNK_BYTES,
+    Health,
+    JobRecord,
+    OutputChunk,
+    SlurmJobSpec,
+    SlurmJobState,
+    SubmitContext,
+)
 from tests.db.agent_helpers import agent_registry, beat, hello
 from tests.db.helpers import wait_until
 
@@ -247,6 +255,9 @@ RECORD = JobRecord(
 )  # fmt: skip
 
 
+OUTPUT = bytes(range(256)) * 3
+
+
 def reads(order: Order) -> Report | None:
     assert isinstance(order, ReadOrder)
     result: Any
@@ -254,6 +265,10 @@ def reads(order: Order) -> Report | None:
         result = record_to_json(RECORD) if order.args == {"job_id": 77} else None
     elif order.op == "list_jobs":
         result = [record_to_json(RECORD)] if order.args["tags"] == ["job-1"] else []
+    elif order.op == "read_output_chunk":
+        offset, max_bytes = order.args["offset"], order.args["max_bytes"]
+        data = OUTPUT[offset : offset + max_bytes]
+        result = output_chunk_to_json(OutputChunk(data, offset, len(OUTPUT), offset + len(data) >= len(OUTPUT)))
     else:
         result = health_to_json(Health(ok=True, detail="up", release="24.11.1"))
     return Report(order=order.id, ok=True, result=result, finished_at=now())
@@ -265,6 +280,29 @@ async def test_reads_go_to_any_session_and_come_back_decoded(service: AgentServi
         assert await adapter.list_jobs(tags=["job-1"]) == [RECORD]
         health = await adapter.health()
     assert (health.ok, health.release) == (True, "24.11.1")
+
+
+async def test_a_ranged_output_read_is_a_capped_read_order_and_comes_back_as_bytes(
+    db: Database, service: AgentService, adapter: AgentAdapter
+) -> None:
+    async with running(await ScriptedAgent(service, answer=reads).connect(hold=False)):
+        chunk = await adapter.read_output_chunk(77, "stdout", 700, 10 * MAX_OUTPUT_CHUNK_BYTES)
+        past = await adapter.read_output_chunk(77, "stdout", 5000, 1)
+    assert chunk == OutputChunk(OUTPUT[700:], 700, len(OUTPUT), True)
+    assert past == OutputChunk(b"", 5000, len(OUTPUT), True)
+    async with db.read() as session:
+        orders = (await session.scalars(select(AgentOrder).order_by(AgentOrder.id))).all()
+    assert [order.payload["op"] for order in orders] == ["read_output_chunk"] * 2
+    assert orders[0].payload["args"] == {
+        "job_id": 77,
+        "stream": "stdout",
+        "offset": 700,
+        "max_bytes": MAX_OUTPUT_CHUNK_BYTES,
+    }
+    for offset, max_bytes in ((-1, 10), (0, 0)):
+        with pytest.raises(InvalidRequest):
+            await adapter.read_output_chunk(77, "stdout", offset, max_bytes)
+    assert await _orders_written(db) == 2  # a bad range never became an order
 
 
 async def test_an_unanswered_read_times_out_as_nothing_changed(service: AgentService, adapter: AgentAdapter) -> None:

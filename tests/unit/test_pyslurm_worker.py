@@ -15,7 +15,13 @@ from typing import Any
 
 import pytest
 
-from slurm_adapters.codec import cluster_info_from_json, health_from_json, record_from_json, records_from_json
+from slurm_adapters.codec import (
+    cluster_info_from_json,
+    health_from_json,
+    output_chunk_from_json,
+    record_from_json,
+    records_from_json,
+)
 from slurm_adapters.environment import Login
 from slurm_adapters.errors import (
     AuthenticationError,
@@ -304,6 +310,25 @@ def test_read_output_under_fs_root_and_only_the_jobs_own_files(fake: FakePyslurm
         call(worker, "read_output", job_id=3, stream="stdout", max_bytes=10)
     with pytest.raises(SiteError, match="bad read_output request"):
         call(worker, "read_output", job_id=1, stream="../etc", max_bytes=10)
+
+
+def test_read_output_chunk_by_range_from_slurms_path_only(fake: FakePyslurm, tmp_path: Path) -> None:
+    (tmp_path / "scratch").mkdir()
+    (tmp_path / "scratch/out-1.txt").write_bytes(b"hello\nworld\n")
+    owner = JOB_UID if os.geteuid() == 0 else os.getuid()
+    os.chown(tmp_path / "scratch/out-1.txt", owner, owner)
+    fake.jobs = {1: fake_job(1, user_id=owner)}
+    worker = ops(fake, tmp_path)
+    chunk = output_chunk_from_json(call(worker, "read_output_chunk", job_id=1, stream="stdout", offset=6, max_bytes=3))
+    assert (chunk.data, chunk.offset, chunk.size, chunk.eof) == (b"wor", 6, 12, False)
+    past = output_chunk_from_json(call(worker, "read_output_chunk", job_id=1, stream="stdout", offset=99, max_bytes=3))
+    assert (past.data, past.eof) == (b"", True)
+    for bad in ({"offset": -1, "max_bytes": 3}, {"offset": 0, "max_bytes": 0}, {"offset": 0, "max_bytes": 2**21}):
+        with pytest.raises(SiteError, match="bad read_output_chunk request"):
+            call(worker, "read_output_chunk", job_id=1, stream="stdout", **bad)
+    # The path is Slurm's record of the job, never an argument.
+    named = call(worker, "read_output_chunk", job_id=1, stream="stdout", offset=0, max_bytes=5, path="/etc/shadow")
+    assert output_chunk_from_json(named).data == b"hello"
 
 
 def test_cluster_info_counts_gpus_from_running_jobs(fake: FakePyslurm) -> None:
