@@ -10,8 +10,18 @@ from fastapi.responses import JSONResponse
 from app.deps import JobServiceDep, Reader, Submitter, client_address
 from app.problems import BODY_UNREADABLE
 from broker.jobs.idempotency import MAX_KEY_LENGTH
-from broker.jobs.service import MAX_OUTPUT_BYTES
-from conveyor.models import DryRun, EventList, EventQuery, Job, JobList, JobOutput, JobQuery, OutputStream
+from broker.jobs.service import MAX_OUTPUT_BYTES, MAX_OUTPUT_OFFSET
+from conveyor.models import (
+    DryRun,
+    EventList,
+    EventQuery,
+    Job,
+    JobList,
+    JobOutput,
+    JobOutputChunk,
+    JobQuery,
+    OutputStream,
+)
 from conveyor.problems import Problem
 from conveyor.spec import JobSpec
 
@@ -97,8 +107,11 @@ async def job_events(
 
 @router.get(
     "/jobs/{job_id}/output",
-    summary="The tail of a job's stdout or stderr",
+    summary="The tail of a job's stdout or stderr, or with offset, its bytes from there",
     responses={
+        200: {
+            "description": "Without offset, the tail (JobOutput); with offset, the bytes from there (JobOutputChunk)"
+        },
         **_NOT_FOUND,
         409: {
             "description": "No output, and retrying at once will not help: not at Slurm yet, pending, no longer known "
@@ -112,8 +125,22 @@ async def job_output(
     job_id: JobIdPath,
     caller: Reader,
     service: JobServiceDep,
+    *,
     stream: Annotated[OutputStream, Query(description="Which stream.")] = "stdout",
-    max_bytes: Annotated[int, Query(ge=1, le=MAX_OUTPUT_BYTES, description="At most this many last bytes.")] = 65536,
-) -> JobOutput:
+    max_bytes: Annotated[
+        int, Query(ge=1, le=MAX_OUTPUT_BYTES, description="At most this many bytes (the last ones without offset).")
+    ] = 65536,
+    offset: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            le=MAX_OUTPUT_OFFSET,
+            description="Read from this byte on and answer a JobOutputChunk (base64 data, the stream's size, eof); "
+            "without it, the tail as a JobOutput.",
+        ),
+    ] = None,
+) -> JobOutput | JobOutputChunk:
     """Read from the Factory when asked (the broker does not store output); bounded by a deadline."""
-    return await service.output(caller, job_id, stream, max_bytes)
+    if offset is None:
+        return await service.output(caller, job_id, stream, max_bytes)
+    return await service.output_chunk(caller, job_id, stream, offset, max_bytes)

@@ -24,9 +24,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import re
-from collections.abc import Callable, Collection, Hashable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Hashable, Mapping
 from typing import Protocol
 
 from broker.agents.sessions import agent_features
@@ -74,6 +75,7 @@ from conveyor.models import (
     JobLinks,
     JobList,
     JobOutput,
+    JobOutputChunk,
     JobQuery,
     OutputStream,
     PlacementCandidate,
@@ -88,6 +90,8 @@ _KEY = re.compile(rf"^[\x20-\x7e]{{1,{MAX_KEY_LENGTH}}}$")
 _EVENT_CURSOR_VERSION = 1
 OUTPUT_TIMEOUT_S = 10.0  # the adapter's own deadline is 8 s; this bounds the caller's wait whatever it does
 MAX_OUTPUT_BYTES = 1024 * 1024
+# The largest offset a ranged output read takes: JSON's largest exact integer (9 PB, beyond any output file).
+MAX_OUTPUT_OFFSET = 2**53 - 1
 DEFAULT_ACCEPT_BATCH = 256  # the most accepts one group commit writes (Settings.accept_batch)
 # How long a caller's roles and its project's allocations are remembered between its submissions. Nothing is
 # accepted on stale facts: the write checks membership and the allocation's period again at commit.
@@ -112,6 +116,16 @@ def _impossible(error: PlacementError) -> PlacementImpossible:
 
 def _slurm_id(row: JobRow) -> int | None:
     return int(row.slurm_job_id) if row.slurm_job_id and row.slurm_job_id.isdigit() else None
+
+
+def _at_slurm(row: JobRow) -> tuple[str, int]:
+    """The job's Factory and Slurm id; a job that has not reached Slurm has no output (a 409 saying why)."""
+    slurm_job_id = _slurm_id(row)
+    if row.factory is None or slurm_job_id is None:
+        why = f": {row.state_reason}" if row.state_reason else ""
+        later = "" if row.state.is_terminal else "; it has output once Slurm runs it"
+        raise OutputUnavailable("not_submitted", f"job {row.id} is {row.state}{why} and has not reached Slurm{later}")
+    return row.factory, slurm_job_id
 
 
 def job_to_wire(row: JobRow) -> Job:
@@ -437,41 +451,66 @@ class JobService:
     async def output(self, caller: Principal, job_id: str, stream: OutputStream, max_bytes: int) -> JobOutput:
         """The tail of the job's stdout or stderr, read through its Factory's adapter (bounded wait)."""
         row = await self._owned(caller, job_id)
-        slurm_job_id = _slurm_id(row)
-        if row.factory is None or slurm_job_id is None:
-            why = f": {row.state_reason}" if row.state_reason else ""
-            later = "" if row.state.is_terminal else "; it has output once Slurm runs it"
-            raise OutputUnavailable(
-                "not_submitted", f"job {job_id} is {row.state}{why} and has not reached Slurm{later}"
-            )
+        factory, slurm_job_id = _at_slurm(row)
         max_bytes = max(1, min(max_bytes, MAX_OUTPUT_BYTES))
+        async with self._reading_output(row, factory, slurm_job_id, stream):
+            text = await self._adapters.get(factory).read_output(slurm_job_id, stream, max_bytes + 1)
+        data = text.encode("utf-8")
+        truncated = len(data) > max_bytes
+        content = data[-max_bytes:].decode("utf-8", errors="replace") if truncated else text
+        return JobOutput(job_id=job_id, stream=stream, content=content, truncated=truncated)
+
+    async def output_chunk(
+        self, caller: Principal, job_id: str, stream: OutputStream, offset: int, max_bytes: int
+    ) -> JobOutputChunk:
+        """Bytes of the job's stdout or stderr from ``offset`` (at most ``max_bytes``, capped at
+        :data:`MAX_OUTPUT_BYTES`), read through its Factory's adapter with the same bounded wait and answers."""
+        if offset < 0 or max_bytes < 1:
+            raise InvalidInput(
+                [Invalid(("query", "offset" if offset < 0 else "max_bytes"), "must be >= 0 (offset), >= 1 (max_bytes)")]
+            )
+        row = await self._owned(caller, job_id)
+        factory, slurm_job_id = _at_slurm(row)
+        max_bytes = min(max_bytes, MAX_OUTPUT_BYTES)
+        async with self._reading_output(row, factory, slurm_job_id, stream):
+            chunk = await self._adapters.get(factory).read_output_chunk(slurm_job_id, stream, offset, max_bytes)
+        return JobOutputChunk(
+            job_id=job_id, stream=stream, offset=chunk.offset, size=chunk.size, eof=chunk.eof,
+            data_base64=base64.b64encode(chunk.data).decode("ascii"),
+        )  # fmt: skip
+
+    @contextlib.asynccontextmanager
+    async def _reading_output(
+        self, row: JobRow, factory: str, slurm_job_id: int, stream: OutputStream
+    ) -> AsyncIterator[None]:
+        """The output read inside, within the output deadline, its failures as the API's answers: 409 where
+        asking again will not help, 503 (with Retry-After) where the Factory did not answer."""
+        job_id = row.id
         try:
             async with asyncio.timeout(self._output_timeout_s):
-                text = await self._adapters.get(row.factory).read_output(slurm_job_id, stream, max_bytes + 1)
+                yield
         except slurm_errors.OutputUnavailable as exc:
             if row.state is JobState.SUBMITTED:
                 raise OutputUnavailable(
-                    "not_started", f"job {job_id} is pending in Slurm on Factory {row.factory}; no {stream} yet"
+                    "not_started", f"job {job_id} is pending in Slurm on Factory {factory}; no {stream} yet"
                 ) from None
             raise OutputUnavailable(
-                "not_readable", f"Factory {row.factory} cannot serve the {stream} of job {job_id}: {exc.message}"
+                "not_readable", f"Factory {factory} cannot serve the {stream} of job {job_id}: {exc.message}"
             ) from None
+        except slurm_errors.InvalidRequest as exc:  # the Factory refused the request itself
+            raise InvalidInput([Invalid(("query",), exc.message)]) from None
         except slurm_errors.JobNotFound as exc:  # the Factory answered: Slurm has purged the job, for good
             raise OutputUnavailable(
                 "gone",
-                f"Factory {row.factory} no longer knows Slurm job {slurm_job_id} ({exc.message}), so its {stream} "
+                f"Factory {factory} no longer knows Slurm job {slurm_job_id} ({exc.message}), so its {stream} "
                 "cannot be located; asking again will not change that",
             ) from None
         except (slurm_errors.SiteError, TimeoutError) as exc:
             waited = f"no answer within {self._output_timeout_s:g} s"
             detail = exc.message if isinstance(exc, slurm_errors.SlurmError) else waited
             raise FactoryUnreachable(
-                row.factory, f"Factory {row.factory} could not be reached to read the {stream}: {detail}"
+                factory, f"Factory {factory} could not be reached to read the {stream}: {detail}"
             ) from None
-        data = text.encode("utf-8")
-        truncated = len(data) > max_bytes
-        content = data[-max_bytes:].decode("utf-8", errors="replace") if truncated else text
-        return JobOutput(job_id=job_id, stream=stream, content=content, truncated=truncated)
 
     # --- dry runs -------------------------------------------------------------------------------------
 

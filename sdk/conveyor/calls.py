@@ -22,7 +22,18 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from conveyor.models import DryRun, EventList, FactoryView, Job, JobList, JobOutput, Me, NewToken, TokenView
+from conveyor.models import (
+    DryRun,
+    EventList,
+    FactoryView,
+    Job,
+    JobList,
+    JobOutput,
+    JobOutputChunk,
+    Me,
+    NewToken,
+    TokenView,
+)
 from conveyor.problems import PROBLEM_MEDIA_TYPE, ConveyorError, Problem, error_from_problem
 from conveyor.spec import TERMINAL_STATES, JobSpec, JobState
 
@@ -177,6 +188,16 @@ def cancel(job_id: str) -> Flow[Job]:
 def output(job_id: str, stream: str = "stdout", max_bytes: int | None = None) -> Flow[JobOutput]:
     params: dict[str, Any] = {"stream": stream, **({"max_bytes": max_bytes} if max_bytes is not None else {})}
     return model((yield Call("GET", f"/v1/jobs/{job_id}/output", params=params)), JobOutput)
+
+
+def output_chunk(
+    job_id: str, offset: int, stream: str = "stdout", max_bytes: int | None = None
+) -> Flow[JobOutputChunk]:
+    """The stream's bytes from ``offset`` (the server caps ``max_bytes`` at 1 MiB)."""
+    params: dict[str, Any] = {"stream": stream, "offset": offset}
+    if max_bytes is not None:
+        params["max_bytes"] = max_bytes
+    return model((yield Call("GET", f"/v1/jobs/{job_id}/output", params=params)), JobOutputChunk)
 
 
 def job_page(

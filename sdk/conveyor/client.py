@@ -28,7 +28,7 @@ import httpx
 from conveyor import calls
 from conveyor.calls import Backoff, Call, Flow, Pause, RetryPolicy
 from conveyor.config import Connection, resolve
-from conveyor.models import DryRun, FactoryView, Job, JobEvent, JobOutput, Me, NewToken, TokenView
+from conveyor.models import DryRun, FactoryView, Job, JobEvent, JobOutput, JobOutputChunk, Me, NewToken, TokenView
 from conveyor.spec import TERMINAL_STATES, JobSpec, JobState
 
 T = TypeVar("T")
@@ -197,6 +197,10 @@ class RemoteJob:
     def output(self, stream: str = "stdout", max_bytes: int | None = None) -> JobOutput:
         return self._client.run(calls.output(self.id, stream, max_bytes))
 
+    def output_chunk(self, offset: int, stream: str = "stdout", max_bytes: int | None = None) -> JobOutputChunk:
+        """The stream's bytes from ``offset``; the next chunk starts at ``offset + len(chunk.data)``."""
+        return self._client.run(calls.output_chunk(self.id, offset, stream, max_bytes))
+
     def __repr__(self) -> str:
         return f"<RemoteJob {self.id} {self.state.value}>"
 
@@ -345,6 +349,10 @@ class AsyncRemoteJob:
 
     async def output(self, stream: str = "stdout", max_bytes: int | None = None) -> JobOutput:
         return await self._client.run(calls.output(self.id, stream, max_bytes))
+
+    async def output_chunk(self, offset: int, stream: str = "stdout", max_bytes: int | None = None) -> JobOutputChunk:
+        """The stream's bytes from ``offset``; the next chunk starts at ``offset + len(chunk.data)``."""
+        return await self._client.run(calls.output_chunk(self.id, offset, stream, max_bytes))
 
     def __repr__(self) -> str:
         return f"<AsyncRemoteJob {self.id} {self.state.value}>"

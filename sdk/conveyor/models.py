@@ -24,6 +24,7 @@ naive timestamp from a database or a client is a time zone bug waiting to happen
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, Self, TypeVar
 
@@ -348,6 +349,23 @@ class JobOutput(WireAnswer):
     content: str = Field(description="The last bytes of the stream, decoded as UTF-8 with replacement.")
     truncated: bool = Field(description="True when the stream is longer than what is shown.")
     size_bytes: int | None = Field(None, ge=0, description="The stream's full size, when the Factory tells.")
+
+
+class JobOutputChunk(WireAnswer):
+    """Bytes of a job's stdout or stderr from ``offset`` (``GET /v1/jobs/{id}/output?offset=``), read from the
+    Factory when asked. The next chunk starts at ``offset + len(data)``; an offset past the end has no data."""
+
+    job_id: JobId
+    stream: OutputStream
+    offset: int = Field(ge=0, description="Where ``data`` starts in the stream, in bytes.")
+    size: int = Field(ge=0, description="The stream's size when it was read.")
+    eof: bool = Field(description="True when ``offset`` plus the data's length reached ``size``.")
+    data_base64: str = Field(description="The bytes, base64-encoded (output need not be UTF-8).")
+
+    @property
+    def data(self) -> bytes:
+        """The chunk's bytes."""
+        return base64.b64decode(self.data_base64)
 
 
 # ---------------------------------------------------------------------------------------------------

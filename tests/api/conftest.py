@@ -36,7 +36,18 @@ from broker.settings import Settings
 from slurm_adapters.errors import OutputUnavailable, SlurmError
 from slurm_adapters.factory import AdapterConfig, build_adapter
 from slurm_adapters.interface import SlurmAdapter
-from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec, SubmitContext
+from slurm_adapters.records import (
+    MAX_OUTPUT_CHUNK_BYTES,
+    ClusterInfo,
+    Health,
+    JobRecord,
+    OutputChunk,
+    OutputStream,
+    Rendering,
+    SlurmJobSpec,
+    SubmitContext,
+)
+from slurm_adapters.safety import check_chunk_request
 from tests.db.conftest import (  # noqa: F401 - fixtures shared with the database tests
     database_url,
     db,
@@ -111,6 +122,15 @@ class FakeAdapter(SlurmAdapter):
         if text is None:
             raise OutputUnavailable(f"no {stream} for job {job_id}", cluster=self.cluster)
         return text.encode()[-max_bytes:].decode(errors="replace")
+
+    async def read_output_chunk(
+        self, job_id: int, stream: OutputStream = "stdout", offset: int = 0, max_bytes: int = MAX_OUTPUT_CHUNK_BYTES
+    ) -> OutputChunk:
+        max_bytes = check_chunk_request(offset, max_bytes, cluster=self.cluster)
+        text = await self.read_output(job_id, stream, 2**62)
+        data = text.encode()
+        piece = data[offset : offset + max_bytes]
+        return OutputChunk(data=piece, offset=offset, size=len(data), eof=offset + len(piece) >= len(data))
 
     async def submit(self, spec: SlurmJobSpec, user: str, context: SubmitContext | None = None) -> int:
         raise AssertionError("the API must never submit to Slurm")
