@@ -25,11 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from sqlalchemy import select
 
-from broker.db.engine import create_database
-from broker.db.models import AgentOrder
-from broker.jobs.ids import JOB_ID_PREFIX
 from dev.lab import procs
 from dev.lab.commands import munged_argv
 from dev.lab.view import adapter_config
@@ -703,6 +699,8 @@ async def test_through_an_agent_the_reconcilers_listing_is_the_pushed_view(
     call is in it cancelled, and no listing order was sent for it."""
     if case[0] != "agent":
         pytest.skip("only an agent pushes its listings")
+    from broker.jobs.ids import JOB_ID_PREFIX  # the broker: not in the sid chroot's venv (pyslurm)
+
     fleet: AgentFleet = request.getfixturevalue("agent_fleet")
     spec = simple_spec(cluster, "sleep 300\n", "pushed", tag=f"{JOB_ID_PREFIX}{new_tag('pushed')}")
     job_id = await adapter.submit(spec, SUBMIT_USER)
@@ -743,6 +741,11 @@ async def test_through_an_agent_health_and_cluster_info_are_the_pushed_site_stat
 
 async def read_orders(database_url: str) -> list[tuple[str, dict[str, Any]]]:
     """(op, args) of every read order in the agent fleet's database, oldest first."""
+    from sqlalchemy import select  # the broker's database: not in the sid chroot's venv (pyslurm)
+
+    from broker.db.engine import create_database
+    from broker.db.models import AgentOrder
+
     database = create_database(database_url)
     try:
         async with database.read() as session:
