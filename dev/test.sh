@@ -10,10 +10,11 @@ dev/install.sh
 if [ $# -gt 0 ]; then
     .venv/bin/pytest "$@"
 else
-    # The tests that stop or restart a shared service alone, then the rest in two streams (tests/conftest.py).
+    # The tests that stop or restart a shared service alone (and those xdist cannot tell apart), then the rest in
+    # two streams (tests/conftest.py).
     rc=0
-    .venv/bin/pytest -m exclusive || rc=$?
-    .venv/bin/pytest -m "not exclusive" -n 2 --dist loadgroup || rc=$?
+    .venv/bin/pytest -m "exclusive or serial" || rc=$?
+    .venv/bin/pytest -m "not exclusive and not serial" -n 2 --dist loadgroup || rc=$?
     if [ "$rc" -ne 0 ]; then
         echo "dev/test.sh: tests failed after $(( $(date +%s) - start )) s" >&2
         exit "$rc"

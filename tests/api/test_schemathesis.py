@@ -35,6 +35,9 @@ from broker.identity import DEV_PRINCIPAL
 from broker.settings import Settings
 from tests.api.conftest import FACTORIES, TOKEN, FakeAdapter, api_settings
 
+# One item per API operation, all with one node id: pytest-xdist would run one of them (dev/test.sh runs it alone).
+pytestmark = pytest.mark.serial
+
 SEED = 20260311
 MAX_EXAMPLES = 50  # per operation and phase; the whole run stays well under a minute
 CHECKS = (
