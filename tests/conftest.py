@@ -1,13 +1,13 @@
 """Suite-wide hooks.
 
-dev/test.sh runs the suite in two phases: first the ``exclusive`` tests alone (they stop or restart what the
-others use: echo's slurmctld, PostgreSQL) with the ``serial`` ones (items sharing one node id, which xdist's
-scheduler, keyed by node id, would run only once: schemathesis' one item per operation), then every other test in two pytest-xdist workers
-(``-n 2 --dist loadgroup``), one stream each, in collection order: the fault tests (tests/faults: brokers, agents
-and databases of their own, jobs on the expendable cluster echo, mostly waiting out settle windows) and
-everything else. Each test keeps the neighbours it has in a serial run within its stream; across the streams
-the tests share echo's node and PostgreSQL's server (each test its own database), and nothing in the second
-phase stops, kills or restarts either (the pyslurm run in the sid chroot kills delta's slurmctld, which only
+dev/test.sh runs the suite in two phases: first the ``exclusive`` tests alone (they stop or restart what the others
+use: echo's slurmctld, PostgreSQL) with the ``serial`` ones (items sharing one node id, which xdist's scheduler,
+keyed by node id, would run only once: schemathesis' one item per operation), then every other test in two
+pytest-xdist workers (``-n 2 --dist loadgroup``), one stream each, in collection order: the fault tests
+(tests/faults: brokers, agents and databases of their own, jobs on the expendable cluster echo, mostly waiting out
+settle windows) and everything else. Each test keeps the neighbours it has in a serial run within its stream; across
+the streams the tests share echo's node and PostgreSQL's server (each test its own database), and nothing in the
+second phase stops, kills or restarts either (the pyslurm run in the sid chroot kills delta's slurmctld, which only
 the second stream uses).
 """
 
