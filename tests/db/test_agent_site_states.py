@@ -26,6 +26,7 @@ from slurm_adapters.errors import ClusterUnavailable
 from slurm_adapters.factory import AgentConfig
 from slurm_adapters.records import ClusterInfo, Health, NodeInfo, PartitionInfo
 from tests.db.agent_helpers import agent_registry, beat, hello
+from tests.db.helpers import wait_until
 from tests.db.test_agent_adapter import link, service  # fixtures, found by name
 
 __all__ = ["link", "service"]
@@ -125,14 +126,16 @@ async def test_the_adapter_is_served_a_state_taken_after_it_asked_and_asks_by_or
     session = await _holder(service)
     await service.site_state("alpha", session, state(now() - timedelta(seconds=1)))
     asking = asyncio.create_task(adapter.health())
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: link.bell.waiting > 0)  # the call waits for a push
     assert not asking.done(), "a state taken before the call must not answer it"
-    await service.site_state("alpha", session, state(now() + timedelta(milliseconds=10)))
+    taken = now() + timedelta(milliseconds=10)
+    await service.site_state("alpha", session, state(taken))
     assert await asyncio.wait_for(asking, 5) == HEALTHY
 
     # A state without cluster information answers health, never cluster_info: that one is an order.
+    await wait_until(lambda: now() > taken)  # so the call comes after the state above was taken
     no_info = asyncio.create_task(adapter.cluster_info())
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: link.bell.waiting > 0)  # the call waits for a push
     await service.site_state("alpha", session, state(now() + timedelta(milliseconds=10), info=None))
     with pytest.raises(ClusterUnavailable):  # nobody answers orders here
         await no_info
@@ -148,7 +151,7 @@ async def test_a_pushed_health_error_is_raised_by_the_adapter_as_its_own(
     session = await _holder(service)
     await service.site_state("alpha", session, state(now() - timedelta(seconds=1)))  # the agent is pushing
     asking = asyncio.create_task(adapter.health())
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: link.bell.waiting > 0)  # the call waits for a push
     await service.site_state("alpha", session, down_state(now() + timedelta(milliseconds=10)))
     with pytest.raises(ClusterUnavailable, match="Unable to contact") as raised:
         await asyncio.wait_for(asking, 5)
