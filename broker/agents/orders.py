@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import and_, case, func, or_, select, type_coerce, update
+from sqlalchemy import and_, case, func, insert, or_, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.agents.bell import Bell
@@ -177,9 +177,8 @@ class OrderRepository:
             row = _row(
                 factory_id, "read", {"op": op, "args": args}, bound=None, attempt=None, not_after=not_after, now=now
             )
-            session.add(row)
-            await session.flush()
-            placed = PlacedOrder(row.id, factory_id, None, None, not_after)
+            (order_id,) = await _insert(session, [row])
+            placed = PlacedOrder(order_id, factory_id, None, None, not_after)
         self._metrics.written(factory_id, "read")
         self._ring_orders(factory_id)
         return placed
@@ -204,7 +203,7 @@ class OrderRepository:
         default_now = self._clock()
         factories = sorted({item.factory_id for item in items})
         results: list[PlacedOrder | Exception] = []
-        written: list[tuple[int, AgentOrder, tuple[str, int]]] = []
+        written: list[tuple[int, dict[str, Any]]] = []  # (index in results, row)
         async with self._db.write() as session:
             for factory_id in factories:
                 await serialize_writers(session, factory_id)
@@ -215,18 +214,17 @@ class OrderRepository:
                 if lease is None or lease.expires_at <= now:
                     results.append(NoAgent(f"Factory {item.factory_id!r} has no connected agent holding its lease"))
                     continue
-                bound = (lease.session_id, lease.epoch)
-                row = _row(item.factory_id, item.kind, item.payload, bound=bound, attempt=item.attempt,
-                           not_after=item.not_after, now=now)  # fmt: skip
-                session.add(row)
-                written.append((len(results), row, bound))
+                row = _row(item.factory_id, item.kind, item.payload, bound=(lease.session_id, lease.epoch),
+                           attempt=item.attempt, not_after=item.not_after, now=now)  # fmt: skip
+                written.append((len(results), row))
                 results.append(NoAgent("placeholder"))
-            await session.flush()
-            for index, row, (session_id, epoch) in written:
-                results[index] = PlacedOrder(row.id, row.factory_id, session_id, epoch, row.not_after)
-        for _, row, _ in written:
-            self._metrics.written(row.factory_id, row.kind)
-        for factory_id in {row.factory_id for _, row, _ in written}:
+            ids = await _insert(session, [row for _, row in written])
+            for (index, row), order_id in zip(written, ids, strict=True):
+                results[index] = PlacedOrder(order_id, row["factory_id"], row["session_id"], row["epoch"],
+                                             row["not_after"])  # fmt: skip
+        for _, row in written:
+            self._metrics.written(row["factory_id"], row["kind"])
+        for factory_id in {row["factory_id"] for _, row in written}:
             self._ring_orders(factory_id)
         return results
 
@@ -417,21 +415,30 @@ def _row(
     attempt: str | None,
     not_after: datetime,
     now: datetime,
-) -> AgentOrder:
-    return AgentOrder(
-        factory_id=factory_id,
-        kind=kind,
-        state="open",
-        session_id=bound[0] if bound else None,
-        epoch=bound[1] if bound else None,
-        attempt=attempt,
-        not_after=not_after,
-        payload=payload,
-        created_at=now,
-        delivered_at=None,
-        answered_at=None,
-        report=None,
-    )
+) -> dict[str, Any]:
+    """A new open order's row, for :func:`_insert`."""
+    return {
+        "factory_id": factory_id,
+        "kind": kind,
+        "state": "open",
+        "session_id": bound[0] if bound else None,
+        "epoch": bound[1] if bound else None,
+        "attempt": attempt,
+        "not_after": not_after,
+        "payload": payload,
+        "created_at": now,
+        "delivered_at": None,
+        "answered_at": None,
+        "report": None,
+    }
+
+
+async def _insert(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """``rows`` in one bulk INSERT (no unit of work: nothing reads the new objects back); their ids, in the order
+    of ``rows``."""
+    if not rows:
+        return []
+    return list(await session.scalars(insert(AgentOrder).returning(AgentOrder.id, sort_by_parameter_order=True), rows))
 
 
 def _order(row: AgentOrder) -> Order:
