@@ -59,7 +59,9 @@ class AgentConfig(BaseModel):
     adapter: Annotated[AdapterConfig, Field(discriminator="kind")]
     policy_file: Path = Field(description="the site's policy: who may run, as which accounts, how large")
     pause_file: Path = Field(description="while this file exists, no new submits (reports and reads go on)")
-    concurrency: int = Field(8, ge=1, le=256, description="orders carried out at once")
+    concurrency: int = Field(
+        40, ge=1, le=256, description="orders carried out at once (40: as many Slurm calls as a direct adapter makes)"
+    )
     report_batch: int = Field(100, ge=1, le=MAX_REPORTS, description="reports sent per request at most")
     linger_s: float = Field(
         0.1, ge=0, le=5, description="how long a report, or the next poll, waits for orders still being carried out"

@@ -17,13 +17,14 @@ from slurm_adapters.agent_protocol import Report
 
 class ReportQueue:
     def __init__(self) -> None:
-        self._items: deque[tuple[Report, int]] = deque()  # each report with its JSON size
+        self._items: deque[tuple[Report, int, int | None]] = deque()  # each report, its JSON size, its batch
         self._ready = asyncio.Event()
         self._empty = asyncio.Event()
         self._empty.set()
 
-    def put(self, report: Report) -> None:
-        self._items.append((report, len(report.model_dump_json())))
+    def put(self, report: Report, batch: int | None = None) -> None:
+        """Queue ``report``; ``batch`` is the agent's number of the orders it was carried out with (if any)."""
+        self._items.append((report, len(report.model_dump_json()), batch))
         self._ready.set()
         self._empty.clear()
 
@@ -34,7 +35,7 @@ class ReportQueue:
         """The oldest reports, still queued: at most ``limit`` and, beyond the first, ``max_bytes`` of JSON."""
         batch: list[Report] = []
         size = 0
-        for report, report_size in self._items:
+        for report, report_size, _ in self._items:
             if len(batch) >= limit or (batch and max_bytes is not None and size + report_size > max_bytes):
                 break
             batch.append(report)
@@ -43,7 +44,11 @@ class ReportQueue:
 
     def replace_oldest(self, report: Report) -> None:
         """Put ``report`` in place of the oldest queued one (the broker refused that one alone)."""
-        self._items[0] = (report, len(report.model_dump_json()))
+        self._items[0] = (report, len(report.model_dump_json()), self._items[0][2])
+
+    def batches(self) -> set[int]:
+        """The batches of the queued reports."""
+        return {batch for _, _, batch in self._items if batch is not None}
 
     def done(self, count: int) -> None:
         """The oldest ``count`` reports reached the broker."""

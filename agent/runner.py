@@ -3,10 +3,13 @@
 One session at a time. A session the broker no longer knows (404/409/410) is replaced by a new hello; a broken
 link is retried with jittered back-off and never ends the process. Orders are taken only while the clock is
 within the Factory's skew and a slot is free (the poll asks for no more orders than free slots). Reports are
-sent in batches from one queue that survives session changes. Orders carried out together (a dispatcher's batch)
-are answered and followed together: a report, and the next poll once a slot is free, wait up to ``linger_s``
-while other orders are still being carried out, so a batch's reports go in one request and the next batch comes
-in one poll, rather than a request per order (each is signed, verified and applied in a transaction). While it
+sent in batches from one queue that survives session changes. The submits and cancels one poll brought (a
+dispatcher's batch) are answered and followed together: while some of that batch have ended and others are still
+being carried out, a report waits up to ``linger_s`` for the rest, and so does the next poll once a slot is free,
+so a batch's reports go in one request and the next batch comes in one poll, rather than a request per order
+(each is signed, verified and applied in a transaction). Nothing waits for another batch, nor for a read (a
+listing may take seconds): with slots to spare, two batches in flight are answered and followed each on its own
+time, as the dispatcher carries them. While it
 holds the lease and its clock is within the skew, the agent pushes its listing of active jobs
 (:mod:`agent.listings`) and the site's state (:mod:`agent.site`) as the session's plan says.
 On stop (SIGTERM): no more polling, in-flight orders get ``shutdown_grace_s`` to finish while the heartbeat keeps
@@ -56,6 +59,25 @@ class Session:
     ack: int = 0  # every order up to this id has been received
 
 
+@dataclass(slots=True)
+class Batch:
+    """The submits and cancels of one poll's answer that are still being carried out (``running``), and how many
+    of them have ended: reports and the next poll wait for a batch that is partly ended."""
+
+    running: int = 0
+    ended: int = 0
+
+    @property
+    def partly_ended(self) -> bool:
+        return self.ended > 0 and self.running > 0
+
+    def end(self) -> int:
+        """One of them ended; how many are still running."""
+        self.running -= 1
+        self.ended += 1
+        return self.running
+
+
 class Agent:
     def __init__(
         self,
@@ -80,6 +102,8 @@ class Agent:
         self.report_batch = min(report_batch, MAX_REPORTS)
         self.linger_s = linger_s
         self.running = 0  # orders being carried out now (holding a slot)
+        self.polls_answered = 0  # numbers the batches: the submits and cancels of one poll's answer
+        self.batches: dict[int, Batch] = {}  # the batches with orders still being carried out
         self.finished = asyncio.Event()  # set whenever one of them ends (the report loop's)
         self.slot_freed = asyncio.Event()  # set whenever an order leaves in_flight (the poll loop's)
         self.shutdown_grace_s = shutdown_grace_s
@@ -238,21 +262,22 @@ class Agent:
                 await sleep_unless(stop, delay)
                 continue
             backoff.reset()
+            self.polls_answered += 1
             for order in answer.orders:
                 session.ack = max(session.ack, order.id)
                 if self.executor.accept(order):
-                    self._start(order)
+                    self._start(order, None if order.kind == "read" else self.polls_answered)
 
     async def _free_slots(self) -> int:
-        """Wait for a free slot and, while other orders are still being carried out, up to ``linger_s`` more
-        for them to end; return how many slots are free (the poll asks for no more)."""
+        """Wait for a free slot and, while a batch is partly ended, up to ``linger_s`` more for the rest of it;
+        return how many slots are free (the poll asks for no more)."""
         loop = asyncio.get_running_loop()
         first_free: float | None = None
         while True:
             free = self.concurrency - len(self.in_flight)
             remaining: float | None = None
             if free > 0:
-                if not self.in_flight:
+                if not any(batch.partly_ended for batch in self.batches.values()):
                     return free
                 first_free = loop.time() if first_free is None else first_free
                 remaining = first_free + self.linger_s - loop.time()
@@ -262,8 +287,10 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.slot_freed.wait(), remaining)
 
-    def _start(self, order: Order) -> None:
-        task = asyncio.create_task(self._carry_out(order), name=f"order-{order.id}")
+    def _start(self, order: Order, batch: int | None) -> None:
+        if batch is not None:
+            self.batches.setdefault(batch, Batch()).running += 1
+        task = asyncio.create_task(self._carry_out(order, batch), name=f"order-{order.id}")
         self.in_flight.add(task)
         task.add_done_callback(self._ended)
 
@@ -271,15 +298,19 @@ class Agent:
         self.in_flight.discard(task)
         self.slot_freed.set()
 
-    async def _carry_out(self, order: Order) -> None:
-        async with self.slots:
-            self.running += 1
-            try:
-                report = await self.executor.execute(order)
-            finally:
-                self.running -= 1
-                self.finished.set()
-        self.reports.put(report)
+    async def _carry_out(self, order: Order, batch: int | None) -> None:
+        try:
+            async with self.slots:
+                self.running += 1
+                try:
+                    report = await self.executor.execute(order)
+                finally:
+                    self.running -= 1
+            self.reports.put(report, batch)
+        finally:  # the report is queued (or the order was cancelled) before its batch counts it as ended
+            if batch is not None and self.batches[batch].end() == 0:
+                del self.batches[batch]
+            self.finished.set()
 
     # -- pushes -------------------------------------------------------------------------------------------
 
@@ -353,18 +384,22 @@ class Agent:
             self.reports.done(len(batch))
 
     async def _linger(self, drain: asyncio.Event) -> None:
-        """Hold the queued reports while other orders are still being carried out, for ``linger_s`` at
-        most, a full batch, or the drain: they go in one request. Only the moment of sending changes (a report is
-        a fact the broker applies once whenever it comes)."""
+        """Hold the queued reports while orders of their batches are still being carried out, for ``linger_s``
+        at most, a full request, or the drain: a batch's reports go in one request. Only the moment of sending
+        changes (a report is a fact the broker applies once whenever it comes)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.linger_s
-        while self.running and len(self.reports) < self.report_batch and not drain.is_set():
+        while self._awaited() and len(self.reports) < self.report_batch and not drain.is_set():
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
             self.finished.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.finished.wait(), remaining)
+
+    def _awaited(self) -> bool:
+        """Whether a queued report's batch still has orders being carried out."""
+        return any(batch in self.batches for batch in self.reports.batches())
 
     def _too_large(self, report: Report) -> Report:
         """What the broker is told instead of a report it refused as too large (only a read's result can be; were

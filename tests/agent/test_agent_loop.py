@@ -19,7 +19,7 @@ from agent.keys import SigningKey
 from agent.link import BrokerLink
 from agent.runner import Agent
 from slurm_adapters.agent_protocol import FEATURES
-from slurm_adapters.records import SlurmJobSpec, SubmitContext
+from slurm_adapters.records import ClusterInfo, SlurmJobSpec, SubmitContext
 from tests.agent.conftest import site_policy
 from tests.agent.fakes import (
     AUDIENCE,
@@ -214,11 +214,17 @@ async def test_stop_waits_no_longer_than_the_grace_period(
 
 
 class GatedAdapter(RecordingAdapter):
-    """Each submit waits for its own gate (by order of arrival), so a test decides when each one finishes."""
+    """Each submit waits for its own gate (by order of arrival), so a test decides when each one finishes; a
+    cluster_info read waits for ``read_gate``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.gates: list[asyncio.Event] = []
+        self.read_gate = asyncio.Event()
+
+    async def cluster_info(self) -> ClusterInfo:
+        await self.read_gate.wait()
+        return await super().cluster_info()
 
     async def submit(self, spec: SlurmJobSpec, user: str, context: SubmitContext | None = None) -> int:
         gate = asyncio.Event()
@@ -305,6 +311,56 @@ async def test_the_next_poll_waits_for_the_orders_still_running_so_it_takes_a_ba
         assert later, "no poll after the first batch"
         assert all(poll.max_orders == 4 for poll in later), [poll.max_orders for poll in later]
         for gate in adapter.gates[4:]:
+            gate.set()
+        await broker.wait_for(lambda: len(broker.reports) == 8)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await agent.link.aclose()
+
+
+async def test_a_batch_is_reported_without_waiting_for_another_batch_or_a_read(key: SigningKey, tmp_path: Path) -> None:
+    """Two polls' batches in flight with slots to spare, and a read (slow, like a listing) beside the first: the
+    first batch is reported once its own orders end, long before the linger, while the second and the read
+    still run; then the second goes in a request of its own."""
+    broker, adapter = FakeBroker(key), GatedAdapter()
+    agent = build(key, broker, adapter, tmp_path, concurrency=8, linger=30.0)
+    stop, task = await _start(agent, broker)
+    try:
+        await broker.give(submit_order(1), submit_order(2), read_order(3, "cluster_info"))
+        await broker.wait_for(lambda: len(adapter.gates) == 2)
+        await broker.give(submit_order(4), submit_order(5))
+        await broker.wait_for(lambda: len(adapter.gates) == 4)
+        for gate in adapter.gates[:2]:
+            gate.set()
+        await broker.wait_for(lambda: len(broker.reports) == 2, timeout_s=5)
+        assert sorted(report["order"] for report in broker.reports) == [1, 2]
+        assert agent.running == 3  # the second batch and the read are still being carried out
+        for gate in adapter.gates[2:]:
+            gate.set()
+        await broker.wait_for(lambda: len(broker.reports) == 4, timeout_s=5)
+        adapter.read_gate.set()
+        await broker.wait_for(lambda: len(broker.reports) == 5, timeout_s=5)
+        assert broker.report_batches[:2] == [2, 2]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await agent.link.aclose()
+
+
+async def test_the_next_poll_goes_at_once_while_no_batch_is_partly_ended(key: SigningKey, tmp_path: Path) -> None:
+    """Four orders in eight slots, none ended: the free slots are asked for at once (the linger is long), so a
+    second batch is not held back behind the first."""
+    broker, adapter = FakeBroker(key), GatedAdapter()
+    agent = build(key, broker, adapter, tmp_path, concurrency=8, linger=30.0)
+    stop, task = await _start(agent, broker)
+    try:
+        await broker.give(*(submit_order(n) for n in range(1, 5)))
+        await broker.wait_for(lambda: len(adapter.gates) == 4)
+        await broker.wait_for(lambda: any(poll.max_orders == 4 for poll in broker.polls), timeout_s=5)
+        await broker.give(*(submit_order(n) for n in range(5, 9)))
+        await broker.wait_for(lambda: len(adapter.gates) == 8, timeout_s=5)
+        for gate in adapter.gates:
             gate.set()
         await broker.wait_for(lambda: len(broker.reports) == 8)
     finally:

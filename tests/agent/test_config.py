@@ -50,7 +50,7 @@ def test_a_config_loads_with_paths_relative_to_its_file(tmp_path: Path) -> None:
     assert config.policy_file == tmp_path / "policy.yaml"
     assert config.pause_file == Path("/run/conveyor-agent/paused")
     assert isinstance(config.adapter, RestConfig)
-    assert (config.adapter.timeout_s, config.concurrency) == (8.0, 8)
+    assert (config.adapter.timeout_s, config.concurrency) == (8.0, 40)
 
 
 @pytest.mark.parametrize(
