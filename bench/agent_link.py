@@ -57,6 +57,7 @@ from bench.forwarding import (
 )
 from bench.null_slurm import NullSlurmAgent
 from broker.db.migrate import upgrade
+from broker.settings import Settings
 from dev.lab.view import Cluster, clusters_of, job_dir, read_lab
 from tests.agentlink.harness import AUDIENCE, AgentProcess, register_agent_keys
 from tests.faults.harness import PROJECT, BrokerProcess
@@ -65,6 +66,8 @@ CLUSTER = "echo"  # the lab's expendable cluster: the default one (``--cluster``
 LAB_FACTORIES = Path(os.environ.get("CONVEYOR_LAB_DIR", "/var/lib/conveyor-lab")) / "factories.yaml"
 PARTS = ("forwarding", "latency", "idle")
 SESSIONS = 20
+# The direct path's Slurm calls at once by default: the dispatcher's claim batch times its batches in flight.
+DIRECT_CALLS_AT_ONCE = Settings.model_fields["claim_batch"].default * Settings.model_fields["dispatch_batches"].default
 # The forwarding and latency brokers: bench/forwarding.py's loop cadence, and a health check every second so a
 # Factory is healthy (and gets jobs) soon after its agent connects. The same in every phase compared.
 FAST = {
@@ -152,7 +155,7 @@ class Bench:
     run_id: str = field(default_factory=lambda: secrets.token_hex(4))
     names: list[str] = field(default_factory=list)
     post_concurrency: int = 16
-    agent_concurrency: int = 20  # the dispatcher's claim batch: a batch's submits are carried out at once
+    agent_concurrency: int = DIRECT_CALLS_AT_ONCE  # as many Slurm calls at once as the direct path
 
     @property
     def factory(self) -> str:
@@ -493,6 +496,9 @@ def main() -> int:
     parser.add_argument("--idle-s", type=float, default=15.0, help="idle: seconds per measured interval")
     parser.add_argument("--idle-env", action="append", default=[], metavar="CONVEYOR_X=V",
                         help="idle: a broker setting over the production defaults (diagnosis)")  # fmt: skip
+    parser.add_argument("--agent-concurrency", type=int, default=None,
+                        help=f"orders each agent carries out at once (default {DIRECT_CALLS_AT_ONCE}: as many Slurm "
+                        "calls as the direct path makes)")  # fmt: skip
     parser.add_argument("--cluster", default=CLUSTER,
                         help=f"the lab cluster (and its Factory) to submit to (default {CLUSTER})")  # fmt: skip
     args = parser.parse_args()
@@ -502,6 +508,8 @@ def main() -> int:
         template = workroot / "template.db"
         upgrade(f"sqlite+aiosqlite:///{template}")
         bench = Bench(cluster, workroot, template, json.loads(LAB_FACTORIES.read_text()))
+        if args.agent_concurrency is not None:
+            bench.agent_concurrency = args.agent_concurrency
         print(f"agent link: {cluster.name} (Slurm {cluster.release}), parts {' '.join(args.parts)}, run "
               f"{bench.run_id}", flush=True)  # fmt: skip
         try:
