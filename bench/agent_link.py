@@ -8,7 +8,10 @@ every phase's jobs are cancelled on that cluster afterwards, by name.
 - ``forwarding``: bench/forwarding.py's workload (a burst of ``--jobs`` trivial jobs POSTed over 16 connections,
   timed from the first accept to the last ``submitted``, both by the broker's clock) with echo reached two ways,
   alternating per round: ``direct`` (the rest adapter in the broker) and ``agent`` (echo as ``adapter: {kind:
-  agent}``, a real ``conveyor-agent`` process with the rest adapter inside). Jobs/s over all rounds, and the ratio.
+  agent}``, a real ``conveyor-agent`` process with the rest adapter inside, carrying out as many orders at once as
+  the direct path makes Slurm calls). ``--modes ... sequential`` adds issue 14's baseline: the same number of
+  sequential POSTs to the cluster's slurmrestd through the REST adapter, no broker (bench/forwarding.py's
+  ``rest``). Jobs/s over all rounds, and the ratios.
 - ``latency``: accept (the job's ``created_at``) to order delivered (its first submit order's ``delivered_at`` in
   ``agent_orders``), both the broker's clock, for jobs POSTed at ``--rate`` per second, round-robin over the
   Factories: with 20 agent Factories (19 :class:`~bench.null_slurm.NullSlurmAgent`, SIMULATED agents over a null
@@ -19,6 +22,7 @@ every phase's jobs are cancelled on that cluster afterwards, by name.
 
     .venv/bin/python -m bench.agent_link                      # all three, ~2 minutes
     .venv/bin/python -m bench.agent_link --parts forwarding --jobs 500 --rounds 4
+    .venv/bin/python -m bench.agent_link --parts forwarding --jobs 1000 --modes agent sequential --cluster bravo
     .venv/bin/python -m bench.agent_link --parts latency idle --latency-jobs 400 --rate 20 --idle-s 60
 """
 
@@ -50,21 +54,25 @@ from bench.forwarding import (
     CpuMeter,
     _post_all,
     _wait_none_queued,
+    direct_phase,
     drain,
     list_jobs,
     parse_env,
     parse_time,
 )
+from bench.forwarding import Run as ForwardingRun
 from bench.null_slurm import NullSlurmAgent
 from broker.db.migrate import upgrade
 from broker.settings import Settings
-from dev.lab.view import Cluster, clusters_of, job_dir, read_lab
+from dev.lab.view import Cluster, clusters_of, job_dir, make_adapter, read_lab
+from slurm_adapters.interface import SlurmAdapter
 from tests.agentlink.harness import AUDIENCE, AgentProcess, register_agent_keys
 from tests.faults.harness import PROJECT, BrokerProcess
 
 CLUSTER = "echo"  # the lab's expendable cluster: the default one (``--cluster``) this benchmark submits to
 LAB_FACTORIES = Path(os.environ.get("CONVEYOR_LAB_DIR", "/var/lib/conveyor-lab")) / "factories.yaml"
 PARTS = ("forwarding", "latency", "idle")
+FORWARDING_MODES = ("direct", "agent", "sequential")
 SESSIONS = 20
 # The direct path's Slurm calls at once by default: the dispatcher's claim batch times its batches in flight.
 DIRECT_CALLS_AT_ONCE = Settings.model_fields["claim_batch"].default * Settings.model_fields["dispatch_batches"].default
@@ -292,24 +300,43 @@ async def forwarding_burst(bench: Bench, mode: str, round_: int, jobs: int) -> B
     return Burst(mode, round_, jobs, (submitted - created).total_seconds(), cpu)
 
 
-async def forwarding(bench: Bench, jobs: int, rounds: int) -> list[str]:
+async def sequential_burst(bench: Bench, adapter: SlurmAdapter, round_: int, jobs: int) -> Burst:
+    """``jobs`` sequential POSTs to the cluster's slurmrestd through the REST adapter, no broker (bench/forwarding.py's
+    ``rest`` method): the baseline issue 14 sets the agent path against."""
+    run = ForwardingRun(bench.cluster, jobs, bench.template, bench.workroot)
+    phase = await direct_phase(run, adapter, round_)
+    return Burst("sequential", round_, jobs, phase.seconds, phase.cpu_s)
+
+
+async def forwarding(bench: Bench, jobs: int, rounds: int, modes: Sequence[str]) -> list[str]:
     bursts: list[Burst] = []
-    for round_ in range(rounds):
-        for mode in ("direct", "agent") if round_ % 2 == 0 else ("agent", "direct"):
-            burst = await forwarding_burst(bench, mode, round_, jobs)
-            print(f"  forwarding round {round_} {mode:6} {jobs} jobs in {burst.seconds:6.2f} s = {burst.rate:6.1f} "
-                  f"jobs/s; CPU ms/job: {burst.cpu()}", flush=True)  # fmt: skip
-            bursts.append(burst)
+    adapter = make_adapter("rest", bench.cluster)
+    try:
+        if "sequential" in modes:  # untimed: the adapter's version negotiation and first connection
+            await sequential_burst(bench, adapter, -1, 1)
+        for round_ in range(rounds):
+            for mode in modes if round_ % 2 == 0 else list(reversed(modes)):
+                if mode == "sequential":
+                    burst = await sequential_burst(bench, adapter, round_, jobs)
+                else:
+                    burst = await forwarding_burst(bench, mode, round_, jobs)
+                print(f"  forwarding round {round_} {mode:10} {jobs} jobs in {burst.seconds:6.2f} s = "
+                      f"{burst.rate:6.1f} jobs/s; CPU ms/job: {burst.cpu()}", flush=True)  # fmt: skip
+                bursts.append(burst)
+    finally:
+        await adapter.aclose()
     totals = {
         mode: sum(b.jobs for b in bursts if b.mode == mode) / sum(b.seconds for b in bursts if b.mode == mode)
-        for mode in ("direct", "agent")
+        for mode in modes
     }
     per_round = {mode: " ".join(f"{b.rate:.1f}" for b in bursts if b.mode == mode) for mode in totals}
-    return [
-        f"forwarding {jobs}-job bursts to {bench.factory}, {rounds} round(s): direct {totals['direct']:.1f} jobs/s "
-        f"({per_round['direct']}), agent {totals['agent']:.1f} jobs/s ({per_round['agent']}); "
-        f"agent / direct = {totals['agent'] / totals['direct']:.2f}x (target >= 0.9x)"
+    rates = ", ".join(f"{mode} {totals[mode]:.1f} jobs/s ({per_round[mode]})" for mode in modes)
+    ratios = [
+        f"agent / {base} = {totals['agent'] / totals[base]:.2f}x (target >= {target})"
+        for base, target in (("direct", "0.9x"), ("sequential", "1.0x"))
+        if "agent" in totals and base in totals
     ]
+    return [f"forwarding {jobs}-job bursts to {bench.factory}, {rounds} round(s): {rates}; " + "; ".join(ratios)]
 
 
 # --- 2. accept -> order delivered --------------------------------------------------------------------------
@@ -456,7 +483,7 @@ async def idle(bench: Bench, seconds: float, overrides: Mapping[str, str]) -> li
 async def run(bench: Bench, args: argparse.Namespace) -> list[str]:
     lines: list[str] = []
     if "forwarding" in args.parts:
-        lines += await forwarding(bench, args.jobs, args.rounds)
+        lines += await forwarding(bench, args.jobs, args.rounds, args.modes)
     if "latency" in args.parts:
         results: list[Latencies] = []
         for sessions in (SESSIONS, 1):
@@ -490,7 +517,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--jobs", type=int, default=200, help="forwarding: jobs per burst (default 200)")
-    parser.add_argument("--rounds", type=int, default=2, help="forwarding: rounds of direct and agent, alternating")
+    parser.add_argument("--rounds", type=int, default=2, help="forwarding: rounds of every mode, order reversed each")
+    parser.add_argument("--modes", nargs="+", choices=FORWARDING_MODES, default=["direct", "agent"],
+                        help="forwarding: the broker's direct adapter, the agent, sequential slurmrestd POSTs without "
+                        "a broker (issue 14's baseline)")  # fmt: skip
     parser.add_argument("--latency-jobs", type=int, default=100, help="latency: jobs per run (default 100)")
     parser.add_argument("--rate", type=float, default=10.0, help="latency: jobs POSTed per second (default 10)")
     parser.add_argument("--idle-s", type=float, default=15.0, help="idle: seconds per measured interval")
