@@ -173,6 +173,16 @@ def positive(text: str) -> int:
     return value
 
 
+def non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 0 or more, got {text!r}")
+    return value
+
+
 def seconds(text: str) -> float:
     try:
         value = float(text)
@@ -425,6 +435,8 @@ def cmd_events(args: argparse.Namespace, out: Output) -> Exit:
 
 
 def cmd_output(args: argparse.Namespace, out: Output) -> Exit:
+    if args.offset is not None:
+        return _output_from(args, out)
     with open_client(args) as client:
         answer = client.run(calls.output(args.job, args.stream, args.max_bytes))
     if out.json:
@@ -438,6 +450,39 @@ def cmd_output(args: argparse.Namespace, out: Output) -> Exit:
         size = f" of {answer.size_bytes}" if answer.size_bytes is not None else ""
         out.note(f"showing the last {len(answer.content.encode())} bytes{size} of {args.stream} (see --max-bytes)")
     return Exit.OK
+
+
+def _output_from(args: argparse.Namespace, out: Output) -> Exit:
+    """The stream's bytes from ``--offset`` to its end, or ``--max-bytes`` of them, as they are (output need not
+    be text), chunk by chunk; with ``--json`` the one chunk the server answers."""
+    offset, left = args.offset, args.max_bytes
+    with open_client(args) as client:
+        while True:
+            chunk = client.run(calls.output_chunk(args.job, offset, args.stream, left))
+            if out.json:
+                out.show(chunk, str)
+                return Exit.OK
+            data = chunk.data
+            _write_bytes(out.out, data)
+            offset += len(data)
+            left = None if left is None else left - len(data)
+            if chunk.eof or not data:
+                return Exit.OK
+            if left == 0:
+                out.note(f"stopped at byte {offset} of {chunk.size} of {args.stream} (--offset {offset} reads on)")
+                return Exit.OK
+
+
+def _write_bytes(stream: TextIO, data: bytes) -> None:
+    """``data`` to ``stream`` as bytes where it has a byte buffer (a terminal, a pipe, a file), else decoded."""
+    buffer = getattr(stream, "buffer", None)
+    if buffer is not None:
+        stream.flush()
+        buffer.write(data)
+        buffer.flush()
+    else:
+        stream.write(data.decode(errors="replace"))
+        stream.flush()
 
 
 def cmd_factories(args: argparse.Namespace, out: Output) -> Exit:
@@ -598,7 +643,14 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument(
         "--stream", choices=["stdout", "stderr"], default="stdout", help="which stream (default stdout)"
     )
-    output.add_argument("--max-bytes", type=positive, metavar="N", help="at most the last N bytes (default 65536)")
+    output.add_argument(
+        "--max-bytes", type=positive, metavar="N",
+        help="at most the last N bytes (default 65536); with --offset, at most N from there (default: to the end)",
+    )  # fmt: skip
+    output.add_argument(
+        "--offset", type=non_negative, metavar="N",
+        help="the bytes from byte N on, as they are, instead of the tail (the stream's first byte is 0)",
+    )  # fmt: skip
 
     _command(subs, "factories", cmd_factories, "List the Factories, their health and free GPUs.")
     _command(subs, "whoami", cmd_whoami, "Show who the broker takes you for, and where you are connected.")

@@ -32,7 +32,7 @@ from conveyor import cli
 from conveyor.cli import Exit, exit_code_for, main, parse_memory, parse_time
 from conveyor.completion import SCRIPTS
 from conveyor.config import ConfigError
-from conveyor.models import DryRun, FactoryView, Job, JobEvent, Me, NewToken, TokenView
+from conveyor.models import DryRun, FactoryView, Job, JobEvent, JobOutputChunk, Me, NewToken, TokenView
 from conveyor.problems import Problem, error_from_problem
 from conveyor.spec import JobSpec, JobState
 from tests.api.conftest import TOKEN
@@ -140,6 +140,16 @@ def test_submit_a_command_wait_for_it_and_read_its_output_and_events(run: Cli) -
 
     # The lab's nodes run on this host: Slurm's NodeHostname is this machine's name.
     assert run.ok("output", job.id).out.strip() == socket.gethostname()
+    # From a byte offset: the bytes from there to the end; --max-bytes of them; past the end, nothing.
+    text = socket.gethostname() + "\n"
+    assert run.ok("output", "--offset", "1", job.id).out == text[1:]
+    assert run.ok("output", "--offset", "1", "--max-bytes", "1", job.id).out == text[1:2]
+    assert run.ok("output", "--offset", "100000", job.id).out == ""
+    chunk = JobOutputChunk.model_validate_json(run.ok("output", "--json", "--offset", "0", job.id).out)
+    assert (chunk.offset, chunk.data, chunk.eof) == (0, text.encode(), True)
+    refused = run("output", "--offset", "-1", job.id)
+    assert refused.code != Exit.OK
+    assert "0 or more" in refused.err
 
     events = EVENTS.validate_json(run.ok("events", "--json", job.id).out)
     assert [e.job_id for e in events] == [job.id] * len(events)
