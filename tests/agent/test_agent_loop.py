@@ -5,6 +5,7 @@ session, the pause switch and a bounded shutdown."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,20 +234,28 @@ class GatedAdapter(RecordingAdapter):
         return await super().submit(spec, user, context)
 
 
-async def _start(agent: Agent, broker: FakeBroker) -> tuple[asyncio.Event, asyncio.Task[None]]:
+@contextlib.asynccontextmanager
+async def gated(
+    key: SigningKey, tmp_path: Path, **options: float
+) -> AsyncIterator[tuple[Agent, FakeBroker, GatedAdapter]]:
+    """A running agent over a :class:`GatedAdapter` and a fake broker, polling; stopped at the end."""
+    broker, adapter = FakeBroker(key), GatedAdapter()
+    agent = build(key, broker, adapter, tmp_path, **options)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     await broker.wait_for(lambda: bool(broker.polls))
-    return stop, task
+    try:
+        yield agent, broker, adapter
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await agent.link.aclose()
 
 
 async def test_reports_of_orders_carried_out_together_go_in_one_request(key: SigningKey, tmp_path: Path) -> None:
     """Five submits finishing one after another: each report waits while the others still run, so the broker
     gets one request of five, not five of one."""
-    broker, adapter = FakeBroker(key), GatedAdapter()
-    agent = build(key, broker, adapter, tmp_path, concurrency=5, linger=30.0)
-    stop, task = await _start(agent, broker)
-    try:
+    async with gated(key, tmp_path, concurrency=5, linger=30.0) as (agent, broker, adapter):
         await broker.give(*(submit_order(n) for n in range(1, 6)))
         await broker.wait_for(lambda: len(adapter.gates) == 5)
 
@@ -258,20 +267,13 @@ async def test_reports_of_orders_carried_out_together_go_in_one_request(key: Sig
             await broker.wait_for(lambda: reported_or_queued() == finished)  # noqa: B023 - awaited at once
         await broker.wait_for(lambda: len(broker.reports) == 5)
         assert broker.report_batches == [5]
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        await agent.link.aclose()
 
 
 async def test_a_report_waits_no_longer_than_the_linger_for_orders_still_running(
     key: SigningKey, tmp_path: Path
 ) -> None:
     """One submit done, another stuck at the site: the done one is reported once the linger is over."""
-    broker, adapter = FakeBroker(key), GatedAdapter()
-    agent = build(key, broker, adapter, tmp_path, concurrency=2, linger=0.2)
-    stop, task = await _start(agent, broker)
-    try:
+    async with gated(key, tmp_path, concurrency=2, linger=0.2) as (agent, broker, adapter):
         await broker.give(submit_order(1), submit_order(2))
         await broker.wait_for(lambda: len(adapter.gates) == 2)
         adapter.gates[0].set()
@@ -279,10 +281,6 @@ async def test_a_report_waits_no_longer_than_the_linger_for_orders_still_running
         assert agent.running == 1  # the other is still being carried out
         adapter.gates[1].set()
         await broker.wait_for(lambda: len(broker.reports) == 2)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        await agent.link.aclose()
 
 
 async def test_the_next_poll_waits_for_the_orders_still_running_so_it_takes_a_batch(
@@ -290,10 +288,7 @@ async def test_the_next_poll_waits_for_the_orders_still_running_so_it_takes_a_ba
 ) -> None:
     """Four orders in four slots, finishing one by one: the next poll goes out once all four slots are free (the
     linger is long), asking for four, not for one order per freed slot."""
-    broker, adapter = FakeBroker(key), GatedAdapter()
-    agent = build(key, broker, adapter, tmp_path, concurrency=4, linger=30.0)
-    stop, task = await _start(agent, broker)
-    try:
+    async with gated(key, tmp_path, concurrency=4, linger=30.0) as (agent, broker, adapter):
         await broker.give(*(submit_order(n) for n in range(1, 5)))
         await broker.wait_for(lambda: len(adapter.gates) == 4)
         polls = len(broker.polls)
@@ -313,20 +308,13 @@ async def test_the_next_poll_waits_for_the_orders_still_running_so_it_takes_a_ba
         for gate in adapter.gates[4:]:
             gate.set()
         await broker.wait_for(lambda: len(broker.reports) == 8)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        await agent.link.aclose()
 
 
 async def test_a_batch_is_reported_without_waiting_for_another_batch_or_a_read(key: SigningKey, tmp_path: Path) -> None:
     """Two polls' batches in flight with slots to spare, and a read (slow, like a listing) beside the first: the
     first batch is reported once its own orders end, long before the linger, while the second and the read
     still run; then the second goes in a request of its own."""
-    broker, adapter = FakeBroker(key), GatedAdapter()
-    agent = build(key, broker, adapter, tmp_path, concurrency=8, linger=30.0)
-    stop, task = await _start(agent, broker)
-    try:
+    async with gated(key, tmp_path, concurrency=8, linger=30.0) as (agent, broker, adapter):
         await broker.give(submit_order(1), submit_order(2), read_order(3, "cluster_info"))
         await broker.wait_for(lambda: len(adapter.gates) == 2)
         await broker.give(submit_order(4), submit_order(5))
@@ -342,19 +330,12 @@ async def test_a_batch_is_reported_without_waiting_for_another_batch_or_a_read(k
         adapter.read_gate.set()
         await broker.wait_for(lambda: len(broker.reports) == 5, timeout_s=5)
         assert broker.report_batches[:2] == [2, 2]
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        await agent.link.aclose()
 
 
 async def test_the_next_poll_goes_at_once_while_no_batch_is_partly_ended(key: SigningKey, tmp_path: Path) -> None:
     """Four orders in eight slots, none ended: the free slots are asked for at once (the linger is long), so a
     second batch is not held back behind the first."""
-    broker, adapter = FakeBroker(key), GatedAdapter()
-    agent = build(key, broker, adapter, tmp_path, concurrency=8, linger=30.0)
-    stop, task = await _start(agent, broker)
-    try:
+    async with gated(key, tmp_path, concurrency=8, linger=30.0) as (_, broker, adapter):
         await broker.give(*(submit_order(n) for n in range(1, 5)))
         await broker.wait_for(lambda: len(adapter.gates) == 4)
         await broker.wait_for(lambda: any(poll.max_orders == 4 for poll in broker.polls), timeout_s=5)
@@ -363,7 +344,3 @@ async def test_the_next_poll_goes_at_once_while_no_batch_is_partly_ended(key: Si
         for gate in adapter.gates:
             gate.set()
         await broker.wait_for(lambda: len(broker.reports) == 8)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        await agent.link.aclose()
