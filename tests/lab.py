@@ -44,6 +44,20 @@ def clusters() -> list[Cluster]:
     return clusters_of(load_lab())
 
 
+CLI_IN_AGENT_RELEASES = ("22.05", "24.11")  # the releases whose CLI the adapter tests reach through an agent
+AGENT_INSIDE = {"agent": "rest", "agent-cli": "cli"}  # an agent kind of the adapter tests -> the adapter inside it
+
+
+def cli_agent_clusters() -> list[Cluster]:
+    """The first lab cluster of each release in :data:`CLI_IN_AGENT_RELEASES`: the adapter tests' agents with the
+    CLI adapter inside run on these (one per release is enough; every agent costs the suite time)."""
+    first: dict[str, Cluster] = {}
+    for cluster in clusters():
+        if cluster.short_release in CLI_IN_AGENT_RELEASES:
+            first.setdefault(cluster.short_release, cluster)
+    return list(first.values())
+
+
 def wait_until(condition: Any, timeout_s: float, what: str) -> None:
     """Block until ``condition()`` is truthy; fail with ``what`` after ``timeout_s``."""
     if not procs.wait_for(condition, timeout_s):

@@ -81,6 +81,10 @@ class AgentFleet:
     broker: BrokerProcess
     agents: dict[str, AgentProcess]
 
+    def factory_id(self, cluster: Cluster, inside: str = "rest") -> str:
+        """The Factory whose agent runs adapter ``inside`` on ``cluster``."""
+        return factory_of(cluster, inside)
+
     def wait_connected(self, factory_id: str, timeout_s: float = 30.0) -> None:
         """Until the Factory's agent holds the lease again (after a reconnect, say)."""
         agent = self.agents[factory_id]
@@ -114,22 +118,32 @@ class AgentFleet:
         self.broker.stop()
 
 
-def start_fleet(clusters: list[Cluster]) -> AgentFleet:
-    """Start the broker (as nobody) and one agent per cluster; return once every agent holds its lease. A start
-    that fails stops what it started and removes its directory."""
+def factory_of(cluster: Cluster, inside: str) -> str:
+    """The fleet's Factory id for the agent running adapter ``inside`` on ``cluster``: the cluster's name for
+    slurmrestd, ``<cluster>-<kind>`` for another."""
+    return cluster.name if inside == "rest" else f"{cluster.name}-{inside}"
+
+
+def start_fleet(clusters: list[Cluster], cli_clusters: list[Cluster]) -> AgentFleet:
+    """Start the broker (as nobody), one agent with slurmrestd inside per cluster and one with the CLI inside per
+    cluster of ``cli_clusters``; return once every agent holds its lease. A start that fails stops what it
+    started and removes its directory."""
     directory = Path(tempfile.mkdtemp(prefix="conveyor-agent-conformance-"))
+    wanted = [(c, "rest") for c in clusters] + [(c, "cli") for c in cli_clusters]
     fleet: AgentFleet | None = None
     try:
-        fleet = _prepare(directory, clusters)
+        fleet = _prepare(directory, {factory_of(c, inside): c.name for c, inside in wanted})
         fleet.broker.start()
-        for cluster in clusters:
-            agent = AgentProcess(directory / f"agent-{cluster.name}", cluster, cluster.name, fleet.broker.base_url)
+        for cluster, inside in wanted:
+            factory_id = factory_of(cluster, inside)
+            agent = AgentProcess(directory / f"agent-{factory_id}", cluster, factory_id, fleet.broker.base_url,
+                                 inside=inside)  # fmt: skip
             agent.workdir.chmod(0o700)  # the agent's private key: root's alone
-            register_agent_keys(fleet.broker, cluster.name, agent.public_jwks)
+            register_agent_keys(fleet.broker, factory_id, agent.public_jwks)
             agent.start()
-            fleet.agents[cluster.name] = agent
-        for cluster in clusters:
-            fleet.wait_connected(cluster.name, timeout_s=60)
+            fleet.agents[factory_id] = agent
+        for factory_id in fleet.agents:
+            fleet.wait_connected(factory_id, timeout_s=60)
     except BaseException:
         if fleet is not None:
             fleet.stop()
@@ -138,7 +152,7 @@ def start_fleet(clusters: list[Cluster]) -> AgentFleet:
     return fleet
 
 
-def _prepare(directory: Path, clusters: list[Cluster]) -> AgentFleet:
+def _prepare(directory: Path, factories: dict[str, str]) -> AgentFleet:
     """The broker's files, owned by nobody: its workdir and a migrated SQLite file; the agents' Factory file."""
     directory.chmod(0o755)  # nobody must reach its own workdir below; the agents' dirs stay root's (0700)
     uid, gid = nobody_ids()
@@ -151,14 +165,12 @@ def _prepare(directory: Path, clusters: list[Cluster]) -> AgentFleet:
         migrate.submit(upgrade, database_url).result()
     for path in broker_dir.iterdir():  # the file and any -wal/-shm: the broker writes them (root's SQLite chowns
         os.chown(path, uid, gid)  # later -wal/-shm to the file's owner)
-    factories = agent_factories_file(
-        lab_json_path().with_name("factories.yaml"), {c.name: c.name for c in clusters}, directory
-    )
-    factories.chmod(0o644)
+    factories_file = agent_factories_file(lab_json_path().with_name("factories.yaml"), factories, directory)
+    factories_file.chmod(0o644)
     broker = BrokerProcess(
         workdir=broker_dir,
         database_url=database_url,
-        factories_file=factories,
+        factories_file=factories_file,
         run_loops=False,
         extra_env=dict(TIMINGS_ENV),
         run_as=UNPRIVILEGED,

@@ -2,7 +2,9 @@
 
 On the host it covers the slurmrestd and CLI adapters on every lab cluster, and the agent path: the broker's
 ``AgentAdapter``, whose calls become orders that a real broker process (run as an unprivileged user, holding
-no Slurm key) hands to a real ``conveyor-agent`` with slurmrestd inside (tests/adapters/agent_fleet.py).
+no Slurm key) hands to a real ``conveyor-agent`` (tests/adapters/agent_fleet.py), with slurmrestd inside on
+every cluster (kind ``agent``) and with the CLI inside on one cluster of each release the CLI is reached
+through an agent on (kind ``agent-cli``: 22.05 and 24.11).
 Inside the sid chroot (see tests/adapters/test_pyslurm_in_chroot.py) the very same module runs for the pyslurm
 adapter. Every claim is checked against real daemons, and every field is read back through the test's own
 ``scontrol``, never only through the adapter under test.
@@ -42,7 +44,18 @@ from slurm_adapters.errors import (
 )
 from slurm_adapters.interface import SlurmAdapter
 from slurm_adapters.records import MAX_OUTPUT_CHUNK_BYTES, SlurmJobSpec, SlurmJobState, SubmitContext
-from tests.lab import SUBMIT_USER, Cluster, clusters, job_dir, make_adapter, new_tag, wait_for_job, wait_until
+from tests.lab import (
+    AGENT_INSIDE,
+    SUBMIT_USER,
+    Cluster,
+    cli_agent_clusters,
+    clusters,
+    job_dir,
+    make_adapter,
+    new_tag,
+    wait_for_job,
+    wait_until,
+)
 
 if TYPE_CHECKING:  # the agent kind's fleet needs the broker, which the sid chroot's venv (pyslurm) lacks
     from tests.adapters.agent_fleet import AgentFleet
@@ -51,8 +64,7 @@ pytestmark = pytest.mark.lab
 
 OTHER_USER = "bob"  # the lab's second person: a user the site policy accepts, but not the job's owner
 
-KINDS = os.environ.get("CONVEYOR_ADAPTERS", "rest,cli,agent").split(",")
-AGENT_INSIDE = "rest"  # the adapter each lab agent runs at the site (tests/agentlink/harness.py)
+KINDS = os.environ.get("CONVEYOR_ADAPTERS", "rest,cli,agent,agent-cli").split(",")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -64,7 +76,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             if (c.raw["expendable"] or not marker("expendable_only"))
             and (c.raw["accounting"] or not marker("accounting_only"))
         ]
-        cases = [(kind, c) for c in wanted for kind in KINDS]
+        cli_agents = {c.name for c in cli_agent_clusters()}
+        cases = [(kind, c) for c in wanted for kind in KINDS if kind != "agent-cli" or c.name in cli_agents]
         ids = [f"{kind}-{c.name}-{c.short_release}" for kind, c in cases]
         metafunc.parametrize("case", cases, ids=ids)
 
@@ -72,11 +85,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture
 async def adapter(case: tuple[str, Cluster], request: pytest.FixtureRequest) -> AsyncIterator[SlurmAdapter]:
     kind, cluster = case
-    if kind == "agent":
+    if kind in AGENT_INSIDE:
         fleet: AgentFleet = request.getfixturevalue("agent_fleet")
-        fleet.wait_connected(cluster.name)  # a test before may have made the agent reconnect
+        factory_id = fleet.factory_id(cluster, AGENT_INSIDE[kind])
+        fleet.wait_connected(factory_id)  # a test before may have made the agent reconnect
         async with fleet.link() as link:
-            instance: SlurmAdapter = link.adapter(cluster.name, fleet.adapter_config(cluster))
+            instance: SlurmAdapter = link.adapter(factory_id, fleet.adapter_config(cluster))
             yield instance
             await instance.aclose()
         return
@@ -88,7 +102,7 @@ async def adapter(case: tuple[str, Cluster], request: pytest.FixtureRequest) -> 
 def site_kind(case: tuple[str, Cluster]) -> str:
     """The adapter that talks to Slurm: the kind itself, or the one inside the agent."""
     kind, _ = case
-    return AGENT_INSIDE if kind == "agent" else kind
+    return AGENT_INSIDE.get(kind, kind)
 
 
 def cancel_tag(adapter: SlurmAdapter, spec: SlurmJobSpec) -> str | None:
@@ -554,10 +568,10 @@ async def test_wrong_credential_is_an_authentication_error(
     case: tuple[str, Cluster], cluster: Cluster, tmp_path: Path
 ) -> None:
     kind, _ = case
-    if kind == "agent":
+    if kind in AGENT_INSIDE:
         pytest.skip(
-            "the broker holds no Slurm credential to get wrong: the agent's slurmrestd key is the rest adapter's, "
-            "checked under kind rest; a wrong agent key is refused by the broker (tests/api/test_agent_auth.py)"
+            "the broker holds no Slurm credential to get wrong: the agent's is its adapter's, checked under that "
+            "kind; a wrong agent key is refused by the broker (tests/api/test_agent_auth.py)"
         )
     if kind == "rest":
         from slurm_adapters.rest import RestAdapter
@@ -697,7 +711,7 @@ async def test_through_an_agent_the_reconcilers_listing_is_the_pushed_view(
     """The reconciler's listing (jobs tagged with the broker's prefix) comes from the listing the agent pushed,
     one begun after the call: a job running before the call is in it as Slurm says, a job cancelled before the
     call is in it cancelled, and no listing order was sent for it."""
-    if case[0] != "agent":
+    if case[0] not in AGENT_INSIDE:
         pytest.skip("only an agent pushes its listings")
     from broker.jobs.ids import JOB_ID_PREFIX  # the broker: not in the sid chroot's venv (pyslurm)
 
@@ -718,7 +732,7 @@ async def test_through_an_agent_the_reconcilers_listing_is_the_pushed_view(
     assert [(r.job_id, r.state) for r in listed] == [(job_id, SlurmJobState.CANCELLED)]
     ordered = [args for op, args in await read_orders(fleet.database_url) if op == "list_jobs"
                and args.get("tag_prefix") == spec.tag]  # fmt: skip
-    assert ordered == [], fleet.agents[cluster.name].log_tail()
+    assert ordered == [], fleet.agents[fleet.factory_id(cluster, AGENT_INSIDE[case[0]])].log_tail()
 
 
 async def test_through_an_agent_health_and_cluster_info_are_the_pushed_site_state(
@@ -726,7 +740,7 @@ async def test_through_an_agent_health_and_cluster_info_are_the_pushed_site_stat
 ) -> None:
     """Health and cluster information come from the state the agent pushed after the call, as the lab's
     slurmctld says (its release, its partitions), without a read order."""
-    if case[0] != "agent":
+    if case[0] not in AGENT_INSIDE:
         pytest.skip("only an agent pushes its site's state")
     fleet: AgentFleet = request.getfixturevalue("agent_fleet")
     before = len(await read_orders(fleet.database_url))

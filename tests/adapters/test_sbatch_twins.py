@@ -10,8 +10,9 @@ One cluster per release runs these: the one with the most nodes in its GPU parti
 one is 22.05's alpha; 24.11's and 26.05's GPU partitions have one node, so there the layout is one node's).
 One pair per (adapter, cluster) serves the layout, resource and environment tests; the endings (failed,
 killed, cancelled, timed out) run for every release and adapter at once, since a timeout takes Slurm a
-minute and more (the module takes about 100 s, 90 of them that minute). Kind ``agent`` is the broker's
-AgentAdapter, through a real broker process and a real agent with slurmrestd inside (tests/adapters/agent_fleet.py).
+minute and more (the module takes about 100 s, 90 of them that minute). Kinds ``agent`` and ``agent-cli`` are
+the broker's AgentAdapter, through a real broker process and a real agent with slurmrestd inside, or with the
+CLI inside on the 22.05 and 24.11 clusters (tests/adapters/agent_fleet.py).
 The pyslurm adapter is not in this module (it runs only inside the sid chroot, whose venv has no broker);
 test_conformance checks its layout.
 """
@@ -37,11 +38,23 @@ from slurm_adapters.convert import parse_duration_min, parse_gres, parse_key_val
 from slurm_adapters.interface import SlurmAdapter
 from slurm_adapters.records import SlurmJobSpec, SlurmJobState
 from tests.adapters.agent_fleet import AgentFleet
-from tests.lab import SUBMIT_USER, Cluster, clusters, job_dir, load_lab, make_adapter, new_tag, wait_for_job, wait_until
+from tests.lab import (
+    AGENT_INSIDE,
+    SUBMIT_USER,
+    Cluster,
+    cli_agent_clusters,
+    clusters,
+    job_dir,
+    load_lab,
+    make_adapter,
+    new_tag,
+    wait_for_job,
+    wait_until,
+)
 
 pytestmark = pytest.mark.lab
 
-KINDS = os.environ.get("CONVEYOR_ADAPTERS", "rest,cli,agent").split(",")
+KINDS = os.environ.get("CONVEYOR_ADAPTERS", "rest,cli,agent,agent-cli").split(",")
 PROJECT = "EHPC-AIF-2026PG01-1147"
 ENV_DUMP = "env.dump"
 
@@ -58,9 +71,15 @@ def release_clusters() -> list[Cluster]:
     return [best[release] for release in sorted(best)]
 
 
+def kinds_on(cluster: Cluster) -> list[str]:
+    """The adapter kinds tested on ``cluster``: :data:`KINDS`, ``agent-cli`` only where such an agent runs."""
+    cli_agents = {c.name for c in cli_agent_clusters()}
+    return [kind for kind in KINDS if kind != "agent-cli" or cluster.name in cli_agents]
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "case" in metafunc.fixturenames:
-        cases = [(kind, cluster) for cluster in release_clusters() for kind in KINDS]
+        cases = [(kind, cluster) for cluster in release_clusters() for kind in kinds_on(cluster)]
         ids = [f"{kind}-{cluster.name}-{cluster.short_release}" for kind, cluster in cases]
         metafunc.parametrize("case", cases, ids=ids)
 
@@ -233,19 +252,20 @@ _PAIRS: dict[tuple[str, str], Pair] = {}
 
 
 def agent_fleet_if_needed(request: pytest.FixtureRequest, kinds: list[str]) -> AgentFleet | None:
-    """The session's agent fleet, started only when kind ``agent`` is among ``kinds``."""
-    return request.getfixturevalue("agent_fleet") if "agent" in kinds else None
+    """The session's agent fleet, started only when an agent kind is among ``kinds``."""
+    return request.getfixturevalue("agent_fleet") if set(kinds) & set(AGENT_INSIDE) else None
 
 
 @contextlib.asynccontextmanager
 async def open_adapter(kind: str, cluster: Cluster, fleet: AgentFleet | None) -> AsyncIterator[SlurmAdapter]:
-    """The adapter of ``kind`` for ``cluster``; kind ``agent`` is the broker's AgentAdapter on ``fleet``."""
+    """The adapter of ``kind`` for ``cluster``; an agent kind is the broker's AgentAdapter on ``fleet``."""
     async with contextlib.AsyncExitStack() as stack:
-        if kind == "agent":
+        if kind in AGENT_INSIDE:
             assert fleet is not None
-            fleet.wait_connected(cluster.name)
+            factory_id = fleet.factory_id(cluster, AGENT_INSIDE[kind])
+            fleet.wait_connected(factory_id)
             link = await stack.enter_async_context(fleet.link())
-            adapter: SlurmAdapter = link.adapter(cluster.name, fleet.adapter_config(cluster))
+            adapter: SlurmAdapter = link.adapter(factory_id, fleet.adapter_config(cluster))
         else:
             adapter = make_adapter(kind, cluster)
         stack.push_async_callback(adapter.aclose)
@@ -415,17 +435,18 @@ async def end_case(cluster: Cluster, ending: str, fleet: AgentFleet | None) -> l
     )
     rendered = broker_rendering(cluster, spec)
     opened = contextlib.AsyncExitStack()
-    adapters = {kind: await opened.enter_async_context(open_adapter(kind, cluster, fleet)) for kind in KINDS}
+    kinds = kinds_on(cluster)
+    adapters = {kind: await opened.enter_async_context(open_adapter(kind, cluster, fleet)) for kind in kinds}
     ids: dict[str, int] = {}
     twin_id = 0
     try:
         ids = {kind: await adapter.submit(rendered, SUBMIT_USER) for kind, adapter in adapters.items()}
         twin_id = submit_twin(cluster, rendered, spec)
-        reader = adapters[KINDS[0]]
+        reader = adapters[kinds[0]]
         if ending == "cancelled":
             for kind, adapter in adapters.items():
                 await wait_for_job(adapter, ids[kind], {SlurmJobState.RUNNING}, timeout_s=120)
-                await adapter.cancel(ids[kind], SUBMIT_USER, tag=rendered.tag if kind == "agent" else None)
+                await adapter.cancel(ids[kind], SUBMIT_USER, tag=rendered.tag if kind in AGENT_INSIDE else None)
             await wait_for_job(reader, twin_id, {SlurmJobState.RUNNING}, timeout_s=120)
             cancel_twin(cluster, twin_id)
         records = {
@@ -473,4 +494,4 @@ async def test_every_end_is_the_twins(request: pytest.FixtureRequest) -> None:
         assert result["slurm"] == result["twin"], result
         assert result["slurm"][1] == SLURM_SAYS[result["ending"]], result
     assert {result["release"] for result in results} >= {"22.05", "24.11", "26.05"}
-    assert len(results) == len(lab) * len(KINDS) * len(ENDINGS)
+    assert len(results) == sum(len(kinds_on(cluster)) for cluster in lab) * len(ENDINGS)

@@ -32,17 +32,18 @@ AUDIENCE = "conveyor"  # the broker's default audience for agent (and Antenna) a
 def agent_factories_file(
     lab_factories: Path, clusters: dict[str, str], directory: Path, *, order_timeout_s: float | None = None
 ) -> Path:
-    """A copy of the lab's Factory file with only the Factories in ``clusters`` (Factory id -> cluster name),
-    each reached through its agent: no URL, no key, nothing the broker could reach Slurm with. ``order_timeout_s``
-    (the agent adapter's ``timeout_s``) sets the Factory's submit window: it + SUBMIT_SLACK_S."""
+    """A Factory file of the Factories in ``clusters`` (Factory id -> cluster name), each the lab's Factory of
+    that cluster under the given id, reached through its agent: no URL, no key, nothing the broker could reach
+    Slurm with. ``order_timeout_s`` (the agent adapter's ``timeout_s``) sets the Factory's submit window: it +
+    SUBMIT_SLACK_S."""
     extra = {} if order_timeout_s is None else {"timeout_s": order_timeout_s}
-    document = json.loads(lab_factories.read_text())
-    kept = []
-    for entry in document["factories"]:
-        if entry["id"] in clusters:
-            kept.append({**entry, "adapter": {"kind": "agent", "cluster": clusters[entry["id"]], **extra}})
-    missing = set(clusters) - {entry["id"] for entry in kept}
+    lab = {entry["id"]: entry for entry in json.loads(lab_factories.read_text())["factories"]}
+    missing = set(clusters.values()) - set(lab)
     assert not missing, f"the lab's Factory file {lab_factories} lacks {sorted(missing)}"
+    kept = [
+        {**lab[cluster], "id": factory_id, "adapter": {"kind": "agent", "cluster": cluster, **extra}}
+        for factory_id, cluster in clusters.items()
+    ]
     path = directory / "factories.json"
     path.write_text(json.dumps({"factories": kept}, indent=2))
     return path
@@ -69,6 +70,7 @@ class AgentProcess:
     broker_url: str
     kid: str = "lab-agent-1"
     site_users: tuple[str, ...] = ("alice", "bob")
+    inside: str = "rest"  # the adapter the agent runs at the site: rest or cli (the lab's config of that kind)
     process: subprocess.Popen[bytes] | None = None
     incarnation: int = 0
     logs: list[Path] = field(default_factory=list)
@@ -110,7 +112,7 @@ class AgentProcess:
             "pause_file": str(self.pause_file),
             "concurrency": 16,
             "shutdown_grace_s": 20,
-            "adapter": config_to_dict(adapter_config("rest", self.cluster)),
+            "adapter": config_to_dict(adapter_config(self.inside, self.cluster)),
         }
 
     @property
