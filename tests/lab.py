@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -56,6 +57,13 @@ def cli_agent_clusters() -> list[Cluster]:
         if cluster.short_release in CLI_IN_AGENT_RELEASES:
             first.setdefault(cluster.short_release, cluster)
     return list(first.values())
+
+
+def kinds_on(kinds: Sequence[str], cluster: Cluster) -> list[str]:
+    """The adapter kinds of ``kinds`` the adapter tests run on ``cluster``: ``agent-cli`` only where such an agent
+    runs (:func:`cli_agent_clusters`)."""
+    cli_agents = {c.name for c in cli_agent_clusters()}
+    return [kind for kind in kinds if kind != "agent-cli" or cluster.name in cli_agents]
 
 
 def wait_until(condition: Any, timeout_s: float, what: str) -> None:

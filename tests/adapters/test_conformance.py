@@ -48,9 +48,9 @@ from tests.lab import (
     AGENT_INSIDE,
     SUBMIT_USER,
     Cluster,
-    cli_agent_clusters,
     clusters,
     job_dir,
+    kinds_on,
     make_adapter,
     new_tag,
     wait_for_job,
@@ -76,8 +76,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             if (c.raw["expendable"] or not marker("expendable_only"))
             and (c.raw["accounting"] or not marker("accounting_only"))
         ]
-        cli_agents = {c.name for c in cli_agent_clusters()}
-        cases = [(kind, c) for c in wanted for kind in KINDS if kind != "agent-cli" or c.name in cli_agents]
+        cases = [(kind, c) for c in wanted for kind in kinds_on(KINDS, c)]
         ids = [f"{kind}-{c.name}-{c.short_release}" for kind, c in cases]
         metafunc.parametrize("case", cases, ids=ids)
 

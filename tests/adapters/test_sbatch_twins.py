@@ -42,9 +42,9 @@ from tests.lab import (
     AGENT_INSIDE,
     SUBMIT_USER,
     Cluster,
-    cli_agent_clusters,
     clusters,
     job_dir,
+    kinds_on,
     load_lab,
     make_adapter,
     new_tag,
@@ -71,15 +71,9 @@ def release_clusters() -> list[Cluster]:
     return [best[release] for release in sorted(best)]
 
 
-def kinds_on(cluster: Cluster) -> list[str]:
-    """The adapter kinds tested on ``cluster``: :data:`KINDS`, ``agent-cli`` only where such an agent runs."""
-    cli_agents = {c.name for c in cli_agent_clusters()}
-    return [kind for kind in KINDS if kind != "agent-cli" or cluster.name in cli_agents]
-
-
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "case" in metafunc.fixturenames:
-        cases = [(kind, cluster) for cluster in release_clusters() for kind in kinds_on(cluster)]
+        cases = [(kind, cluster) for cluster in release_clusters() for kind in kinds_on(KINDS, cluster)]
         ids = [f"{kind}-{cluster.name}-{cluster.short_release}" for kind, cluster in cases]
         metafunc.parametrize("case", cases, ids=ids)
 
@@ -435,7 +429,7 @@ async def end_case(cluster: Cluster, ending: str, fleet: AgentFleet | None) -> l
     )
     rendered = broker_rendering(cluster, spec)
     opened = contextlib.AsyncExitStack()
-    kinds = kinds_on(cluster)
+    kinds = kinds_on(KINDS, cluster)
     adapters = {kind: await opened.enter_async_context(open_adapter(kind, cluster, fleet)) for kind in kinds}
     ids: dict[str, int] = {}
     twin_id = 0
@@ -494,4 +488,4 @@ async def test_every_end_is_the_twins(request: pytest.FixtureRequest) -> None:
         assert result["slurm"] == result["twin"], result
         assert result["slurm"][1] == SLURM_SAYS[result["ending"]], result
     assert {result["release"] for result in results} >= {"22.05", "24.11", "26.05"}
-    assert len(results) == sum(len(kinds_on(cluster)) for cluster in lab) * len(ENDINGS)
+    assert len(results) == sum(len(kinds_on(KINDS, cluster)) for cluster in lab) * len(ENDINGS)
