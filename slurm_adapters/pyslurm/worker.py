@@ -65,7 +65,8 @@ def load_pyslurm(environ: MutableMapping[str, str], module_name: str = "pyslurm"
 
     A missing config is refused first: libslurm would call fatal() and exit without a word on the wire.
     The variables go afterwards because pyslurm copies each SLURM_* variable of this process into every job
-    it submits, even with an explicit environment; slurm_init has already read what it needs.
+    it submits, even with an explicit environment; slurm_init has already read what it needs. A job that names
+    no profile is submitted as sbatch submits it (:func:`profile_unset_as_sbatch`).
     """
     conf = environ.get("SLURM_CONF")
     if not conf or not Path(conf).is_file():
@@ -76,7 +77,33 @@ def load_pyslurm(environ: MutableMapping[str, str], module_name: str = "pyslurm"
         raise SiteError(f"pyslurm cannot be imported here: {error}") from error
     for name in [name for name in environ if name.startswith("SLURM_")]:
         del environ[name]
+    profile_unset_as_sbatch(module_name)
     return module
+
+
+PROFILE_NOT_SET = 0  # ACCT_GATHER_PROFILE_NOT_SET: what sbatch sends without --profile (the site's default)
+
+
+def profile_unset_as_sbatch(module_name: str) -> bool:
+    """Make pyslurm send "profile not set" for a job that names no profile types; True if it had to.
+
+    pyslurm 25.11 converts no profile types to NO_VAL (0xfffffffe), which slurmctld reads as a bit field:
+    Energy, Lustre, Network and Task profiling asked for, SLURM_PROFILE set in the job. Its submission module
+    looks the converter up among its globals at each call, so the one bound there is wrapped.
+    """
+    try:
+        submission = importlib.import_module(f"{module_name}.core.job.submission")
+    except ImportError:
+        return False  # another pyslurm layout (or a stand-in): nothing to correct
+    convert = getattr(submission, "acctg_profile_list_to_int", None)
+    if convert is None or convert(None) == PROFILE_NOT_SET:
+        return False
+
+    def types_or_not_set(types: object) -> int:
+        return int(convert(types)) if types else PROFILE_NOT_SET
+
+    setattr(submission, "acctg_profile_list_to_int", types_or_not_set)  # noqa: B010 (a module of no stubs)
+    return True
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from slurm_adapters.errors import (
 )
 from slurm_adapters.pyslurm.mapping import submit_kwargs
 from slurm_adapters.pyslurm.protocol import decode_response, encode_request
-from slurm_adapters.pyslurm.worker import Operations, load_pyslurm
+from slurm_adapters.pyslurm.worker import PROFILE_NOT_SET, Operations, load_pyslurm, profile_unset_as_sbatch
 from slurm_adapters.records import SlurmJobSpec, SlurmJobState
 
 NOW = 1_795_600_000
@@ -382,3 +382,28 @@ def test_load_pyslurm_refuses_a_missing_config_and_drops_slurm_variables(tmp_pat
     assert environ == {"PATH": "/bin"}
     with pytest.raises(SiteError, match="cannot be imported"):
         load_pyslurm({"SLURM_CONF": str(conf)}, module_name="no_such_module_for_conveyor")
+
+
+def test_no_profile_types_are_sent_as_not_set_where_pyslurm_would_send_no_val(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in of pyslurm's layout with its converter (unset -> NO_VAL) is corrected; named types are kept."""
+    package = tmp_path / "fake_pyslurm_profile"
+    (package / "core" / "job").mkdir(parents=True)
+    for directory in (package, package / "core", package / "core" / "job"):
+        (directory / "__init__.py").write_text("")
+    (package / "core" / "job" / "submission.py").write_text(
+        "def acctg_profile_list_to_int(types):\n"
+        "    return 0xFFFFFFFE if not types else {'task': 4, 'energy': 2}[types]\n"
+        "def submitted_profile(types):\n"
+        "    return acctg_profile_list_to_int(types)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert profile_unset_as_sbatch("fake_pyslurm_profile")
+    from fake_pyslurm_profile.core.job import submission  # type: ignore[import-not-found]
+
+    assert submission.submitted_profile(None) == PROFILE_NOT_SET
+    assert submission.submitted_profile([]) == PROFILE_NOT_SET
+    assert submission.submitted_profile("task") == 4
+    assert not profile_unset_as_sbatch("fake_pyslurm_profile"), "corrected once, then left alone"
+    assert not profile_unset_as_sbatch("json"), "a module without pyslurm's layout is left alone"
