@@ -46,7 +46,8 @@ def clusters() -> list[Cluster]:
 
 
 CLI_IN_AGENT_RELEASES = ("22.05", "24.11")  # the releases whose CLI the adapter tests reach through an agent
-AGENT_INSIDE = {"agent": "rest", "agent-cli": "cli"}  # an agent kind of the adapter tests -> the adapter inside it
+# An agent kind of the adapter tests -> the adapter inside the agent.
+AGENT_INSIDE = {"agent": "rest", "agent-cli": "cli", "agent-pyslurm": "pyslurm"}
 
 
 def cli_agent_clusters() -> list[Cluster]:
@@ -59,11 +60,23 @@ def cli_agent_clusters() -> list[Cluster]:
     return list(first.values())
 
 
+def pyslurm_agent_clusters() -> list[Cluster]:
+    """The lab clusters of the root the lab built pyslurm in (delta's sid root): the adapter tests' agents with
+    pyslurm inside run there, entered with pivot_root (none if the lab has no pyslurm)."""
+    status = load_lab().get("pyslurm", {})
+    if status.get("status") not in {"built", "cached"}:
+        return []
+    return [cluster for cluster in clusters() if cluster.raw.get("chroot") == status["chroot"]]
+
+
 def kinds_on(kinds: Sequence[str], cluster: Cluster) -> list[str]:
-    """The adapter kinds of ``kinds`` the adapter tests run on ``cluster``: ``agent-cli`` only where such an agent
-    runs (:func:`cli_agent_clusters`)."""
-    cli_agents = {c.name for c in cli_agent_clusters()}
-    return [kind for kind in kinds if kind != "agent-cli" or cluster.name in cli_agents]
+    """The adapter kinds of ``kinds`` the adapter tests run on ``cluster``: ``agent-cli`` and ``agent-pyslurm``
+    only where such an agent runs (:func:`cli_agent_clusters`, :func:`pyslurm_agent_clusters`)."""
+    where = {
+        "agent-cli": {c.name for c in cli_agent_clusters()},
+        "agent-pyslurm": {c.name for c in pyslurm_agent_clusters()},
+    }
+    return [kind for kind in kinds if kind not in where or cluster.name in where[kind]]
 
 
 def wait_until(condition: Any, timeout_s: float, what: str) -> None:

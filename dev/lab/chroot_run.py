@@ -9,6 +9,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 INSIDE_REPO = "/src"
+INSIDE_LAB_JSON = "/slurmlab/lab.json"  # the chroot's own view of the lab (dev/LAB-DESCRIPTION.md)
 
 
 @contextlib.contextmanager
@@ -32,7 +33,7 @@ def run_python(
         "HOME": "/root",
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONPATH": INSIDE_REPO,
-        "CONVEYOR_LAB_JSON": "/slurmlab/lab.json",
+        "CONVEYOR_LAB_JSON": INSIDE_LAB_JSON,
         **extra_env,
     }
     with repo_mounted(chroot):

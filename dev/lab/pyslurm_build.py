@@ -11,7 +11,9 @@ Nothing outside dev/lab and the lab's conformance run may rely on it.
 module uses the standard library only. It is idempotent: a marker file in the venv records what was built
 from what, and a re-run that matches it returns "cached" without starting a process. The venv
 (/opt/conveyor-venv inside the chroot) also holds pytest and friends, so the conformance tests can run in
-the chroot against the repository bind-mounted at /src; the project itself is not installed there.
+the chroot against the repository bind-mounted at /src, and the agent's dependencies (read from
+agent/pyproject.toml), so that ``python -m agent`` runs there with the pyslurm adapter inside; the project itself
+is not installed there. A change of those packages alone is installed into the existing venv (no rebuild).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +39,17 @@ CACHE = "/var/cache/conveyor-pyslurm"  # inside the chroot: sdist, extracted tre
 MARKER = f"{VENV}/conveyor-pyslurm.json"
 # Test runner and the project's one runtime dependency (pins as in pyproject.toml), so that the
 # conformance module can import slurm_adapters from /src and run under pytest inside the chroot.
-EXTRA_PACKAGES = ("pytest>=8,<10", "pytest-asyncio>=0.24,<2", "pytest-timeout>=2.3,<3", "httpx>=0.27,<1")
+TEST_PACKAGES = ("pytest>=8,<10", "pytest-asyncio>=0.24,<2", "pytest-timeout>=2.3,<3", "httpx>=0.27,<1")
+AGENT_PYPROJECT = Path(__file__).resolve().parents[2] / "agent" / "pyproject.toml"
+
+
+def agent_packages() -> tuple[str, ...]:
+    """The conveyor-agent distribution's runtime dependencies, as its pyproject.toml pins them."""
+    with AGENT_PYPROJECT.open("rb") as handle:
+        return tuple(tomllib.load(handle)["project"]["dependencies"])
+
+
+EXTRA_PACKAGES = (*TEST_PACKAGES, *agent_packages())
 # What pyslurm's setup.py needs when built without build isolation (pyproject's build-system.requires).
 BUILD_PACKAGES = ("Cython>=0.29.37", "setuptools>=59.2.0", "wheel>=0.37.0", "packaging>=21.3")
 # Variables passed from the host into chroot commands; everything else is dropped (the host's pip
@@ -241,17 +254,38 @@ def _wanted(release: str, python: str, recipe: Recipe) -> dict[str, object]:
     }
 
 
-def _cached(chroot: Path, wanted: Mapping[str, object]) -> bool:
-    marker = _inside(chroot, MARKER)
+def _recorded(chroot: Path) -> dict[str, object] | None:
+    """What the marker says was built, if the venv still holds pyslurm."""
     try:
-        recorded = json.loads(marker.read_text())
+        recorded = json.loads(_inside(chroot, MARKER).read_text())
     except (FileNotFoundError, ValueError):
-        return False
-    return (
-        recorded.get("wanted") == dict(wanted)
-        and _inside(chroot, f"{VENV}/bin/python").exists()
-        and any(_inside(chroot, f"{VENV}/lib").glob("python*/site-packages/pyslurm/__init__.py"))
+        return None
+    built = _inside(chroot, f"{VENV}/bin/python").exists() and any(
+        _inside(chroot, f"{VENV}/lib").glob("python*/site-packages/pyslurm/__init__.py")
     )
+    return recorded if built and isinstance(recorded.get("wanted"), dict) else None
+
+
+def _cached(chroot: Path, wanted: Mapping[str, object]) -> bool:
+    recorded = _recorded(chroot)
+    return recorded is not None and recorded["wanted"] == dict(wanted)
+
+
+def _only_extras_differ(chroot: Path, wanted: Mapping[str, object]) -> bool:
+    """The venv holds the wanted pyslurm build, and only its extra packages changed."""
+    recorded = _recorded(chroot)
+    if recorded is None:
+        return False
+    old = dict(recorded["wanted"])  # type: ignore[call-overload]
+    return {**old, "extra_packages": wanted["extra_packages"]} == dict(wanted)
+
+
+def _add_extras(chroot: Path, wanted: Mapping[str, object], log: Path) -> None:
+    """Install the extra packages into the existing venv and record them in the marker."""
+    _Runner(chroot, log)([f"{VENV}/bin/python", "-m", "pip", "install", "--no-cache-dir", *EXTRA_PACKAGES])
+    marker = _inside(chroot, MARKER)
+    recorded = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**recorded, "wanted": dict(wanted)}, indent=2) + "\n")
 
 
 def _copy_ca_bundle(chroot: Path) -> None:
@@ -355,22 +389,31 @@ def ensure_pyslurm(chroot: Path) -> PyslurmBuild:
     if isinstance(plan, PyslurmBuild):
         return plan
     release, recipe, python = plan
-    venv_python = f"{VENV}/bin/python"
     wanted = _wanted(release, python, recipe)
     if _cached(chroot, wanted):
-        return PyslurmBuild("cached", recipe.why, release, venv_python)
-
-    log = _inside(chroot, f"{CACHE}/build.log")
+        return PyslurmBuild("cached", recipe.why, release, f"{VENV}/bin/python")
     with _locked(_inside(chroot, f"{CACHE}/lock")):
-        if _cached(chroot, wanted):  # another process built it while this one waited
-            return PyslurmBuild("cached", recipe.why, release, venv_python)
+        return _build_or_extend(chroot, release, recipe, python, wanted)
+
+
+def _build_or_extend(
+    chroot: Path, release: str, recipe: Recipe, python: str, wanted: Mapping[str, object]
+) -> PyslurmBuild:
+    """Under the build lock: nothing to do, only the extra packages to add, or the whole build."""
+    venv_python = f"{VENV}/bin/python"
+    log = _inside(chroot, f"{CACHE}/build.log")
+    if _cached(chroot, wanted):  # another process built it while this one waited
+        return PyslurmBuild("cached", recipe.why, release, venv_python)
+    started = time.monotonic()
+    try:
+        if _only_extras_differ(chroot, wanted):
+            _add_extras(chroot, wanted, log)
+            return PyslurmBuild("built", f"{recipe.why}; extra packages added (log: {log})", release, venv_python)
         log.write_text(f"# pyslurm {recipe.pyslurm} for Slurm {release}, Python {python}: {recipe.why}\n")
-        started = time.monotonic()
-        try:
-            _build(chroot, recipe, wanted, log)
-        except BuildFailed as error:
-            return PyslurmBuild("failed", f"{error}\n(full log: {log})", release, None)
-        seconds = time.monotonic() - started
+        _build(chroot, recipe, wanted, log)
+    except BuildFailed as error:
+        return PyslurmBuild("failed", f"{error}\n(full log: {log})", release, None)
+    seconds = time.monotonic() - started
     return PyslurmBuild("built", f"{recipe.why}; built in {seconds:.0f} s (log: {log})", release, venv_python)
 
 

@@ -28,7 +28,7 @@ from broker.agents.link import AgentLink
 from broker.agents.timings import AgentTimings
 from broker.db.engine import create_database
 from broker.db.migrate import upgrade
-from dev.lab.view import Cluster, lab_json_path
+from dev.lab.view import Cluster, lab_json_path, read_lab
 from slurm_adapters.factory import AgentConfig
 from tests.agentlink.harness import AgentProcess, agent_factories_file, register_agent_keys
 from tests.faults.harness import TOKEN, BrokerProcess, poll_until
@@ -124,20 +124,21 @@ def factory_of(cluster: Cluster, inside: str) -> str:
     return cluster.name if inside == "rest" else f"{cluster.name}-{inside}"
 
 
-def start_fleet(clusters: list[Cluster], cli_clusters: list[Cluster]) -> AgentFleet:
-    """Start the broker (as nobody), one agent with slurmrestd inside per cluster and one with the CLI inside per
-    cluster of ``cli_clusters``; return once every agent holds its lease. A start that fails stops what it
-    started and removes its directory."""
+def start_fleet(clusters: list[Cluster], cli_clusters: list[Cluster], pyslurm_clusters: list[Cluster]) -> AgentFleet:
+    """Start the broker (as nobody), one agent with slurmrestd inside per cluster, one with the CLI inside per
+    cluster of ``cli_clusters`` and one with pyslurm inside per cluster of ``pyslurm_clusters`` (in the cluster's
+    root, entered with pivot_root); return once every agent holds its lease. A start that fails stops what it
+    started and removes its directories."""
     directory = Path(tempfile.mkdtemp(prefix="conveyor-agent-conformance-"))
     wanted = [(c, "rest") for c in clusters] + [(c, "cli") for c in cli_clusters]
+    wanted += [(c, "pyslurm") for c in pyslurm_clusters]
     fleet: AgentFleet | None = None
     try:
         fleet = _prepare(directory, {factory_of(c, inside): c.name for c, inside in wanted})
         fleet.broker.start()
         for cluster, inside in wanted:
             factory_id = factory_of(cluster, inside)
-            agent = AgentProcess(directory / f"agent-{factory_id}", cluster, factory_id, fleet.broker.base_url,
-                                 inside=inside)  # fmt: skip
+            agent = _agent(directory, cluster, factory_id, fleet.broker.base_url, inside)
             agent.workdir.chmod(0o700)  # the agent's private key: root's alone
             register_agent_keys(fleet.broker, factory_id, agent.public_jwks)
             agent.start()
@@ -147,9 +148,22 @@ def start_fleet(clusters: list[Cluster], cli_clusters: list[Cluster]) -> AgentFl
     except BaseException:
         if fleet is not None:
             fleet.stop()
+            remove_fleet(fleet)
         shutil.rmtree(directory, ignore_errors=True)
         raise
     return fleet
+
+
+def _agent(directory: Path, cluster: Cluster, factory_id: str, broker_url: str, inside: str) -> AgentProcess:
+    """An agent's process and files: in the fleet's directory, or for pyslurm in the cluster's root (the lab's
+    pyslurm venv there, the root entered with pivot_root), where the agent's files must be for it to see them."""
+    if inside != "pyslurm":
+        return AgentProcess(directory / f"agent-{factory_id}", cluster, factory_id, broker_url, inside=inside)
+    status = read_lab().get("pyslurm", {})
+    root = Path(status["chroot"])
+    workdir = Path(tempfile.mkdtemp(prefix=f"conveyor-agent-{factory_id}-", dir=root / "tmp"))
+    return AgentProcess(workdir, cluster, factory_id, broker_url, inside=inside, root=root,
+                        python=status["venv_python"])  # fmt: skip
 
 
 def _prepare(directory: Path, factories: dict[str, str]) -> AgentFleet:
@@ -179,4 +193,7 @@ def _prepare(directory: Path, factories: dict[str, str]) -> AgentFleet:
 
 
 def remove_fleet(fleet: AgentFleet) -> None:
+    """The fleet's directory and every agent's (those in a cluster's root lie outside it)."""
+    for agent in fleet.agents.values():
+        shutil.rmtree(agent.workdir, ignore_errors=True)
     shutil.rmtree(fleet.directory, ignore_errors=True)

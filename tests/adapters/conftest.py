@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.lab import cli_agent_clusters, clusters
+from tests.lab import cli_agent_clusters, clusters, pyslurm_agent_clusters
 
 if TYPE_CHECKING:
     from tests.adapters.agent_fleet import AgentFleet
@@ -19,12 +19,13 @@ if TYPE_CHECKING:
 
 @pytest.fixture(scope="session")
 def agent_fleet() -> Iterator[AgentFleet]:
-    """A broker (as nobody), one agent with slurmrestd inside per lab cluster and one with the CLI inside per
-    cluster of :func:`~tests.lab.cli_agent_clusters`, started on first use and stopped by PID at the end of the
+    """A broker (as nobody), one agent with slurmrestd inside per lab cluster, one with the CLI inside per
+    cluster of :func:`~tests.lab.cli_agent_clusters` and one with pyslurm inside per cluster of
+    :func:`~tests.lab.pyslurm_agent_clusters`, started on first use and stopped by PID at the end of the
     session; its files (logs, database, keys) are removed then."""
     from tests.adapters.agent_fleet import remove_fleet, start_fleet
 
-    fleet = start_fleet(clusters(), cli_agent_clusters())
+    fleet = start_fleet(clusters(), cli_agent_clusters(), pyslurm_agent_clusters())
     try:
         yield fleet
     finally:

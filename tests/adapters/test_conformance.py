@@ -64,7 +64,7 @@ pytestmark = pytest.mark.lab
 
 OTHER_USER = "bob"  # the lab's second person: a user the site policy accepts, but not the job's owner
 
-KINDS = os.environ.get("CONVEYOR_ADAPTERS", "rest,cli,agent,agent-cli").split(",")
+KINDS = os.environ.get("CONVEYOR_ADAPTERS", "rest,cli,agent,agent-cli,agent-pyslurm").split(",")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

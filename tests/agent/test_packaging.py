@@ -42,4 +42,5 @@ def test_the_distribution_lists_every_package_it_needs() -> None:
     assert config["tool"]["setuptools"]["package-dir"] == {"agent": ".", "slurm_adapters": "../slurm_adapters"}
     dependencies = {line.split(">")[0].split("[")[0] for line in config["project"]["dependencies"]}
     assert dependencies == {"httpx", "pydantic", "pyjwt", "pyyaml", "sniffio"}
+    assert config["project"]["optional-dependencies"] == {"pyslurm": ["pyslurm>=22.5"]}
     assert config["project"]["scripts"] == {"conveyor-agent": "agent.__main__:main"}

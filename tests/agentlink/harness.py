@@ -22,7 +22,9 @@ import httpx
 import yaml
 
 from agent.keys import generate_jwk, public_jwk, write_private_jwk
-from dev.lab.view import Cluster, adapter_config
+from dev.lab.chroot_run import INSIDE_LAB_JSON, INSIDE_REPO
+from dev.lab.pivot_root import enter_root_argv, inside_path
+from dev.lab.view import Cluster, adapter_config, clusters_of, read_lab
 from slurm_adapters.factory import config_to_dict
 from tests.faults.harness import REPO, TOKEN, BrokerProcess
 
@@ -70,7 +72,11 @@ class AgentProcess:
     broker_url: str
     kid: str = "lab-agent-1"
     site_users: tuple[str, ...] = ("alice", "bob")
-    inside: str = "rest"  # the adapter the agent runs at the site: rest or cli (the lab's config of that kind)
+    inside: str = "rest"  # the adapter the agent runs at the site: rest, cli or pyslurm (the lab's config of that kind)
+    # The tree the agent runs in (pivot_root, dev/lab/pivot_root.py) with ``python``, or None for the host's own
+    # interpreter: pyslurm runs only in the sid root, where the lab built it. ``workdir`` must then lie under it.
+    root: Path | None = None
+    python: str = sys.executable
     process: subprocess.Popen[bytes] | None = None
     incarnation: int = 0
     logs: list[Path] = field(default_factory=list)
@@ -99,6 +105,19 @@ class AgentProcess:
     def pause_file(self) -> Path:
         return self.workdir / "paused"
 
+    def seen(self, path: Path) -> str:
+        """``path`` (on the host) as the agent sees it."""
+        return str(path) if self.root is None else inside_path(self.root, path)
+
+    def site_cluster(self) -> Cluster:
+        """The cluster as the agent sees it: the lab's host view, or the root's own lab.json."""
+        if self.root is None:
+            return self.cluster
+        [inside] = [
+            c for c in clusters_of(read_lab(self.root / INSIDE_LAB_JSON.lstrip("/"))) if c.name == self.cluster.name
+        ]
+        return inside
+
     def policy(self) -> dict[str, Any]:
         return {"site_users": list(self.site_users), "rules": [{"users": ["*"]}]}
 
@@ -107,12 +126,12 @@ class AgentProcess:
             "broker_url": self.broker_url,
             "factory": self.factory_id,
             "audience": AUDIENCE,
-            "key_file": str(self.key_file),
-            "policy_file": str(self.policy_file),
-            "pause_file": str(self.pause_file),
+            "key_file": self.seen(self.key_file),
+            "policy_file": self.seen(self.policy_file),
+            "pause_file": self.seen(self.pause_file),
             "concurrency": 16,
             "shutdown_grace_s": 20,
-            "adapter": config_to_dict(adapter_config(self.inside, self.cluster)),
+            "adapter": config_to_dict(adapter_config(self.inside, self.site_cluster())),
         }
 
     @property
@@ -128,15 +147,16 @@ class AgentProcess:
         self.incarnation += 1
         log = self.workdir / f"agent-{self.incarnation}.log"
         self.logs.append(log)
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}, **(env or {})}
+        argv = [self.python, "-m", "agent", "run", "--config", self.seen(self.config_file)]
+        if self.root is None:
+            inherited = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+            cwd = REPO
+        else:  # a clean environment: the host's paths mean nothing in the root
+            inherited = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
+                         "PYTHONPATH": INSIDE_REPO, "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
+            argv, cwd = enter_root_argv(self.root, argv), Path("/")
         with log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "--config", str(self.config_file)],
-                cwd=REPO,
-                env=env,
-                stdout=out,
-                stderr=out,
-            )
+            self.process = subprocess.Popen(argv, cwd=cwd, env={**inherited, **(env or {})}, stdout=out, stderr=out)
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
