@@ -64,9 +64,10 @@ from bench.forwarding import Run as ForwardingRun
 from bench.null_slurm import NullSlurmAgent
 from broker.db.migrate import upgrade
 from broker.settings import Settings
+from dev.lab.agents import AUDIENCE
 from dev.lab.view import Cluster, clusters_of, job_dir, make_adapter, read_lab
 from slurm_adapters.interface import SlurmAdapter
-from tests.agentlink.harness import AUDIENCE, AgentProcess, register_agent_keys
+from tests.agentlink.harness import AgentProcess, register_agent_keys
 from tests.faults.harness import PROJECT, BrokerProcess
 
 CLUSTER = "echo"  # the lab's expendable cluster: the default one (``--cluster``) this benchmark submits to

@@ -22,13 +22,9 @@ import httpx
 import yaml
 
 from agent.keys import generate_jwk, public_jwk, write_private_jwk
-from dev.lab.chroot_run import INSIDE_LAB_JSON, INSIDE_REPO
-from dev.lab.pivot_root import enter_root_argv, inside_path
-from dev.lab.view import Cluster, adapter_config, clusters_of, read_lab
-from slurm_adapters.factory import config_to_dict
+from dev.lab.agents import AgentSite, agent_factory_entries
+from dev.lab.view import Cluster
 from tests.faults.harness import REPO, TOKEN, BrokerProcess
-
-AUDIENCE = "conveyor"  # the broker's default audience for agent (and Antenna) assertions
 
 
 def agent_factories_file(
@@ -39,15 +35,8 @@ def agent_factories_file(
     Slurm with. ``order_timeout_s`` (the agent adapter's ``timeout_s``) sets the Factory's submit window: it +
     SUBMIT_SLACK_S."""
     extra = {} if order_timeout_s is None else {"timeout_s": order_timeout_s}
-    lab = {entry["id"]: entry for entry in json.loads(lab_factories.read_text())["factories"]}
-    missing = set(clusters.values()) - set(lab)
-    assert not missing, f"the lab's Factory file {lab_factories} lacks {sorted(missing)}"
-    kept = [
-        {**lab[cluster], "id": factory_id, "adapter": {"kind": "agent", "cluster": cluster, **extra}}
-        for factory_id, cluster in clusters.items()
-    ]
     path = directory / "factories.json"
-    path.write_text(json.dumps({"factories": kept}, indent=2))
+    path.write_text(json.dumps({"factories": agent_factory_entries(lab_factories, clusters, **extra)}, indent=2))
     return path
 
 
@@ -105,34 +94,15 @@ class AgentProcess:
     def pause_file(self) -> Path:
         return self.workdir / "paused"
 
-    def seen(self, path: Path) -> str:
-        """``path`` (on the host) as the agent sees it."""
-        return str(path) if self.root is None else inside_path(self.root, path)
-
-    def site_cluster(self) -> Cluster:
-        """The cluster as the agent sees it: the lab's host view, or the root's own lab.json."""
-        if self.root is None:
-            return self.cluster
-        [inside] = [
-            c for c in clusters_of(read_lab(self.root / INSIDE_LAB_JSON.lstrip("/"))) if c.name == self.cluster.name
-        ]
-        return inside
+    @property
+    def site(self) -> AgentSite:
+        return AgentSite(self.cluster, self.inside, self.root, self.python)
 
     def policy(self) -> dict[str, Any]:
         return {"site_users": list(self.site_users), "rules": [{"users": ["*"]}]}
 
     def config(self) -> dict[str, Any]:
-        return {
-            "broker_url": self.broker_url,
-            "factory": self.factory_id,
-            "audience": AUDIENCE,
-            "key_file": self.seen(self.key_file),
-            "policy_file": self.seen(self.policy_file),
-            "pause_file": self.seen(self.pause_file),
-            "concurrency": 16,
-            "shutdown_grace_s": 20,
-            "adapter": config_to_dict(adapter_config(self.inside, self.site_cluster())),
-        }
+        return self.site.config(self.broker_url, self.factory_id, self.workdir, concurrency=16, shutdown_grace_s=20)
 
     @property
     def pid(self) -> int:
@@ -147,16 +117,11 @@ class AgentProcess:
         self.incarnation += 1
         log = self.workdir / f"agent-{self.incarnation}.log"
         self.logs.append(log)
-        argv = [self.python, "-m", "agent", "run", "--config", self.seen(self.config_file)]
-        if self.root is None:
-            inherited = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-            cwd = REPO
-        else:  # a clean environment: the host's paths mean nothing in the root
-            inherited = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
-                         "PYTHONPATH": INSIDE_REPO, "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
-            argv, cwd = enter_root_argv(self.root, argv), Path("/")
+        site = self.site
         with log.open("wb") as out:
-            self.process = subprocess.Popen(argv, cwd=cwd, env={**inherited, **(env or {})}, stdout=out, stderr=out)
+            self.process = subprocess.Popen(site.argv(self.config_file), cwd=REPO if site.root is None else "/",
+                                            env={**site.environment(os.environ), **(env or {})},
+                                            stdout=out, stderr=out)  # fmt: skip
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
