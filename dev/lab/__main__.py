@@ -15,6 +15,7 @@ import time
 from dev import postgres
 from dev.lab import accounting, cluster, commands, describe, factories_config, install, procs
 from dev.lab.layout import ClusterLayout, all_chroots, host_suite, lab_root, layout
+from dev.lab.pivot_root import install_enter_script
 from dev.lab.pyslurm_build import ensure_pyslurm
 from dev.lab.topology import CLUSTERS, chroot_suites
 
@@ -55,6 +56,7 @@ def cmd_start(*, skip_pyslurm: bool) -> None:
     t0 = time.monotonic()
     cmd_install()
     t_install = time.monotonic() - t0
+    install_enter_script(lab_root())  # the chroot clusters' exec prefix
     sites = _sites()
     releases: list[tuple[ClusterLayout, str]] = []
     for site in sites:

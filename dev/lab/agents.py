@@ -91,7 +91,7 @@ class AgentSite:
 
     def argv(self, config_file: Path) -> list[str]:
         run = [self.python, "-m", "agent", "run", "--config", self.seen(config_file)]
-        return run if self.root is None else enter_root_argv(self.root, run)
+        return run if self.root is None else enter_root_argv(Path(read_lab()["lab_root"]), self.root, run)
 
     def environment(self, inherited: Mapping[str, str]) -> dict[str, str]:
         """The host's environment without ``CONVEYOR_*``, the repository first on the path; in a root a clean one

@@ -12,6 +12,7 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
+from dev.lab.pivot_root import enter_prefix
 from dev.lab.topology import Cluster, chroot_suites, cluster_suite
 
 DEFAULT_LAB_ROOT = Path("/var/lib/conveyor-lab")
@@ -63,7 +64,9 @@ class ClusterLayout:
 
     @property
     def exec_prefix(self) -> list[str]:
-        return [] if self.chroot is None else ["chroot", str(self.chroot)]
+        """What runs a command in the cluster's filesystem: nothing on the host; for a chroot cluster the lab's
+        ``enter-root`` (pivot_root in a private mount namespace, :mod:`dev.lab.pivot_root`), not chroot."""
+        return [] if self.chroot is None else enter_prefix(lab_root(), self.chroot)
 
     def inside(self, name: str) -> Path:
         return self.inside_dir / name

@@ -1,51 +1,83 @@
-"""Enter a lab root (the sid tree) through a private mount namespace and pivot_root instead of chroot.
+"""Enter a lab root (a chroot cluster's tree) through a private mount namespace and pivot_root, not chroot.
 
 A process whose root was set with chroot(2) may not create user namespaces (the kernel refuses them: unprivileged
 Apptainer cannot start a container there). The same tree made the root of a private mount namespace with
-pivot_root(2) can. :func:`enter_root_argv` returns the command that does it and then execs ``argv`` inside:
+pivot_root(2) can. The lab installs one small script, ``$LAB/bin/enter-root`` (:func:`install_enter_script`);
+``enter-root [--src DIR] ROOT COMMAND...``:
 
-1. ``unshare --mount --propagation private``: a mount namespace of its own; nothing it mounts leaks out, and
-   everything it mounted goes when its last process ends;
-2. the root bind-mounted (recursively, so its /proc and /dev come along) onto itself: pivot_root needs a mount;
-3. the repository bind-mounted read-only at ``/src`` (the code the lab runs there, never a copy);
-4. ``pivot_root`` into the tree, the old root unmounted (lazily): the host's files are out of reach;
-5. ``exec argv`` with the caller's environment. The PID the caller holds is argv's own (each step execs).
+1. re-executes itself under ``unshare --mount --propagation private``: a mount namespace of its own, so nothing
+   it mounts leaks out, and everything it mounted goes when its last process ends;
+2. bind-mounts the root (recursively, so its /proc and /dev come along) onto itself: pivot_root needs a mount;
+3. with ``--src``, bind-mounts DIR read-only at ``/src`` (the repository, for code the lab runs there);
+4. ``pivot_root`` into the tree and unmounts the old root (lazily): the host's files are out of reach;
+5. ``exec COMMAND`` with the caller's environment. Every step execs, so the caller's PID is COMMAND's own.
 
-Only util-linux (unshare, mount, pivot_root, umount) and /bin/sh are used, all present on Debian 12 and 13 hosts
-and in the sid tree.
+Chroot clusters' daemons and Slurm commands run behind ``[enter-root, ROOT]`` (:func:`enter_prefix`), the lab's
+pyslurm agent behind :func:`enter_root_argv`. Only util-linux and /bin/sh are used (Debian 12 and 13 hosts).
+This module uses the standard library only: ``python3 -m dev.lab`` runs it with the system Python.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from dev.lab.chroot_run import INSIDE_REPO, REPO
 
 OLD_ROOT = ".pivot-old"  # inside the root: where pivot_root puts the host's tree until it is unmounted
+_NS_MARK = "CONVEYOR_ENTER_ROOT_NS"  # set to the script's PID for its own re-execution under unshare
 
-_ENTER = f"""set -eu
-root=$1; repo=$2; inside_repo=$3; shift 3
+ENTER_SCRIPT = f"""#!/bin/sh
+# enter-root [--src DIR] ROOT COMMAND [ARG...]: COMMAND with ROOT as its root, entered through a private mount
+# namespace and pivot_root (DIR read-only at {INSIDE_REPO}). Written by the Conveyor lab (dev/lab/pivot_root.py).
+set -eu
+if [ "${{{_NS_MARK}:-}}" != "$$" ]; then
+    {_NS_MARK}=$$ exec unshare --mount --propagation private "$0" "$@"
+fi
+unset {_NS_MARK}
+src=
+if [ "${{1:-}}" = --src ]; then src=$2; shift 2; fi
+root=$1; shift
+mkdir -p "$root/{OLD_ROOT}"
 mount --rbind "$root" "$root"
-mount --bind "$repo" "$root$inside_repo"
-mount -o remount,ro,bind "$root$inside_repo"
+if [ -n "$src" ]; then
+    mkdir -p "$root{INSIDE_REPO}"
+    mount --bind "$src" "$root{INSIDE_REPO}"
+    mount -o remount,ro,bind "$root{INSIDE_REPO}"
+fi
 cd "$root"
-pivot_root . "$root/{OLD_ROOT}"
+pivot_root . "{OLD_ROOT}"
 cd /
 umount -l "/{OLD_ROOT}"
 exec "$@"
 """
 
 
-def enter_root_argv(root: Path, argv: Sequence[str], repo: Path = REPO) -> list[str]:
-    """The command that runs ``argv`` with ``root`` as its root (pivot_root in a private mount namespace) and
-    ``repo`` read-only at /src. Makes the two mount points in the tree if missing (as root, on the host)."""
-    for directory in (root / OLD_ROOT, root / INSIDE_REPO.lstrip("/")):
-        directory.mkdir(mode=0o755, exist_ok=True)
-    return [
-        "unshare", "--mount", "--propagation", "private",
-        "/bin/sh", "-c", _ENTER, "enter-root", str(root), str(repo), INSIDE_REPO, *argv,
-    ]  # fmt: skip
+def enter_script(lab_root: Path) -> Path:
+    return lab_root / "bin" / "enter-root"
+
+
+def install_enter_script(lab_root: Path) -> Path:
+    """Write the script (mode 0755) unless it is already there as this checkout would write it."""
+    path = enter_script(lab_root)
+    if not path.exists() or path.read_text() != ENTER_SCRIPT:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_text(ENTER_SCRIPT)
+        partial.chmod(0o755)
+        os.replace(partial, path)
+    return path
+
+
+def enter_prefix(lab_root: Path, root: Path) -> list[str]:
+    """The exec prefix of a command that runs inside ``root``."""
+    return [str(enter_script(lab_root)), str(root)]
+
+
+def enter_root_argv(lab_root: Path, root: Path, argv: Sequence[str], repo: Path = REPO) -> list[str]:
+    """The command that runs ``argv`` inside ``root`` with ``repo`` read-only at /src."""
+    return [str(install_enter_script(lab_root)), "--src", str(repo), str(root), *argv]
 
 
 def inside_path(root: Path, host_path: Path) -> str:

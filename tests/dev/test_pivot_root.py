@@ -32,6 +32,10 @@ def sid_root() -> Path:
     return root
 
 
+def enter(root: Path, argv: Sequence[str]) -> list[str]:
+    return enter_root_argv(Path(load_lab()["lab_root"]), root, argv)
+
+
 def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=60, check=False)
 
@@ -41,7 +45,7 @@ def _host_mounts() -> list[str]:
 
 
 def test_a_user_may_create_a_user_namespace_after_pivot_root_but_not_under_chroot(sid_root: Path) -> None:
-    entered = _run(enter_root_argv(sid_root, USERNS_AS_USER))
+    entered = _run(enter(sid_root, USERNS_AS_USER))
     assert entered.returncode == 0, entered
     assert entered.stdout.strip() == "0", entered
     chrooted = _run(["chroot", str(sid_root), *USERNS_AS_USER])
@@ -54,7 +58,7 @@ def test_the_host_is_out_of_reach_and_the_repository_read_only(sid_root: Path) -
     script = (
         f"set -e; cat /etc/debian_version; test ! -e {REPO}/pyproject.toml; test -f /src/pyproject.toml; touch /src/x"
     )
-    entered = _run(enter_root_argv(sid_root, ["sh", "-c", script]))
+    entered = _run(enter(sid_root, ["sh", "-c", script]))
     assert entered.stdout.strip().endswith("sid"), entered  # the sid tree's own file
     assert "Read-only file system" in entered.stderr, entered  # the checks before touch passed (set -e)
     assert entered.returncode != 0, entered
