@@ -80,7 +80,7 @@ class CliAdapter(SlurmAdapter):
     """One cluster through sbatch/squeue/scontrol/scancel/sinfo.
 
     ``slurm_conf`` is the path inside the cluster's filesystem; ``exec_prefix`` runs a command there
-    (``[]`` on a login node, ``["chroot", DIR]`` in the lab). ``operator_user`` is who reads jobs and
+    (``[]`` on a login node, ``[enter-root, DIR]`` in the lab). ``operator_user`` is who reads jobs and
     cluster state (None: the adapter's own identity; with PrivateData it must be root or SlurmUser).
     ``fs_root`` is the host path of the cluster's "/" for reading output files (None: unreadable).
     ``as_root`` (default: whether this process is root) runs user commands through ``runuser``; without
