@@ -56,7 +56,6 @@ def cmd_start(*, skip_pyslurm: bool) -> None:
     t0 = time.monotonic()
     cmd_install()
     t_install = time.monotonic() - t0
-    install_enter_script(lab_root())  # the chroot clusters' exec prefix
     sites = _sites()
     releases: list[tuple[ClusterLayout, str]] = []
     for site in sites:
@@ -120,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=f"{name.split('-')[0]} one cluster's slurmctld (fault tests)")
         p.add_argument("cluster")
     args = parser.parse_args(argv)
+    if args.command != "destroy":
+        install_enter_script(lab_root())  # every chroot cluster's exec prefix (dev/lab/pivot_root.py)
     if args.command == "install":
         cmd_install()
     elif args.command == "start":
