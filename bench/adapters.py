@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from dev.lab.chroot_run import run_python
 from dev.lab.commands import run_slurm
+from dev.lab.pivot_root import run_python
 from dev.lab.view import SUBMIT_USER, Cluster, clusters_of, job_dir, make_adapter, new_tag, read_lab, wait_for_job
 from slurm_adapters.errors import JobNotFound
 from slurm_adapters.interface import SlurmAdapter
@@ -209,7 +209,8 @@ def run_pyslurm_in_chroot(args: argparse.Namespace) -> int:
         print(f"pyslurm is not available in this lab: {status.get('reason') or status}")
         return 1
     inner = ["-m", "bench.adapters", "--adapters", "pyslurm", "--trials", str(args.trials), "--burst", str(args.burst)]
-    result = run_python(Path(status["chroot"]), status["venv_python"], inner, {}, timeout_s=3600)
+    lab_root = Path(read_lab()["lab_root"])
+    result = run_python(lab_root, Path(status["chroot"]), status["venv_python"], inner, extra_env={}, timeout_s=3600)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
     return result.returncode

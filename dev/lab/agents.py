@@ -28,9 +28,8 @@ import yaml
 
 from agent.keys import generate_jwk, load_signing_key, write_private_jwk
 from dev.lab import procs
-from dev.lab.chroot_run import INSIDE_LAB_JSON, INSIDE_REPO, REPO
 from dev.lab.confine import confined_argv, private_dirs
-from dev.lab.pivot_root import enter_root_argv, inside_path
+from dev.lab.pivot_root import INSIDE_LAB_JSON, INSIDE_REPO, REPO, enter_root_argv, inside_path
 from dev.lab.view import Cluster, adapter_config, clusters_of, lab_json_path, read_lab
 from slurm_adapters.factory import config_to_dict
 

@@ -12,18 +12,23 @@ pivot_root(2) can. The lab installs one small script, ``$LAB/bin/enter-root`` (:
 4. ``pivot_root`` into the tree and unmounts the old root (lazily): the host's files are out of reach;
 5. ``exec COMMAND`` with the caller's environment. Every step execs, so the caller's PID is COMMAND's own.
 
-Chroot clusters' daemons and Slurm commands run behind ``[enter-root, ROOT]`` (:func:`enter_prefix`), the lab's
-pyslurm agent behind :func:`enter_root_argv`. Only util-linux and /bin/sh are used (Debian 12 and 13 hosts).
-This module uses the standard library only: ``python3 -m dev.lab`` runs it with the system Python.
+Chroot clusters' daemons and Slurm commands run behind ``[enter-root, ROOT]`` (:func:`enter_prefix`); the lab's
+pyslurm agent and the runs of this repository's code in a root (:func:`run_python`: the pyslurm conformance
+module, the pyslurm benchmark) behind :func:`enter_root_argv`. A slurmctld such a run restarts stays in the
+root's namespace. Only util-linux and /bin/sh are used (Debian 12 and 13 hosts). This module uses the standard
+library only: ``python3 -m dev.lab`` runs it with the system Python.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from dev.lab.chroot_run import INSIDE_REPO, REPO
+REPO = Path(__file__).resolve().parents[2]
+INSIDE_REPO = "/src"  # where the repository is seen in a root entered with --src
+INSIDE_LAB_JSON = "/slurmlab/lab.json"  # a root's own view of the lab (dev/LAB-DESCRIPTION.md)
 
 OLD_ROOT = ".pivot-old"  # inside the root: where pivot_root puts the host's tree until it is unmounted
 _NS_MARK = "CONVEYOR_ENTER_ROOT_NS"  # set to the script's PID for its own re-execution under unshare
@@ -83,3 +88,27 @@ def enter_root_argv(lab_root: Path, root: Path, argv: Sequence[str], repo: Path 
 def inside_path(root: Path, host_path: Path) -> str:
     """Where a file under ``root`` (a host path) is seen from inside the root."""
     return "/" + str(host_path.relative_to(root))
+
+
+def run_python(
+    lab_root: Path, root: Path, python: str, args: Sequence[str], *, extra_env: Mapping[str, str], timeout_s: float
+) -> subprocess.CompletedProcess[str]:
+    """``python args...`` inside ``root`` with the repository on PYTHONPATH and a clean environment; output
+    captured."""
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/root",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONPATH": INSIDE_REPO,
+        "CONVEYOR_LAB_JSON": INSIDE_LAB_JSON,
+        **extra_env,
+    }
+    return subprocess.run(
+        enter_root_argv(lab_root, root, [python, *args]),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+        cwd="/",
+    )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dev.lab.chroot_run import run_python
+from dev.lab.pivot_root import run_python
 from tests.lab import load_lab
 
 pytestmark = pytest.mark.lab
@@ -32,7 +32,10 @@ def test_conformance_module_passes_for_pyslurm_inside_the_sid_chroot(
         "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", "--rootdir=/src", "-c", "/src/pyproject.toml",
         "/src/tests/adapters/test_conformance.py",
     ]  # fmt: skip
-    result = run_python(chroot, status["venv_python"], args, {"CONVEYOR_ADAPTERS": "pyslurm"}, timeout_s=900)
+    lab_root = Path(load_lab()["lab_root"])
+    result = run_python(
+        lab_root, chroot, status["venv_python"], args, extra_env={"CONVEYOR_ADAPTERS": "pyslurm"}, timeout_s=900
+    )
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "(no output)"
     record_property(INNER_RESULTS, f"pyslurm conformance inside the {chroot.name} chroot: {summary}")
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dev.lab.chroot_run import REPO
-from dev.lab.pivot_root import enter_root_argv
+from dev.lab.pivot_root import REPO, enter_root_argv
 from tests.lab import SUBMIT_USER, load_lab
 
 pytestmark = pytest.mark.lab
