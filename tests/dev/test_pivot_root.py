@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dev.lab.pivot_root import REPO, enter_root_argv
-from tests.lab import SUBMIT_USER, load_lab
+from tests.lab import SUBMIT_USER, clusters, load_lab, new_tag
 
 pytestmark = pytest.mark.lab
 
@@ -62,3 +62,19 @@ def test_the_host_is_out_of_reach_and_the_repository_read_only(sid_root: Path) -
     assert "Read-only file system" in entered.stderr, entered  # the checks before touch passed (set -e)
     assert entered.returncode != 0, entered
     assert _host_mounts() == before, "entering the root left mounts on the host"
+
+
+def test_a_job_on_a_chroot_cluster_may_create_a_user_namespace() -> None:
+    """The clusters in other Debian roots run their daemons in those roots entered with pivot_root (the lab's
+    exec prefix), so a user's job there may create user namespaces, as unprivileged Apptainer will."""
+    rooted = [cluster for cluster in clusters() if cluster.raw.get("chroot")]
+    assert rooted, "the lab has no cluster in another root"
+    for cluster in rooted:
+        directory = f"{cluster.raw['scratch_dir']}/{new_tag('userns')}"
+        cluster.host_path(directory).mkdir(mode=0o777)
+        cluster.host_path(directory).chmod(0o777)
+        cluster.slurm(
+            "sbatch", "--wait", f"--uid={SUBMIT_USER}", f"--chdir={directory}", "--time=1", "--mem=50",
+            "--output=userns.out", "--wrap=unshare --user --map-root-user id -u", timeout_s=120,
+        )  # fmt: skip
+        assert cluster.host_path(f"{directory}/userns.out").read_text() == "0\n", cluster.name
