@@ -61,6 +61,20 @@ def recorded_pid(pid_file: Path) -> int | None:
     return None if state == "Z" else pid
 
 
+def _threads_left(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return 0
+
+
+def _ended(pid_file: Path, pid: int) -> bool:
+    """The recorded process has ended, every thread of it: a multithreaded daemon's leader shows as a zombie while
+    its other threads are still exiting, and they hold its files until the last one has gone (slurmctld's
+    listening socket still takes connections then, which it resets a moment later)."""
+    return recorded_pid(pid_file) is None and _threads_left(pid) <= 1
+
+
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
@@ -73,9 +87,9 @@ def stop(pid_file: Path, grace_s: float = 5.0) -> bool:
         pid_file.unlink(missing_ok=True)
         return False
     os.kill(pid, signal.SIGTERM)
-    if not wait_for(lambda: recorded_pid(pid_file) is None, grace_s, on_tick=lambda: _reap(pid)):
+    if not wait_for(lambda: _ended(pid_file, pid), grace_s, on_tick=lambda: _reap(pid)):
         os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: recorded_pid(pid_file) is None, 5.0, on_tick=lambda: _reap(pid))
+        wait_for(lambda: _ended(pid_file, pid), 5.0, on_tick=lambda: _reap(pid))
     pid_file.unlink(missing_ok=True)
     return True
 
@@ -98,7 +112,7 @@ def kill(pid_file: Path) -> int | None:
     pid = recorded_pid(pid_file)
     if pid is not None:
         os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: recorded_pid(pid_file) is None, 5.0, on_tick=lambda: _reap(pid))
+        wait_for(lambda: _ended(pid_file, pid), 5.0, on_tick=lambda: _reap(pid))
     return pid
 
 
