@@ -96,10 +96,13 @@ def test_a_killed_multithreaded_daemon_takes_no_connection_once_kill_returns(tmp
     for trial in range(10):
         directory = tmp_path / str(trial)
         directory.mkdir()
-        pid_file, _ = _spawn(directory, BUSY_LISTENER)
-        log = directory / "daemon.log"
-        assert procs.wait_for(lambda: log.read_text().endswith("\n"), 10), log.read_text()  # noqa: B023
-        port = int(log.read_text().split()[1])
-        assert procs.kill(pid_file) is not None
-        with socket.socket() as client, pytest.raises(ConnectionRefusedError):
-            client.connect(("127.0.0.1", port))
+        pid_file, log = directory / "daemon.pid", directory / "daemon.log"
+        try:
+            procs.spawn(pid_file, [sys.executable, "-c", BUSY_LISTENER], log)
+            assert procs.wait_for(lambda: log.read_text().endswith("\n"), 10), log.read_text()  # noqa: B023
+            port = int(log.read_text().split()[1])
+            assert procs.kill(pid_file) is not None
+            with socket.socket() as client, pytest.raises(ConnectionRefusedError):
+                client.connect(("127.0.0.1", port))
+        finally:
+            procs.kill(pid_file)  # whatever failed: no spinning process outlives the test
