@@ -489,6 +489,9 @@ class SlurmAmnesia:
       ran once, but no Slurm job carries its id any more (see :func:`forgotten_after_it_ran`).
     - It forgot that a job had already run (saved pending, ran and ended before the kill): it runs that very
       Slurm job again after the restart (see :func:`rerun_by_slurm`).
+    - It forgot that a job had ended (saved running, ended just before the kill): the fresh slurmd knows nothing
+      of it, and slurmctld holds it running until its time limit ends it as TIMEOUT (see
+      :func:`timed_out_after_it_ran`).
     """
 
     killed_at: datetime
@@ -503,6 +506,7 @@ class Outcome:
     lost: list[str] = field(default_factory=list)  # "job id: reason"
     forgotten_after_it_ran: list[str] = field(default_factory=list)  # "job id: Slurm job id and run time"
     rerun_by_slurm: list[str] = field(default_factory=list)  # "job id: Slurm job id and run times"
+    timed_out_after_it_ran: list[str] = field(default_factory=list)  # "job id: Slurm job id and run time"
 
 
 def forgotten_after_it_ran(
@@ -515,6 +519,19 @@ def forgotten_after_it_ran(
     proof of exactly once; Slurm's missing record only means Slurm lost its memory of it (and reused its id).
     """
     if len(runs) != 1 or in_slurm:
+        return False
+    [run] = runs
+    return run.slurm_id == slurm_id and run.at is not None and run.at < amnesia.killed_at
+
+
+def timed_out_after_it_ran(job: dict[str, Any], runs: list[LedgerLine], slurm_id: str, amnesia: SlurmAmnesia) -> bool:
+    """Whether a job Slurm ended as TIMEOUT is one that had already ended when slurmctld was killed.
+
+    Only if the broker serves Slurm's TIMEOUT, and the job ran exactly once, as the one Slurm job the broker
+    recorded, before the kill: slurmctld came back from state that still held it running, and no slurmd could
+    tell it otherwise. What the broker serves is Slurm's word; the ledger is the proof of exactly once.
+    """
+    if job["state"] != "timeout" or job.get("slurm_state") != "TIMEOUT" or len(runs) != 1:
         return False
     [run] = runs
     return run.slurm_id == slurm_id and run.at is not None and run.at < amnesia.killed_at
@@ -548,7 +565,8 @@ async def check_exactly_once(
     With ``amnesia``, a job may instead be ``lost`` if and only if: it has a reason, Slurm acknowledged it
     before slurmctld was killed, Slurm no longer holds any job carrying its id, and it ran at most once. And a
     ``completed`` job may have no Slurm job carrying its id if and only if :func:`forgotten_after_it_ran`,
-    and two ledger lines if and only if :func:`rerun_by_slurm`.
+    and two ledger lines if and only if :func:`rerun_by_slurm`; a job may be ``timeout`` instead of
+    ``completed`` if and only if :func:`timed_out_after_it_ran`.
     """
     failures: list[str] = []
     outcome = Outcome()
@@ -588,10 +606,15 @@ async def check_exactly_once(
             if amnesia is not None and forgotten_after_it_ran(runs, slurm_id, in_slurm, amnesia):
                 outcome.forgotten_after_it_ran.append(f"{job['id']}: Slurm job {slurm_id} ran at {times}")
                 in_slurm = [slurm_id]  # it was, and ran once: only Slurm's memory of it is gone
+            expected = "completed"
+            if amnesia is not None and timed_out_after_it_ran(job, runs, slurm_id, amnesia):
+                outcome.timed_out_after_it_ran.append(f"{job['id']}: Slurm job {slurm_id} ran at {times}")
+                expected = "timeout"
             if amnesia is not None and rerun_by_slurm(runs, slurm_id, amnesia):
                 outcome.rerun_by_slurm.append(f"{job['id']}: Slurm job {slurm_id} ran at {times}")
                 ran = ran[:1]  # the broker's part: one submission, one Slurm job; the rest is Slurm's
-            failures.extend(f"{tag} {job['id']}: {problem}" for problem in _exactly_once(job, events, ran, in_slurm))
+            problems = _exactly_once(job, events, ran, in_slurm, expected)
+            failures.extend(f"{tag} {job['id']}: {problem}" for problem in problems)
     if failures:
         shown = "\n  ".join(failures[:40])
         raise AssertionError(
@@ -601,10 +624,12 @@ async def check_exactly_once(
     return outcome
 
 
-def _exactly_once(job: dict[str, Any], events: list[dict[str, Any]], ran: list[str], in_slurm: list[Any]) -> list[str]:
+def _exactly_once(
+    job: dict[str, Any], events: list[dict[str, Any]], ran: list[str], in_slurm: list[Any], expected: str
+) -> list[str]:
     problems = []
-    if job["state"] != "completed":
-        problems.append(f"{job['state']} ({job['state_reason']}), expected completed")
+    if job["state"] != expected:
+        problems.append(f"{job['state']} ({job['state_reason']}), expected {expected}")
     slurm_id = job["slurm_job_id"]
     if slurm_id is None:
         return [*problems, "no Slurm job id"]

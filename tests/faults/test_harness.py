@@ -18,6 +18,7 @@ from tests.faults.harness import (
     parse_ledger,
     rerun_by_slurm,
     summary,
+    timed_out_after_it_ran,
 )
 
 
@@ -94,3 +95,24 @@ def test_a_completed_job_missing_from_slurm_is_excused_only_if_it_ran_once_befor
 ) -> None:
     lines = [LedgerLine("t", slurm_id, None if at is None else KILLED + timedelta(seconds=at)) for slurm_id, at in runs]
     assert forgotten_after_it_ran(lines, "17", in_slurm, SlurmAmnesia(KILLED)) is forgotten
+
+
+@pytest.mark.parametrize(
+    ("state", "slurm_state", "runs", "excused"),
+    [
+        ("timeout", "TIMEOUT", [("17", -1)], True),  # ended before the kill; Slurm came back holding it running
+        ("timeout", "TIMEOUT", [("17", 1)], False),  # ran after the kill: Slurm's TIMEOUT is its own
+        ("timeout", "TIMEOUT", [("18", -1)], False),  # ran as another Slurm job than the broker recorded
+        ("timeout", "TIMEOUT", [("17", -2), ("17", 5)], False),  # ran twice
+        ("timeout", "TIMEOUT", [], False),  # never ran
+        ("timeout", "TIMEOUT", [("17", None)], False),  # a run without a time proves nothing
+        ("timeout", "COMPLETED", [("17", -1)], False),  # the broker must serve Slurm's word
+        ("failed", "FAILED", [("17", -1)], False),  # only a time limit ends a job Slurm believes still runs
+    ],
+)
+def test_a_timed_out_job_is_excused_only_if_it_ran_once_before_the_kill(
+    state: str, slurm_state: str, runs: list[tuple[str, int | None]], excused: bool
+) -> None:
+    lines = [LedgerLine("t", slurm_id, None if at is None else KILLED + timedelta(seconds=at)) for slurm_id, at in runs]
+    job = {"state": state, "slurm_state": slurm_state}
+    assert timed_out_after_it_ran(job, lines, "17", SlurmAmnesia(KILLED)) is excused

@@ -91,7 +91,7 @@ async def test_slurmctld_killed_mid_burst_loses_no_job_and_runs_none_twice(
             print(
                 f"outcome: {dict(found.states)}; accepted {outage}; resumed {resumed}; "
                 f"forgotten by slurmctld: {found.lost}; forgotten after it ran: {found.forgotten_after_it_ran}; "
-                f"rerun by slurmctld: {found.rerun_by_slurm}"
+                f"rerun by slurmctld: {found.rerun_by_slurm}; timed out after it ran: {found.timed_out_after_it_ran}"
             )
     finally:
         if "up" not in outage:
