@@ -18,7 +18,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,9 +101,9 @@ class AgentSite:
         return {**kept, "PYTHONPATH": str(REPO)}
 
 
-def policy() -> dict[str, Any]:
-    """The lab site's policy: its two people may run, as themselves."""
-    return {"site_users": list(SITE_USERS), "rules": [{"users": ["*"]}]}
+def policy(site_users: Sequence[str] = SITE_USERS) -> dict[str, Any]:
+    """The lab site's policy: ``site_users`` (its two people) may run, as themselves."""
+    return {"site_users": list(site_users), "rules": [{"users": ["*"]}]}
 
 
 def agent_factory_entries(lab_factories: Path, factories: Mapping[str, str], **adapter: Any) -> list[dict[str, Any]]:

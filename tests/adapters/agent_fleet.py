@@ -28,7 +28,8 @@ from broker.agents.link import AgentLink
 from broker.agents.timings import AgentTimings
 from broker.db.engine import create_database
 from broker.db.migrate import upgrade
-from dev.lab.view import Cluster, lab_json_path, read_lab
+from dev.lab.agents import AgentSite
+from dev.lab.view import Cluster, lab_json_path
 from slurm_adapters.factory import AgentConfig
 from tests.agentlink.harness import AgentProcess, agent_factories_file, register_agent_keys
 from tests.faults.harness import TOKEN, BrokerProcess, poll_until
@@ -157,13 +158,12 @@ def start_fleet(clusters: list[Cluster], cli_clusters: list[Cluster], pyslurm_cl
 def _agent(directory: Path, cluster: Cluster, factory_id: str, broker_url: str, inside: str) -> AgentProcess:
     """An agent's process and files: in the fleet's directory, or for pyslurm in the cluster's root (the lab's
     pyslurm venv there, the root entered with pivot_root), where the agent's files must be for it to see them."""
-    if inside != "pyslurm":
+    site = AgentSite.of(cluster, inside)
+    if site.root is None:
         return AgentProcess(directory / f"agent-{factory_id}", cluster, factory_id, broker_url, inside=inside)
-    status = read_lab().get("pyslurm", {})
-    root = Path(status["chroot"])
-    workdir = Path(tempfile.mkdtemp(prefix=f"conveyor-agent-{factory_id}-", dir=root / "tmp"))
-    return AgentProcess(workdir, cluster, factory_id, broker_url, inside=inside, root=root,
-                        python=status["venv_python"])  # fmt: skip
+    workdir = Path(tempfile.mkdtemp(prefix=f"conveyor-agent-{factory_id}-", dir=site.root / "tmp"))
+    return AgentProcess(workdir, cluster, factory_id, broker_url, inside=inside, root=site.root,
+                        python=site.python)  # fmt: skip
 
 
 def _prepare(directory: Path, factories: dict[str, str]) -> AgentFleet:

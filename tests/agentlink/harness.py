@@ -22,7 +22,7 @@ import httpx
 import yaml
 
 from agent.keys import generate_jwk, public_jwk, write_private_jwk
-from dev.lab.agents import AgentSite, agent_factory_entries
+from dev.lab.agents import AgentSite, agent_factory_entries, policy
 from dev.lab.view import Cluster
 from tests.faults.harness import REPO, TOKEN, BrokerProcess
 
@@ -99,7 +99,7 @@ class AgentProcess:
         return AgentSite(self.cluster, self.inside, self.root, self.python)
 
     def policy(self) -> dict[str, Any]:
-        return {"site_users": list(self.site_users), "rules": [{"users": ["*"]}]}
+        return policy(self.site_users)
 
     def config(self) -> dict[str, Any]:
         return self.site.config(self.broker_url, self.factory_id, self.workdir, concurrency=16, shutdown_grace_s=20)
