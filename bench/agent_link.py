@@ -59,6 +59,7 @@ from bench.forwarding import (
     list_jobs,
     parse_env,
     parse_time,
+    py_spy,
 )
 from bench.forwarding import Run as ForwardingRun
 from bench.null_slurm import NullSlurmAgent
@@ -165,6 +166,7 @@ class Bench:
     names: list[str] = field(default_factory=list)
     post_concurrency: int = 16
     agent_concurrency: int = DIRECT_CALLS_AT_ONCE  # as many Slurm calls at once as the direct path
+    py_spy_prefix: Path | None = None  # forwarding: py-spy each burst's broker to PREFIX-MODE-rROUND.speedscope.json
 
     @property
     def factory(self) -> str:
@@ -284,6 +286,10 @@ async def forwarding_burst(bench: Bench, mode: str, round_: int, jobs: int) -> B
             agent_pid = stack.enter_context(real_agent(bench, broker, "agent")).pid
         await wait_factories(broker, [bench.factory], healthy=True, agent=mode == "agent")
         async with broker.client(limits=httpx.Limits(max_connections=bench.post_concurrency)) as client:
+            spy = (
+                None if bench.py_spy_prefix is None else Path(f"{bench.py_spy_prefix}-{mode}-r{round_}.speedscope.json")
+            )
+            stack.enter_context(py_spy(broker.pid, spy))
             meter = CpuMeter(bench.cluster, broker.pid)
             if agent_pid is not None:
                 meter.pids["agent"] = agent_pid
@@ -532,13 +538,15 @@ def main() -> int:
                         "calls as the direct path makes)")  # fmt: skip
     parser.add_argument("--cluster", default=CLUSTER,
                         help=f"the lab cluster (and its Factory) to submit to (default {CLUSTER})")  # fmt: skip
+    parser.add_argument("--py-spy", type=Path, default=None, metavar="PREFIX",
+                        help="forwarding: profile each burst's broker (py-spy must be installed)")  # fmt: skip
     args = parser.parse_args()
     cluster = lab_cluster(args.cluster)
     with tempfile.TemporaryDirectory(prefix="bench-agent-link-") as tmp:
         workroot = Path(tmp)
         template = workroot / "template.db"
         upgrade(f"sqlite+aiosqlite:///{template}")
-        bench = Bench(cluster, workroot, template, json.loads(LAB_FACTORIES.read_text()))
+        bench = Bench(cluster, workroot, template, json.loads(LAB_FACTORIES.read_text()), py_spy_prefix=args.py_spy)
         if args.agent_concurrency is not None:
             bench.agent_concurrency = args.agent_concurrency
         print(f"agent link: {cluster.name} (Slurm {cluster.release}), parts {' '.join(args.parts)}, run "

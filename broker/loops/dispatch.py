@@ -57,7 +57,8 @@ from broker.db.group_commit import GroupCommit
 from broker.db.models import AttemptOutcome, DispatchAttempt, Job
 from broker.db.repositories import FactoryStateRepository, JobRepository
 from broker.db.repositories.allocations import AllocationRepository
-from broker.db.repositories.jobs import AttemptStart, ClosedAttempt, Submitted
+from broker.db.repositories.dispatch_writes import AttemptStart, Submitted
+from broker.db.repositories.jobs import ClosedAttempt
 from broker.db.types import utc_now
 from broker.factories.adapters import AdapterProvider
 from broker.factories.health import factory_statuses

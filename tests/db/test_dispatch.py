@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from broker.db.engine import Database
 from broker.db.models import AttemptOutcome, DispatchAttempt, Job
 from broker.db.repositories import JobRepository
-from broker.db.repositories.jobs import AttemptStart, Submitted
+from broker.db.repositories.dispatch_writes import AttemptStart, Submitted
 from broker.jobs.events import EventKind
 from broker.tenancy.accounting import NOTHING
 from conveyor.spec import JobState
@@ -144,6 +144,49 @@ async def test_a_batch_of_records_answers_each_job_on_its_own(jobs: JobRepositor
         first: (JobState.SUBMITTED, "100"), second: (JobState.QUEUED, None), third: (JobState.SUBMITTED, "102")
     }  # fmt: skip
     assert [e.kind for e in await jobs.events(second)][-1] == EventKind.ATTEMPT_FINISHED  # its own close, no more
+
+
+async def test_a_batch_numbers_repeats_in_turn_and_refuses_an_ended_lease_and_a_second_move(
+    jobs: JobRepository,
+) -> None:
+    """The batch writes check in Python what the one-job compare-and-sets checked in SQL: a lease that ran out at
+    ``now`` starts nothing, a job started twice in one batch gets attempts 1 and 2, and a job moved once in a
+    batch is not moved again; every write comes with its event, in order."""
+    job_id, expired = [(await jobs.insert_job_with_event(new_job(), actor="test", now=at(t))).id for t in (0, 0.5)]
+    [first] = await jobs.claim_queued("d", 1, 60, now=at(1))  # the older job first, leased until at(61)
+    [second] = await jobs.claim_queued("d", 1, 1, now=at(1))  # leased until at(2)
+    assert (first.id, second.id) == (job_id, expired)
+    start = AttemptStart(job_id, "d", "alpha", "alice", "gpu", "fits", "d")
+    attempts = await jobs.record_attempts([start, dataclasses.replace(start, job_id=expired), start], now=at(2))
+    assert [attempt.attempt if attempt else None for attempt in attempts] == [1, None, 2]
+    assert await jobs.attempts(expired) == []
+    stored = await jobs.get(job_id)
+    assert stored is not None
+    assert (stored.attempt_count, stored.factory, stored.partition, stored.placement_reason) == (
+        2,
+        "alpha",
+        "gpu",
+        "fits",
+    )
+
+    recorded = await jobs.record_submissions(
+        [Submitted(job_id, 2, "77", "d"), Submitted(job_id, 1, "78", "d")], now=at(3)
+    )
+    assert recorded == [True, False]
+    job = await jobs.get(job_id)
+    assert job is not None
+    assert (job.state, job.slurm_job_id, job.submitted_at, job.lease_owner, job.lease_until) == (
+        JobState.SUBMITTED, "77", at(3), None, None
+    )  # fmt: skip
+    closed = {a.attempt: (a.outcome, a.slurm_job_id, a.finished_at) for a in await jobs.attempts(job_id)}
+    assert closed == {1: (None, None, None), 2: (AttemptOutcome.SUBMITTED, "77", at(3))}
+    events = [(e.kind, e.from_state, e.to_state, e.detail.get("attempt")) for e in await jobs.events(job_id)]
+    assert events[1:] == [
+        (EventKind.ATTEMPT_STARTED, None, None, 1),
+        (EventKind.ATTEMPT_STARTED, None, None, 2),
+        (EventKind.STATE_CHANGED, JobState.QUEUED, JobState.SUBMITTED, 2),
+        (EventKind.ATTEMPT_FINISHED, None, None, 2),
+    ]
 
 
 async def test_a_retry_waits_for_its_time_and_a_released_lease_frees_the_job(jobs: JobRepository) -> None:

@@ -38,9 +38,10 @@ from broker.db.models import (
     JobEvent,
     ProjectMember,
 )
-from broker.db.repositories import job_writes
+from broker.db.repositories import dispatch_writes, job_writes
 from broker.db.repositories.allocations import Hold, OverBudget, add_charges, reserve_all, settle
 from broker.db.repositories.antennas import count_active, take_slots
+from broker.db.repositories.dispatch_writes import AttemptStart, Submitted
 from broker.db.repositories.errors import AllocationNotInForce, AntennaQuotaFull, IdempotencyConflict, NotAMember
 from broker.db.repositories.pagination import MAX_PAGE, JobFilter, JobPage, Position, decode_cursor, encode_cursor
 from broker.db.repositories.sql import insert_ignoring_conflict, is_sqlite, refused_a_row
@@ -61,10 +62,6 @@ TRANSITION_FIELDS = frozenset(
         "exit_code", "signal", "placement_reason", "submitted_at", "started_at", "ended_at",
     }
 )  # fmt: skip
-
-
-class _NothingToDo(Exception):
-    """Raised inside a write transaction to roll back what it did so far."""
 
 
 @dataclass(frozen=True)
@@ -124,29 +121,6 @@ class Creation:
     actor: str
     key: KeyUse | None = None
     owner_must_be_member: bool = False  # checked at commit: the caller's roles may have been read seconds ago
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptStart:
-    """A dispatcher's next attempt at a job it leases, to commit before the Slurm call."""
-
-    job_id: str
-    lease_owner: str
-    factory: str
-    slurm_user: str | None
-    partition: str | None
-    placement_reason: str | None
-    actor: str
-
-
-@dataclass(frozen=True, slots=True)
-class Submitted:
-    """Slurm took the job on this attempt, as this Slurm job."""
-
-    job_id: str
-    attempt: int
-    slurm_job_id: str
-    actor: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -570,7 +544,7 @@ class JobRepository:
         group commit): per job, its attempt or None. A job whose lease is gone gets None and writes nothing."""
         now = now or self._clock()
         async with self._db.write() as session:
-            return [await _start_attempt(session, start, now) for start in starts]
+            return await dispatch_writes.start_attempts(session, starts, now)
 
     async def finish_attempt(
         self,
@@ -603,20 +577,10 @@ class JobRepository:
         self, submitted: Sequence[Submitted], *, now: datetime | None = None
     ) -> builtins.list[bool]:
         """:meth:`record_submission` for many jobs in one transaction (submits that returned together, through
-        a group commit), each in a savepoint of its own: one that has nothing to do leaves the others be."""
+        a group commit); an item with nothing to do leaves the others be."""
         now = now or self._clock()
-        recorded: builtins.list[bool] = []
         async with self._db.write() as session:
-            for item in submitted:
-                try:
-                    async with session.begin_nested():
-                        if not await _move_to_submitted(session, item, now):
-                            raise _NothingToDo
-                except _NothingToDo:
-                    recorded.append(False)
-                else:
-                    recorded.append(True)
-        return recorded
+            return await dispatch_writes.record_submitted(session, submitted, now)
 
     async def release_lease(self, job_id: str, owner: str, *, now: datetime | None = None) -> bool:
         """Give a claimed job back before the lease runs out (e.g. on shutdown); False if not ours."""
@@ -652,46 +616,6 @@ class JobRepository:
 def _source(address: str | None) -> dict[str, Any]:
     """An event's detail for a call made from ``address`` (events double as the audit trail: who, from where)."""
     return {"source": address} if address else {}
-
-
-async def _start_attempt(session: AsyncSession, start: AttemptStart, now: datetime) -> DispatchAttempt | None:
-    number = await session.scalar(
-        update(Job)
-        .where(
-            Job.id == start.job_id,
-            Job.state == JobState.QUEUED,
-            Job.lease_owner == start.lease_owner,
-            Job.lease_until > job_writes.utc_literal(now),
-        )
-        .values(
-            attempt_count=Job.attempt_count + 1, factory=start.factory, slurm_user=start.slurm_user,
-            partition=start.partition, placement_reason=start.placement_reason, updated_at=now,
-        )
-        .returning(Job.attempt_count)
-    )  # fmt: skip
-    if number is None:
-        return None
-    attempt = DispatchAttempt(
-        job_id=start.job_id, attempt=number, factory=start.factory, slurm_user=start.slurm_user, started_at=now
-    )
-    session.add(attempt)
-    detail = {"attempt": number, "factory": start.factory, "slurm_user": start.slurm_user, "partition": start.partition}
-    job_writes.add_event(session, start.job_id, EventKind.ATTEMPT_STARTED, actor=start.actor, now=now, detail=detail)
-    return attempt
-
-
-async def _move_to_submitted(session: AsyncSession, item: Submitted, now: datetime) -> bool:
-    """Close the attempt as submitted and move the job to ``submitted``; False when either had moved on
-    (the caller rolls back what was written)."""
-    moved = await job_writes.compare_and_set(
-        session, item.job_id, JobState.QUEUED, JobState.SUBMITTED, actor=item.actor, kind=EventKind.STATE_CHANGED,
-        detail={"cause": "dispatch", "attempt": item.attempt, "slurm_job_id": item.slurm_job_id}, now=now,
-        fields={"slurm_job_id": item.slurm_job_id},
-    )  # fmt: skip
-    return moved and await job_writes.finish_attempt(
-        session, item.job_id, item.attempt, outcome=AttemptOutcome.SUBMITTED, actor=item.actor,
-        slurm_job_id=item.slurm_job_id, error=None, now=now,
-    )  # fmt: skip
 
 
 async def _insert_jobs(session: AsyncSession, creations: Sequence[tuple[Creation, str]], now: datetime) -> list[Job]:
