@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Protocol
 
@@ -67,7 +67,9 @@ class AppState:
     agents: AgentService
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    """The app's services. Every dependency here is ``async def``, even one that awaits nothing: FastAPI runs a
+    plain ``def`` dependency in its thread pool, a thread hop per call on every request."""
     state: AppState = request.app.state.conveyor
     return state
 
@@ -132,10 +134,10 @@ def client_address(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-def require(scope: Scope) -> Callable[[Principal], Principal]:
+def require(scope: Scope) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency: the caller, provided its credential carries ``scope`` (admin also needs the role)."""
 
-    def allowed(caller: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    async def allowed(caller: Annotated[Principal, Depends(get_principal)]) -> Principal:
         if not caller.may(scope):
             if scope is Scope.ADMIN and scope in caller.scopes:
                 raise Forbidden("this needs a broker admin")
@@ -145,39 +147,39 @@ def require(scope: Scope) -> Callable[[Principal], Principal]:
     return allowed
 
 
-def get_jobs(state: StateDep) -> JobService:
+async def get_jobs(state: StateDep) -> JobService:
     return state.jobs
 
 
-def get_factories(state: StateDep) -> FactoryService:
+async def get_factories(state: StateDep) -> FactoryService:
     return state.factories
 
 
-def get_identities(state: StateDep) -> IdentityService:
+async def get_identities(state: StateDep) -> IdentityService:
     return state.identities
 
 
-def get_projects(state: StateDep) -> ProjectService:
+async def get_projects(state: StateDep) -> ProjectService:
     return state.projects
 
 
-def get_allocations(state: StateDep) -> AllocationService:
+async def get_allocations(state: StateDep) -> AllocationService:
     return state.allocations
 
 
-def get_site_accounts(state: StateDep) -> SiteAccountService:
+async def get_site_accounts(state: StateDep) -> SiteAccountService:
     return state.site_accounts
 
 
-def get_agent_keys(state: StateDep) -> AgentKeyService:
+async def get_agent_keys(state: StateDep) -> AgentKeyService:
     return state.agent_keys
 
 
-def get_agents(state: StateDep) -> AgentService:
+async def get_agents(state: StateDep) -> AgentService:
     return state.agents
 
 
-def get_database(state: StateDep) -> Database:
+async def get_database(state: StateDep) -> Database:
     return state.database
 
 

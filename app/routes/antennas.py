@@ -21,7 +21,7 @@ AntennaPath = Annotated[AntennaId, Path()]
 _ERRORS: dict[int | str, dict[str, Any]] = {403: {"model": Problem}, 404: {"model": Problem}}
 
 
-def get_antennas(state: StateDep) -> AntennaService:
+async def get_antennas(state: StateDep) -> AntennaService:
     return state.antennas
 
 
