@@ -350,8 +350,18 @@ async def test_an_order_delayed_past_not_after_is_refused_and_resubmitted(
         assert await submit_one(client, delayed) == "201"
     await asyncio.to_thread(poll_until, lambda: "released_at" in held, 60, "the delayed order",
                             context=agent.log_tail)  # fmt: skip
+    # The held answer itself never reaches the agent: its poll's budget (the 5 s wait + 15 s) is shorter than
+    # the 25 s submit window, so the poll times out and the order is handed out again if it is still open. The
+    # agent then refuses it (it could not end before not_after); if it had expired first, the agent never sees
+    # it, and the broker settles the attempt and submits the next one. Either way attempt 1 never reaches Slurm.
     refused = f"order {held['id']} refused: not started"
-    await asyncio.to_thread(poll_until, lambda: refused in agent.log_text(), 30, "the agent to refuse it",
+    resubmitted = f"attempt {delayed.job_id}/2 is Slurm job"
+
+    def refused_or_resubmitted() -> bool:
+        text = agent.log_text()
+        return refused in text or resubmitted in text
+
+    await asyncio.to_thread(poll_until, refused_or_resubmitted, 60, "the agent to refuse it or the next attempt",
                             context=agent.log_tail)  # fmt: skip
     await submit_all(agent_broker, others)
     await finish(agent_broker, workspace, run_id, items, "one order delayed past not_after", agent)
