@@ -518,10 +518,7 @@ def forgotten_after_it_ran(
     broker saw it end then: after the restart Slurm could not have told it). Its own run in the ledger is the
     proof of exactly once; Slurm's missing record only means Slurm lost its memory of it (and reused its id).
     """
-    if len(runs) != 1 or in_slurm:
-        return False
-    [run] = runs
-    return run.slurm_id == slurm_id and run.at is not None and run.at < amnesia.killed_at
+    return not in_slurm and _ran_once_before_the_kill(runs, slurm_id, amnesia)
 
 
 def timed_out_after_it_ran(job: dict[str, Any], runs: list[LedgerLine], slurm_id: str, amnesia: SlurmAmnesia) -> bool:
@@ -531,7 +528,13 @@ def timed_out_after_it_ran(job: dict[str, Any], runs: list[LedgerLine], slurm_id
     recorded, before the kill: slurmctld came back from state that still held it running, and no slurmd could
     tell it otherwise. What the broker serves is Slurm's word; the ledger is the proof of exactly once.
     """
-    if job["state"] != "timeout" or job.get("slurm_state") != "TIMEOUT" or len(runs) != 1:
+    served_timeout = job["state"] == "timeout" and job.get("slurm_state") == "TIMEOUT"
+    return served_timeout and _ran_once_before_the_kill(runs, slurm_id, amnesia)
+
+
+def _ran_once_before_the_kill(runs: list[LedgerLine], slurm_id: str, amnesia: SlurmAmnesia) -> bool:
+    """The ledger holds one run, as the Slurm job the broker recorded, before slurmctld was killed."""
+    if len(runs) != 1:
         return False
     [run] = runs
     return run.slurm_id == slurm_id and run.at is not None and run.at < amnesia.killed_at
