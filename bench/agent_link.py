@@ -168,7 +168,8 @@ class Bench:
     names: list[str] = field(default_factory=list)
     post_concurrency: int = 16
     agent_concurrency: int = DIRECT_CALLS_AT_ONCE  # as many Slurm calls at once as the direct path
-    py_spy_prefix: Path | None = None  # forwarding: py-spy each burst's broker to PREFIX-MODE-rROUND.speedscope.json
+    py_spy_prefix: Path | None = None  # forwarding: py-spy each burst's broker and agent
+    forwarding_env: dict[str, str] = field(default_factory=lambda: dict(FAST))  # the forwarding brokers' settings
 
     @property
     def factory(self) -> str:
@@ -277,10 +278,14 @@ class Burst:
     jobs: int
     seconds: float
     cpu_s: dict[str, float]
+    accepted_s: float | None = None  # first accept -> last accept (forwarding through a broker)
 
     @property
     def rate(self) -> float:
         return self.jobs / self.seconds
+
+    def accepted(self) -> str:
+        return "" if self.accepted_s is None else f" (all accepted at {self.accepted_s:.2f} s)"
 
     def cpu(self) -> str:
         return ", ".join(f"{name} {seconds * 1000 / self.jobs:.1f}" for name, seconds in self.cpu_s.items())
@@ -295,7 +300,7 @@ async def forwarding_burst(bench: Bench, mode: str, round_: int, jobs: int) -> B
     real = bench.factory
     factories = agent_factories(bench.lab, real, []) if mode == "agent" else direct_factories(bench.lab, real)
     with contextlib.ExitStack() as stack:
-        broker = stack.enter_context(running(bench.broker(f"fwd-{mode}-r{round_}", factories, FAST)))
+        broker = stack.enter_context(running(bench.broker(f"fwd-{mode}-r{round_}", factories, bench.forwarding_env)))
         agent_pid = None
         if mode == "agent":
             agent_pid = stack.enter_context(real_agent(bench, broker, "agent")).pid
@@ -306,6 +311,8 @@ async def forwarding_burst(bench: Bench, mode: str, round_: int, jobs: int) -> B
                 None if bench.py_spy_prefix is None else Path(f"{bench.py_spy_prefix}-{mode}-r{round_}.speedscope.json")
             )
             stack.enter_context(py_spy(broker.pid, spy))
+            if agent_pid is not None and spy is not None:
+                stack.enter_context(py_spy(agent_pid, spy.with_name(spy.name.replace(f"-{mode}-", "-agent-process-"))))
             meter = CpuMeter(bench.cluster, broker.pid)
             if agent_pid is not None:
                 meter.pids["agent"] = agent_pid
@@ -319,8 +326,9 @@ async def forwarding_burst(bench: Bench, mode: str, round_: int, jobs: int) -> B
     if len(done) != jobs or states - DONE_STATES:
         raise RuntimeError(f"{mode}: not all {jobs} jobs forwarded: {sorted(states)} (log {broker.workdir})")
     created = min(parse_time(job["created_at"]) for job in done)
+    accepted = max(parse_time(job["created_at"]) for job in done)
     submitted = max(parse_time(job["submitted_at"]) for job in done)
-    return Burst(mode, round_, jobs, (submitted - created).total_seconds(), cpu)
+    return Burst(mode, round_, jobs, (submitted - created).total_seconds(), cpu, (accepted - created).total_seconds())
 
 
 async def sequential_burst(bench: Bench, adapter: SlurmAdapter, round_: int, jobs: int) -> Burst:
@@ -344,7 +352,7 @@ async def forwarding(bench: Bench, jobs: int, rounds: int, modes: Sequence[str])
                 else:
                     burst = await forwarding_burst(bench, mode, round_, jobs)
                 print(f"  forwarding round {round_} {mode:10} {jobs} jobs in {burst.seconds:6.2f} s = "
-                      f"{burst.rate:6.1f} jobs/s; CPU ms/job: {burst.cpu()}", flush=True)  # fmt: skip
+                      f"{burst.rate:6.1f} jobs/s{burst.accepted()}; CPU ms/job: {burst.cpu()}", flush=True)  # fmt: skip
                 bursts.append(burst)
     finally:
         await adapter.aclose()
@@ -544,6 +552,8 @@ def main() -> int:
     parser.add_argument("--modes", nargs="+", choices=FORWARDING_MODES, default=["direct", "agent"],
                         help="forwarding: the broker's direct adapter, the agent, sequential slurmrestd POSTs without "
                         "a broker (issue 14's baseline)")  # fmt: skip
+    parser.add_argument("--forwarding-env", action="append", default=[], metavar="CONVEYOR_X=V",
+                        help="forwarding: a broker setting over the benchmark's (diagnosis)")  # fmt: skip
     parser.add_argument("--latency-jobs", type=int, default=100, help="latency: jobs per run (default 100)")
     parser.add_argument("--rate", type=float, default=10.0, help="latency: jobs POSTed per second (default 10)")
     parser.add_argument("--idle-s", type=float, default=15.0, help="idle: seconds per measured interval")
@@ -563,6 +573,7 @@ def main() -> int:
         template = workroot / "template.db"
         upgrade(f"sqlite+aiosqlite:///{template}")
         bench = Bench(cluster, workroot, template, json.loads(LAB_FACTORIES.read_text()), py_spy_prefix=args.py_spy)
+        bench.forwarding_env.update(parse_env(args.forwarding_env))
         if args.agent_concurrency is not None:
             bench.agent_concurrency = args.agent_concurrency
         print(f"agent link: {cluster.name} (Slurm {cluster.release}), parts {' '.join(args.parts)}, run "
@@ -573,9 +584,9 @@ def main() -> int:
             for name in bench.names:
                 with contextlib.suppress(AssertionError):
                     cluster.slurm("scancel", f"--name={name}", timeout_s=60)
-    print(f"broker settings: forwarding {_settings(FAST)}; latency {_settings(LATENCY)}; idle {_settings(DEFAULTS)}; "
-          f"agent timings at their defaults; SQLite; one process; each agent carries out {bench.agent_concurrency} "
-          "orders at once")  # fmt: skip
+    print(f"broker settings: forwarding {_settings(bench.forwarding_env)}; latency {_settings(LATENCY)}; "
+          f"idle {_settings(DEFAULTS)}; agent timings at their defaults; SQLite; one process; each agent carries "
+          f"out {bench.agent_concurrency} orders at once")  # fmt: skip
     for line in lines:
         print(line)
     return 0

@@ -68,6 +68,10 @@ _R = TypeVar("_R")
 CODECS: tuple[Codec, ...] = (V0042(), V0038())
 CODECS_BY_VERSION: Mapping[str, Codec] = {codec.version: codec for codec in CODECS}
 NOTHING_FOUND = 9003  # slurmdbd's "Nothing found with query": an empty answer, not a failure
+# Connections to slurmrestd, every one kept alive between bursts. slurmctld takes its job write lock for each
+# submit, so more connections only move the queue from here into slurmrestd, while httpcore looks at every
+# pooled connection for each request; calls beyond these wait for a free one within their own deadline.
+CONNECTIONS = 10
 
 
 class RestAdapter(SlurmAdapter):
@@ -116,6 +120,7 @@ class RestAdapter(SlurmAdapter):
             base_url=self.base_url,
             timeout=self._timeout,
             headers={"Accept": "application/json"},
+            limits=httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS),
             transport=transport,
         )
 
