@@ -114,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             return asyncio.run(check(config))
         logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if logging.getLogger().getEffectiveLevel() > logging.DEBUG:  # not a line per poll and per Slurm call
+            logging.getLogger("httpx").setLevel(logging.WARNING)
         return asyncio.run(run(config, failpoints))
     except (AgentConfigError, KeyFileError, UnknownFailpoint) as exc:
         print(f"conveyor-agent: {exc}", file=sys.stderr)
