@@ -8,7 +8,7 @@ old schema. How it is served (one worker, a parse limit a little above the app's
 from __future__ import annotations
 
 from app.limits import EdgeLimits
-from app.main import create_app
+from app.main import create_app, stop_notice
 from app.serving import serve
 from broker.settings import Settings
 
@@ -16,7 +16,8 @@ from broker.settings import Settings
 def main() -> None:
     settings = Settings()
     head_bytes = EdgeLimits.from_settings(settings).server_head_bytes
-    serve(create_app(settings), host=settings.host, port=settings.port, max_head_bytes=head_bytes)
+    app = create_app(settings)
+    serve(app, host=settings.host, port=settings.port, max_head_bytes=head_bytes, on_exit=stop_notice(app))
 
 
 if __name__ == "__main__":

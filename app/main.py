@@ -8,9 +8,10 @@ head``; the broker never migrates or creates tables itself).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -74,6 +75,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with _running(settings, authenticator, adapters) as state:
+            app.state.loop = asyncio.get_running_loop()
             app.state.conveyor = state
             yield
             app.state.conveyor = None
@@ -107,6 +109,19 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def stop_notice(app: FastAPI) -> Callable[[], None]:
+    """What the server calls, from its signal handler, as it starts to stop: the agents' long polls answer at
+    once, so none holds the shutdown for as long as its wait."""
+
+    def notice() -> None:
+        state: AppState | None = getattr(app.state, "conveyor", None)
+        loop: asyncio.AbstractEventLoop | None = getattr(app.state, "loop", None)
+        if state is not None and loop is not None:
+            loop.call_soon_threadsafe(state.agents.stop_polls)
+
+    return notice
 
 
 def _refuse(message: str) -> StartupRefused:

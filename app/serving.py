@@ -14,12 +14,17 @@ little above those. A head beyond it, or one h11 cannot parse, is answered by th
 
 from __future__ import annotations
 
+import contextlib
 import http
 import json
+import sys
+from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import h11
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from conveyor.problems import HEADERS_TOO_LARGE, MALFORMED_REQUEST, PROBLEM_MEDIA_TYPE, Problem
@@ -55,11 +60,31 @@ class ProblemH11Protocol(H11Protocol):
         return MALFORMED_REQUEST.problem(detail, code=f"{MALFORMED_REQUEST.code}.http")
 
 
+class NoticingServer(uvicorn.Server):
+    """uvicorn's server; ``on_exit`` is called once, from the signal handler, as it starts to stop (before it
+    waits for the open requests to end)."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None] | None) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit and self._on_exit is not None:
+            self._on_exit()
+        super().handle_exit(sig, frame)
+
+
 def serve(
-    app: Any, *, host: str, port: int, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES, log_level: str = "info"
+    app: Any,
+    *,
+    host: str,
+    port: int,
+    max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
+    log_level: str = "info",
+    on_exit: Callable[[], None] | None = None,
 ) -> None:
-    """Serve ``app`` (an ASGI application) until interrupted."""
-    uvicorn.run(
+    """Serve ``app`` (an ASGI application) until interrupted; ``on_exit`` as :class:`NoticingServer` says."""
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -71,6 +96,11 @@ def serve(
         server_header=False,
         log_level=log_level,
     )
+    server = NoticingServer(config, on_exit)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:  # as uvicorn.run: the app refused to start, or the port was taken
+        sys.exit(STARTUP_FAILURE)
 
 
-__all__ = ["DEFAULT_MAX_HEAD_BYTES", "ProblemH11Protocol", "serve"]
+__all__ = ["DEFAULT_MAX_HEAD_BYTES", "NoticingServer", "ProblemH11Protocol", "serve"]

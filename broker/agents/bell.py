@@ -102,6 +102,12 @@ class Bell:
         for signal in list(self._by_factory.get(factory_id, ())):
             signal.ring()
 
+    def ring_polls(self) -> None:
+        """Wake every Factory's pollers."""
+        for signals in list(self._by_factory.values()):
+            for signal in list(signals):
+                signal.ring()
+
     def ring_answers(self, order_ids: Iterable[int]) -> None:
         """These orders were answered: wake whoever waits for them."""
         for order_id in order_ids:

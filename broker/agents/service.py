@@ -54,6 +54,13 @@ class AgentService:
     def __init__(self, link: AgentLink, registry: FactoryRegistry) -> None:
         self._link = link
         self._registry = registry
+        self._polls_stopped = False
+
+    def stop_polls(self) -> None:
+        """The process is stopping: every long poll answers now with what is due, and later ones do not wait (an
+        open poll would hold the server's shutdown for as long as its wait)."""
+        self._polls_stopped = True
+        self._link.bell.ring_polls()
 
     def _agent_factory(self, factory_id: str) -> float:
         """The Factory's clock_skew_s; :class:`UnknownFactory` unless it is reached through an agent."""
@@ -92,7 +99,8 @@ class AgentService:
         return await self._link.sessions.heartbeat(factory_id, session_id, beat)
 
     async def poll(self, factory_id: str, session_id: str, poll: Poll) -> Orders:
-        """The session's due orders, waiting up to ``poll.wait_s`` for some; an empty answer after the wait."""
+        """The session's due orders, waiting up to ``poll.wait_s`` for some (not once the process is stopping); an
+        empty answer after the wait."""
         self._agent_factory(factory_id)
         orders = self._link.orders
         deadline = time.monotonic() + poll.wait_s
@@ -100,7 +108,7 @@ class AgentService:
             while True:
                 answer = await orders.take(factory_id, session_id, poll)
                 remaining = deadline - time.monotonic()
-                if answer.orders or remaining <= 0:
+                if answer.orders or remaining <= 0 or self._polls_stopped:
                     return answer
                 await signal.wait(remaining)
 

@@ -331,6 +331,20 @@ async def test_an_empty_long_poll_waits_its_time_and_an_order_ends_it_at_once(
         await submit
 
 
+async def test_a_stopping_process_answers_open_long_polls_at_once_and_later_ones_without_waiting(
+    service: AgentService, link: AgentLink
+) -> None:
+    agents = [await ScriptedAgent(service).connect(hold=False) for _ in range(2)]
+    polls = [asyncio.create_task(service.poll("alpha", agent.session_id, Poll(ack=0, wait_s=25))) for agent in agents]
+    await wait_until(lambda: link.bell.waiting == 2)
+    service.stop_polls()
+    answers = await asyncio.wait_for(asyncio.gather(*polls), 5)  # long before their 25 s
+    assert [answer.orders for answer in answers] == [[], []]
+    later = await asyncio.wait_for(service.poll("alpha", agents[0].session_id, Poll(ack=0, wait_s=25)), 5)
+    assert later.orders == []
+    assert link.bell.waiting == 0
+
+
 async def test_another_replicas_orders_and_reports_wake_waiters_here(db: Database, link: AgentLink) -> None:
     """Two links on one database play two broker replicas: no local ring crosses between them."""
     other = AgentLink(db, TIMINGS)
