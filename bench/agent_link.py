@@ -176,6 +176,12 @@ class Bench:
         """The Factory submitted to: the lab cluster's own (same id as the cluster)."""
         return self.cluster.name
 
+    def py_spy_output(self, process: str, round_: int) -> Path | None:
+        """Where a burst's profile of ``process`` goes (None: no profiling)."""
+        if self.py_spy_prefix is None:
+            return None
+        return Path(f"{self.py_spy_prefix}-{process}-r{round_}.speedscope.json")
+
     def name(self, what: str) -> str:
         name = f"bench-agent-{self.run_id}-{what}"
         self.names.append(name)
@@ -307,12 +313,9 @@ async def forwarding_burst(bench: Bench, mode: str, round_: int, jobs: int) -> B
         await wait_factories(broker, [bench.factory], healthy=True, agent=mode == "agent")
         await wait_reconciled(broker, bench.factory)
         async with broker.client(limits=httpx.Limits(max_connections=bench.post_concurrency)) as client:
-            spy = (
-                None if bench.py_spy_prefix is None else Path(f"{bench.py_spy_prefix}-{mode}-r{round_}.speedscope.json")
-            )
-            stack.enter_context(py_spy(broker.pid, spy))
-            if agent_pid is not None and spy is not None:
-                stack.enter_context(py_spy(agent_pid, spy.with_name(spy.name.replace(f"-{mode}-", "-agent-process-"))))
+            stack.enter_context(py_spy(broker.pid, bench.py_spy_output(mode, round_)))
+            if agent_pid is not None:
+                stack.enter_context(py_spy(agent_pid, bench.py_spy_output("agent-process", round_)))
             meter = CpuMeter(bench.cluster, broker.pid)
             if agent_pid is not None:
                 meter.pids["agent"] = agent_pid

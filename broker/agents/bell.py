@@ -104,9 +104,8 @@ class Bell:
 
     def ring_polls(self) -> None:
         """Wake every Factory's pollers."""
-        for signals in list(self._by_factory.values()):
-            for signal in list(signals):
-                signal.ring()
+        for factory_id in list(self._by_factory):
+            self.ring_orders(factory_id)
 
     def ring_answers(self, order_ids: Iterable[int]) -> None:
         """These orders were answered: wake whoever waits for them."""
