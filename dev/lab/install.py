@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from dev.lab import images
 from dev.lab.layout import chroot_dir
 from dev.lab.topology import REST_USER, SUBMIT_USERS
 
@@ -22,6 +23,9 @@ CHROOT_PACKAGES = [
     # for building pyslurm (lab-only) and running the conformance suite inside the chroot
     "libslurm-dev", "python3-dev", "python3-venv", "build-essential",
 ]  # fmt: skip
+# Only sid packages Apptainer: jobs on the sid root's cluster run containers with it (docs/containers-lab.md);
+# busybox-static is what the lab's test image is made of (dev/lab/images.py).
+SID_PACKAGES = ["apptainer", "busybox-static"]
 APT_ENV = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
 
 
@@ -71,7 +75,8 @@ def _mount(kind: list[str], target: Path) -> None:
 
 
 def chroot(suite: str) -> Path:
-    """A minimal Debian root for ``suite`` with Slurm, users, CA bundle, /proc and /dev."""
+    """A minimal Debian root for ``suite`` with Slurm, users, CA bundle, /proc, /dev and /dev/pts; sid's also has
+    Apptainer and the lab's test image (:mod:`dev.lab.images`)."""
     root = chroot_dir(suite)
     if not (root / "etc/debian_version").exists():
         partial = root.with_name(root.name + ".partial")
@@ -85,19 +90,26 @@ def chroot(suite: str) -> Path:
         policy.chmod(0o755)
     _mount(["-t", "proc", "proc"], root / "proc")
     _mount(["--bind", "/dev"], root / "dev")
+    # The bind above leaves out the mounts under /dev: without /dev/pts/ptmx Apptainer cannot mount a devpts of
+    # its own (--contain, --containall, and the unpacking of a SIF fail) (docs/containers-lab.md).
+    _mount(["--bind", "/dev/pts"], root / "dev/pts")
     for name in ("etc/hosts", "etc/resolv.conf"):
         shutil.copyfile(Path("/") / name, root / name)
     prefix = ["chroot", str(root)]
-    _apt_install(CHROOT_PACKAGES, prefix, sid=suite == "sid")
+    sid = suite == "sid"
+    apptainer = suite == images.APPTAINER_SUITE
+    _apt_install([*CHROOT_PACKAGES, *(SID_PACKAGES if apptainer else [])], prefix, sid=sid)
     # This network re-signs TLS: pip inside the chroot needs the host's CA bundle (after apt, which rewrites it).
     shutil.copyfile("/etc/ssl/certs/ca-certificates.crt", root / "etc/ssl/certs/ca-certificates.crt")
     _ensure_users(prefix, root / "etc/passwd")
+    if apptainer:
+        images.ensure_test_image(root)
     return root
 
 
 def unmount_chroot(suite: str) -> None:
     root = chroot_dir(suite)
-    for sub in ("src", "dev", "proc"):
+    for sub in ("src", "dev/pts", "dev", "proc"):
         target = root / sub
         if os.path.ismount(target):
             subprocess.run(["umount", "--lazy", str(target)], check=False)
