@@ -21,7 +21,7 @@ from typing import Any
 
 from broker.factories import working_roots
 from broker.factories.registry import Factory, FactoryRegistry, Partition
-from broker.jobs.translate import TranslationError, to_slurm_spec
+from broker.jobs.translate import TranslationError, container_problem, to_slurm_spec
 from conveyor.problems import PlacementCode
 from conveyor.spec import JobSpec
 from slurm_adapters.agent_protocol import features_used
@@ -261,7 +261,7 @@ def _scope(spec: JobSpec, registry: FactoryRegistry, allowed: Collection[str] | 
                 country=factory.country,
                 countries=list(countries),
             )
-        _check_directory(spec, [factory])
+        _check_container(spec, _check_directory(spec, [factory]))
         return _Scope((factory,), explicit=True, countries=countries, restricted=allowed is not None)
     usable = [factory for factory in registry if allowed is None or factory.id in allowed]
     if not usable:
@@ -277,7 +277,10 @@ def _scope(spec: JobSpec, registry: FactoryRegistry, allowed: Collection[str] | 
             factories={factory.id: factory.country for factory in usable},
         )
     return _Scope(
-        tuple(_check_directory(spec, in_countries)), explicit=False, countries=countries, restricted=allowed is not None
+        tuple(_check_container(spec, _check_directory(spec, in_countries))),
+        explicit=False,
+        countries=countries,
+        restricted=allowed is not None,
     )
 
 
@@ -298,6 +301,23 @@ def _check_directory(spec: JobSpec, factories: Sequence[Factory]) -> list[Factor
             f"working_directory {directory} is outside the directories jobs may work in ({where})",
             working_directory=directory,
             allowed_roots=roots,
+        )
+    return fitting
+
+
+def _check_container(spec: JobSpec, factories: Sequence[Factory]) -> list[Factory]:
+    """The Factories that can run the job's container (its runtime, image and mounts; the site user it runs
+    as is checked once known); none is an error that says why for each."""
+    problems = {factory.id: container_problem(spec, factory, None) for factory in factories}
+    fitting = [factory for factory in factories if problems[factory.id] is None]
+    if not fitting:
+        assert spec.container is not None  # without one, every Factory fits
+        where = "; ".join(f"Factory {factory_id} {problem}" for factory_id, problem in problems.items())
+        raise PlacementError(
+            PlacementCode.CONTAINER_NOT_ALLOWED,
+            f"no Factory can run container image {spec.container.image} as asked: {where}",
+            image=spec.container.image,
+            factories=problems,
         )
     return fitting
 

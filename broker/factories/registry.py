@@ -38,6 +38,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from broker.config_files import ConfigFileError, Location, dotted, explain_all, read_document
 from broker.factories import working_roots
+from broker.factories.containers import ContainerRuntime
 from conveyor.spec import MAX_TIME_LIMIT_MIN, Country, FactoryId, GpuType
 from slurm_adapters.errors import UnsafeRequest
 from slurm_adapters.factory import AdapterConfig, site_policy
@@ -149,6 +150,9 @@ class Factory(_Strict):
         description="Slurm's MessageTimeout: how long a request may still travel to slurmctld after the broker "
         "gave up on it; nobody settles a submit in doubt before its start + the submit window + this + the "
         "clock skew",
+    )
+    containers: ContainerRuntime | None = Field(
+        None, description="how jobs run in containers here; None: this Factory runs no container jobs"
     )
     clock_skew_s: float = Field(
         10.0,

@@ -6,23 +6,34 @@ its files go. Nothing here calls Slurm or reads the database.
 
 from __future__ import annotations
 
-import shlex
+from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
 from broker.factories import working_roots
 from broker.factories.registry import Factory
+from broker.jobs import launch
 from conveyor.spec import JobSpec
 from slurm_adapters.records import SlurmJobSpec
 
 if TYPE_CHECKING:  # placement translates to check an agent's features: no import cycle at run time
     from broker.factories.placement import Placement
 
-DEFAULT_SHELL = "#!/bin/bash"
+# An output pattern's placeholders in Slurm's filename patterns (a chain's segment is the broker's to fill in).
+_SLURM_PATTERNS = {"{job_id}": "%j", "{array_index}": "%a"}
 
 
 class TranslationError(ValueError):
     """The job cannot be expressed for this Factory (e.g. no working directory anywhere); the user must act."""
+
+
+def container_problem(spec: JobSpec, factory: Factory, user: str | None) -> str | None:
+    """Why the job's container cannot run on ``factory`` for site user ``user`` (None: some user), or None."""
+    if spec.container is None:
+        return None
+    if factory.containers is None:
+        return "runs no containers"
+    return factory.containers.problem(spec.container, factory.allowed_roots, user)
 
 
 def site_user(factory: Factory) -> str:
@@ -30,17 +41,22 @@ def site_user(factory: Factory) -> str:
     return factory.mapping.default_user
 
 
-def batch_script(spec: JobSpec) -> str:
-    """The batch script: the user's own, or an ``exec`` of the command with every argument shell-quoted.
+def output_file(pattern: str, segment: int = 0) -> str:
+    """An output pattern of the spec (``/runs/train-{job_id}.out``) as Slurm's (``/runs/train-%j.out``).
 
-    ``exec`` keeps the command's exit status as the job's; quoting with :func:`shlex.join` means an argument
-    is never interpreted by the shell. A script without an interpreter line gets bash's, which sbatch needs.
-    """
-    if spec.command is not None:
-        return f"{DEFAULT_SHELL}\nexec {shlex.join(spec.command)}\n"
-    assert spec.script is not None  # the spec guarantees exactly one of the two
-    script = spec.script if spec.script.endswith("\n") else spec.script + "\n"
-    return script if script.startswith("#!") else f"{DEFAULT_SHELL}\n{script}"
+    The spec's alphabet has no ``%`` or backslash, so nothing else in the path is a Slurm pattern."""
+    for placeholder, slurm in _SLURM_PATTERNS.items():
+        pattern = pattern.replace(placeholder, slurm)
+    return pattern.replace("{segment}", str(segment))
+
+
+def _check_output(label: str, pattern: str, factory: Factory, site: str) -> None:
+    directory = str(PurePosixPath(pattern).parent)
+    if not factory.allows_directory(directory, site):
+        raise TranslationError(
+            f"{label} {pattern} is outside the directories Factory {factory.id} lets jobs of site user {site} "
+            f"write in: {working_roots.listing(factory.allowed_roots)}"
+        )
 
 
 def working_directory(spec: JobSpec, factory: Factory, user: str | None = None) -> str:
@@ -69,26 +85,36 @@ def to_slurm_spec(
     *,
     account: str | None = None,
     user: str | None = None,
+    secrets: Mapping[str, str] | None = None,
 ) -> SlurmJobSpec:
     """The adapter's job spec for broker job ``job_id`` placed by ``placement`` on ``factory``.
 
     The tag is the broker's job id: the only way to find the Slurm job again after a crash. ``account`` and
     ``user`` are the site account and user mapped for the job (broker.tenancy.site_accounts); None: the
-    Factory's defaults.
+    Factory's defaults. ``secrets``: the values of the spec's ``secret_environment`` (the stored spec holds
+    them redacted), added to the job's environment only; without them (a dry run) they are left out.
     """
     if placement.factory.id != factory.id:
         raise ValueError(f"placement is on {placement.factory.id!r}, not on {factory.id!r}")
     directory = working_directory(spec, factory, user)
+    site = user or site_user(factory)
     resources = spec.resources
     log_stem = str(PurePosixPath(directory) / f"conveyor-{job_id}")
+    for label, pattern in (("stdout", spec.stdout), ("stderr", spec.stderr)):
+        if pattern is not None:
+            _check_output(label, pattern, factory, site)
+    if spec.container is not None:
+        problem = container_problem(spec, factory, site)
+        if problem is not None:
+            raise TranslationError(f"Factory {factory.id} {problem}")
     return SlurmJobSpec(
         name=spec.name,
-        script=batch_script(spec),
+        script=launch.batch_script(spec, factory.containers, directory),
         working_directory=directory,
         tag=job_id,
-        stdout=f"{log_stem}.out",
-        stderr=f"{log_stem}.err",
-        environment=dict(spec.environment),
+        stdout=output_file(spec.stdout) if spec.stdout else f"{log_stem}.out",
+        stderr=output_file(spec.stderr) if spec.stderr else f"{log_stem}.err",
+        environment={**spec.environment, **(secrets or {})},
         partition=placement.partition.name,
         account=account or factory.mapping.default_account,
         nodes=resources.nodes,
@@ -102,4 +128,11 @@ def to_slurm_spec(
     )
 
 
-__all__ = ["TranslationError", "batch_script", "site_user", "to_slurm_spec", "working_directory"]
+__all__ = [
+    "TranslationError",
+    "container_problem",
+    "output_file",
+    "site_user",
+    "to_slurm_spec",
+    "working_directory",
+]

@@ -5,7 +5,8 @@ alone. Each Factory is reached through slurmrestd (the broker's default adapter;
 host), configured by the same :func:`dev.lab.view.adapter_config` the tests use, and maps jobs to the lab's
 submit user ``alice`` and the first Slurm account of clusters that enforce accounts; jobs without a working
 directory run in the cluster's scratch directory (its path inside the cluster), and jobs may work there or
-in the site user's home (``working_roots``). Each adapter declares the lab's
+in the site user's home (``working_roots``). The cluster whose root has Apptainer runs containers from the
+lab's images (:func:`containers`). Each adapter declares the lab's
 submit users as ``allowed_users``, the names a rest adapter may submit as even where it resolves no uid.
 
 ``python3 -m dev.lab.factories_config`` writes it next to lab.json.
@@ -17,9 +18,10 @@ import json
 import os
 import re
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from dev.lab import images
 from dev.lab.view import SUBMIT_USER, Cluster, adapter_config, lab_json_path, read_lab
 from slurm_adapters.factory import config_to_dict
 
@@ -57,6 +59,19 @@ def working_roots(cluster: Cluster) -> list[str]:
     return [cluster.raw["scratch_dir"], "/home/{user}"]
 
 
+def containers(cluster: Cluster) -> dict[str, Any] | None:
+    """The container runtime of a cluster whose root has Apptainer: the lab's images, a clean environment, and
+    the directory of the fake GPU device files bound in (at a site, ``--nv`` binds the real ones)."""
+    if cluster.raw.get("suite") != images.APPTAINER_SUITE:
+        return None
+    return {
+        "runtime": "apptainer",
+        "images": [f"{PurePosixPath(images.TEST_IMAGE).parent}/*"],
+        "containall": True,
+        "binds": [f"{cluster.raw['cluster_dir']}/dev"],
+    }
+
+
 def factory_entry(cluster: Cluster, users: str) -> dict[str, Any]:
     """One lab cluster as a Factory of the broker's config; ``users``: the pattern of who jobs may run as."""
     raw = cluster.raw
@@ -77,6 +92,7 @@ def factory_entry(cluster: Cluster, users: str) -> dict[str, Any]:
         "message_timeout_s": float(raw["message_timeout_s"]),
         "clock_skew_s": CLOCK_SKEW_S,
         "partitions": [_partition(partition, nodes) for partition in raw["partitions"]],
+        **({"containers": runtime} if (runtime := containers(cluster)) is not None else {}),
     }
 
 

@@ -213,6 +213,7 @@ class PlacementCode(enum.StrEnum):
     NO_FACTORY_ALLOWED = "placement_failed.no_factory_allowed"
     COUNTRY_EXCLUDED = "placement_failed.country_excluded"
     WORKING_DIRECTORY_NOT_ALLOWED = "placement_failed.working_directory_not_allowed"
+    CONTAINER_NOT_ALLOWED = "placement_failed.container_not_allowed"
     # What no partition offers
     GPU_TYPE_UNAVAILABLE = "placement_failed.gpu_type_unavailable"
     NO_GPUS = "placement_failed.no_gpus"

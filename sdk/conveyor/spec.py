@@ -1,8 +1,9 @@
 """The job spec: what a user asks Conveyor to run, identical for the server, the SDK and the CLI.
 
 Strict by design: unknown fields are refused (a typo must not be silently dropped), numbers must be JSON
-numbers (``true`` or ``"2"`` is not a node count), and features that are planned but not built yet (container
-images, job arrays, dependencies) are refused by name, so a user never believes they were honoured.
+numbers (``true`` or ``"2"`` is not a node count), and features that are planned but not built yet (job
+arrays, dependencies) are refused by name, so a user never believes they were honoured. How the job runs
+(container, launcher, output files) is :mod:`conveyor.workload`.
 """
 
 from __future__ import annotations
@@ -22,19 +23,17 @@ from pydantic import (
     model_validator,
 )
 
+from conveyor.environment import EnvName, EnvValue, check_environment
+from conveyor.workload import Container, Launcher, OutputPattern, site_path
+
 _NOT_YET = {
-    "image": "container images",
-    "container": "container images",
-    "container_image": "container images",
     "array": "job arrays",
     "dependency": "job dependencies",
     "dependencies": "job dependencies",
 }
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Read by Slurm and its launchers, SPANK plugins, PMI/PMIx and container runtimes (as slurm_adapters.safety).
-_RESERVED_ENV_PREFIXES = (
-    "SLURM_", "SBATCH_", "SALLOC_", "SRUN_", "SPANK_", "PMI_", "PMIX_", "SLURMD_", "APPTAINER", "SINGULARITY",
-)  # fmt: skip
+# Names users reach for that the spec spells otherwise: refused with the right name, never ignored.
+_SPELLED_OTHERWISE = {"image": "container.image", "container_image": "container.image"}
+BASH_INTERPRETER_LINES = frozenset({"/bin/bash", "/usr/bin/bash", "/usr/bin/env bash"})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
@@ -44,22 +43,12 @@ GpuType = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=
 Country = Annotated[str, StringConstraints(min_length=2, max_length=2, pattern=r"^[A-Z]{2}$")]
 LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^[a-z0-9]([a-z0-9._/-]*[a-z0-9])?$")]
 LabelValue = Annotated[str, StringConstraints(max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")]
-EnvName = Annotated[str, StringConstraints(max_length=256)]
-"""An environment variable's name, bounded here; its grammar is checked by :class:`JobSpec` with a clear message."""
-
-
-def normalized_directory(path: str) -> str:
-    """An absolute path without ``.``, empty or trailing segments; ``..`` is refused (never resolved)."""
-    segments = path.split("/")
-    if ".." in segments:
-        raise ValueError("must not contain '..' segments")
-    return "/" + "/".join(segment for segment in segments if segment not in {"", "."})
 
 
 WorkingDirectory = Annotated[
     str,
     StringConstraints(max_length=4096, pattern=r"^/[^\x00-\x1f\x7f]*$"),
-    AfterValidator(normalized_directory),
+    AfterValidator(site_path),
 ]
 
 MAX_SCRIPT_BYTES = 1024 * 1024
@@ -150,13 +139,27 @@ class JobSpec(_Strict):
     script: str | None = Field(None, max_length=MAX_SCRIPT_BYTES)
     command: list[Annotated[str, StringConstraints(max_length=4096)]] | None = Field(None, min_length=1, max_length=256)
     resources: Resources = Field(default_factory=Resources)
-    environment: dict[EnvName, Annotated[str, StringConstraints(max_length=32_768)]] = Field(
-        default_factory=dict, max_length=256
-    )
+    environment: dict[EnvName, EnvValue] = Field(default_factory=dict, max_length=256)
     working_directory: WorkingDirectory | None = Field(
         None,
         description="where the job runs at its Factory: an absolute path, normalized, without '..', inside the "
         "directories the Factory allows (its working_roots)",
+    )
+    secret_environment: dict[EnvName, EnvValue] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="write-only environment (tokens): encrypted at rest, delivered to the job only, and shown "
+        "redacted in every answer",
+    )
+    container: Container | None = None
+    launcher: Launcher | None = Field(
+        None, description="what starts the command on the job's nodes; none: the batch script runs it once"
+    )
+    stdout: OutputPattern | None = Field(
+        None, description="the job's standard output file; none: conveyor-<job>.out in its working directory"
+    )
+    stderr: OutputPattern | None = Field(
+        None, description="the job's standard error file; none: conveyor-<job>.err in its working directory"
     )
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=64)
     placement: Placement = Field(default_factory=Placement)
@@ -168,6 +171,9 @@ class JobSpec(_Strict):
             for key, feature in _NOT_YET.items():
                 if key in data:
                     raise ValueError(f"{feature} ({key!r}) are not supported yet; remove the field")
+            for key, spelling in _SPELLED_OTHERWISE.items():
+                if key in data:
+                    raise ValueError(f"{key!r} is not a field of the job spec: use {spelling}")
         return data
 
     @model_validator(mode="after")
@@ -193,16 +199,29 @@ class JobSpec(_Strict):
                 raise ValueError(f"command word {index} contains a NUL byte")
         return value
 
-    @field_validator("environment")
+    @field_validator("environment", "secret_environment")
     @classmethod
-    def _environment_names(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, text in value.items():
-            if not _ENV_NAME.match(name):
-                raise ValueError(f"invalid environment variable name {name!r}")
-            if name.upper().startswith(_RESERVED_ENV_PREFIXES):
-                raise ValueError(
-                    f"environment variable {name!r} is reserved for Slurm, its launchers and container runtimes"
-                )
-            if "\x00" in text:
-                raise ValueError(f"environment variable {name!r} contains a NUL byte")
-        return value
+    def _environment_entries(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_environment(value)
+
+    @model_validator(mode="after")
+    def _runs_as_described(self) -> Self:
+        both = sorted(set(self.environment) & set(self.secret_environment))
+        if both:
+            raise ValueError(f"{', '.join(both)} given in both environment and secret_environment")
+        for label, pattern in (("stdout", self.stdout), ("stderr", self.stderr)):
+            if pattern is not None and "{array_index}" in pattern:
+                raise ValueError(f"{label}: {{array_index}} names a task of a job array, and this job is none")
+        if self.launcher is not None and self.command is None:
+            raise ValueError(f"launcher {self.launcher.value!r} starts a command: give 'command', not 'script'")
+        if self.container is not None and self.script is not None and not self._script_runs_under_bash():
+            raise ValueError(
+                "in a container a script runs under the image's /bin/bash: drop its interpreter line, or give "
+                "'command' for another interpreter"
+            )
+        return self
+
+    def _script_runs_under_bash(self) -> bool:
+        assert self.script is not None
+        first = self.script.split("\n", 1)[0]
+        return not first.startswith("#!") or first[2:].strip() in BASH_INTERPRETER_LINES

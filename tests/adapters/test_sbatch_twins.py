@@ -31,7 +31,7 @@ import pytest
 
 from broker.factories.placement import FactoryStatus, place
 from broker.factories.registry import parse_factories
-from broker.jobs.translate import batch_script, to_slurm_spec
+from broker.jobs.translate import to_slurm_spec
 from conveyor.spec import JobSpec
 from dev.lab.factories_config import allowed_users, factory_entry
 from slurm_adapters.convert import parse_duration_min, parse_gres, parse_key_values
@@ -172,7 +172,7 @@ def submit_twin(cluster: Cluster, rendered: SlurmJobSpec, spec: JobSpec) -> int:
         "env", "-i", "-C", rendered.working_directory, *environment,
         "sbatch", "--parsable", "--export=ALL", *twin_options(rendered, spec),
     ]  # fmt: skip
-    result = subprocess.run(argv, input=batch_script(spec), capture_output=True, text=True, timeout=30, check=False)
+    result = subprocess.run(argv, input=rendered.script, capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 0, result.stderr
     return int(result.stdout.strip().split(";")[0])
 

@@ -79,7 +79,7 @@ async def test_unknown_fields_are_refused_not_dropped(api: Api) -> None:
 
 
 async def test_planned_features_are_refused_by_name(api: Api) -> None:
-    for field, words in (("image", "container images"), ("array", "job arrays")):
+    for field, words in (("image", "use container.image"), ("array", "job arrays")):
         response = await api.client.post("/v1/jobs", json=job_body(**{field: "x"}))
         problem = problem_of(response, 422, "validation_error")
         assert problem.detail is not None

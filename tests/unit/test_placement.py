@@ -412,6 +412,7 @@ FAILURES: list[tuple[JobSpec, dict[str, FactoryStatus] | None, set[str] | None]]
     (job(placement={"factory": "bravo"}), {**ALL_UP, "bravo": DRAINED}, None),
     (job(placement={"factory": "bravo"}), {**ALL_UP, "bravo": FactoryStatus(healthy=False)}, None),
     (job(), {}, None),
+    (JobSpec.model_validate({**job().model_dump(), "container": {"image": "/opt/images/x.sif"}}), None, None),
 ]
 
 

@@ -232,11 +232,17 @@ def test_unknown_spec_fields_are_refused_by_name() -> None:
     assert error["loc"] == ("resources", "gpus")
 
 
-@pytest.mark.parametrize("field", ["image", "array", "dependency"])
+@pytest.mark.parametrize("field", ["array", "dependency"])
 def test_planned_features_are_refused_by_name(field: str) -> None:
     (error,) = errors_of(JobSpec, spec(**{field: "x"}))
     assert repr(field) in error["msg"]
     assert "not supported yet" in error["msg"]
+
+
+@pytest.mark.parametrize("field", ["image", "container_image"])
+def test_an_image_outside_container_is_refused_with_where_it_goes(field: str) -> None:
+    (error,) = errors_of(JobSpec, spec(**{field: "/opt/images/pytorch.sif"}))
+    assert error["msg"] == f"Value error, {field!r} is not a field of the job spec: use container.image"
 
 
 @pytest.mark.parametrize(

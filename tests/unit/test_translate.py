@@ -10,7 +10,8 @@ import pytest
 
 from broker.factories.placement import FactoryStatus, place
 from broker.factories.registry import Factory, parse_factories
-from broker.jobs.translate import TranslationError, batch_script, site_user, to_slurm_spec
+from broker.jobs.launch import batch_script
+from broker.jobs.translate import TranslationError, site_user, to_slurm_spec
 from conveyor.spec import JobSpec
 
 JOB_ID = "job_abcdefghijklmnopqrst"
@@ -103,7 +104,7 @@ def test_without_any_working_directory_the_job_cannot_be_translated() -> None:
 
 def test_a_command_becomes_an_exec_line_whose_arguments_the_shell_never_interprets(tmp_path: Any) -> None:
     argv = ["printf", "%s|", "a b", "$(touch pwned)", "it's", "; rm -rf /", "`id`", "\\n"]
-    script = batch_script(_spec(command=argv))
+    script = batch_script(_spec(command=argv), None, "/tmp")
     assert script.startswith("#!/bin/bash\n")
     assert f"exec {shlex.join(argv)}" in script
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=tmp_path, check=True)
@@ -112,10 +113,10 @@ def test_a_command_becomes_an_exec_line_whose_arguments_the_shell_never_interpre
 
 
 def test_a_script_keeps_its_interpreter_and_gets_bash_when_it_has_none() -> None:
-    assert batch_script(_spec(command=None, script="#!/usr/bin/env python3\nprint(1)")) == (
+    assert batch_script(_spec(command=None, script="#!/usr/bin/env python3\nprint(1)"), None, "/tmp") == (
         "#!/usr/bin/env python3\nprint(1)\n"
     )
-    assert batch_script(_spec(command=None, script="srun hostname\n")) == "#!/bin/bash\nsrun hostname\n"
+    assert batch_script(_spec(command=None, script="srun hostname\n"), None, "/tmp") == "#!/bin/bash\nsrun hostname\n"
 
 
 def test_jobs_run_as_the_factorys_mapped_user() -> None:

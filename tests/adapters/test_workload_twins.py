@@ -1,0 +1,99 @@
+"""How a job runs (launcher, output path, container), read back from Slurm against its sbatch twin.
+
+Per Slurm release and adapter, as tests/adapters/test_sbatch_twins.py: a job whose command carries shell
+metacharacters, started once per task by ``srun`` across every node of the cluster's CPU partition, writing to an
+output pattern with ``{job_id}``, and on the cluster whose root has Apptainer, inside the lab's image. Its twin is
+the same compiled script given to plain ``sbatch`` by the same user. Slurm's stored batch scripts must be the
+same (the broker's carries the adapters' directive fence, nothing else), the output paths Slurm records must be
+the patterns expanded, and each task must have printed every argument exactly as given.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+import pytest
+
+from conveyor.spec import JobSpec
+from dev.lab.images import APPTAINER_SUITE, TEST_IMAGE
+from slurm_adapters.records import SlurmJobState
+from slurm_adapters.safety import fenced_script
+from tests.adapters.test_sbatch_twins import (
+    KINDS,
+    PROJECT,
+    agent_fleet_if_needed,
+    broker_rendering,
+    open_adapter,
+    release_clusters,
+    show_job_dd,
+    submit_twin,
+)
+from tests.lab import SUBMIT_USER, Cluster, job_dir, kinds_on, new_tag, wait_for_job, wait_until
+
+pytestmark = pytest.mark.lab
+
+# No newline inside an argument here: each task prints one line, so that the tasks' lines, which srun passes on
+# a line at a time, never mix (tests/unit/test_launch.py covers newlines, through a real bash).
+ARGUMENTS = ["a b", "$(touch pwned)", "it's", "; rm -rf /", "`id`", "\\n", "*", "$HOME", "%s %%", "\t"]
+PRINT_ARGUMENTS = ["sh", "-c", 'printf "%s|" "$@"; echo', "sh", *ARGUMENTS]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "case" in metafunc.fixturenames:
+        cases = [(kind, cluster) for cluster in release_clusters() for kind in kinds_on(KINDS, cluster)]
+        ids = [f"{kind}-{cluster.name}-{cluster.short_release}" for kind, cluster in cases]
+        metafunc.parametrize("case", cases, ids=ids)
+
+
+def workload_spec(cluster: Cluster) -> JobSpec:
+    partition = cluster.cpu_partition
+    directory = job_dir(cluster, new_tag("workload"))
+    fields: dict[str, Any] = {
+        "name": "workload-twin",
+        "project": PROJECT,
+        "command": PRINT_ARGUMENTS,
+        "launcher": "srun",
+        "resources": {"nodes": len(partition["nodes"]), "tasks_per_node": 1, "time_limit_min": 3},
+        "working_directory": directory,
+        "stdout": f"{directory}/out-{{job_id}}.txt",
+        "placement": {"factory": cluster.name},
+    }
+    if cluster.raw.get("suite") == APPTAINER_SUITE:
+        fields["container"] = {"image": TEST_IMAGE}
+    return JobSpec.model_validate(fields)
+
+
+def stored_script(cluster: Cluster, job_id: int) -> str:
+    return cluster.slurm("scontrol", "write", "batch_script", str(job_id), "-")
+
+
+async def test_launcher_output_path_and_container_are_the_twins(
+    case: tuple[str, Cluster], request: pytest.FixtureRequest
+) -> None:
+    kind, cluster = case
+    spec = workload_spec(cluster)
+    rendered = broker_rendering(cluster, spec)
+    directory = rendered.working_directory
+    async with open_adapter(kind, cluster, agent_fleet_if_needed(request, [kind])) as adapter:
+        broker_id = await adapter.submit(rendered, SUBMIT_USER)
+        twin_id = submit_twin(cluster, rendered, spec)
+        for job_id in (broker_id, twin_id):
+            record = await wait_for_job(adapter, job_id, {SlurmJobState.COMPLETED}, timeout_s=120)
+            assert record.state is SlurmJobState.COMPLETED, (record, cluster.host_path(directory))
+    broker, twin = show_job_dd(cluster, broker_id), show_job_dd(cluster, twin_id)
+    for field in ("NumNodes", "NumTasks", "Partition", "TimeLimit"):
+        assert broker.get(field) == twin.get(field), field
+    assert broker.get("StdOut") == f"{directory}/out-{broker_id}.txt"
+    assert stored_script(cluster, broker_id) == fenced_script(stored_script(cluster, twin_id))
+    if spec.container is not None:
+        assert f"apptainer exec --containall --bind {directory} --pwd {directory} " in rendered.script
+        assert f" {TEST_IMAGE} sh -c " in rendered.script
+    assert shlex.join(PRINT_ARGUMENTS) in rendered.script
+    line = "".join(f"{argument}|" for argument in ARGUMENTS) + "\n"
+    broker_out = cluster.host_path(f"{directory}/out-{broker_id}.txt")
+    lines = line * spec.resources.nodes  # one per task, in any order
+    wait_until(lambda: broker_out.exists() and len(broker_out.read_text()) >= len(lines), 10, "the job's output")
+    assert broker_out.read_text() == lines
+    assert cluster.host_path(f"{directory}/twin.out").read_text() == lines
+    assert not cluster.host_path(f"{directory}/pwned").exists()

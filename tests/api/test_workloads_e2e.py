@@ -1,0 +1,230 @@
+"""Containers, launchers and output paths over HTTP: a real uvicorn in front of the real Slurm lab.
+
+Two container jobs on delta (Apptainer in the sid root) and two 2-node torchrun jobs on alpha run at once, each
+held by a file the test creates once it has read Slurm's view of the running job (``scontrol show job -dd``), so
+"at once" is a fact, not a timing. The torchrun here is a stub with torchrun's command line (no torch wheel is
+installed): each node's copy connects its ranks to rank 0 at the rendezvous endpoint it was given, so a launcher
+line that starts the wrong number of nodes or ranks, or names the wrong endpoint, never completes.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from broker.jobs.launch import MASTER_PORT_BASE, MASTER_PORT_SPAN
+from dev.lab.images import TEST_IMAGE, TEST_IMAGE_ID
+from tests.api.conftest import job_body
+from tests.api.server import Server, lab_factories, start_server
+from tests.lab import Cluster, clusters, job_dir, new_tag
+
+pytestmark = pytest.mark.lab
+
+POLL_S = 0.2  # a poll interval, not a wait for something to happen
+TIMEOUT_S = 120.0
+GRES_INDEX = re.compile(r"gpu(?::[a-z0-9]+)?:\d+\(IDX:([0-9,-]+)\)")
+# torchrun's command line as the stub receives it; it prints what it was given and what joined.
+STUB_TORCHRUN = r"""#!/usr/bin/env python3
+import argparse, os, socket, subprocess, sys, time
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--nnodes", type=int, required=True)
+parser.add_argument("--nproc-per-node", type=int, required=True)
+parser.add_argument("--rdzv-backend", required=True)
+parser.add_argument("--rdzv-endpoint", required=True)
+parser.add_argument("--rdzv-id", required=True)
+parser.add_argument("program", nargs=argparse.REMAINDER)
+args = parser.parse_args()
+host, port = args.rdzv_endpoint.rsplit(":", 1)
+world = args.nnodes * args.nproc_per_node
+node = int(os.environ["SLURM_NODEID"])
+deadline = time.monotonic() + 60
+if node == 0:
+    server = socket.create_server((host, int(port)))
+    server.settimeout(60)
+ranks = []
+for local in range(args.nproc_per_node):
+    while True:
+        try:
+            conn = socket.create_connection((host, int(port)), timeout=5)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                sys.exit(f"rank {node}/{local}: no rendezvous at {args.rdzv_endpoint}")
+            time.sleep(0.1)
+    conn.sendall(f"{args.rdzv_id}\n".encode())
+    ranks.append(conn)
+if node == 0:
+    ids = []
+    for _ in range(world):
+        peer, _ = server.accept()
+        ids.append(peer.makefile().readline().strip())
+    assert set(ids) == {args.rdzv_id}, ids
+    print(f"rendezvous {args.rdzv_endpoint} id {args.rdzv_id}: {world} ranks joined", flush=True)
+    while not os.path.exists("go"):
+        time.sleep(0.1)
+for local in range(args.nproc_per_node):
+    rank = node * args.nproc_per_node + local
+    env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(local)}
+    subprocess.run(args.program, env=env, check=True)
+"""
+
+
+def lab_cluster(name: str) -> Cluster:
+    for cluster in clusters():
+        if cluster.name == name:
+            return cluster
+    pytest.skip(f"the lab has no cluster {name}")
+
+
+@pytest.fixture
+def server(tmp_path: Path, sqlite_copy: Path) -> Iterator[Server]:
+    """The broker with its loops on, in front of alpha (multi-node) and delta (Apptainer)."""
+    server = start_server(tmp_path, sqlite_copy, lab_factories(tmp_path, only=["alpha", "delta"]), run_loops=True)
+    try:
+        server.wait_ready(timeout_s=60)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[httpx.Client]:
+    with server.client() as client:
+        yield client
+
+
+def submit(client: httpx.Client, **fields: Any) -> dict[str, Any]:
+    created = client.post("/v1/jobs", json=job_body(**fields))
+    assert created.status_code == 201, created.text
+    job: dict[str, Any] = created.json()
+    return job
+
+
+def wait_job(client: httpx.Client, job_id: str, done: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+        if done(job):
+            return job
+        assert job["state"] not in {"failed", "cancelled", "timeout", "rejected", "lost"}, job
+        assert time.monotonic() < deadline, f"job {job_id} not {what} within {TIMEOUT_S} s: {job}"
+        time.sleep(POLL_S)
+
+
+def output_when(client: httpx.Client, job_id: str, wanted: str) -> str:
+    """The job's stdout through the broker once it contains ``wanted``."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        answer = client.get(f"/v1/jobs/{job_id}/output")
+        if answer.status_code == 200 and wanted in (content := str(answer.json()["content"])):
+            return content
+        assert answer.status_code in {200, 409}, answer.text
+        assert time.monotonic() < deadline, f"job {job_id}'s output never held {wanted!r}: {answer.text}"
+        time.sleep(POLL_S)
+
+
+def completed(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    return wait_job(client, job_id, lambda job: job["state"] == "completed", "completed")
+
+
+@pytest.fixture
+def jobs(client: httpx.Client) -> Iterator[list[dict[str, Any]]]:
+    """The jobs a test submits, cancelled at its end should it fail before they ended."""
+    submitted: list[dict[str, Any]] = []
+    yield submitted
+    for job in submitted:
+        client.post(f"/v1/jobs/{job['id']}/cancel")
+
+
+def test_two_gpu_jobs_run_in_the_image_each_seeing_its_own_gpu_as_slurm_gave_it(
+    client: httpx.Client, jobs: list[dict[str, Any]]
+) -> None:
+    delta = lab_cluster("delta")
+    tag = new_tag("container")
+    directory = job_dir(delta, tag)
+    device_dir = f"{delta.raw['cluster_dir']}/dev"
+    inside = "cat /etc/os-release; echo CVD=$CUDA_VISIBLE_DEVICES; ls {}; echo listed; "
+    inside += "while [ ! -e go-{} ]; do sleep 0.1; done"
+    jobs += [
+        submit(
+            client,
+            name=f"container-{n}",
+            command=["sh", "-c", inside.format(device_dir, n)],  # the clean environment has no SLURM_JOB_ID
+            working_directory=directory,
+            resources={"gpus_per_node": 1, "gpu_type": "a100", "time_limit_min": 5},
+            container={"image": TEST_IMAGE},
+            placement={"factory": "delta"},
+        )
+        for n in range(2)
+    ]
+    indices = []
+    for job in jobs:
+        running = wait_job(client, job["id"], lambda job: job["state"] == "running", "running")
+        shown = delta.slurm("scontrol", "show", "job", "-dd", str(running["slurm_job_id"]))
+        (index,) = GRES_INDEX.findall(shown)
+        indices.append(index)
+        output = output_when(client, job["id"], "listed")
+        assert f"ID={TEST_IMAGE_ID}" in output  # the image's own os-release, not the sid root's
+        assert f"CVD={index}\n" in output
+        node = re.search(r" NodeList=(\S+)", shown)
+        assert node is not None
+        assert f"{node[1]}-nvidia0" in output
+        assert f"{node[1]}-nvidia1" in output
+    assert sorted(indices) == ["0", "1"]  # both ran at once, on the two GPUs of one node
+    for n, job in enumerate(jobs):
+        (delta.host_path(directory) / f"go-{n}").touch()
+        done = completed(client, job["id"])
+    script = delta.slurm("scontrol", "write", "batch_script", str(done["slurm_job_id"]), "-")
+    assert f"apptainer exec --nv --containall --bind {directory} --pwd {directory}" in script
+
+
+def test_two_two_node_torchrun_jobs_meet_at_their_first_nodes_address(
+    client: httpx.Client, jobs: list[dict[str, Any]]
+) -> None:
+    alpha = lab_cluster("alpha")
+    tag = new_tag("torchrun")
+    directory = job_dir(alpha, tag)
+    stubs = alpha.host_path(directory) / "bin"
+    stubs.mkdir()
+    (stubs / "torchrun").write_text(STUB_TORCHRUN)
+    (stubs / "torchrun").chmod(0o755)
+    jobs += [
+        submit(
+            client,
+            name=f"torchrun-{n}",
+            command=["/bin/echo", "step", "$RANK-not-expanded"],
+            working_directory=directory,
+            resources={"nodes": 2, "tasks_per_node": 2, "cpus_per_task": 1, "time_limit_min": 5},
+            launcher="torchrun",
+            environment={"PATH": f"{directory}/bin:/usr/local/bin:/usr/bin:/bin"},
+            stdout=f"{directory}/train-{{job_id}}.out",
+            placement={"factory": "alpha"},
+        )
+        for n in range(2)
+    ]
+    for job in jobs:
+        running = wait_job(client, job["id"], lambda job: job["state"] == "running", "running")
+        slurm_id = running["slurm_job_id"]
+        shown = alpha.show_job(slurm_id)
+        assert shown["NumNodes"] == "2"
+        assert shown["StdOut"] == f"{directory}/train-{slurm_id}.out"
+        first = alpha.slurm("scontrol", "show", "hostnames", shown["NodeList"]).split()[0]
+        address = re.search(r"NodeAddr=(\S+)", alpha.slurm("scontrol", "show", "node", first))
+        assert address is not None
+        port = MASTER_PORT_BASE + slurm_id % MASTER_PORT_SPAN
+        output_when(client, job["id"], f"rendezvous {address[1]}:{port} id {slurm_id}: 4 ranks joined")
+    # Both jobs are running at once, each held at its rendezvous; now let them finish.
+    for job in jobs:
+        slurm_id = client.get(f"/v1/jobs/{job['id']}").json()["slurm_job_id"]
+        (alpha.host_path(directory) / "go").touch()
+        done = completed(client, job["id"])
+        output = output_when(client, job["id"], "step")
+        assert output.count("step $RANK-not-expanded\n") == 4, output  # one per rank, the argument unexpanded
+        assert done["slurm_job_id"] == slurm_id
