@@ -157,6 +157,16 @@ def key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
+def mount(text: str) -> dict[str, Any]:
+    """``SOURCE[:TARGET][:ro]`` as a container mount (the paths' own grammar is the spec's to check)."""
+    parts = text.split(":")
+    read_only = parts[-1] == "ro" and len(parts) > 1
+    paths = parts[:-1] if read_only else parts
+    if not 1 <= len(paths) <= 2 or not all(paths):
+        raise argparse.ArgumentTypeError(f"expected SOURCE[:TARGET][:ro], got {text!r}")
+    return {"source": paths[0], "target": paths[1] if len(paths) == 2 else None, "read_only": read_only}
+
+
 def country(text: str) -> str:
     if not re.fullmatch(r"[A-Za-z]{2}", text):
         raise argparse.ArgumentTypeError(f"expected a two-letter country code (ISO 3166-1), got {text!r}")
@@ -345,9 +355,27 @@ def build_spec(args: argparse.Namespace) -> JobSpec:
     return JobSpec.model_validate({
         "name": name, "project": project, "script": script, "command": command,
         "resources": {k: v for k, v in resources.items() if v is not None},
-        "environment": dict(args.env or ()), "labels": dict(args.label or ()),
-        "working_directory": args.workdir, "placement": placement,
+        "environment": dict(args.env or ()), "secret_environment": secret_environment(args.secret_env or ()),
+        "labels": dict(args.label or ()), "working_directory": args.workdir, "placement": placement,
+        "container": container(args), "launcher": args.launcher, "stdout": args.stdout, "stderr": args.stderr,
     })  # fmt: skip
+
+
+def container(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The spec's container from ``--image``, ``--mount`` and ``--container-env``; None without ``--image``."""
+    if args.image is None:
+        if args.mount or args.container_env:
+            raise UsageError("--mount and --container-env need --image")
+        return None
+    return {"image": args.image, "mounts": args.mount or [], "env": dict(args.container_env or ())}
+
+
+def secret_environment(names: Sequence[str]) -> dict[str, str]:
+    """Each name's value from this process's environment: a secret never appears on a command line."""
+    missing = [name for name in names if name not in os.environ]
+    if missing:
+        raise UsageError(f"--secret-env takes the value from your environment, and {', '.join(missing)} is not set")
+    return {name: os.environ[name] for name in names}
 
 
 def wait_outcome(job: Job, until: Sequence[JobState] | None, out: Output) -> Exit:
@@ -595,6 +623,21 @@ def _submit_options(parser: argparse.ArgumentParser) -> None:
     job.add_argument("--env", type=key_value, action="append", metavar="KEY=VALUE", help="an environment variable")
     job.add_argument("--label", type=key_value, action="append", metavar="KEY=VALUE", help="a label, to list by")
     job.add_argument("--workdir", metavar="DIR", help="the working directory at the Factory (absolute)")
+    job.add_argument("--secret-env", action="append", metavar="NAME",
+                     help="pass environment variable NAME's value from your environment as a secret: encrypted at "
+                     "the broker, delivered to the job only, never shown again")  # fmt: skip
+    job.add_argument("--stdout", metavar="PATH", help="the job's output file at the Factory; {job_id} and {segment} "
+                     "may appear in its name")  # fmt: skip
+    job.add_argument("--stderr", metavar="PATH", help="the job's error file at the Factory, as --stdout")
+    run = parser.add_argument_group("how it runs")
+    run.add_argument("--image", metavar="IMAGE", help="run in this container image: a path at the Factory (.sif, "
+                     "sandbox directory) or a docker:// or oras:// reference the Factory pulls")  # fmt: skip
+    run.add_argument("--mount", type=mount, action="append", metavar="SRC[:DST][:ro]",
+                     help="bind a directory of the Factory into the container")  # fmt: skip
+    run.add_argument("--container-env", type=key_value, action="append", metavar="KEY=VALUE",
+                     help="an environment variable set inside the container only")  # fmt: skip
+    run.add_argument("--launcher", choices=["srun", "torchrun"],
+                     help="start the command once per task (srun) or one torchrun per node (torchrun)")  # fmt: skip
     how = parser.add_argument_group("submitting")
     how.add_argument("--idempotency-key", metavar="KEY",
                      help="makes re-running this command safe: the same key and spec answer the same job")  # fmt: skip

@@ -35,6 +35,7 @@ from conveyor.config import ConfigError
 from conveyor.models import DryRun, FactoryView, Job, JobEvent, JobOutputChunk, Me, NewToken, TokenView
 from conveyor.problems import Problem, error_from_problem
 from conveyor.spec import JobSpec, JobState
+from dev.lab.images import TEST_IMAGE
 from tests.api.conftest import TOKEN
 from tests.api.server import REPO, Server, lab_factories, start_server
 
@@ -101,13 +102,14 @@ async def _first_admin(url: str) -> str:
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory, migrated_sqlite_template: Path) -> Iterator[Broker]:
-    """One broker for the module, with its loops, in front of the lab's bravo only (dev token, and a real admin)."""
+    """One broker for the module, with its loops, in front of the lab's bravo and delta (which runs containers),
+    with the dev token and a real admin."""
     directory = tmp_path_factory.mktemp("cli-broker")
     database = directory / "conveyor.db"
     shutil.copyfile(migrated_sqlite_template, database)
     url = f"sqlite+aiosqlite:///{database}"
     admin_token = asyncio.run(_first_admin(url))
-    server = start_server(directory, database, lab_factories(directory, only=["bravo"]), run_loops=True,
+    server = start_server(directory, database, lab_factories(directory, only=["bravo", "delta"]), run_loops=True,
                           env={"CONVEYOR_DATABASE_URL": url})  # fmt: skip
     try:
         server.wait_ready(timeout_s=60)
@@ -176,6 +178,24 @@ def test_a_dry_run_shows_placement_and_the_slurm_rendering_and_submits_nothing(r
 
 
 @pytest.mark.lab
+def test_a_dry_run_shows_the_compiled_container_script_and_refuses_where_no_factory_runs_it(run: Cli) -> None:
+    scratch = "/slurmlab/delta/scratch"
+    args = ["submit", "--dry-run", "--project", PROJECT, "--time", "5", "--image", TEST_IMAGE,
+            "--mount", f"{scratch}:/data:ro", "--container-env", "A=b c", "--launcher", "srun",
+            "--stdout", f"{scratch}/o-{{job_id}}.out", "--", "sh", "-c", "echo $A"]  # fmt: skip
+    human = run.ok(*args).out
+    assert "delta" in human
+    assert f"apptainer exec --containall --bind {scratch} --pwd {scratch}" in human
+    assert f"--bind {scratch}:/data:ro {TEST_IMAGE} sh -c 'echo $A'" in human
+    assert "export APPTAINERENV_A='b c'" in human
+    refused = run("submit", "--json", *ON_BRAVO, "--image", TEST_IMAGE, "--", "true")
+    assert refused.code != 0
+    problem = Problem.model_validate_json(refused.out or refused.err)
+    assert problem.code == "placement_failed.container_not_allowed"
+    assert "Factory bravo runs no containers" in (problem.detail or "")
+
+
+@pytest.mark.lab
 def test_submit_a_script_file_and_wait_in_the_same_command(run: Cli) -> None:
     script = run.home / "train.sh"
     script.write_text("#!/bin/bash\necho from-the-script\n")
@@ -228,7 +248,7 @@ def test_list_as_json_and_as_a_table_with_filters(run: Cli) -> None:
 @pytest.mark.lab
 def test_factories_whoami_and_tokens(run: Cli, broker: Broker) -> None:
     factories = TypeAdapter(list[FactoryView]).validate_json(run.ok("factories", "--json").out)
-    assert [f.id for f in factories] == ["bravo"]
+    assert [f.id for f in factories] == ["bravo", "delta"]
     assert "bravo" in run.ok("factories").out
     assert Me.model_validate_json(run.ok("whoami", "--json").out).id
     assert broker.server.base_url in run.ok("whoami").out
@@ -363,6 +383,41 @@ def test_everything_after_the_double_dash_is_the_jobs_command() -> None:
     assert (spec.resources.memory_mb, spec.resources.time_limit_min, spec.resources.gpus_per_node) == (65536, 90, 2)
     assert (spec.placement.factory, spec.placement.countries) == (None, ["IT"])
     assert (spec.environment, spec.labels) == ({"A": "b=c"}, {"team": "nlp"})
+
+
+def test_submit_has_a_flag_for_every_field_of_how_a_job_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_from_the_environment")
+    spec = cli.build_spec(cli.parse(cli.build_parser(), [
+        "submit", "--project", PROJECT, "--image", "/opt/images/pt.sif", "--nodes", "2", "--launcher", "torchrun",
+        "--mount", "/scratch/data:/data:ro", "--mount", "/scratch/out", "--container-env", "NCCL_DEBUG=INFO",
+        "--secret-env", "HF_TOKEN", "--stdout", "/scratch/runs/train-{job_id}.out",
+        "--stderr", "/scratch/runs/train-{job_id}.err", "--", "train.py", "--epochs", "3",
+    ]))  # fmt: skip
+    assert spec.container is not None
+    assert spec.container.image == "/opt/images/pt.sif"
+    assert [(m.source, m.target, m.read_only) for m in spec.container.mounts] == [
+        ("/scratch/data", "/data", True), ("/scratch/out", None, False)
+    ]  # fmt: skip
+    assert spec.container.env == {"NCCL_DEBUG": "INFO"}
+    assert (spec.launcher, spec.resources.nodes, spec.command) == ("torchrun", 2, ["train.py", "--epochs", "3"])
+    assert spec.secret_environment == {"HF_TOKEN": "hf_from_the_environment"}
+    assert (spec.stdout, spec.stderr) == ("/scratch/runs/train-{job_id}.out", "/scratch/runs/train-{job_id}.err")
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (["--secret-env", "NOT_SET_ANYWHERE"], "NOT_SET_ANYWHERE is not set"),
+        (["--mount", "/data"], "--mount and --container-env need --image"),
+        (["--image", "/x", "--mount", "a:b:c:d"], "expected SOURCE[:TARGET][:ro]"),
+    ],
+)
+def test_bad_workload_flags_are_usage_errors(
+    words: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["submit", "--project", PROJECT, *words, "--", "true"])
+    assert code in {Exit.USAGE, 2}
+    assert message in capsys.readouterr().err
 
 
 def test_global_options_count_before_or_after_the_command() -> None:
