@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,8 @@ import pytest
 
 from broker.jobs.launch import MASTER_PORT_BASE, MASTER_PORT_SPAN
 from dev.lab.images import TEST_IMAGE, TEST_IMAGE_ID
-from tests.api.conftest import job_body
 from tests.api.server import Server, lab_factories, start_server
+from tests.api.test_e2e_lab import submit, wait_job
 from tests.lab import Cluster, clusters, job_dir, new_tag
 
 pytestmark = pytest.mark.lab
@@ -98,24 +98,6 @@ def server(tmp_path: Path, sqlite_copy: Path) -> Iterator[Server]:
 def client(server: Server) -> Iterator[httpx.Client]:
     with server.client() as client:
         yield client
-
-
-def submit(client: httpx.Client, **fields: Any) -> dict[str, Any]:
-    created = client.post("/v1/jobs", json=job_body(**fields))
-    assert created.status_code == 201, created.text
-    job: dict[str, Any] = created.json()
-    return job
-
-
-def wait_job(client: httpx.Client, job_id: str, done: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
-    deadline = time.monotonic() + TIMEOUT_S
-    while True:
-        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
-        if done(job):
-            return job
-        assert job["state"] not in {"failed", "cancelled", "timeout", "rejected", "lost"}, job
-        assert time.monotonic() < deadline, f"job {job_id} not {what} within {TIMEOUT_S} s: {job}"
-        time.sleep(POLL_S)
 
 
 def output_when(client: httpx.Client, job_id: str, wanted: str) -> str:
