@@ -1,7 +1,7 @@
 """The app factory: ``create_app(settings)`` wires the HTTP edge to the broker, and its lifespan owns startup.
 
 Startup refuses, with one clear message, anything that would make the broker unsafe or wrong: a static token
-outside dev mode, an unreadable Factory file, an unreachable database, or a
+outside dev mode, an unreadable Factory file or secrets key file, an unreachable database, or a
 schema that is not at the code's head (migrations run before start, as a separate step: ``alembic upgrade
 head``; the broker never migrates or creates tables itself).
 """
@@ -37,6 +37,7 @@ from broker.identity.limits import FailureLimiter, RequestRate
 from broker.identity.service import IdentityService
 from broker.jobs.service import JobService
 from broker.loops.runtime import Runtime
+from broker.secret_box import SecretKeyError, secret_box_from_settings
 from broker.settings import Settings
 from broker.tenancy.allocations import AllocationService
 from broker.tenancy.projects import ProjectService
@@ -141,6 +142,10 @@ async def _running(
         registry = load_factories(settings.factories_file)
     except (OSError, ValueError) as exc:
         raise _refuse(f"cannot load the Factory file {settings.factories_file}: {exc}") from None
+    try:
+        secret_box = secret_box_from_settings(settings)  # None: jobs with secrets are refused
+    except SecretKeyError as exc:
+        raise _refuse(str(exc)) from None
     database = database_from_settings(settings)
     try:
         try:
@@ -153,7 +158,7 @@ async def _running(
                 "(with the same CONVEYOR_* settings) before starting the broker"
             )
         async with contextlib.AsyncExitStack() as stack:
-            agent_link = AgentLink.from_settings(database, settings)
+            agent_link = AgentLink.from_settings(database, settings, secret_box=secret_box)
             stack.push_async_callback(agent_link.aclose)
             if adapters is None:
                 pool = AdapterPool(registry, agents=agent_link)
@@ -165,7 +170,7 @@ async def _running(
             identities = IdentityService(database, credentials=TtlCache(settings.auth_cache_s))
             runtime: RuntimeLike | None = None
             if settings.run_loops:
-                runtime = Runtime(settings, database, registry, adapters)
+                runtime = Runtime(settings, database, registry, adapters, secret_box=secret_box)
                 try:
                     await runtime.start()
                 except InstanceIdInUse as exc:
@@ -192,6 +197,7 @@ async def _running(
                     adapters,
                     on_new_job=runtime.notify_new_job if runtime else None,
                     accept_batch=settings.accept_batch,
+                    secret_box=secret_box,
                 ),
                 factories=FactoryService(
                     database, registry, runtime.capacity if runtime else None, connections=agents.connections

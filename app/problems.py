@@ -33,6 +33,7 @@ from conveyor.problems import (
     PLACEMENT_FAILED,
     PROBLEM_MEDIA_TYPE,
     RATE_LIMITED,
+    SECRETS_NOT_CONFIGURED,
     UNAUTHORIZED,
     UNAVAILABLE,
     VALIDATION_ERROR,
@@ -75,7 +76,7 @@ def validation_problem(errs: list[FieldError], instance: str) -> Problem:
     return VALIDATION_ERROR.problem(f"{count}: {listed}{more}", instance=instance, errors=errs)
 
 
-def domain_problem(error: errors.BrokerError, instance: str) -> Problem:  # noqa: PLR0911 - one branch per error
+def domain_problem(error: errors.BrokerError, instance: str) -> Problem:  # noqa: PLR0911, PLR0912 - one branch per error
     """The problem for a domain error; the single mapping from the broker's errors to HTTP."""
     if isinstance(error, errors.NotFound | UnknownFactory | UnknownSession):
         return NOT_FOUND.problem(error.message, instance=instance)
@@ -105,6 +106,8 @@ def domain_problem(error: errors.BrokerError, instance: str) -> Problem:  # noqa
     if isinstance(error, errors.TooManyRequests):
         code = f"{RATE_LIMITED.code}.{error.kind}" if error.kind else None
         return RATE_LIMITED.problem(error.message, code=code, instance=instance, retry_after_s=error.retry_after_s)
+    if isinstance(error, errors.SecretsUnavailable):
+        return SECRETS_NOT_CONFIGURED.problem(error.message, instance=instance)
     if isinstance(error, errors.AlreadyExists):
         return ALREADY_EXISTS.problem(error.message, instance=instance)
     if isinstance(error, errors.IdentityProviderUnavailable):

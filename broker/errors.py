@@ -99,6 +99,10 @@ class IdentityProviderUnavailable(BrokerError):
         self.retry_after_s = retry_after_s
 
 
+class SecretsUnavailable(BrokerError):
+    """A job with ``secret_environment`` sent to a broker that has no secrets key: it can keep no secret."""
+
+
 class AlreadyExists(BrokerError):
     """A thing with that id exists already (creating it again is refused, never merged)."""
 

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     factories_file: Path = Field(Path("/etc/conveyor/factories.yaml"), description="the Factory registry")
     dev_mode: bool = Field(False, description="local development: enables the static dev token")
     dev_token: SecretStr | None = Field(None, description="a static bearer token, accepted only in dev mode")
+    secrets_key_file: Path | None = Field(
+        None,
+        description="Fernet keys, one per line (the first encrypts, all decrypt), that keep jobs' secret_environment "
+        "encrypted at rest; every replica reads the same file. Unset: in dev mode <data_dir>/secrets-key, made on "
+        "first start; otherwise the broker keeps no secrets and refuses jobs that have some",
+    )
     dispatcher_interval_s: float = Field(1.0, gt=0, description="pause between dispatcher cycles when idle")
     reconciler_interval_s: float = Field(5.0, gt=0, description="pause between reconciler cycles")
     lease_s: float = Field(120.0, ge=MIN_LEASE_S, description="how long a dispatcher owns a claimed job")

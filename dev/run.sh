@@ -5,6 +5,7 @@
 # the broker is ready and stopped by PID with it; the other lab clusters are direct (dev/lab/agents.py). The
 # broker itself runs unable to open any file under charlie's or delta's directories (dev/lab/confine.py).
 # The dev token is generated once, printed once, and kept (mode 0600) in the data dir for the next runs.
+# The secrets key (jobs' secret_environment) is made by the broker itself on first start: <data dir>/secrets-key.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -52,7 +52,8 @@ class SubmitContext:
     end after it (it raises :class:`~slurm_adapters.errors.ClusterUnavailable`, not applied), so once it has
     passed (plus Slurm's MessageTimeout and the clock skew) the attempt can be looked up and settled.
     ``attempt`` is ``"<job id>/<attempt number>"``; the requester fields say on whose behalf (a site's agent
-    may decide by them).
+    may decide by them). ``secret_names``: the entries of the spec's environment whose values are secrets, which
+    whoever stores the submit on its way (the broker's order to a Factory agent) keeps encrypted.
     """
 
     attempt: str
@@ -60,6 +61,7 @@ class SubmitContext:
     requester_user: str
     requester_project: str
     requester_antenna: str | None = None
+    secret_names: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

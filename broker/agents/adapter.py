@@ -146,10 +146,12 @@ class AgentAdapter(SlurmAdapter):
 
     async def submit(self, spec: SlurmJobSpec, user: str, context: SubmitContext | None = None) -> int:
         now = self._clock()
+        secret_names: frozenset[str] = frozenset()
         if context is None:  # a caller outside the dispatcher: the adapter's own deadline, no attempt number
             not_after = now + self._timeout
             attempt, requester = f"{spec.tag}/-", Requester(user=user, project="-")
         else:
+            secret_names = context.secret_names
             not_after = context.not_after
             attempt = context.attempt
             requester = Requester(
@@ -157,6 +159,12 @@ class AgentAdapter(SlurmAdapter):
             )
         if not_after <= now:
             raise self._unavailable("the attempt's submit window has passed; nothing was sent", maybe_applied=False)
+        if secret_names and not self._orders.keeps_secrets:  # an order must never hold them in the clear
+            raise self._unavailable(
+                "this broker process has no secrets key to keep the job's secret environment sealed in its order; "
+                "nothing was sent",
+                maybe_applied=False,
+            )
         try:
             placed = await self._orders.put_submit(
                 self.factory_id,
@@ -166,6 +174,7 @@ class AgentAdapter(SlurmAdapter):
                 requester=requester,
                 not_after=not_after,
                 now=now,
+                secret_names=secret_names,
             )
         except NoAgent as exc:
             raise self._unavailable(exc.message, maybe_applied=False) from None

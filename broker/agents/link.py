@@ -17,6 +17,7 @@ from broker.agents.timings import AgentTimings
 from broker.db.engine import Database
 from broker.db.types import utc_now
 from broker.jobs.ids import JOB_ID_PREFIX
+from broker.secret_box import SecretBox
 from broker.settings import Settings
 from slurm_adapters.factory import AgentConfig
 
@@ -24,20 +25,28 @@ from slurm_adapters.factory import AgentConfig
 class AgentLink:
     """Build one per process (:meth:`from_settings`); :meth:`aclose` at shutdown stops the bell's check."""
 
-    def __init__(self, database: Database, timings: AgentTimings, *, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        database: Database,
+        timings: AgentTimings,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        secret_box: SecretBox | None = None,
+    ) -> None:
         self.database = database
         self.timings = timings
         self.clock = clock
         self.bell = Bell(database, timings.bell_interval_s)
         self.sessions = SessionRepository(database, timings, clock)
         self.metrics = AgentMetrics()
-        self.orders = OrderRepository(database, self.bell, clock, self.metrics)
+        # Seals submit orders' secrets and unseals them for the agent (None: jobs with secrets wait).
+        self.orders = OrderRepository(database, self.bell, clock, self.metrics, secret_box=secret_box)
         self.listings = ListingRepository(database, self.bell, clock, self.metrics)
         self.sites = SiteStateRepository(database, self.bell, clock)
 
     @classmethod
-    def from_settings(cls, database: Database, settings: Settings) -> AgentLink:
-        return cls(database, AgentTimings.from_settings(settings))
+    def from_settings(cls, database: Database, settings: Settings, *, secret_box: SecretBox | None = None) -> AgentLink:
+        return cls(database, AgentTimings.from_settings(settings), secret_box=secret_box)
 
     def adapter(self, factory_id: str, config: AgentConfig, *, clock_skew_s: float = 0.0) -> AgentAdapter:
         """The adapter of an agent Factory (``clock_skew_s``: the Factory's, for the freshness of its pushes)."""

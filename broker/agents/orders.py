@@ -19,13 +19,18 @@ Rules every method keeps:
   already answered and another Factory's orders are counted as ignored, never applied.
 - Each write, first delivery and report is counted in :class:`~broker.agents.metrics.AgentMetrics` (if given)
   after its transaction commits, so ``/metrics`` counts only what happened.
+- A submit's secret environment values (:mod:`broker.jobs.secrets`) are never stored in the clear: the order's
+  payload holds them redacted and its ``secrets`` column sealed, and they are put back only in the order handed
+  to the session (the agent's authenticated link is their delivery). An order this process cannot unseal (no
+  key, or not the key that sealed it) is not handed out: it expires, and its attempt is settled by tag lookup.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -42,6 +47,8 @@ from broker.db.group_commit import GroupCommit
 from broker.db.models import AgentOrder, AgentSession
 from broker.db.repositories.sql import is_sqlite
 from broker.db.types import utc_now
+from broker.jobs.secrets import REDACTED, scrub_document
+from broker.secret_box import SealedUnreadable, SecretBox
 from slurm_adapters.agent_protocol import (
     CancelOrder,
     Order,
@@ -54,6 +61,8 @@ from slurm_adapters.agent_protocol import (
     Requester,
     SubmitOrder,
 )
+
+log = logging.getLogger(__name__)
 
 OrderState = Literal["open", "answered", "expired"]
 ReadOp = Literal["get_job", "list_jobs", "accounted_jobs", "read_output", "read_output_chunk", "cluster_info", "health"]
@@ -83,6 +92,7 @@ class _BoundOrder:
     attempt: str | None
     not_after: datetime
     now: datetime | None
+    secrets: str | None = None  # sealed values of the payload's redacted secret environment entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +124,10 @@ class OrderRepository:
         bell: Bell | None = None,
         clock: Callable[[], datetime] = utc_now,
         metrics: AgentMetrics | None = None,
+        secret_box: SecretBox | None = None,
     ) -> None:
         self._db = database
+        self._secret_box = secret_box  # seals submit orders' secrets and unseals them for the agent
         self._bell = bell
         self._clock = clock
         self._metrics = metrics or AgentMetrics()
@@ -135,10 +147,28 @@ class OrderRepository:
         requester: Requester,
         not_after: datetime,
         now: datetime | None = None,
+        secret_names: Collection[str] = (),
     ) -> PlacedOrder:
-        """A submit order for the Factory's lease holder; :class:`NoAgent` when there is none."""
+        """A submit order for the Factory's lease holder; :class:`NoAgent` when there is none. The entries of
+        ``spec``'s environment named in ``secret_names`` are stored sealed (this repository must have a key:
+        :attr:`keeps_secrets`), the payload holding them redacted."""
+        environment = dict(spec.get("environment") or {})
+        hidden = {name: environment[name] for name in sorted(secret_names) if name in environment}
+        sealed = None
+        if hidden:
+            if self._secret_box is None:
+                raise ValueError("a submit order with secrets needs the broker's secrets key")
+            sealed = self._secret_box.seal(hidden)
+            spec = {**spec, "environment": {**environment, **dict.fromkeys(hidden, REDACTED)}}
         payload = {"spec": spec, "site_user": site_user, "requester": requester.model_dump(mode="json")}
-        return await self._put_bound(factory_id, "submit", payload, attempt=attempt, not_after=not_after, now=now)
+        return await self._bound_writes.submit(
+            _BoundOrder(factory_id, "submit", payload, attempt, not_after, now, secrets=sealed)
+        )
+
+    @property
+    def keeps_secrets(self) -> bool:
+        """Whether this repository can store a submit's secrets sealed (it has the broker's secrets key)."""
+        return self._secret_box is not None
 
     async def put_cancel(
         self,
@@ -215,7 +245,7 @@ class OrderRepository:
                     results.append(NoAgent(f"Factory {item.factory_id!r} has no connected agent holding its lease"))
                     continue
                 row = _row(item.factory_id, item.kind, item.payload, bound=(lease.session_id, lease.epoch),
-                           attempt=item.attempt, not_after=item.not_after, now=now)  # fmt: skip
+                           attempt=item.attempt, not_after=item.not_after, now=now, secrets=item.secrets)  # fmt: skip
                 written.append((len(results), row))
                 results.append(NoAgent("placeholder"))
             ids = await _insert(session, [row for _, row in written])
@@ -286,6 +316,7 @@ class OrderRepository:
                     ).all()
                 )
             handed = [row for row in rows if row.session_id is not None or row.id in claimed]
+            orders, handed = self._deliverable(factory_id, handed)
             first = [(row.kind, row.created_at) for row in handed if row.delivered_at is None]
             if first:
                 await session.execute(
@@ -295,10 +326,24 @@ class OrderRepository:
                     .values(delivered_at=now),
                     execution_options=_NO_UPDATE_SYNC,
                 )  # fmt: skip
-            orders = [_order(row) for row in handed]
         for kind, created_at in first:
             self._metrics.delivered(factory_id, kind, created_at, now)
         return Orders(broker_time=now, orders=orders)
+
+    def _deliverable(self, factory_id: str, rows: Sequence[AgentOrder]) -> tuple[list[Order], list[AgentOrder]]:
+        """The orders of ``rows`` as sent, their secrets unsealed, and the rows they came from: a row whose
+        secrets this process cannot unseal is left out (never sent with its values redacted)."""
+        orders: list[Order] = []
+        kept: list[AgentOrder] = []
+        for row in rows:
+            try:
+                orders.append(_order(row, self._secret_box))
+            except SealedUnreadable as exc:
+                log.error("Factory %s: order %s not handed out: its secrets cannot be unsealed here: %s",
+                          factory_id, row.id, exc)  # fmt: skip
+                continue
+            kept.append(row)
+        return orders, kept
 
     async def expire(self, factory_id: str, *, now: datetime | None = None) -> int:
         """Mark the Factory's open orders whose not_after has passed as expired; how many."""
@@ -332,6 +377,7 @@ class OrderRepository:
             first.setdefault(report.order, report)
         async with self._db.write() as session:
             await live_session(session, factory_id, session_id, now)
+            await self._scrub_failures(session, factory_id, first)
             done = []
             if first:
                 statement = _answer_statement(factory_id, first, now)
@@ -345,6 +391,27 @@ class OrderRepository:
         if self._bell is not None and applied:
             self._bell.hand_answers(applied)
         return ReportsAnswer(applied=len(applied), ignored=ignored)
+
+    async def _scrub_failures(self, session: AsyncSession, factory_id: str, reports: dict[int, Report]) -> None:
+        """Replace, in ``reports``, each failed submit's report by one with its order's secret values scrubbed
+        (a site may echo the environment in an error); a report that succeeded carries no text of the job."""
+        failed = [order_id for order_id, report in reports.items() if not report.ok]
+        if not failed or self._secret_box is None:
+            return
+        sealed = await session.execute(
+            select(AgentOrder.id, AgentOrder.secrets).where(
+                AgentOrder.id.in_(failed), AgentOrder.factory_id == factory_id, AgentOrder.secrets.is_not(None)
+            )
+        )
+        for order_id, token in sealed:
+            if token is None:
+                continue
+            try:
+                values = list(self._secret_box.open(token).values())
+            except SealedUnreadable:
+                continue  # never handed out by a process with the key: its values never reached the site
+            report = reports[order_id]
+            reports[order_id] = Report.model_validate(scrub_document(report.model_dump(mode="json"), values))
 
     async def outcome(self, order_id: int) -> Outcome | None:
         """The order's state and report (None: no such order)."""
@@ -415,6 +482,7 @@ def _row(
     attempt: str | None,
     not_after: datetime,
     now: datetime,
+    secrets: str | None = None,
 ) -> dict[str, Any]:
     """A new open order's row, for :func:`_insert`."""
     return {
@@ -430,6 +498,7 @@ def _row(
         "delivered_at": None,
         "answered_at": None,
         "report": None,
+        "secrets": secrets,
     }
 
 
@@ -441,8 +510,16 @@ async def _insert(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> list
     return list(await session.scalars(insert(AgentOrder).returning(AgentOrder.id, sort_by_parameter_order=True), rows))
 
 
-def _order(row: AgentOrder) -> Order:
+def _order(row: AgentOrder, box: SecretBox | None) -> Order:
+    """The order as the agent receives it; a submit's sealed secrets back in its spec's environment (raises
+    :class:`SealedUnreadable` when ``box`` cannot open them)."""
     payload = dict(row.payload)
+    if row.secrets is not None:
+        if box is None:
+            raise SealedUnreadable("this broker process has no secrets key")
+        spec = dict(payload["spec"])
+        spec["environment"] = {**spec.get("environment", {}), **box.open(row.secrets)}
+        payload["spec"] = spec
     if row.kind == "submit":
         assert row.epoch is not None
         assert row.attempt is not None

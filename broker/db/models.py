@@ -118,6 +118,9 @@ class Job(Base):
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None]
     antenna: Mapped[str | None] = mapped_column(String(64))  # accepted for this Antenna's national user
+    # The values of the spec's secret_environment, sealed with the broker's secrets key (broker.jobs.secrets);
+    # ``spec`` holds them redacted. None: the job has none.
+    secrets: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         # The dispatcher's claim: queued jobs whose next attempt is due.
@@ -487,6 +490,9 @@ class AgentOrder(Base):
     delivered_at: Mapped[datetime | None]
     answered_at: Mapped[datetime | None]
     report: Mapped[dict[str, Any] | None]
+    # A submit order's secret environment values, sealed (broker.jobs.secrets): the payload's spec holds them
+    # redacted, and they are put back only in the order handed to the agent. None: no secrets.
+    secrets: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index(None, "factory_id", "state", "id"), Index(None, "session_id", "id"))
 

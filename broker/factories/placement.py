@@ -21,6 +21,7 @@ from typing import Any
 
 from broker.factories import working_roots
 from broker.factories.registry import Factory, FactoryRegistry, Partition
+from broker.jobs.secrets import redacted_values
 from broker.jobs.translate import TranslationError, container_problem, to_slurm_spec
 from conveyor.problems import PlacementCode
 from conveyor.spec import JobSpec
@@ -497,7 +498,10 @@ def _agent_problem(spec: JobSpec, placement: Placement, agents: AgentFeatures | 
     if announced is None:
         return _AgentProblem(())
     try:
-        used = features_used(to_slurm_spec("placement-probe", spec, placement, factory))
+        probe = to_slurm_spec(
+            "placement-probe", spec, placement, factory, secrets=redacted_values(spec.secret_environment)
+        )
+        used = features_used(probe)
     except TranslationError:  # the dispatcher's own translation tells the user
         return None
     lacking = used - announced

@@ -17,6 +17,9 @@ Rules it keeps:
   True: 201); the same key with the same validated body returns that job (``created`` False: the API answers
   200, so a client can tell a replay from a creation); the same key with another body is refused
   (:class:`~broker.errors.IdempotencyKeyReused`, 422 per the problem registry, as the IETF draft prescribes).
+- Secrets (:mod:`broker.jobs.secrets`): a spec's ``secret_environment`` is stored sealed beside the spec, which
+  holds it redacted; every answer (jobs, listings, dry runs) shows the names with the redaction marker. Without
+  a secrets key, a job with secrets is refused (and so is its dry run), never stored in the clear.
 """
 
 from __future__ import annotations
@@ -58,9 +61,10 @@ from broker.factories import working_roots
 from broker.factories.placement import NOT_CHECKED, FactoryStatus, Placement, PlacementError, place
 from broker.factories.registry import Factory, FactoryRegistry
 from broker.identity import Principal
-from broker.jobs import translate
-from broker.jobs.idempotency import MAX_KEY_LENGTH, request_hash
+from broker.jobs import secrets, translate
+from broker.jobs.idempotency import MAX_KEY_LENGTH
 from broker.jobs.ids import new_job_id
+from broker.secret_box import SecretBox
 from broker.tenancy.allocations import Budget, budget_of, over_budget
 from broker.tenancy.projects import ProjectService, Tenancy
 from broker.tenancy.site_accounts import SiteAccountService
@@ -233,8 +237,10 @@ class JobService:
         output_timeout_s: float = OUTPUT_TIMEOUT_S,
         accept_batch: int = DEFAULT_ACCEPT_BATCH,
         facts_ttl_s: float = DEFAULT_FACTS_TTL_S,
+        secret_box: SecretBox | None = None,
     ) -> None:
         self._database = database
+        self._secret_box = secret_box  # None: the broker keeps no secrets and refuses jobs that have some
         self._jobs = JobRepository(database)
         self._accepts: GroupCommit[Creation, Created] | None = (
             GroupCommit(self._jobs.create_together, max_batch=accept_batch, identity=_key_of) if accept_batch else None
@@ -270,16 +276,17 @@ class JobService:
                 ]
             )
         facts, remembered = await self._authorized(caller, spec)  # an Antenna's quota is checked at commit
+        stored = secrets.stored(spec, self._secret_box)  # redacted and sealed: what the database will hold
         try:
             try:
-                result = await self._place_and_store(caller, spec, idempotency_key, source, facts)
+                result = await self._place_and_store(caller, spec, stored, idempotency_key, source=source, facts=facts)
             except (PlacementImpossible, AllocationNotInForce) as exc:
                 if not remembered or getattr(exc, "code", None) == PlacementCode.ALLOCATION_EXHAUSTED.value:
                     raise  # decided on what the database said now (over budget: at commit)
                 # Decided on roles and allocations remembered from seconds ago (a new grant, an ended one):
                 # decide once more on what the database says now.
                 facts, _ = await self._facts(caller, spec.project, fresh=True)
-                result = await self._place_and_store(caller, spec, idempotency_key, source, facts)
+                result = await self._place_and_store(caller, spec, stored, idempotency_key, source=source, facts=facts)
         except AllocationNotInForce:  # it ended between the read and the commit
             raise PlacementImpossible(
                 PlacementCode.NO_ALLOCATION.value,
@@ -327,7 +334,9 @@ class JobService:
         self,
         caller: Principal,
         spec: JobSpec,
+        stored: secrets.Stored,
         idempotency_key: str | None,
+        *,
         source: str | None,
         facts: SubmissionFacts | None,
     ) -> tuple[JobRow, bool]:
@@ -338,9 +347,11 @@ class JobService:
         placement = self._check_feasible(spec, allowed=_may_use(caller, budget))
         reservation = None if budget is None else budget.reservation(spec, placement)
         await self._within_working_roots(caller, spec, placement.factory)
-        new = NewJob.from_spec(caller.id, spec, source, reservation, antenna=caller.antenna)
-        # The fingerprint of the request is that of the spec as stored (dumped once, for both).
-        key = None if idempotency_key is None else KeyUse(caller.id, idempotency_key, request_hash(new.spec))
+        new = NewJob.from_spec(
+            caller.id, spec, source, reservation, antenna=caller.antenna, stored=stored.spec, sealed=stored.sealed
+        )
+        # The fingerprint of the whole request, secrets included (keyed when it has some).
+        key = None if idempotency_key is None else KeyUse(caller.id, idempotency_key, stored.fingerprint())
         creation = Creation(new, caller.id, key, owner_must_be_member=facts is not None)
         try:
             if self._accepts is None:
@@ -536,6 +547,7 @@ class JobService:
         # The submit's own authorization and Factories (its project's allocations, its Antenna's links), on
         # what the database says now; the rendering uses the caller's site account.
         facts, _ = await self._authorized(caller, spec, fresh=True)
+        secrets.refuse_without_box(spec, self._secret_box)  # as its submit would be
         allowed = _may_use(caller, None if facts is None else budget_of(spec.project, facts.allocations))
         note = ""
         try:
@@ -548,11 +560,13 @@ class JobService:
             note = f"; not available now ({exc.message}): the job would be accepted and wait"
         factory = placement.factory
         try:
-            # The dispatcher's own translation, so this is exactly what it would send (the id is illustrative).
+            # The dispatcher's own translation, so this is exactly what it would send (the id is illustrative),
+            # but for the secrets' values: their names with the redaction marker.
             run_as = await self._site_accounts.run_as(factory, caller.id, spec.project)
+            shown = secrets.redacted_values(spec.secret_environment)
             rendering = self._adapters.get(factory.id).render(
                 translate.to_slurm_spec(
-                    new_job_id(), spec, placement, factory, account=run_as.account, user=run_as.user
+                    new_job_id(), spec, placement, factory, account=run_as.account, user=run_as.user, secrets=shown
                 ),
                 run_as.user,
             )

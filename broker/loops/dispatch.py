@@ -29,6 +29,10 @@ Why it is shaped like this:
   The runtime carries up to ``dispatch_batches`` claimed batches at once (:meth:`Dispatcher.claim`, then
   :meth:`Dispatcher.carry` in the background), so a claim does not wait for the slowest call of the batch
   before it; claims are leased, hence disjoint, and each job keeps every rule above on its own.
+- A job's secret environment (:mod:`broker.jobs.secrets`) is unsealed here, just before its translation, and
+  travels only in the Slurm job's environment; its submit context names the secret entries, so an agent
+  Factory's order keeps them sealed. What the dispatcher writes about the submit has any value scrubbed. A
+  process without the key that sealed them keeps the job queued, saying so (its operators' fault, not the job's).
 - Only the job's own fault ends it ``rejected`` (placement that can never succeed, Slurm refusing the request).
   Site faults (authentication, availability) keep it queued with a visible reason, mark the Factory
   unhealthy, and retry with a bounded backoff.
@@ -64,8 +68,10 @@ from broker.factories.adapters import AdapterProvider
 from broker.factories.health import factory_statuses
 from broker.factories.placement import AgentFeatures, FactoryStatus, Placement, PlacementError, place
 from broker.factories.registry import Factory, FactoryRegistry
+from broker.jobs.secrets import scrub, secret_names
 from broker.jobs.translate import TranslationError, to_slurm_spec
 from broker.loops.doubt import Attempt, Evidence, settle
+from broker.secret_box import SealedUnreadable, SecretBox
 from broker.settings import Settings
 from broker.tenancy.site_accounts import RunAs, SiteAccountService
 from conveyor.problems import PlacementCode
@@ -131,13 +137,15 @@ def retry_delay_s(attempts: int, cap_s: float) -> float:
 
 def submit_context(job: Job, attempt: DispatchAttempt, factory: Factory) -> SubmitContext:
     """What a submit of ``attempt`` carries: its id, and ``not_after`` = its start + the Factory's submit
-    window, after which the adapter starts no call of it; on whose behalf (owner, project, Antenna)."""
+    window, after which the adapter starts no call of it; on whose behalf (owner, project, Antenna); which
+    environment entries are secrets."""
     return SubmitContext(
         attempt=f"{job.id}/{attempt.attempt}",
         not_after=attempt.started_at + timedelta(seconds=factory.submit_window_s),
         requester_user=job.owner,
         requester_project=job.project,
         requester_antenna=job.antenna,
+        secret_names=secret_names(job.spec),
     )
 
 
@@ -176,8 +184,10 @@ class Dispatcher:
         *,
         clock: Callable[[], datetime] = utc_now,
         failpoints: frozenset[str] | None = None,
+        secret_box: SecretBox | None = None,
     ) -> None:
         self._registry = registry
+        self._secret_box = secret_box  # unseals jobs' secret environments; None: such jobs wait
         self._database = database
         self._adapters = adapters
         self._settings = settings
@@ -250,11 +260,10 @@ class Dispatcher:
             if await self._jobs.cancel_queued(job.id, reason="cancelled before it reached Slurm", actor=ACTOR):
                 _job_log(logging.INFO, job.id, "cancelled before submission")
             return
-        try:
-            spec = JobSpec.model_validate(job.spec)
-        except ValidationError as exc:
-            await self._reject(job.id, f"the stored job spec is no longer valid: {exc.errors()[0]['msg']}")
+        readable = await self._spec_of(job)
+        if readable is None:
             return
+        spec, values = readable
         reserved = batch.reserved.get(job.id)  # its allocation's Factory, and only that
         try:
             allowed = None if reserved is None else {reserved}
@@ -271,7 +280,7 @@ class Dispatcher:
             return
         factory = placement.factory
         run_as = await batch.run_as(self._site_accounts, factory, job.owner, job.project)
-        slurm_spec = await self._translate(job.id, spec, placement, run_as, batch)
+        slurm_spec = await self._translate(job.id, spec, placement, run_as, batch, secrets=values)
         if slurm_spec is None:
             return
         user = run_as.user
@@ -283,14 +292,52 @@ class Dispatcher:
             return
         await self.submit(job, attempt, factory, slurm_spec, user)
 
+    async def _spec_of(self, job: Job) -> tuple[JobSpec, dict[str, str]] | None:
+        """The job's spec and the values of its secret environment; None when the job was rejected (its stored
+        spec is no longer valid) or cannot go on now (:meth:`_unsealed`)."""
+        try:
+            spec = JobSpec.model_validate(job.spec)
+        except ValidationError as exc:
+            await self._reject(job.id, f"the stored job spec is no longer valid: {exc.errors()[0]['msg']}")
+            return None
+        values = await self._unsealed(job, spec)
+        return None if values is None else (spec, values)
+
+    async def _unsealed(self, job: Job, spec: JobSpec) -> dict[str, str] | None:
+        """The values of the job's secret environment (none: empty); None when they cannot be had, the job
+        then waits (no key here, or none of its keys opens them) or is rejected (they are not stored)."""
+        names = set(spec.secret_environment)
+        if not names:
+            return {}
+        if job.secrets is None:
+            await self._reject(job.id, "the values of its secret_environment were never stored")
+            return None
+        why = "this broker process has no secrets key (CONVEYOR_SECRETS_KEY_FILE)"
+        values: dict[str, str] | None = None
+        if self._secret_box is not None:
+            try:
+                values = self._secret_box.open(job.secrets)
+            except SealedUnreadable:
+                why = "no key of this broker's secrets key file opens them (was the key that sealed them removed?)"
+        if values is None:
+            reason = f"waiting: its secret_environment cannot be unsealed: {why}"
+            await self._retry(job.id, job.attempt_count + 1, reason)
+            return None
+        if set(values) != names:
+            await self._reject(job.id, "the stored values of its secret_environment do not match its names")
+            return None
+        return values
+
     async def _translate(
-        self, job_id: str, spec: JobSpec, placement: Placement, run_as: RunAs, batch: _Batch
+        self, job_id: str, spec: JobSpec, placement: Placement, run_as: RunAs, batch: _Batch, *, secrets: dict[str, str]
     ) -> SlurmJobSpec | None:
-        """The Slurm job to submit; None when the job was rejected (it cannot be expressed there, or the
-        Factory's agent lacks a field it uses with the mapped site account)."""
+        """The Slurm job to submit, ``secrets`` (the values) in its environment; None when the job was rejected
+        (it cannot be expressed there, or the Factory's agent lacks a field it uses with the mapped site account)."""
         factory = placement.factory
         try:
-            slurm_spec = to_slurm_spec(job_id, spec, placement, factory, account=run_as.account, user=run_as.user)
+            slurm_spec = to_slurm_spec(
+                job_id, spec, placement, factory, account=run_as.account, user=run_as.user, secrets=secrets
+            )
         except TranslationError as exc:
             await self._reject(job_id, str(exc))
             return None
@@ -306,23 +353,25 @@ class Dispatcher:
         :func:`submit_context`) and record what came of it."""
         job_id, number = job.id, attempt.attempt
         context = submit_context(job, attempt, factory)
+        hidden = [spec.environment[name] for name in context.secret_names if name in spec.environment]
         self._failpoint("before_submit")
         try:
             slurm_job_id = await self._adapters.get(factory.id).submit(spec, user, context)
         except SubmitWindowClosed as exc:  # this dispatcher was late, not the site: nothing was sent
-            await self._too_late(job_id, number, factory.id, exc)
+            await self._too_late(job_id, number, factory.id, scrub(_describe(exc), hidden))
             return
         except JobError as exc:
-            message = _describe(exc)
+            message = scrub(_describe(exc), hidden)
             refused = ClosedAttempt(number, AttemptOutcome.REFUSED, message)
             await self._reject(job_id, f"Slurm refused the job on {factory.id}: {message}", attempt=refused)
             return
         except (AuthenticationError, ClusterUnavailable) as exc:
-            await self._site_failure(job_id, number, factory.id, exc)
+            maybe_applied = isinstance(exc, ClusterUnavailable) and exc.maybe_applied
+            await self._site_failure(job_id, number, factory.id, scrub(_describe(exc), hidden), maybe_applied)
             return
         except SlurmError as exc:  # an error the adapter could not classify: it may have reached Slurm
             self._count_error(factory.id)
-            await self._in_doubt(job_id, number, factory.id, _describe(exc))
+            await self._in_doubt(job_id, number, factory.id, scrub(_describe(exc), hidden))
             return
         self._failpoint("after_submit")
         # Shielded: Slurm has the job, so its record is written even if this dispatcher is being stopped.
@@ -331,19 +380,19 @@ class Dispatcher:
         else:
             _job_log(logging.WARNING, job_id, "Slurm job %s submitted but the job had left queued", slurm_job_id)
 
-    async def _too_late(self, job_id: str, attempt: int, factory_id: str, exc: SubmitWindowClosed) -> None:
-        """The attempt's submit window closed before its call could start: closed as not applied and retried,
-        with the Factory's health untouched."""
-        message = _describe(exc)
+    async def _too_late(self, job_id: str, attempt: int, factory_id: str, message: str) -> None:
+        """The attempt's submit window closed before its call could start (``message``, the adapter's): closed as
+        not applied and retried, with the Factory's health untouched."""
         await self._jobs.finish_attempt(job_id, attempt, outcome=AttemptOutcome.NOT_APPLIED, error=message, actor=ACTOR)
         await self._retry(job_id, attempt, f"the submission to {factory_id} was not started in time: {message}")
 
     async def _site_failure(
-        self, job_id: str, attempt: int, factory_id: str, exc: AuthenticationError | ClusterUnavailable
+        self, job_id: str, attempt: int, factory_id: str, message: str, maybe_applied: bool
     ) -> None:
-        message = _describe(exc)
+        """The site failed the submit (authentication or availability, ``message``); ``maybe_applied``: it may
+        have reached Slurm all the same."""
         await self._mark_unhealthy(factory_id, message)
-        if isinstance(exc, ClusterUnavailable) and exc.maybe_applied:
+        if maybe_applied:
             await self._in_doubt(job_id, attempt, factory_id, message)
             return
         await self._jobs.finish_attempt(job_id, attempt, outcome=AttemptOutcome.NOT_APPLIED, error=message, actor=ACTOR)

@@ -36,6 +36,7 @@ from broker.factories.registry import FactoryRegistry
 from broker.factories.service import Capacity
 from broker.loops.dispatch import Dispatcher, default_worker_id
 from broker.loops.reconcile import Reconciler
+from broker.secret_box import SecretBox
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class Runtime:
         adapters: AdapterProvider,
         *,
         worker_id: str | None = None,
+        secret_box: SecretBox | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -90,7 +92,7 @@ class Runtime:
         self.instance_id = settings.instance_id or worker_id or default_worker_id()
         if worker_id is None:  # one per process: a restart under a persistent instance id is a new lease owner
             worker_id = f"{settings.instance_id}:{uuid.uuid4().hex[:8]}" if settings.instance_id else self.instance_id
-        self.dispatcher = Dispatcher(database, registry, adapters, settings, worker_id)
+        self.dispatcher = Dispatcher(database, registry, adapters, settings, worker_id, secret_box=secret_box)
         self._instances = InstanceRepository(database)
         self._health_checked = asyncio.Event()
         self.reconciler = Reconciler(database, registry, adapters, settings)

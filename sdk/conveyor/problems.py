@@ -169,6 +169,11 @@ MALFORMED_REQUEST: Final = ProblemType("malformed_request", "The request cannot 
 UNSUPPORTED_MEDIA_TYPE: Final = ProblemType(
     "unsupported_media_type", "The request body's encoding is not supported", 415
 )
+# A job with secret_environment sent to a broker configured without a secrets key (CONVEYOR_SECRETS_KEY_FILE):
+# it could not keep them encrypted, so it refuses the job; the same job without secrets is accepted.
+SECRETS_NOT_CONFIGURED: Final = ProblemType(
+    "secrets_not_configured", "This broker keeps no secrets: it refuses secret_environment", 422
+)
 UNAUTHORIZED: Final = ProblemType("unauthorized", "Authentication is required", 401)
 FORBIDDEN: Final = ProblemType("forbidden", "Not allowed", 403)
 RATE_LIMITED: Final = ProblemType("rate_limited", "Too many requests", 429)
@@ -190,6 +195,7 @@ PROBLEM_TYPES: Final[Mapping[str, ProblemType]] = {
         HEADERS_TOO_LARGE,
         MALFORMED_REQUEST,
         UNSUPPORTED_MEDIA_TYPE,
+        SECRETS_NOT_CONFIGURED,
         UNAUTHORIZED,
         FORBIDDEN,
         RATE_LIMITED,
@@ -360,6 +366,7 @@ _BY_CODE: Mapping[str, type[ConveyorError]] = {
     HEADERS_TOO_LARGE.code: ValidationFailed,
     MALFORMED_REQUEST.code: ValidationFailed,
     UNSUPPORTED_MEDIA_TYPE.code: ValidationFailed,
+    SECRETS_NOT_CONFIGURED.code: ValidationFailed,
     UNAUTHORIZED.code: AuthError,
     FORBIDDEN.code: AuthError,
     RATE_LIMITED.code: RateLimited,

@@ -1,4 +1,4 @@
-"""Containers, launchers and output paths over HTTP: a real uvicorn in front of the real Slurm lab.
+"""Containers, launchers, output paths and a secret over HTTP: a real uvicorn in front of the real Slurm lab.
 
 Two container jobs on delta (Apptainer in the sid root) and two 2-node torchrun jobs on alpha run at once, each
 held by a file the test creates once it has read Slurm's view of the running job (``scontrol show job -dd``), so
@@ -132,7 +132,8 @@ def test_two_gpu_jobs_run_in_the_image_each_seeing_its_own_gpu_as_slurm_gave_it(
     tag = new_tag("container")
     directory = job_dir(delta, tag)
     device_dir = f"{delta.raw['cluster_dir']}/dev"
-    inside = "cat /etc/os-release; echo CVD=$CUDA_VISIBLE_DEVICES; ls {}; echo listed; "
+    secret = f"hf_{new_tag('secret')}"
+    inside = "cat /etc/os-release; echo CVD=$CUDA_VISIBLE_DEVICES; echo HF=$HF_TOKEN; ls {}; echo listed; "
     inside += "while [ ! -e go-{} ]; do sleep 0.1; done"
     jobs += [
         submit(
@@ -142,6 +143,7 @@ def test_two_gpu_jobs_run_in_the_image_each_seeing_its_own_gpu_as_slurm_gave_it(
             working_directory=directory,
             resources={"gpus_per_node": 1, "gpu_type": "a100", "time_limit_min": 5},
             container={"image": TEST_IMAGE},
+            secret_environment={"HF_TOKEN": secret},
             placement={"factory": "delta"},
         )
         for n in range(2)
@@ -155,6 +157,8 @@ def test_two_gpu_jobs_run_in_the_image_each_seeing_its_own_gpu_as_slurm_gave_it(
         output = output_when(client, job["id"], "listed")
         assert f"ID={TEST_IMAGE_ID}" in output  # the image's own os-release, not the sid root's
         assert f"CVD={index}\n" in output
+        assert f"HF={secret}\n" in output  # the clean environment got the secret, by reference
+        assert secret not in str(running)
         node = re.search(r" NodeList=(\S+)", shown)
         assert node is not None
         assert f"{node[1]}-nvidia0" in output
@@ -165,6 +169,8 @@ def test_two_gpu_jobs_run_in_the_image_each_seeing_its_own_gpu_as_slurm_gave_it(
         done = completed(client, job["id"])
     script = delta.slurm("scontrol", "write", "batch_script", str(done["slurm_job_id"]), "-")
     assert f"apptainer exec --nv --containall --bind {directory} --pwd {directory}" in script
+    assert 'export APPTAINERENV_HF_TOKEN="$HF_TOKEN"' in script
+    assert secret not in script
 
 
 def test_two_two_node_torchrun_jobs_meet_at_their_first_nodes_address(

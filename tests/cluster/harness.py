@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from broker.secret_box import write_key_file
 from tests.faults.harness import TOKEN, BrokerProcess
 
 LISTEN = "127.0.0.1"
@@ -190,14 +191,18 @@ def broker_cluster(
     workdir: Path, database_url: str, factories_file: Path, *, api: int, loops: int, env: dict[str, str] | None = None
 ) -> Iterator[BrokerCluster]:
     """``api`` API processes and ``loops`` loop processes on ``database_url`` (already migrated), started and
-    behind a proxy; every process ended by its PID at the end."""
+    behind a proxy; every process ended by its PID at the end. They share one secrets key file, as replicas must
+    (a job sealed by one is unsealed by another)."""
     assert api >= 1, "a cluster needs an API process"
     assert loops >= 0
+    key_file = workdir / "secrets-key"
+    write_key_file(key_file)
+    shared = {"CONVEYOR_SECRETS_KEY_FILE": str(key_file), **(env or {})}
 
     def process(name: str, run_loops: bool) -> BrokerProcess:
         directory = workdir / name
         directory.mkdir(parents=True)
-        return BrokerProcess(directory, database_url, factories_file, run_loops=run_loops, extra_env=dict(env or {}))
+        return BrokerProcess(directory, database_url, factories_file, run_loops=run_loops, extra_env=dict(shared))
 
     cluster = BrokerCluster(
         api=[process(f"api-{index}", False) for index in range(api)],

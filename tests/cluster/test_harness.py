@@ -4,7 +4,9 @@ Jobs submitted through the proxy are accepted by every API process (each one's o
 and one API process SIGKILLed mid-burst loses none of the 201s it gave: every submission is resent with its
 Idempotency-Key until it is accepted (the proxy skips the dead process), the broker then holds exactly the jobs
 it answered, and each runs exactly once on the lab's Factory bravo, dispatched by the two loop processes
-(:func:`tests.faults.harness.check_exactly_once`, from the broker, the jobs' own ledger and Slurm).
+(:func:`tests.faults.harness.check_exactly_once`, from the broker, the jobs' own ledger and Slurm). Each job
+carries a secret: sealed by the API process that accepted it and unsealed by a loop process (the replicas share
+their secrets key file), it is in no column of any table.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from broker.db.engine import create_database
 from broker.db.migrate import upgrade
 from tests.api.server import LAB_FACTORIES
 from tests.cluster.harness import BrokerCluster, answers, broker_cluster
 from tests.db.conftest import PostgresDatabases
+from tests.db.plaintext import columns_holding
 from tests.faults.harness import (
     Progress,
     Workspace,
@@ -64,6 +68,9 @@ async def test_api_processes_behind_the_proxy_share_the_burst_and_a_killed_one_l
 ) -> None:
     run = secrets.token_hex(4)
     items = submissions(workspace, FACTORY, run, JOBS)
+    secret = f"cluster-secret-{secrets.token_hex(8)}"
+    for item in items:
+        item.body["secret_environment"] = {"CLUSTER_SECRET": secret}
     progress = Progress()
     victim = cluster.api[1]
 
@@ -95,3 +102,10 @@ async def test_api_processes_behind_the_proxy_share_the_burst_and_a_killed_one_l
 
         await wait_all_terminal(client, run, JOBS, timeout_s=120, context=cluster.log_tail)
         await check_exactly_once(client, workspace, run, items)
+    async with cluster.client() as client:
+        assert secret not in (await client.get("/v1/jobs", params={"limit": 200})).text
+    database = create_database(cluster.api[0].database_url)
+    try:
+        assert await columns_holding(database, secret) == []
+    finally:
+        await database.dispose()

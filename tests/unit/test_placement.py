@@ -467,6 +467,14 @@ def test_a_factory_whose_agent_lacks_a_field_the_job_uses_is_passed_over_with_th
     assert where(place(job(), AGENT_REGISTRY, AGENT_UP, agents=agents)) == "foxtrot/cpu"
 
 
+def test_a_secret_environment_alone_needs_an_agent_that_announced_the_environment() -> None:
+    secret_only = JobSpec.model_validate(
+        {"name": "t", "project": "p", "command": ["true"], "secret_environment": {"HF_TOKEN": "x"}}
+    )
+    result = place(secret_only, AGENT_REGISTRY, AGENT_UP, agents={"foxtrot": NO_ENVIRONMENT, "golf": EVERY_FEATURE})
+    assert where(result) == "golf/cpu"
+
+
 def test_when_every_fitting_agent_lacks_a_field_the_job_must_change() -> None:
     error = agent_refused(with_environment(), {"foxtrot": NO_ENVIRONMENT, "golf": NO_ENVIRONMENT})
     assert (error.code, error.transient) == (Code.AGENT_LACKS_FEATURE, False)

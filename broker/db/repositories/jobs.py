@@ -48,6 +48,7 @@ from broker.db.repositories.sql import insert_ignoring_conflict, is_sqlite, refu
 from broker.db.types import utc_now
 from broker.jobs.events import EventKind
 from broker.jobs.ids import new_job_id
+from broker.jobs.secrets import redact
 from broker.jobs.states import check_move, is_exception
 from broker.tenancy.accounting import NOTHING, Reservation, Use
 from conveyor.spec import TERMINAL_STATES, JobSpec, JobState
@@ -84,6 +85,7 @@ class NewJob:
     source: str | None = None  # the client's address, kept in the created event (the audit trail)
     reservation: Reservation | None = None  # taken from its allocation in the same transaction
     antenna: str | None = None  # its owner's Antenna: counted against its quota in the same transaction
+    secrets: str | None = None  # the spec's secret values, sealed (broker.jobs.secrets); ``spec`` has them redacted
 
     @classmethod
     def from_spec(
@@ -93,10 +95,18 @@ class NewJob:
         source: str | None = None,
         reservation: Reservation | None = None,
         antenna: str | None = None,
+        *,
+        stored: Mapping[str, Any] | None = None,
+        sealed: str | None = None,
     ) -> NewJob:
+        """The job of ``spec``. ``stored``: the spec as stored, when the caller made it already; ``sealed``: its
+        secret values sealed, required when it has some. The stored spec never holds a secret's value."""
+        if spec.secret_environment and sealed is None:
+            raise ValueError("a spec with secret_environment is stored only with its values sealed")
+        document = redact(stored if stored is not None else spec.model_dump(mode="json"))
         return cls(
-            owner=owner, project=spec.project, name=spec.name, spec=spec.model_dump(mode="json"), labels=spec.labels,
-            source=source, reservation=reservation, antenna=antenna,
+            owner=owner, project=spec.project, name=spec.name, spec=document, labels=spec.labels,
+            source=source, reservation=reservation, antenna=antenna, secrets=sealed,
         )  # fmt: skip
 
 
@@ -626,7 +636,7 @@ async def _insert_jobs(session: AsyncSession, creations: Sequence[tuple[Creation
     jobs = [
         {"id": job_id, "owner": c.new.owner, "project": c.new.project, "name": c.new.name, "spec": dict(c.new.spec),
          "labels": dict(c.new.labels), "state": JobState.QUEUED, "created_at": now, "updated_at": now,
-         "attempt_count": 0, "next_attempt_at": now, "antenna": c.new.antenna}
+         "attempt_count": 0, "next_attempt_at": now, "antenna": c.new.antenna, "secrets": c.new.secrets}
         for c, job_id in creations
     ]  # fmt: skip
     stored = list(await session.scalars(insert(Job).returning(Job, sort_by_parameter_order=True), jobs))
