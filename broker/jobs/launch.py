@@ -27,6 +27,12 @@ TORCHRUN_PRELUDE = (
     "export MASTER_ADDR MASTER_PORT",
 )
 _HEREDOC_STEM = "CONVEYOR_SCRIPT"
+# Apptainer evaluates an APPTAINERENV_ value as the inside of a double-quoted string ($(...) runs, a trailing
+# backslash breaks its injection script; measured with 1.4.5, docs/containers-lab.md): this bash function
+# escapes \, $ and ` so that the container gets the value byte for byte. Secrets pass through it by reference.
+APPTAINER_ENV_FUNCTION = (
+    r'conveyor_apptainer_env() { local v=${2//\\/\\\\}; v=${v//\$/\\\$}; export "APPTAINERENV_$1=${v//\`/\\\`}"; }'
+)
 # A cleaned environment (--containall) loses Slurm's CUDA_VISIBLE_DEVICES: each task hands its own value in.
 GPUS_INTO_CLEAN_CONTAINER = (
     "/bin/sh",
@@ -59,10 +65,10 @@ def _apptainer_words(
         words += ["--bind", f"{bind}:{bind}:ro"]
     for mount in container.mounts:
         words += ["--bind", f"{mount.source}:{mount.inside}" + (":ro" if mount.read_only else "")]
-    env = [f"export APPTAINERENV_{name}={shlex.quote(value)}" for name, value in sorted(container.env.items())]
+    env = [f"conveyor_apptainer_env {name} {shlex.quote(value)}" for name, value in sorted(container.env.items())]
     if runtime.containall:  # the cleaned environment gets the secrets by reference, never by value
-        env += [f'export APPTAINERENV_{name}="${name}"' for name in sorted(spec.secret_environment)]
-    return env, [*words, container.image]
+        env += [f'conveyor_apptainer_env {name} "${name}"' for name in sorted(spec.secret_environment)]
+    return ([APPTAINER_ENV_FUNCTION, *env] if env else []), [*words, container.image]
 
 
 def _pyxis_options(container: Container, spec: JobSpec, directory: str) -> tuple[list[str], list[str]]:

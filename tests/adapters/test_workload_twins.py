@@ -1,8 +1,9 @@
 """How a job runs (launcher, output path, container), read back from Slurm against its sbatch twin.
 
 Per Slurm release and adapter, as tests/adapters/test_sbatch_twins.py: a job whose command carries shell
-metacharacters, started once per task by ``srun`` across every node of the cluster's CPU partition, writing to an
-output pattern with ``{job_id}``, and on the cluster whose root has Apptainer, inside the lab's image. Its twin is
+metacharacters, started once per task by ``srun`` across every node of the cluster's CPU partition, writing to
+output and error patterns with ``{job_id}``, and on the cluster whose root has Apptainer, inside the lab's image
+with a read-only mount and an environment variable of its own. Its twin is
 the same compiled script given to plain ``sbatch`` by the same user. Slurm's stored batch scripts must be the
 same (the broker's carries the adapters' directive fence, nothing else), the output paths Slurm records must be
 the patterns expanded, and each task must have printed every argument exactly as given.
@@ -36,7 +37,13 @@ pytestmark = pytest.mark.lab
 # No newline inside an argument here: each task prints one line, so that the tasks' lines, which srun passes on
 # a line at a time, never mix (tests/unit/test_launch.py covers newlines, through a real bash).
 ARGUMENTS = ["a b", "$(touch pwned)", "it's", "; rm -rf /", "`id`", "\\n", "*", "$HOME", "%s %%", "\t"]
-PRINT_ARGUMENTS = ["sh", "-c", 'printf "%s|" "$@"; echo', "sh", *ARGUMENTS]
+# Each task prints the arguments, the container's NOTE and what the container sees at /in (nothing outside one).
+PRINT_ARGUMENTS = [
+    "sh", "-c", 'printf "%s|" "$@" "${NOTE-}"; if [ -d /in ]; then cat /in/marker; touch /in/w 2>/dev/null || '
+    "printf ' (ro)'; fi; echo", "sh", *ARGUMENTS,
+]  # fmt: skip
+NOTE = "x y 'z' $(touch pwned-too) \\"
+MARKER = "mounted"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -57,10 +64,13 @@ def workload_spec(cluster: Cluster) -> JobSpec:
         "resources": {"nodes": len(partition["nodes"]), "tasks_per_node": 1, "time_limit_min": 3},
         "working_directory": directory,
         "stdout": f"{directory}/out-{{job_id}}.txt",
+        "stderr": f"{directory}/err-{{job_id}}.txt",
         "placement": {"factory": cluster.name},
     }
     if cluster.raw.get("suite") == APPTAINER_SUITE:
-        fields["container"] = {"image": TEST_IMAGE}
+        mount = {"source": directory, "target": "/in", "read_only": True}
+        fields["container"] = {"image": TEST_IMAGE, "mounts": [mount], "env": {"NOTE": NOTE}}
+    cluster.host_path(f"{directory}/marker").write_text(MARKER)
     return JobSpec.model_validate(fields)
 
 
@@ -85,15 +95,19 @@ async def test_launcher_output_path_and_container_are_the_twins(
     for field in ("NumNodes", "NumTasks", "Partition", "TimeLimit"):
         assert broker.get(field) == twin.get(field), field
     assert broker.get("StdOut") == f"{directory}/out-{broker_id}.txt"
+    assert broker.get("StdErr") == f"{directory}/err-{broker_id}.txt"
     assert stored_script(cluster, broker_id) == fenced_script(stored_script(cluster, twin_id))
     if spec.container is not None:
         assert f"apptainer exec --containall --bind {directory} --pwd {directory} " in rendered.script
         assert f" {TEST_IMAGE} sh -c " in rendered.script
     assert shlex.join(PRINT_ARGUMENTS) in rendered.script
-    line = "".join(f"{argument}|" for argument in ARGUMENTS) + "\n"
+    inside = spec.container is not None
+    line = "".join(f"{argument}|" for argument in ARGUMENTS) + (f"{NOTE}|{MARKER} (ro)\n" if inside else "|\n")
     broker_out = cluster.host_path(f"{directory}/out-{broker_id}.txt")
     lines = line * spec.resources.nodes  # one per task, in any order
     wait_until(lambda: broker_out.exists() and len(broker_out.read_text()) >= len(lines), 10, "the job's output")
     assert broker_out.read_text() == lines
     assert cluster.host_path(f"{directory}/twin.out").read_text() == lines
     assert not cluster.host_path(f"{directory}/pwned").exists()
+    assert not cluster.host_path(f"{directory}/pwned-too").exists()
+    assert cluster.host_path(f"{directory}/err-{broker_id}.txt").read_text() == ""

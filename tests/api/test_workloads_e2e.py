@@ -169,7 +169,7 @@ def test_two_gpu_jobs_run_in_the_image_each_seeing_its_own_gpu_as_slurm_gave_it(
         done = completed(client, job["id"])
     script = delta.slurm("scontrol", "write", "batch_script", str(done["slurm_job_id"]), "-")
     assert f"apptainer exec --nv --containall --bind {directory} --pwd {directory}" in script
-    assert 'export APPTAINERENV_HF_TOKEN="$HF_TOKEN"' in script
+    assert 'conveyor_apptainer_env HF_TOKEN "$HF_TOKEN"' in script
     assert secret not in script
 
 

@@ -178,16 +178,24 @@ def test_a_dry_run_shows_placement_and_the_slurm_rendering_and_submits_nothing(r
 
 
 @pytest.mark.lab
-def test_a_dry_run_shows_the_compiled_container_script_and_refuses_where_no_factory_runs_it(run: Cli) -> None:
+def test_a_dry_run_shows_the_compiled_container_script_and_refuses_where_no_factory_runs_it(
+    run: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = f"hf_{uuid.uuid4().hex}"
+    monkeypatch.setenv("HF_TOKEN", secret)  # --secret-env reads it from the CLI's own environment
     scratch = "/slurmlab/delta/scratch"
     args = ["submit", "--dry-run", "--project", PROJECT, "--time", "5", "--image", TEST_IMAGE,
             "--mount", f"{scratch}:/data:ro", "--container-env", "A=b c", "--launcher", "srun",
-            "--stdout", f"{scratch}/o-{{job_id}}.out", "--", "sh", "-c", "echo $A"]  # fmt: skip
-    human = run.ok(*args).out
+            "--secret-env", "HF_TOKEN", "--stdout", f"{scratch}/o-{{job_id}}.out"]  # fmt: skip
+    command = ["--", "sh", "-c", "echo $A"]
+    human = run.ok(*args, *command).out
     assert "delta" in human
+    assert 'conveyor_apptainer_env HF_TOKEN "$HF_TOKEN"' in human
+    assert secret not in human
+    assert secret not in run.ok(*args, "--json", *command).out
     assert f"apptainer exec --containall --bind {scratch} --pwd {scratch}" in human
     assert f"--bind {scratch}:/data:ro {TEST_IMAGE} sh -c 'echo $A'" in human
-    assert "export APPTAINERENV_A='b c'" in human
+    assert "conveyor_apptainer_env A 'b c'" in human
     refused = run("submit", "--json", *ON_BRAVO, "--image", TEST_IMAGE, "--", "true")
     assert refused.code != 0
     problem = Problem.model_validate_json(refused.out or refused.err)

@@ -29,10 +29,18 @@ import json, os, sys
 with open(os.environ["STUB_LOG"], "a") as log:
     log.write(json.dumps([os.path.basename(sys.argv[0]), *sys.argv[1:]]) + "\\n")
 """
-# apptainer's stub runs what follows the image, as the real one does inside it.
+# apptainer's stub runs what follows the image, as the real one does inside it, with each APPTAINERENV_ value
+# evaluated inside double quotes by a shell, as Apptainer's injection script does (measured: it escapes only
+# double quotes, so $(...) runs and a trailing backslash breaks it, docs/containers-lab.md).
 APPTAINER_STUB = (
     RECORDER
     + """
+import subprocess
+for key, value in list(os.environ.items()):
+    if key.startswith("APPTAINERENV_") and key != "APPTAINERENV_CUDA_VISIBLE_DEVICES":
+        quoted = '"' + value.replace('"', '\\\\"') + '"'  # it escapes double quotes, nothing else
+        shell = subprocess.run(["bash", "-c", "printf %s " + quoted], capture_output=True, text=True, check=True)
+        os.environ[key.removeprefix("APPTAINERENV_")] = shell.stdout
 args, takes_value = sys.argv[2:], {"--bind", "--pwd"}
 gpus = os.environ.get("APPTAINERENV_CUDA_VISIBLE_DEVICES", "unset")
 print("APPTAINERENV_CUDA_VISIBLE_DEVICES=" + gpus, file=sys.stderr)
@@ -98,10 +106,10 @@ def test_torchrun_in_a_container_reaches_srun_with_every_word_as_written(tmp_pat
 
 
 def test_a_container_env_value_reaches_the_container_unchanged(tmp_path: Path) -> None:
-    value = "INFO $(touch pwned) 'q' \"dq\" `id`"
+    value = "INFO $(touch pwned) 'q' \"dq\" `id` \\$HOME ${PATH} trailing \\"
     job = spec(command=["printenv", "NCCL_DEBUG"], container={"image": "/opt/images/x", "env": {"NCCL_DEBUG": value}})
-    script = batch_script(job, APPTAINER, str(tmp_path))
-    result, _ = run(script.replace("APPTAINERENV_", ""), tmp_path)  # the stub does not translate the prefix
+    result, _ = run(batch_script(job, APPTAINER, str(tmp_path)), tmp_path)
+    assert result.returncode == 0, result.stderr
     assert result.stdout == value + "\n"
     assert not (tmp_path / "pwned").exists()
 
@@ -123,9 +131,11 @@ def test_a_secret_is_never_in_the_script_and_a_clean_container_gets_it_by_refere
     )
     script = batch_script(job, APPTAINER, str(tmp_path))
     assert "hf_s3cr3t" not in script
-    assert 'export APPTAINERENV_HF_TOKEN="$HF_TOKEN"' in script
-    result, _ = run(script, tmp_path, HF_TOKEN="hf_s3cr3t")  # Slurm puts it in the job's environment
-    assert result.stdout == "hf_s3cr3t\n"
+    assert 'conveyor_apptainer_env HF_TOKEN "$HF_TOKEN"' in script
+    secret = "hf_s3cr3t$(touch pwned)`id`\\"
+    result, _ = run(script, tmp_path, HF_TOKEN=secret)  # Slurm puts it in the job's environment
+    assert result.stdout == secret + "\n"
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_pyxis_options_travel_on_srun_because_they_cannot_through_slurmrestd(tmp_path: Path) -> None:
