@@ -75,7 +75,9 @@ def silent(order: Order) -> Report | None:
 
 
 class ScriptedAgent:
-    """A test double of a Factory's agent over the service API: answers each order with ``answer``."""
+    """A test double of a Factory's agent over the service API: answers each order with ``answer``. While it
+    runs, a lease holder heartbeats as a real agent does, so a slow machine never lapses its session or lease (a
+    standby stays silent: its heartbeat would compete for the lease)."""
 
     def __init__(self, service: AgentService, factory_id: str = "alpha", answer: Answer = silent) -> None:
         self.service = service
@@ -83,15 +85,33 @@ class ScriptedAgent:
         self.answer = answer
         self.received: list[Order] = []
         self.session_id = ""
+        self.heartbeat_s = TIMINGS.heartbeat_s
+        self.holds = False
 
     async def connect(self, *, hold: bool = True) -> ScriptedAgent:
         granted = await self.service.open_session(self.factory_id, "key-1", hello(now()))
-        self.session_id = granted.session_id
+        self.session_id, self.heartbeat_s = granted.session_id, granted.heartbeat_s
         if hold:
-            assert (await self.service.heartbeat(self.factory_id, self.session_id, beat(now()))).holder
+            await self.hold()
         return self
 
+    async def hold(self) -> None:
+        """Takes the Factory's lease with a first heartbeat; later ones come while :meth:`run` runs."""
+        assert (await self.service.heartbeat(self.factory_id, self.session_id, beat(now()))).holder
+        self.holds = True
+
     async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            if self.holds:
+                group.create_task(self._heartbeats())
+            group.create_task(self._answer_orders())
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            await self.service.heartbeat(self.factory_id, self.session_id, beat(now()))
+
+    async def _answer_orders(self) -> None:
         ack = 0
         while True:
             batch = await self.service.poll(self.factory_id, self.session_id, Poll(ack=ack, wait_s=5))

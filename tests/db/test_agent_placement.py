@@ -110,8 +110,9 @@ class Site:
             return await agent.connect()
         greeting = Hello(agent_version="0.9.0", adapter="rest", slurm_release="24.11.1", features=features,
                       agent_time=now())  # fmt: skip
-        agent.session_id = (await self.service.open_session("alpha", "key-1", greeting)).session_id
-        assert (await self.service.heartbeat("alpha", agent.session_id, beat(now()))).holder
+        granted = await self.service.open_session("alpha", "key-1", greeting)
+        agent.session_id, agent.heartbeat_s = granted.session_id, granted.heartbeat_s
+        await agent.hold()
         return agent
 
 
