@@ -11,11 +11,13 @@ the patterns expanded, and each task must have printed every argument exactly as
 
 from __future__ import annotations
 
+import re
 import shlex
 from typing import Any
 
 import pytest
 
+from broker.jobs.launch import MASTER_PORT_BASE, MASTER_PORT_SPAN
 from conveyor.spec import JobSpec
 from dev.lab.images import APPTAINER_SUITE, TEST_IMAGE
 from slurm_adapters.records import SlurmJobState
@@ -31,6 +33,7 @@ from tests.adapters.test_sbatch_twins import (
     submit_twin,
 )
 from tests.lab import SUBMIT_USER, Cluster, job_dir, kinds_on, new_tag, wait_for_job, wait_until
+from tests.stub_torchrun import install_stub_torchrun
 
 pytestmark = pytest.mark.lab
 
@@ -111,3 +114,56 @@ async def test_launcher_output_path_and_container_are_the_twins(
     assert not cluster.host_path(f"{directory}/pwned").exists()
     assert not cluster.host_path(f"{directory}/pwned-too").exists()
     assert cluster.host_path(f"{directory}/err-{broker_id}.txt").read_text() == ""
+
+
+def torchrun_spec(cluster: Cluster) -> JobSpec:
+    nodes = len(cluster.cpu_partition["nodes"])
+    directory = job_dir(cluster, new_tag("torchrun"))
+    return JobSpec.model_validate(
+        {
+            "name": "torchrun-twin",
+            "project": PROJECT,
+            "command": ["/bin/echo", "step", "$RANK-not-expanded"],
+            "launcher": "torchrun",
+            "resources": {"nodes": nodes, "tasks_per_node": 2, "cpus_per_task": 1, "time_limit_min": 3},
+            "working_directory": directory,
+            "environment": {"PATH": install_stub_torchrun(cluster, directory)},
+            "stdout": f"{directory}/train-{{job_id}}.out",
+            "placement": {"factory": cluster.name},
+        }
+    )
+
+
+def rendezvous(cluster: Cluster, job_id: int, world: int) -> str:
+    """The line the stub prints when ``world`` ranks met at the job's first node's NodeAddr and derived port."""
+    nodes = show_job_dd(cluster, job_id).fields["NodeList"]
+    first = cluster.slurm("scontrol", "show", "hostnames", nodes).split()[0]
+    address = re.search(r"NodeAddr=(\S+)", cluster.slurm("scontrol", "show", "node", first))
+    assert address is not None
+    port = MASTER_PORT_BASE + job_id % MASTER_PORT_SPAN
+    return f"rendezvous {address[1]}:{port} id {job_id}: {world} ranks joined\n"
+
+
+async def test_torchrun_meets_at_the_first_nodes_address_as_its_twin_does(
+    case: tuple[str, Cluster], request: pytest.FixtureRequest
+) -> None:
+    kind, cluster = case
+    spec = torchrun_spec(cluster)
+    rendered = broker_rendering(cluster, spec)
+    directory = rendered.working_directory
+    async with open_adapter(kind, cluster, agent_fleet_if_needed(request, [kind])) as adapter:
+        broker_id = await adapter.submit(rendered, SUBMIT_USER)
+        twin_id = submit_twin(cluster, rendered, spec)
+        for job_id in (broker_id, twin_id):
+            record = await wait_for_job(adapter, job_id, {SlurmJobState.COMPLETED}, timeout_s=120)
+            assert record.state is SlurmJobState.COMPLETED, (record, cluster.host_path(directory))
+    assert stored_script(cluster, broker_id) == fenced_script(stored_script(cluster, twin_id))
+    broker, twin = show_job_dd(cluster, broker_id), show_job_dd(cluster, twin_id)
+    for field in ("NumNodes", "NumTasks", "Partition", "TimeLimit"):
+        assert broker.get(field) == twin.get(field), field
+    assert broker.get("StdOut") == f"{directory}/train-{broker_id}.out"
+    world = spec.resources.nodes * spec.resources.tasks_per_node
+    for job_id, out in ((broker_id, f"train-{broker_id}.out"), (twin_id, "twin.out")):
+        output = cluster.host_path(f"{directory}/{out}").read_text()
+        assert rendezvous(cluster, job_id, world) in output, output
+        assert output.count("step $RANK-not-expanded\n") == world, output  # one per rank, unexpanded

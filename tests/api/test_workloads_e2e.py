@@ -23,57 +23,13 @@ from dev.lab.images import TEST_IMAGE, TEST_IMAGE_ID
 from tests.api.server import Server, lab_factories, start_server
 from tests.api.test_e2e_lab import submit, wait_job
 from tests.lab import Cluster, clusters, job_dir, new_tag
+from tests.stub_torchrun import install_stub_torchrun
 
 pytestmark = pytest.mark.lab
 
 POLL_S = 0.2  # a poll interval, not a wait for something to happen
 TIMEOUT_S = 120.0
 GRES_INDEX = re.compile(r"gpu(?::[a-z0-9]+)?:\d+\(IDX:([0-9,-]+)\)")
-# torchrun's command line as the stub receives it; it prints what it was given and what joined.
-STUB_TORCHRUN = r"""#!/usr/bin/env python3
-import argparse, os, socket, subprocess, sys, time
-
-parser = argparse.ArgumentParser()
-parser.add_argument("--nnodes", type=int, required=True)
-parser.add_argument("--nproc-per-node", type=int, required=True)
-parser.add_argument("--rdzv-backend", required=True)
-parser.add_argument("--rdzv-endpoint", required=True)
-parser.add_argument("--rdzv-id", required=True)
-parser.add_argument("program", nargs=argparse.REMAINDER)
-args = parser.parse_args()
-host, port = args.rdzv_endpoint.rsplit(":", 1)
-world = args.nnodes * args.nproc_per_node
-node = int(os.environ["SLURM_NODEID"])
-deadline = time.monotonic() + 60
-if node == 0:
-    server = socket.create_server((host, int(port)))
-    server.settimeout(60)
-ranks = []
-for local in range(args.nproc_per_node):
-    while True:
-        try:
-            conn = socket.create_connection((host, int(port)), timeout=5)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                sys.exit(f"rank {node}/{local}: no rendezvous at {args.rdzv_endpoint}")
-            time.sleep(0.1)
-    conn.sendall(f"{args.rdzv_id}\n".encode())
-    ranks.append(conn)
-if node == 0:
-    ids = []
-    for _ in range(world):
-        peer, _ = server.accept()
-        ids.append(peer.makefile().readline().strip())
-    assert set(ids) == {args.rdzv_id}, ids
-    print(f"rendezvous {args.rdzv_endpoint} id {args.rdzv_id}: {world} ranks joined", flush=True)
-    while not os.path.exists("go"):
-        time.sleep(0.1)
-for local in range(args.nproc_per_node):
-    rank = node * args.nproc_per_node + local
-    env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(local)}
-    subprocess.run(args.program, env=env, check=True)
-"""
 
 
 def lab_cluster(name: str) -> Cluster:
@@ -179,10 +135,7 @@ def test_two_two_node_torchrun_jobs_meet_at_their_first_nodes_address(
     alpha = lab_cluster("alpha")
     tag = new_tag("torchrun")
     directory = job_dir(alpha, tag)
-    stubs = alpha.host_path(directory) / "bin"
-    stubs.mkdir()
-    (stubs / "torchrun").write_text(STUB_TORCHRUN)
-    (stubs / "torchrun").chmod(0o755)
+    path = install_stub_torchrun(alpha, directory)
     jobs += [
         submit(
             client,
@@ -191,7 +144,7 @@ def test_two_two_node_torchrun_jobs_meet_at_their_first_nodes_address(
             working_directory=directory,
             resources={"nodes": 2, "tasks_per_node": 2, "cpus_per_task": 1, "time_limit_min": 5},
             launcher="torchrun",
-            environment={"PATH": f"{directory}/bin:/usr/local/bin:/usr/bin:/bin"},
+            environment={"PATH": path, "STUB_TORCHRUN_HOLD": "go"},
             stdout=f"{directory}/train-{{job_id}}.out",
             placement={"factory": "alpha"},
         )
