@@ -54,6 +54,7 @@ from slurm_adapters.safety import check_chunk_request
 
 _T = TypeVar("_T")
 PUSH_WAIT_SLACK_S = 5.0  # beyond two push intervals and the skew, for a push under way to arrive
+_OUTPUT_READS = frozenset({"read_output", "read_output_chunk"})  # their results are forgotten once read
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +258,9 @@ class AgentAdapter(SlurmAdapter):
             return decode(report.result)
         except ProtocolError as exc:
             raise self._unavailable(f"the agent's {op} report is malformed: {exc}", maybe_applied=False) from None
+        finally:
+            if op in _OUTPUT_READS:
+                await self._orders.forget_result(placed.id, report)
 
     async def _report(self, placed: PlacedOrder, what: str, *, in_doubt: bool) -> Report:
         """The order's successful report; its typed error otherwise (see the module's docstring)."""

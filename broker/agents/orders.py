@@ -19,6 +19,7 @@ Rules every method keeps:
   already answered and another Factory's orders are counted as ignored, never applied.
 - Each write, first delivery and report is counted in :class:`~broker.agents.metrics.AgentMetrics` (if given)
   after its transaction commits, so ``/metrics`` counts only what happened.
+- A read of a job's output keeps its result only until its waiter has it (:meth:`OrderRepository.forget_result`).
 - A submit's secret environment values (:mod:`broker.jobs.secrets`) are never stored in the clear: the order's
   payload holds them redacted and its ``secrets`` column sealed, and they are put back only in the order handed
   to the session (the agent's authenticated link is their delivery). An order this process cannot unseal (no
@@ -424,6 +425,18 @@ class OrderRepository:
         report = Report.model_validate(row.report) if row.report is not None else None
         state: OrderState = row.state
         return Outcome(state, report)
+
+    async def forget_result(self, order_id: int, report: Report) -> None:
+        """Keep the answered read order ``order_id`` without its result, once its waiter has it: a job's output
+        (which may print the job's secrets) must not outlive its read in the database."""
+        forgotten = report.model_copy(update={"result": None}).model_dump(mode="json")
+        async with self._db.write() as session:
+            await session.execute(
+                update(AgentOrder)
+                .where(AgentOrder.id == order_id, AgentOrder.kind == "read", AgentOrder.state == "answered")
+                .values(report=forgotten),
+                execution_options=_NO_UPDATE_SYNC,
+            )
 
     async def wait_report(self, order_id: int, until: datetime) -> Report | None:
         """The order's report once it is answered; None if it is not by ``until`` (broker clock). A report

@@ -1,7 +1,8 @@
 """A job's secret environment through a real ``conveyor-agent``, on SQLite and PostgreSQL: the broker (dev mode:
 its secrets key made in its data dir) keeps the value sealed in the job and in the submit order, hands it to the
 agent with the order, and the job on echo prints it (``printenv HF_TOKEN``), read back through the agent. No column
-of any table, no byte of the SQLite files and no line of the broker's or the agent's log holds it.
+of any table, before or after that read, no byte of the SQLite files before it and no line of the broker's or the
+agent's log holds it.
 """
 
 from __future__ import annotations
@@ -48,12 +49,13 @@ def test_a_secret_reaches_the_job_through_the_agent_and_stays_sealed_at_the_brok
         assert job["spec"]["secret_environment"] == {"HF_TOKEN": REDACTED}
         for path in (f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/events", "/v1/jobs", "/metrics"):
             assert SECRET not in client.get(path).text, path
-        # Before the job's output is read: that read's answer is the job's own output (here, its secret), which
-        # the broker relays through a read order (agent_orders.report) as it relays any output.
         assert columns_holding_at(agent_broker.database_url, SECRET) == []  # the job's row and the order's
         assert sqlite_files_holding(agent_broker.database_url, SECRET) == []
         output = client.get(f"/v1/jobs/{job_id}/output")  # read at the site by the agent
         assert output.status_code == 200, output.text
         assert output.json()["content"] == f"{SECRET}\n"
+        # The read's answer is the job's own output (here, its secret), relayed through a read order's report,
+        # which keeps it only until the read has it. (SQLite's files may hold the freed bytes until reused.)
+        assert columns_holding_at(agent_broker.database_url, SECRET) == []
     assert not any(SECRET in log.read_text(errors="replace") for log in agent_broker.logs)
     assert SECRET not in echo_agent.log_text()
