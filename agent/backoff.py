@@ -26,8 +26,10 @@ class Backoff:
         self.failures = 0
 
 
-async def sleep_unless(stop: asyncio.Event, delay_s: float) -> bool:
-    """Sleep ``delay_s`` unless ``stop`` is set first; True when stopped."""
+async def sleep_unless(stop: asyncio.Event, delay_s: float | None) -> bool:
+    """Sleep ``delay_s`` (None: without end) unless ``stop`` is set first; True when stopped. A cancel is never lost, even one that
+    comes as ``stop`` is set (``asyncio.wait_for`` of Python 3.11 returns then instead)."""
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=delay_s)
+        async with asyncio.timeout(delay_s):
+            await stop.wait()
     return stop.is_set()

@@ -26,7 +26,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from agent import __version__
-from agent.backoff import Backoff
+from agent.backoff import Backoff, sleep_unless
 from agent.config import check_broker_url
 from agent.keys import SigningKey
 from slurm_adapters.agent_protocol import (
@@ -130,8 +130,7 @@ class BrokerLink:
         """While refused, wait for the gate; the request that passes it closes it until its answer (at most its
         time budget), so the others wait for that answer: one probe at a time."""
         while (wait_s := self.refused_until - time.monotonic()) > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._gate_moved.wait(), wait_s)
+            await sleep_unless(self._gate_moved, wait_s)
         if self.refusals.failures:
             self._move_gate(time.monotonic() + budget_s)
 

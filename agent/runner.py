@@ -284,8 +284,7 @@ class Agent:
                 if remaining <= 0:
                     return free
             self.slot_freed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.slot_freed.wait(), remaining)
+            await sleep_unless(self.slot_freed, remaining)
 
     def _start(self, order: Order, batch: int | None) -> None:
         if batch is not None:
@@ -377,8 +376,7 @@ class Agent:
                 self.session_changed.clear()
                 if isinstance(exc, SessionLost) and drain.is_set():
                     return  # stopping, and no session to report with: the broker settles by lookup
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.session_changed.wait(), timeout=delay)
+                await sleep_unless(self.session_changed, delay)
                 continue
             backoff.reset()
             self.reports.done(len(batch))
@@ -394,8 +392,7 @@ class Agent:
             if remaining <= 0:
                 return
             self.finished.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.finished.wait(), remaining)
+            await sleep_unless(self.finished, remaining)
 
     def _awaited(self) -> bool:
         """Whether a queued report's batch still has orders being carried out."""
@@ -427,7 +424,8 @@ class Agent:
             if late:
                 log.warning("stopping: %d orders did not finish in time (the broker settles them)", len(late))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.reports.empty(), timeout=max(0.0, deadline - loop.time()))
+            async with asyncio.timeout_at(deadline):
+                await self.reports.empty()
         if len(self.reports):
             log.warning("stopping with %d reports undelivered (the broker settles their orders)", len(self.reports))
         reporter.cancel()

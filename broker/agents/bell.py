@@ -49,10 +49,12 @@ class Signal:
         self._event.set()
 
     async def wait(self, timeout_s: float) -> bool:
-        """Whether it rang within ``timeout_s``; a ring is consumed by the wait that sees it."""
+        """Whether it rang within ``timeout_s``; a ring is consumed by the wait that sees it. A cancel is never
+        lost, even one that comes as it rings (``asyncio.wait_for`` of Python 3.11 returns then instead)."""
         if timeout_s > 0 and not self._event.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._event.wait(), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await self._event.wait()
         rang = self._event.is_set()
         self._event.clear()
         return rang
