@@ -48,6 +48,7 @@ import logging
 import os
 import signal
 import socket
+import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -171,6 +172,11 @@ def _job_log(level: int, job_id: str, message: str, *args: Any) -> None:
     log.log(level, "job %s: " + message, job_id, *args, extra={"job_id": job_id})
 
 
+class UnexpectedError(Exception):
+    """An adapter's unexpected exception, its text scrubbed of the job's secret values (its traceback too, logged
+    at debug where it was raised)."""
+
+
 class Dispatcher:
     """Moves queued jobs to Slurm. ``run_once`` is one cycle; the runtime calls it in a loop."""
 
@@ -243,7 +249,8 @@ class Dispatcher:
             await self._dispatch(job, batch)
         except Exception as exc:
             _job_log(logging.ERROR, job.id, "dispatch failed unexpectedly: %r", exc)
-            log.debug("traceback", exc_info=True)
+            if not isinstance(exc, UnexpectedError):
+                log.debug("traceback", exc_info=True)
             # Any open attempt stays open: the next claim settles it by tag before submitting again.
             await self._retry(job.id, job.attempt_count + 1, f"internal error while dispatching: {exc!r}")
         finally:
@@ -373,6 +380,9 @@ class Dispatcher:
             self._count_error(factory.id)
             await self._in_doubt(job_id, number, factory.id, scrub(_describe(exc), hidden))
             return
+        except Exception as exc:  # an adapter's bug: its text (and traceback) may quote the job's environment
+            log.debug("traceback: %s", scrub(traceback.format_exc(), hidden))
+            raise UnexpectedError(scrub(repr(exc), hidden)) from None
         self._failpoint("after_submit")
         # Shielded: Slurm has the job, so its record is written even if this dispatcher is being stopped.
         if await asyncio.shield(self._submissions.submit(Submitted(job_id, number, str(slurm_job_id), ACTOR))):

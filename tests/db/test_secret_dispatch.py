@@ -7,6 +7,7 @@ holds the value.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Collection
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -157,12 +158,22 @@ async def test_a_sites_error_that_echoes_the_value_is_stored_scrubbed(
     assert await columns_holding(db, SECRET) == []
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        ClusterUnavailable(f"slurmctld hung up reading {SECRET}", cluster="alpha"),
+        RuntimeError(f"an adapter's bug, quoting HF_TOKEN={SECRET}"),  # the dispatcher's catch-all
+    ],
+    ids=["site", "bug"],
+)
 async def test_a_site_failure_that_echoes_the_value_is_stored_scrubbed(
-    db: Database, jobs: JobRepository, direct: Direct
+    db: Database, jobs: JobRepository, direct: Direct, error: Exception, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     job_id = await store(jobs, spec_with_secret())
-    alpha(direct).error = ClusterUnavailable(f"slurmctld hung up reading {SECRET}", cluster="alpha")
+    alpha(direct).error = error
     await dispatcher(db, direct, BOX).run_once()
+    assert SECRET not in caplog.text
     job = await jobs.get(job_id)
     assert job is not None
     assert job.state is JobState.QUEUED
