@@ -8,7 +8,8 @@ the broker keeps no secrets and refuses a job that has some (:class:`~broker.err
 
 Values are sealed as one Fernet token (AES-128-CBC and HMAC-SHA256, with its time) of a JSON object, so a stored
 row shows neither the values nor their lengths beyond the token's. Fingerprints of requests that hold secrets
-are HMAC-SHA256 under a key derived from the first key (HKDF), never a plain hash a guess could be checked against.
+are HMAC-SHA256 under a key derived from the first key (HKDF), never a plain hash a guess could be checked against;
+a fingerprint made under an older key of the file still matches its request.
 """
 
 from __future__ import annotations
@@ -57,9 +58,11 @@ class SecretBox:
                 f"{source}: each line must be a Fernet key (32 url-safe base64-encoded bytes); make one with "
                 "`python -m broker secrets-key FILE`"
             ) from None
-        # The first key's 32 bytes (its signing and encryption halves) are the HKDF's input.
-        material = base64.urlsafe_b64decode(keys[0])
-        self._fingerprint_key = HKDF(hashes.SHA256(), length=32, salt=None, info=_FINGERPRINT_INFO).derive(material)
+        # Each key's 32 bytes (its signing and encryption halves) are an HKDF's input; the first key's fingerprints.
+        self._fingerprint_keys = [
+            HKDF(hashes.SHA256(), length=32, salt=None, info=_FINGERPRINT_INFO).derive(base64.urlsafe_b64decode(key))
+            for key in keys
+        ]
         self.source = source
 
     @classmethod
@@ -95,8 +98,13 @@ class SecretBox:
         return document
 
     def fingerprint(self, data: bytes) -> str:
-        """HMAC-SHA256 (hex) of ``data`` under this box's fingerprint key."""
-        return hmac.new(self._fingerprint_key, data, hashlib.sha256).hexdigest()
+        """HMAC-SHA256 (hex) of ``data`` under the fingerprint key of this box's first key."""
+        return hmac.new(self._fingerprint_keys[0], data, hashlib.sha256).hexdigest()
+
+    def older_fingerprints(self, data: bytes) -> tuple[str, ...]:
+        """:meth:`fingerprint` as each older key of a rotation made it (a request fingerprinted before the
+        rotation is still the same request)."""
+        return tuple(hmac.new(key, data, hashlib.sha256).hexdigest() for key in self._fingerprint_keys[1:])
 
 
 def write_key_file(path: Path) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from broker.errors import SecretsUnavailable
-from broker.jobs.idempotency import request_hash
+from broker.jobs.idempotency import canonical, request_hash
 from broker.secret_box import SecretBox
 from conveyor.spec import JobSpec
 
@@ -64,6 +64,12 @@ class Stored:
         when it holds secrets, else the plain hash every key stored before secrets existed was made with."""
         keyed = self._box.fingerprint if self.sealed is not None and self._box is not None else None
         return request_hash(self._full, keyed)
+
+    def older_fingerprints(self) -> tuple[str, ...]:
+        """The fingerprints the older keys of a rotated key file made of this request (none without secrets)."""
+        if self.sealed is None or self._box is None:
+            return ()
+        return self._box.older_fingerprints(canonical(self._full))
 
 
 def refuse_without_box(spec: JobSpec, box: SecretBox | None) -> None:

@@ -350,8 +350,10 @@ class JobService:
         new = NewJob.from_spec(
             caller.id, spec, source, reservation, antenna=caller.antenna, stored=stored.spec, sealed=stored.sealed
         )
-        # The fingerprint of the whole request, secrets included (keyed when it has some).
-        key = None if idempotency_key is None else KeyUse(caller.id, idempotency_key, stored.fingerprint())
+        # The fingerprint of the whole request, secrets included (keyed when it has some, under each key).
+        key = None
+        if idempotency_key is not None:
+            key = KeyUse(caller.id, idempotency_key, stored.fingerprint(), stored.older_fingerprints())
         creation = Creation(new, caller.id, key, owner_must_be_member=facts is not None)
         try:
             if self._accepts is None:

@@ -173,3 +173,25 @@ async def test_a_configured_key_file_is_used_and_none_is_made_beside_it(
         sealed = await session.scalar(select(JobRow.secrets))
     assert sealed is not None
     assert SecretBox([key]).open(sealed) == {"HF_TOKEN": SECRET}
+
+
+async def test_after_a_key_rotation_the_same_request_replays_and_another_still_conflicts(
+    tmp_path: Path, database_url: str
+) -> None:
+    old, new = Fernet.generate_key(), Fernet.generate_key()
+    key_file = tmp_path / "rotating.key"
+    key = {"Idempotency-Key": "secret-job-rotation"}
+
+    async def submit(secret: str) -> httpx.Response:
+        app = create_app(api_settings(tmp_path, database_url, secrets_key_file=key_file))
+        async with app.router.lifespan_context(app), client_for(app, TOKEN) as client:
+            return shows_no_secret(await client.post("/v1/jobs", json=secret_job(secret), headers=key))
+
+    key_file.write_bytes(old + b"\n")
+    created = await submit(SECRET)
+    assert created.status_code == 201, created.text
+    key_file.write_bytes(new + b"\n" + old + b"\n")  # the rotation: the new key first, the old one kept below
+    replay = await submit(SECRET)
+    assert (replay.status_code, replay.json()["id"]) == (200, created.json()["id"])
+    other = await submit("hf_another-value-after-rotation")
+    assert other.status_code == 409, other.text

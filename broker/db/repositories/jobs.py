@@ -112,11 +112,17 @@ class NewJob:
 
 @dataclass(frozen=True, slots=True)
 class KeyUse:
-    """A caller's Idempotency-Key and the fingerprint of the request that came with it."""
+    """A caller's Idempotency-Key and the fingerprint of the request that came with it (stored), with those older
+    keys of a rotated secrets key file made of it (matched, never stored)."""
 
     caller: str
     key: str
     request_hash: str
+    older_hashes: tuple[str, ...] = ()
+
+    def matches(self, stored_hash: str) -> bool:
+        """Whether ``stored_hash`` was made of this same request."""
+        return stored_hash == self.request_hash or stored_hash in self.older_hashes
 
     @property
     def pair(self) -> tuple[str, str]:
@@ -747,11 +753,11 @@ async def _answer_replays(
             .where(tuple_(IdempotencyKey.caller, IdempotencyKey.key).in_(pairs))
         )
     }  # fmt: skip
-    replays = [stored[key.pair][1] for _, key in used_before if stored[key.pair][0] == key.request_hash]
+    replays = [stored[key.pair][1] for _, key in used_before if key.matches(stored[key.pair][0])]
     jobs = {job.id: job for job in await session.scalars(select(Job).where(Job.id.in_(replays)))} if replays else {}
     for index, key in used_before:
         request_hash, job_id = stored[key.pair]
-        same = request_hash == key.request_hash
+        same = key.matches(request_hash)
         results[index] = (jobs[job_id], False) if same else IdempotencyConflict(key.caller, key.key, job_id)
 
 
