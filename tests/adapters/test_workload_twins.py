@@ -20,7 +20,7 @@ import pytest
 from broker.jobs.launch import MASTER_PORT_BASE, MASTER_PORT_SPAN
 from conveyor.spec import JobSpec
 from dev.lab.images import APPTAINER_SUITE, TEST_IMAGE
-from slurm_adapters.records import SlurmJobState
+from slurm_adapters.records import SlurmJobSpec, SlurmJobState
 from slurm_adapters.safety import fenced_script
 from tests.adapters.test_sbatch_twins import (
     KINDS,
@@ -81,25 +81,37 @@ def stored_script(cluster: Cluster, job_id: int) -> str:
     return cluster.slurm("scontrol", "write", "batch_script", str(job_id), "-")
 
 
-async def test_launcher_output_path_and_container_are_the_twins(
-    case: tuple[str, Cluster], request: pytest.FixtureRequest
-) -> None:
+async def completed_twins(
+    case: tuple[str, Cluster], spec: JobSpec, request: pytest.FixtureRequest
+) -> tuple[SlurmJobSpec, int, int]:
+    """``spec`` as the broker renders it, through the case's adapter and by plain sbatch, both completed: (the
+    rendering, the broker's job id, the twin's). Slurm stored the same script for both (the broker's with the
+    adapters' directive fence, nothing else) and the same layout."""
     kind, cluster = case
-    spec = workload_spec(cluster)
     rendered = broker_rendering(cluster, spec)
-    directory = rendered.working_directory
     async with open_adapter(kind, cluster, agent_fleet_if_needed(request, [kind])) as adapter:
         broker_id = await adapter.submit(rendered, SUBMIT_USER)
         twin_id = submit_twin(cluster, rendered, spec)
         for job_id in (broker_id, twin_id):
             record = await wait_for_job(adapter, job_id, {SlurmJobState.COMPLETED}, timeout_s=120)
-            assert record.state is SlurmJobState.COMPLETED, (record, cluster.host_path(directory))
+            assert record.state is SlurmJobState.COMPLETED, (record, cluster.host_path(rendered.working_directory))
+    assert stored_script(cluster, broker_id) == fenced_script(stored_script(cluster, twin_id))
     broker, twin = show_job_dd(cluster, broker_id), show_job_dd(cluster, twin_id)
     for field in ("NumNodes", "NumTasks", "Partition", "TimeLimit"):
         assert broker.get(field) == twin.get(field), field
+    return rendered, broker_id, twin_id
+
+
+async def test_launcher_output_path_and_container_are_the_twins(
+    case: tuple[str, Cluster], request: pytest.FixtureRequest
+) -> None:
+    _, cluster = case
+    spec = workload_spec(cluster)
+    rendered, broker_id, _ = await completed_twins(case, spec, request)
+    directory = rendered.working_directory
+    broker = show_job_dd(cluster, broker_id)
     assert broker.get("StdOut") == f"{directory}/out-{broker_id}.txt"
     assert broker.get("StdErr") == f"{directory}/err-{broker_id}.txt"
-    assert stored_script(cluster, broker_id) == fenced_script(stored_script(cluster, twin_id))
     if spec.container is not None:
         assert f"apptainer exec --containall --bind {directory} --pwd {directory} " in rendered.script
         assert f" {TEST_IMAGE} sh -c " in rendered.script
@@ -147,21 +159,11 @@ def rendezvous(cluster: Cluster, job_id: int, world: int) -> str:
 async def test_torchrun_meets_at_the_first_nodes_address_as_its_twin_does(
     case: tuple[str, Cluster], request: pytest.FixtureRequest
 ) -> None:
-    kind, cluster = case
+    _, cluster = case
     spec = torchrun_spec(cluster)
-    rendered = broker_rendering(cluster, spec)
+    rendered, broker_id, twin_id = await completed_twins(case, spec, request)
     directory = rendered.working_directory
-    async with open_adapter(kind, cluster, agent_fleet_if_needed(request, [kind])) as adapter:
-        broker_id = await adapter.submit(rendered, SUBMIT_USER)
-        twin_id = submit_twin(cluster, rendered, spec)
-        for job_id in (broker_id, twin_id):
-            record = await wait_for_job(adapter, job_id, {SlurmJobState.COMPLETED}, timeout_s=120)
-            assert record.state is SlurmJobState.COMPLETED, (record, cluster.host_path(directory))
-    assert stored_script(cluster, broker_id) == fenced_script(stored_script(cluster, twin_id))
-    broker, twin = show_job_dd(cluster, broker_id), show_job_dd(cluster, twin_id)
-    for field in ("NumNodes", "NumTasks", "Partition", "TimeLimit"):
-        assert broker.get(field) == twin.get(field), field
-    assert broker.get("StdOut") == f"{directory}/train-{broker_id}.out"
+    assert show_job_dd(cluster, broker_id).get("StdOut") == f"{directory}/train-{broker_id}.out"
     world = spec.resources.nodes * spec.resources.tasks_per_node
     for job_id, out in ((broker_id, f"train-{broker_id}.out"), (twin_id, "twin.out")):
         output = cluster.host_path(f"{directory}/{out}").read_text()

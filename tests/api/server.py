@@ -4,13 +4,14 @@ runs it, on a SQLite file; stopped by its PID. Waits are deadlines on polled con
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 
 import httpx
@@ -80,6 +81,20 @@ def start_server(
     with log.open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO, env=env, stdout=out, stderr=out)
     return Server(process, f"http://127.0.0.1:{port}", log)
+
+
+@contextlib.contextmanager
+def serving(
+    tmp_path: Path, database: Path, factories: Path, *, run_loops: bool, env: Mapping[str, str] | None = None,
+    dev: bool = True, ready_timeout_s: float = 60,
+) -> Iterator[Server]:  # fmt: skip
+    """:func:`start_server`, ready (its /readyz answers 200) when the block starts, stopped when it ends."""
+    server = start_server(tmp_path, database, factories, run_loops=run_loops, env=env, dev=dev)
+    try:
+        server.wait_ready(timeout_s=ready_timeout_s)
+        yield server
+    finally:
+        server.stop()
 
 
 def lab_factories(directory: Path, only: Collection[str] | None = None) -> Path:

@@ -16,7 +16,7 @@ import pytest
 
 from conveyor.spec import TERMINAL_STATES
 from tests.api.conftest import job_body
-from tests.api.server import Server, lab_factories, start_server
+from tests.api.server import Server, lab_factories, serving
 from tests.lab import Cluster, clusters
 
 pytestmark = pytest.mark.lab
@@ -33,12 +33,8 @@ def lab_cluster(name: str) -> Cluster:
 def server(tmp_path: Path, sqlite_copy: Path, database_url: str) -> Iterator[Server]:
     """The broker with its loops on, in front of every lab Factory, on SQLite and on PostgreSQL."""
     env = {"CONVEYOR_DATABASE_URL": database_url}
-    server = start_server(tmp_path, sqlite_copy, lab_factories(tmp_path), run_loops=True, env=env)
-    try:
-        server.wait_ready(timeout_s=60)
+    with serving(tmp_path, sqlite_copy, lab_factories(tmp_path), run_loops=True, env=env) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from app.limits import LARGE_BODIES_AT_ONCE
 from conveyor.problems import PROBLEM_MEDIA_TYPE, Problem
 from tests.api.conftest import TOKEN, write_factories
 from tests.api.raw_http import Answer, Exchange, chunked, exchange
-from tests.api.server import Server, start_server
+from tests.api.server import Server, serving
 
 MIB = 1024 * 1024
 KIB = 1024
@@ -39,12 +39,10 @@ def server(tmp_path: Path, sqlite_copy: Path) -> Iterator[Server]:
         "CONVEYOR_MAX_HEADER_FIELD_BYTES": str(FIELD_LIMIT),
         "CONVEYOR_AGENT_MAX_REPORT_BYTES": str(REPORT_LIMIT),
     }
-    server = start_server(tmp_path, sqlite_copy, write_factories(tmp_path), run_loops=False, env=env)
-    try:
-        server.wait_ready(timeout_s=30)
+    with serving(
+        tmp_path, sqlite_copy, write_factories(tmp_path), run_loops=False, env=env, ready_timeout_s=30
+    ) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def port_of(server: Server) -> int:

@@ -21,7 +21,7 @@ import pytest
 from broker.jobs.secrets import REDACTED
 from conveyor.spec import TERMINAL_STATES
 from tests.api.conftest import job_body
-from tests.api.server import Server, lab_factories, start_server
+from tests.api.server import Server, lab_factories, serving
 from tests.db.plaintext import columns_holding_at, sqlite_files_holding
 
 pytestmark = pytest.mark.lab
@@ -36,12 +36,8 @@ POLL_S = 0.2  # a poll interval, not a wait for something to happen
 def server(tmp_path: Path, sqlite_copy: Path, database_url: str) -> Iterator[Server]:
     """The broker with its loops on, in front of alpha and delta, on SQLite and on PostgreSQL."""
     env = {"CONVEYOR_DATABASE_URL": database_url}
-    server = start_server(tmp_path, sqlite_copy, lab_factories(tmp_path, FACTORIES), run_loops=True, env=env)
-    try:
-        server.wait_ready(timeout_s=60)
+    with serving(tmp_path, sqlite_copy, lab_factories(tmp_path, FACTORIES), run_loops=True, env=env) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def secret_job(factory: str) -> dict[str, Any]:

@@ -10,17 +10,13 @@ import pytest
 
 from conveyor.spec import TERMINAL_STATES
 from tests.api.conftest import job_body, write_factories
-from tests.api.server import Server, lab_factories, start_server
+from tests.api.server import Server, lab_factories, serving, start_server
 
 
 @pytest.fixture
 def api_only_server(tmp_path: Path, sqlite_copy: Path) -> Iterator[Server]:
-    server = start_server(tmp_path, sqlite_copy, write_factories(tmp_path), run_loops=False)
-    try:
-        server.wait_ready(timeout_s=30)
+    with serving(tmp_path, sqlite_copy, write_factories(tmp_path), run_loops=False, ready_timeout_s=30) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_a_job_posted_over_http_is_readable_at_once(api_only_server: Server) -> None:

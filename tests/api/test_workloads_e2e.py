@@ -20,7 +20,7 @@ import pytest
 
 from broker.jobs.launch import MASTER_PORT_BASE, MASTER_PORT_SPAN
 from dev.lab.images import TEST_IMAGE, TEST_IMAGE_ID
-from tests.api.server import Server, lab_factories, start_server
+from tests.api.server import Server, lab_factories, serving
 from tests.api.test_e2e_lab import submit, wait_job
 from tests.lab import Cluster, clusters, job_dir, new_tag
 from tests.stub_torchrun import install_stub_torchrun
@@ -42,12 +42,8 @@ def lab_cluster(name: str) -> Cluster:
 @pytest.fixture
 def server(tmp_path: Path, sqlite_copy: Path) -> Iterator[Server]:
     """The broker with its loops on, in front of alpha (multi-node) and delta (Apptainer)."""
-    server = start_server(tmp_path, sqlite_copy, lab_factories(tmp_path, only=["alpha", "delta"]), run_loops=True)
-    try:
-        server.wait_ready(timeout_s=60)
+    with serving(tmp_path, sqlite_copy, lab_factories(tmp_path, only=["alpha", "delta"]), run_loops=True) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ holds the value.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,13 +30,13 @@ from conveyor.spec import JobSpec, JobState
 from slurm_adapters.agent_protocol import Poll, Requester, SubmitOrder
 from slurm_adapters.codec import spec_from_json
 from slurm_adapters.errors import ClusterUnavailable, JobError
-from slurm_adapters.factory import AdapterConfig, AgentConfig
-from slurm_adapters.interface import SlurmAdapter
-from slurm_adapters.records import ClusterInfo, Health, JobRecord, OutputStream, Rendering, SlurmJobSpec, SubmitContext
+from slurm_adapters.factory import AgentConfig
+from slurm_adapters.records import SlurmJobSpec, SubmitContext
 from tests.api.conftest import write_factories
 from tests.db.agent_helpers import agent_registry
 from tests.db.plaintext import columns_holding
 from tests.db.test_agent_adapter import TIMINGS, ScriptedAgent, failed, ok, running
+from tests.db.test_takeover_dispatch import ScriptedSlurm
 
 SECRET = "hf_dispatch-secret-7c1e"
 Direct = tuple[FactoryRegistry, AdapterPool, Settings]  # a registry with alpha direct, its adapters, the settings
@@ -57,51 +57,13 @@ async def store(jobs: JobRepository, spec: JobSpec, box: SecretBox = BOX) -> str
     return (await jobs.insert_job_with_event(new, actor="test")).id
 
 
-class RecordingSlurm(SlurmAdapter):
-    """Records each submit's spec and context; answers 77, or raises ``error``; always up, lists nothing."""
-
-    kind = "recording"
-
-    def __init__(self, config: AdapterConfig) -> None:
-        super().__init__(config.cluster)
-        self.submitted: list[tuple[SlurmJobSpec, SubmitContext | None]] = []
-        self.error: Exception | None = None
-
-    async def submit(self, spec: SlurmJobSpec, user: str, context: SubmitContext | None = None) -> int:
-        self.submitted.append((spec, context))
-        if self.error is not None:
-            raise self.error
-        return 77
-
-    async def list_jobs(self, *, tags: Collection[str] | None = None, tag_prefix: str | None = None) -> list[JobRecord]:
-        return []
-
-    async def health(self) -> Health:
-        return Health(ok=True, detail="up", up_since=datetime(2020, 1, 1, tzinfo=UTC))
-
-    def render(self, spec: SlurmJobSpec, user: str) -> Rendering:
-        raise AssertionError("not called")
-
-    async def get_job(self, job_id: int) -> JobRecord:
-        raise AssertionError("not called")
-
-    async def cancel(self, job_id: int, user: str, tag: str | None = None) -> None:
-        raise AssertionError("not called")
-
-    async def read_output(self, job_id: int, stream: OutputStream = "stdout", max_bytes: int = 65536) -> str:
-        raise AssertionError("not called")
-
-    async def cluster_info(self) -> ClusterInfo:
-        raise AssertionError("not called")
-
-
 @pytest.fixture
 async def direct(db: Database, tmp_path: Path) -> Direct:
     """The API tests' Factories (alpha direct), alpha healthy, with recording adapters."""
     registry = load_factories(write_factories(tmp_path))
     await FactoryStateRepository(db).record_health("alpha", healthy=True, detail="up", actor="test")
     settings = Settings(database_url=str(db.engine.url.render_as_string(hide_password=False)), data_dir=tmp_path)
-    return registry, AdapterPool(registry, build=RecordingSlurm), settings
+    return registry, AdapterPool(registry, build=ScriptedSlurm), settings
 
 
 def dispatcher(db: Database, direct: Direct, box: SecretBox | None) -> Dispatcher:
@@ -109,9 +71,9 @@ def dispatcher(db: Database, direct: Direct, box: SecretBox | None) -> Dispatche
     return Dispatcher(db, registry, adapters, settings, "d", failpoints=frozenset(), secret_box=box)
 
 
-def alpha(direct: Direct) -> RecordingSlurm:
+def alpha(direct: Direct) -> ScriptedSlurm:
     adapter = direct[1].get("alpha")
-    assert isinstance(adapter, RecordingSlurm)
+    assert isinstance(adapter, ScriptedSlurm)
     return adapter
 
 

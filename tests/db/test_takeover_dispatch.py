@@ -48,8 +48,9 @@ class HandClock:
 
 
 class ScriptedSlurm(SlurmAdapter):
-    """Records every call and each submit's context; ``submit`` waits for ``release`` when it is set, or
-    refuses as an adapter's fence does when ``refuse`` is set; lists nothing; always up."""
+    """Records every call and each submit's spec and context; ``submit`` waits for ``release`` when it is set,
+    refuses as an adapter's fence does when ``refuse`` is set, raises ``error`` when it is set, else answers 77;
+    lists nothing; always up."""
 
     kind = "scripted"
 
@@ -60,15 +61,20 @@ class ScriptedSlurm(SlurmAdapter):
         self.release: asyncio.Event | None = None
         self.refuse = False
         self.submitting = asyncio.Event()
+        self.submitted: list[tuple[SlurmJobSpec, SubmitContext | None]] = []
+        self.error: Exception | None = None
 
     async def submit(self, spec: SlurmJobSpec, user: str, context: SubmitContext | None = None) -> int:
         self.calls.append("submit")
         self.contexts.append(context)
+        self.submitted.append((spec, context))
         if self.refuse:
             raise SubmitWindowClosed("submit not started: its call deadline would end after not_after", cluster="a")
         self.submitting.set()
         if self.release is not None:
             await self.release.wait()
+        if self.error is not None:
+            raise self.error
         return 77
 
     async def list_jobs(self, *, tags: Collection[str] | None = None, tag_prefix: str | None = None) -> list[JobRecord]:

@@ -37,7 +37,7 @@ from conveyor.problems import Problem, error_from_problem
 from conveyor.spec import JobSpec, JobState
 from dev.lab.images import TEST_IMAGE
 from tests.api.conftest import TOKEN
-from tests.api.server import REPO, Server, lab_factories, start_server
+from tests.api.server import REPO, Server, lab_factories, serving
 
 PROJECT = "EHPC-AIF-2026PG01-1147"
 ON_BRAVO = ["--project", PROJECT, "--factory", "bravo", "--time", "5"]
@@ -109,13 +109,9 @@ def broker(tmp_path_factory: pytest.TempPathFactory, migrated_sqlite_template: P
     shutil.copyfile(migrated_sqlite_template, database)
     url = f"sqlite+aiosqlite:///{database}"
     admin_token = asyncio.run(_first_admin(url))
-    server = start_server(directory, database, lab_factories(directory, only=["bravo", "delta"]), run_loops=True,
-                          env={"CONVEYOR_DATABASE_URL": url})  # fmt: skip
-    try:
-        server.wait_ready(timeout_s=60)
+    factories = lab_factories(directory, only=["bravo", "delta"])
+    with serving(directory, database, factories, run_loops=True, env={"CONVEYOR_DATABASE_URL": url}) as server:
         yield Broker(server, admin_token)
-    finally:
-        server.stop()
 
 
 @pytest.fixture
