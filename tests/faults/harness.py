@@ -280,13 +280,14 @@ class Submission:
 LEDGER_LINE = "$TAG $SLURM_JOB_ID $EPOCHREALTIME $SLURM_CLUSTER_NAME"  # what each run appends to the ledger
 
 
-def job_body(workspace: Workspace, factory_id: str, run: str, tag: str) -> dict[str, Any]:
-    """A trivial job that appends ``TAG SLURM_JOB_ID TIME`` to the workspace's ledger (TAG from its environment)."""
+def job_body(workspace: Workspace, factory_id: str, run: str, tag: str, *, secret: bool = False) -> dict[str, Any]:
+    """A trivial job that appends ``TAG SLURM_JOB_ID TIME`` to the workspace's ledger (TAG from its environment;
+    with ``secret``, from its secret environment, so the ledger line proves the sealed value reached the job)."""
     return {
         "name": f"faults-{run}",
         "project": PROJECT,
         "command": ["bash", "-c", f'echo "{LEDGER_LINE}" >> {workspace.ledger_inside}'],
-        "environment": {"TAG": tag},
+        "secret_environment" if secret else "environment": {"TAG": tag},
         "working_directory": workspace.inside,
         "resources": {"time_limit_min": 2, "memory_mb": 100},
         "placement": {"factory": factory_id},
@@ -294,11 +295,17 @@ def job_body(workspace: Workspace, factory_id: str, run: str, tag: str) -> dict[
     }
 
 
-def submissions(workspace: Workspace, factory_id: str, run: str, count: int) -> list[Submission]:
+def submissions(
+    workspace: Workspace, factory_id: str, run: str, count: int, *, secret_every: int = 0
+) -> list[Submission]:
+    """``count`` jobs of :func:`job_body`, each with its own tag and Idempotency-Key; with ``secret_every`` n,
+    every n-th one carries its tag as a secret."""
     made = []
     for index in range(count):
         tag = f"{run}-{index:04d}"
-        made.append(Submission(tag, f"{run}-key-{index:04d}", job_body(workspace, factory_id, run, tag)))
+        secret = secret_every > 0 and index % secret_every == 0
+        body = job_body(workspace, factory_id, run, tag, secret=secret)
+        made.append(Submission(tag, f"{run}-key-{index:04d}", body))
     return made
 
 

@@ -154,7 +154,8 @@ async def test_broker_killed_while_orders_are_out(
 ) -> None:
     wait_connected(agent_broker, echo_agent)
     workspace = new_workspace(run_id)
-    items = submissions(workspace, "echo", run_id, JOBS)
+    # Every other job's tag is a secret: sealed in its order, opened by the restarted broker with the same key.
+    items = submissions(workspace, "echo", run_id, JOBS, secret_every=2)
     await submit_all(agent_broker, items)
     await asyncio.to_thread(poll_until, lambda: len(slurm_submits(echo_agent)) >= 3, 60, "the first submits",
                             context=echo_agent.log_tail)  # fmt: skip

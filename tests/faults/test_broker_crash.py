@@ -4,9 +4,9 @@
 heard of the job) and right after it (Slurm has the job, the broker never recorded it). Either way, after a
 restart without failpoints the job runs exactly once: the open attempt is settled by looking the tag up.
 
-(d) In the middle of an accept burst of 16 clients. Every 201 survives; a request cut off without an answer
-may or may not have been stored, and resending it with the same Idempotency-Key maps to that job or creates
-one, never two.
+(d) In the middle of an accept burst of 16 clients, a third of whose jobs carry a secret environment. Every 201
+survives; a request cut off without an answer may or may not have been stored, and resending it with the same
+Idempotency-Key maps to that job or creates one, never two.
 
 They run on SQLite and on PostgreSQL (the ``database`` fixture): what a crash leaves behind, and how the
 restarted broker reads it, is the database's business. Each crash costs the dead broker's heartbeat TTL
@@ -78,8 +78,9 @@ async def _killed_at_failpoint(
 
 
 async def killed_during_an_accept_burst(broker: BrokerProcess, workspace: Workspace, run: str) -> None:
-    """(d) 120 submissions by 16 clients; SIGKILL once 40 are accepted; restart, resend, and check."""
-    items = submissions(workspace, "echo", run, 120)
+    """(d) 120 submissions by 16 clients, every third with a secret environment; SIGKILL once 40 are accepted;
+    restart, resend, and check (a resent secret job is a replay under the key the restarted broker reads)."""
+    items = submissions(workspace, "echo", run, 120, secret_every=3)
     progress = Progress()
     await asyncio.to_thread(broker.start)
 
