@@ -27,8 +27,8 @@ class Backoff:
 
 
 async def sleep_unless(stop: asyncio.Event, delay_s: float | None) -> bool:
-    """Sleep ``delay_s`` (None: without end) unless ``stop`` is set first; True when stopped. A cancel is never lost, even one that
-    comes as ``stop`` is set (``asyncio.wait_for`` of Python 3.11 returns then instead)."""
+    """Sleep ``delay_s`` (None: without end) unless ``stop`` is set first; True when stopped. A cancel is never
+    lost, even one that comes as ``stop`` is set (``asyncio.wait_for`` of Python 3.11 returns then instead)."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(delay_s):
             await stop.wait()
