@@ -430,6 +430,8 @@ def spec_from_json(data: object) -> SlurmJobSpec:
             values[name] = r.opt_integer(name)
     if "environment" in data:
         values["environment"] = r.str_map("environment")
+    if "requeue" in data:
+        values["requeue"] = r.opt_flag("requeue")
     try:
         return SlurmJobSpec(**values)
     except (TypeError, ValueError) as error:

@@ -21,7 +21,8 @@ class SlurmJobSpec:
     is Slurm's minutes. ``tasks`` is the job's total; ``tasks_per_node`` (None: Slurm lays the tasks out as
     it likes) fixes how many of them each node runs, as sbatch's ``--ntasks-per-node``. ``tag`` is the
     broker's own job id: it travels in Slurm's comment field so that a job can be found again after a crash
-    without Slurm knowing about idempotency.
+    without Slurm knowing about idempotency. ``requeue`` is sbatch's ``--requeue`` (True) or ``--no-requeue``
+    (False); None leaves it to the cluster's JobRequeue.
     """
 
     name: str
@@ -42,6 +43,7 @@ class SlurmJobSpec:
     gpus_per_node: int = 0
     gpu_type: str | None = None
     time_limit_min: int | None = None
+    requeue: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,6 +125,7 @@ def to_slurm_spec(
         gpus_per_node=resources.gpus_per_node,
         gpu_type=resources.gpu_type,
         time_limit_min=placement.time_limit_min,
+        requeue=spec.requeue,
     )
 
 

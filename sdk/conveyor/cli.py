@@ -358,6 +358,7 @@ def build_spec(args: argparse.Namespace) -> JobSpec:
         "environment": dict(args.env or ()), "secret_environment": secret_environment(args.secret_env or ()),
         "labels": dict(args.label or ()), "working_directory": args.workdir, "placement": placement,
         "container": container(args), "launcher": args.launcher, "stdout": args.stdout, "stderr": args.stderr,
+        "requeue": args.requeue,
     })  # fmt: skip
 
 
@@ -638,6 +639,9 @@ def _submit_options(parser: argparse.ArgumentParser) -> None:
                      help="an environment variable set inside the container only")  # fmt: skip
     run.add_argument("--launcher", choices=["srun", "torchrun"],
                      help="start the command once per task (srun) or one torchrun per node (torchrun)")  # fmt: skip
+    run.add_argument("--requeue", action="store_true",
+                     help="let Slurm run the job again after a node failure or preemption (at-least-once; by "
+                     "default it runs at most once)")  # fmt: skip
     how = parser.add_argument_group("submitting")
     how.add_argument("--idempotency-key", metavar="KEY",
                      help="makes re-running this command safe: the same key and spec answer the same job")  # fmt: skip

@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
     StringConstraints,
     field_validator,
@@ -160,6 +161,11 @@ class JobSpec(_Strict):
     )
     stderr: OutputPattern | None = Field(
         None, description="the job's standard error file; none: conveyor-<job>.err in its working directory"
+    )
+    requeue: StrictBool = Field(
+        False,
+        description="let Slurm requeue the job after a node failure or preemption, and so run it again under the "
+        "same id: at-least-once (by default it is submitted with --no-requeue and runs at most once)",
     )
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=64)
     placement: Placement = Field(default_factory=Placement)

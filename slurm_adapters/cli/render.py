@@ -51,6 +51,8 @@ def sbatch_argv(spec: SlurmJobSpec, sbatch: str = "sbatch") -> list[str]:
     ]
     argv = [sbatch, "--parsable", "--export=ALL", EXPORT_FILE_PLACEHOLDER]
     argv += [f"--{option}={value}" for option, value in options if value is not None]
+    if spec.requeue is not None:
+        argv.append("--requeue" if spec.requeue else "--no-requeue")
     return argv
 
 

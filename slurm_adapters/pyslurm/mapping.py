@@ -67,6 +67,8 @@ def submit_kwargs(spec: SlurmJobSpec, login: Login, gid: int | None, submit_host
         "time_limit": spec.time_limit_min,
     }
     kwargs.update({key: value for key, value in optional.items() if value is not None})
+    if spec.requeue is not None:
+        kwargs["is_requeueable"] = spec.requeue
     if spec.gpus_per_node:
         gres = f"gpu:{spec.gpu_type}" if spec.gpu_type else "gpu"
         kwargs["gres_per_node"] = {gres: spec.gpus_per_node}

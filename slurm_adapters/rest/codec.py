@@ -63,6 +63,7 @@ class Codec(abc.ABC):
             "partition": spec.partition,
             "account": spec.account,
             "qos": spec.qos,
+            "requeue": spec.requeue,
             **version_fields,
         }
         return {key: value for key, value in fields.items() if value is not None}

@@ -43,4 +43,7 @@ class V0038(Codec):
             gres=gres_request(spec.gpus_per_node, spec.gpu_type),  # sbatch --gres: per node, typed or not
             time_limit=spec.time_limit_min,
         )
+        # 22.05's v0.0.38 parser declares ``requeue`` and ignores it, on submit and on update alike (measured on
+        # 22.05.8: Requeue stays at the cluster's JobRequeue); it is not sent rather than sent for nothing.
+        job.pop("requeue", None)
         return {"job": job, "script": script}

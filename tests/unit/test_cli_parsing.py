@@ -8,6 +8,7 @@ running with 2 GPUs, pending on Resources.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 import time
@@ -105,6 +106,7 @@ def test_every_spec_field_becomes_one_option() -> None:
         gpus_per_node=4,
         gpu_type="a100",
         time_limit_min=90,
+        requeue=False,
     )
     assert sbatch_argv(full) == [
         "sbatch",
@@ -126,7 +128,9 @@ def test_every_spec_field_becomes_one_option() -> None:
         "--mem=16000M",
         "--gres=gpu:a100:4",
         "--time=90",
+        "--no-requeue",
     ]
+    assert sbatch_argv(dataclasses.replace(full, requeue=True))[-1] == "--requeue"
 
 
 def test_unset_options_are_left_to_slurm() -> None:

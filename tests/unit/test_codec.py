@@ -30,6 +30,7 @@ FULL = SlurmJobSpec(
     gpus_per_node=4,
     gpu_type="a100",
     time_limit_min=90,
+    requeue=False,
 )
 
 

@@ -55,6 +55,7 @@ def full_spec(**overrides: Any) -> SlurmJobSpec:
         "gpus_per_node": 2,
         "gpu_type": "a100",
         "time_limit_min": 90,
+        "requeue": False,
     }
     values.update(overrides)
     return SlurmJobSpec(**values)
@@ -120,8 +121,17 @@ def test_v0042_body_carries_every_spec_field() -> None:
         "tasks": 8,
         "tasks_per_node": 4,
         "cpus_per_task": 4,
+        "requeue": False,
     }
     assert {key: job[key] for key in expected_plain} == expected_plain
+
+
+@pytest.mark.parametrize("requeue", [True, False, None])
+def test_requeue_is_sent_only_when_the_spec_says_and_never_to_22_05(requeue: bool | None) -> None:
+    assert render(V42, full_spec(requeue=requeue))["job"].get("requeue", "absent") == (
+        "absent" if requeue is None else requeue
+    )
+    assert "requeue" not in render(V38, full_spec(requeue=requeue))["job"]  # v0.0.38 ignores it
 
 
 @pytest.mark.parametrize("codec", [V38, V42], ids=lambda c: c.version)
