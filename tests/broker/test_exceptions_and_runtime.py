@@ -37,7 +37,7 @@ def _slurm_state(cluster: Cluster, slurm_id: str) -> str:
 async def test_a_requeued_running_job_goes_back_to_submitted_as_a_recorded_exception(broker: Broker) -> None:
     alpha = lab_cluster("alpha")
     workdir = job_dir(alpha, new_tag("requeue"))
-    job_id = await broker.queue(script=WAIT_FOR_GO, working_directory=workdir)
+    job_id = await broker.queue(script=WAIT_FOR_GO, working_directory=workdir, requeue=True)  # Slurm may requeue it
     running = await broker.reach(job_id, JobState.RUNNING)
     alpha.slurm("scontrol", "requeue", str(running.slurm_job_id))
     requeued_at = time.time()

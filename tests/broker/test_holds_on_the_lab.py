@@ -26,7 +26,11 @@ def lab_cluster(name: str) -> Cluster:
 async def test_defect_13_a_job_held_on_the_cluster_says_who_can_release_it(broker: Broker, factory: str) -> None:
     cluster = lab_cluster(factory)
     workdir = job_dir(cluster, new_tag("held"))
-    job_id = await broker.queue(script=WAIT_FOR_GO, working_directory=workdir, placement={"factory": factory})
+    # An administrator's requeuehold needs a job Slurm may requeue: by default a job runs at most once, and
+    # Slurm refuses it ("Requested operation is presently disabled").
+    job_id = await broker.queue(
+        script=WAIT_FOR_GO, working_directory=workdir, placement={"factory": factory}, requeue=True
+    )
     running = await broker.reach(job_id, JobState.RUNNING)
     slurm_job_id = str(running.slurm_job_id)
     try:
@@ -58,3 +62,21 @@ async def test_defect_13_a_job_held_on_the_cluster_says_who_can_release_it(broke
         assert cluster.show_job(int(slurm_job_id))["JobState"] == "CANCELLED"
     finally:
         cluster.host_path(f"{workdir}/go").touch()
+
+
+@pytest.mark.parametrize("factory", ["charlie", "delta"])  # alpha's slurmrestd 22.05 ignores requeue (v0038.py)
+async def test_by_default_slurm_refuses_to_run_a_job_again(broker: Broker, factory: str) -> None:
+    """A job without ``requeue: true`` was submitted with --no-requeue: an administrator's requeue is refused,
+    and the job keeps running its one run."""
+    cluster = lab_cluster(factory)
+    workdir = job_dir(cluster, new_tag("once"))
+    job_id = await broker.queue(script=WAIT_FOR_GO, working_directory=workdir, placement={"factory": factory})
+    slurm_job_id = str((await broker.reach(job_id, JobState.RUNNING)).slurm_job_id)
+    try:
+        with pytest.raises(AssertionError, match="presently disabled"):
+            cluster.slurm("scontrol", "requeue", slurm_job_id)
+        shown = cluster.show_job(int(slurm_job_id))
+        assert (shown["Requeue"], shown["Restarts"], shown["JobState"]) == ("0", "0", "RUNNING")
+    finally:
+        cluster.host_path(f"{workdir}/go").touch()
+    await broker.reach(job_id, JobState.COMPLETED)
