@@ -61,8 +61,9 @@ async def test_factories_show_observed_capacity_and_free_gpus_drop_while_a_gpu_j
             views: list[FactoryView] = []
 
             async def checked() -> bool:  # the health loop's first cycle runs after startup, not before serving
-                views.append(await alpha_view(client))  # its health is recorded first, then the capacity snapshot
-                return views[-1].healthy is False or views[-1].total_gpus is not None
+                views.append(await alpha_view(client))  # health (stored) and counts (in memory): in either order
+                view = views[-1]
+                return view.healthy is False or (view.healthy is not None and view.total_gpus is not None)
 
             await wait_until(checked, timeout_s=30)
             first = views[-1]
